@@ -1,0 +1,51 @@
+"""``specprod-db init``: create a production schema (tables, keys, indexes, q3c, grants).
+
+Idempotent: running it twice changes nothing.  ``--overwrite`` drops the schema first and
+requires ``--yes`` as well, because it destroys everything loaded in it.
+"""
+import sys
+
+from .. import db
+from ..log import get_logger
+from .common import add_db_arguments, add_schema_argument, report_errors
+
+
+def add_arguments(parser):
+    add_schema_argument(parser)
+    add_db_arguments(parser)
+    parser.add_argument("--specprod", default=None,
+                        help="production name recorded in the version table "
+                             "(default: $SPECPROD, else the schema name)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="drop the schema and everything in it first (needs --yes)")
+    parser.add_argument("--yes", action="store_true",
+                        help="confirm --overwrite without asking")
+    parser.add_argument("--grant", action="append", default=None, metavar="ROLE",
+                        help="grant read access to ROLE (repeatable; default: desi)")
+    parser.add_argument("--public", action="store_true",
+                        help="also grant read access to desi_public (public productions)")
+    parser.add_argument("--no-grant", action="store_true", help="grant nothing")
+
+
+@report_errors
+def run(args):
+    import os
+    log = get_logger()
+    if args.overwrite and not args.yes:
+        print(f"specprod-db init: --overwrite drops schema {args.schema!r} and all its data; "
+              "add --yes to confirm", file=sys.stderr)
+        return 2
+    specprod = args.specprod or os.environ.get("SPECPROD") or args.schema
+    conn = db.connect(args.db)
+    try:
+        created = db.create_schema(conn, args.schema, overwrite=args.overwrite)
+        db.record_versions(conn, args.schema, specprod)
+        roles = [] if args.no_grant else (args.grant or ["desi"])
+        if args.public:
+            roles.append("desi_public")
+        granted = db.grant_read(conn, args.schema, roles)
+    finally:
+        conn.close()
+    log.info("schema %s %s; read access: %s", args.schema,
+             "created" if created else "already up to date", ", ".join(granted) or "none")
+    return 0

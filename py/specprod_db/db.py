@@ -1,0 +1,244 @@
+"""Database access: connecting, the DDL generated from :mod:`specprod_db.schema`, grants.
+
+Connections go through libpq (psycopg2): ``--db`` conninfo or URI, else the standard
+``PG*`` environment variables and ``~/.pgpass``, which libpq reads itself.
+"""
+import os
+
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import parse_dsn
+
+from . import __version__
+from .log import get_logger
+from .schema import DATA_TABLES, TABLES
+
+#: Environment variable naming the database when ``--db`` is not given.
+DSN_ENV = "SPECPROD_DB_DSN"
+
+
+class ConnectionFailed(RuntimeError):
+    """The database cannot be reached; the message is one line for the operator."""
+
+    exit_code = 2
+
+
+def resolve_dsn(dsn=None):
+    """The conninfo to use: ``dsn``, else ``$SPECPROD_DB_DSN``, else '' (libpq's PG*)."""
+    if dsn:
+        return dsn
+    return os.environ.get(DSN_ENV, "")
+
+
+def describe(dsn):
+    """host/port/database/user that libpq will use for ``dsn``, for messages."""
+    try:
+        params = parse_dsn(dsn) if dsn else {}
+    except psycopg2.ProgrammingError:
+        params = {}
+    return {
+        "host": params.get("host") or os.environ.get("PGHOST") or "local socket",
+        "port": params.get("port") or os.environ.get("PGPORT") or "5432",
+        "database": params.get("dbname") or os.environ.get("PGDATABASE")
+        or params.get("user") or os.environ.get("PGUSER") or _login(),
+        "user": params.get("user") or os.environ.get("PGUSER") or _login(),
+    }
+
+
+def _login():
+    try:
+        import pwd
+        return pwd.getpwuid(os.getuid()).pw_name
+    except Exception:  # pragma: no cover - exotic platforms
+        return "?"
+
+
+def connect(dsn=None, application_name="specprod-db"):
+    """A psycopg2 connection, or :class:`ConnectionFailed` with one clear line."""
+    dsn = resolve_dsn(dsn)
+    try:
+        conn = psycopg2.connect(dsn, application_name=application_name)
+    except psycopg2.Error as err:
+        d = describe(dsn)
+        message = " ".join(str(err).split())
+        raise ConnectionFailed(
+            f"cannot connect to PostgreSQL (host={d['host']}, port={d['port']}, "
+            f"database={d['database']}, user={d['user']}): {message}") from None
+    return conn
+
+
+# --- DDL ----------------------------------------------------------------------------
+
+def _qualified(schema_name, table_name):
+    return sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier(table_name))
+
+
+def create_table_sql(table, schema_name):
+    """``CREATE TABLE IF NOT EXISTS`` for ``table`` in ``schema_name``."""
+    parts = []
+    for col in table.columns:
+        null = sql.SQL("") if col.name in table.nullable else sql.SQL(" NOT NULL")
+        parts.append(sql.SQL("{} {}{}").format(sql.Identifier(col.name),
+                                               sql.SQL(col.ddl_type), null))
+    parts.append(sql.SQL("PRIMARY KEY ({})").format(
+        sql.SQL(", ").join(map(sql.Identifier, table.primary_key))))
+    for col in table.unique_columns:
+        parts.append(sql.SQL("UNIQUE ({})").format(sql.Identifier(col)))
+    for col, ref in table.foreign_keys.items():
+        rtable, rcol = ref.split(".")
+        parts.append(sql.SQL("FOREIGN KEY ({}) REFERENCES {} ({})").format(
+            sql.Identifier(col), _qualified(schema_name, rtable), sql.Identifier(rcol)))
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {} (\n  {}\n)").format(
+        _qualified(schema_name, table.name), sql.SQL(",\n  ").join(parts))
+
+
+def index_sql(table, schema_name, q3c=True):
+    """``CREATE INDEX IF NOT EXISTS`` statements of ``table`` (unique, single, q3c)."""
+    out = []
+    target = _qualified(schema_name, table.name)
+    if table.unique:
+        out.append(sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+            sql.Identifier(f"ix_{table.name}_unique"), target,
+            sql.SQL(", ").join(map(sql.Identifier, table.unique))))
+    for col in table.indexes:
+        out.append(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+            sql.Identifier(f"ix_{table.name}_{col}"), target, sql.Identifier(col)))
+    if q3c and table.q3c:
+        ra, dec = table.q3c
+        out.append(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (q3c_ang2ipix({}, {}))").format(
+            sql.Identifier(f"ix_{table.name}_q3c_ang2ipix"), target,
+            sql.Identifier(ra), sql.Identifier(dec)))
+    return out
+
+
+def secondary_index_names(table):
+    """Names of the non-key indexes of ``table`` (dropped during an initial bulk load)."""
+    names = [f"ix_{table.name}_{c}" for c in table.indexes]
+    if table.q3c:
+        names.append(f"ix_{table.name}_q3c_ang2ipix")
+    return names
+
+
+def schema_exists(conn, schema_name):
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema_name,))
+        return cur.fetchone() is not None
+
+
+def ensure_q3c(conn):
+    """``CREATE EXTENSION IF NOT EXISTS q3c``, with a clear error when impossible."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'q3c'")
+        if cur.fetchone():
+            return
+        try:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS q3c")
+        except psycopg2.Error as err:
+            conn.rollback()
+            raise RuntimeError(
+                "the q3c extension is not installed in this database and cannot be created "
+                f"({' '.join(str(err).split())}); install the server package "
+                "(Debian: postgresql-15-q3c) and run 'CREATE EXTENSION q3c' as a superuser"
+            ) from None
+
+
+def create_schema(conn, schema_name, overwrite=False):
+    """Create ``schema_name`` with every table and index (idempotent).
+
+    With ``overwrite`` the schema is dropped first (the caller asks for confirmation).
+    Returns True when tables were created, False when everything already existed.
+    """
+    log = get_logger()
+    ensure_q3c(conn)
+    with conn.cursor() as cur:
+        if overwrite:
+            log.warning("dropping schema %s and everything in it", schema_name)
+            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(schema_name)))
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema_name,))
+        before = cur.fetchone()[0]
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+            sql.Identifier(schema_name)))
+        for table in TABLES:
+            cur.execute(create_table_sql(table, schema_name))
+            for statement in index_sql(table, schema_name):
+                cur.execute(statement)
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema_name,))
+        after = cur.fetchone()[0]
+    conn.commit()
+    return after > before
+
+
+def package_versions(specprod):
+    """Rows of the ``version`` table: the old tool's packages, then our own libraries."""
+    import astropy
+    import desiutil
+    import numpy
+    versions = [
+        ("astropy", astropy.__version__),
+        ("desiutil", desiutil.__version__),
+        ("lsd9-photometry", "computed"),
+        ("numpy", numpy.__version__),
+        ("redshift", f"{specprod}/v0"),
+        ("release", specprod),
+        ("specprod", specprod),
+        ("specprod-db", __version__),
+        ("psycopg2", psycopg2.__version__.split()[0]),
+        ("tiles", "trunk" if specprod == "daily" else specprod),
+    ]
+    for name in ("fitsio", "h5py", "mpi4py"):
+        try:
+            mod = __import__(name)
+            versions.append((name, str(mod.__version__)))
+        except ImportError:  # pragma: no cover - declared dependencies
+            pass
+    return versions
+
+
+def record_versions(conn, schema_name, specprod):
+    """Fill ``version`` once; an existing table is left as it is."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            _qualified(schema_name, "version")))
+        if cur.fetchone()[0]:
+            return False
+        for package, version in package_versions(specprod):
+            cur.execute(sql.SQL("INSERT INTO {} (package, version) VALUES (%s, %s)").format(
+                _qualified(schema_name, "version")), (package, version[:20]))
+    conn.commit()
+    return True
+
+
+def grant_read(conn, schema_name, roles):
+    """Read access for ``roles`` on the schema, its tables, sequences and future tables.
+
+    A role that does not exist gets a warning, not an error.  Returns the roles granted.
+    """
+    log = get_logger()
+    granted = []
+    with conn.cursor() as cur:
+        for role in roles:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            if cur.fetchone() is None:
+                log.warning("role %s does not exist: no read access granted to it", role)
+                continue
+            s, r = sql.Identifier(schema_name), sql.Identifier(role)
+            for statement in (
+                    "GRANT USAGE ON SCHEMA {s} TO {r}",
+                    "GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}",
+                    "GRANT SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT ON TABLES TO {r}",
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT ON SEQUENCES TO {r}"):
+                cur.execute(sql.SQL(statement).format(s=s, r=r))
+            granted.append(role)
+    conn.commit()
+    return granted
+
+
+def qualified(schema_name, table_name):
+    """``schema.table`` as a composable SQL identifier."""
+    return _qualified(schema_name, table_name)
+
+
+def data_table_names():
+    return [t.name for t in DATA_TABLES]
