@@ -1,0 +1,39 @@
+# One command each: `make test` runs the test suite, `make demo` the demo; each does its
+# own set-up (venv, PostgreSQL + q3c, private cluster) idempotently. See doc/setup.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# Re-install only when the package metadata changed.
+STAMP := $(VENV)/.specprod-db-installed
+PYTEST_ARGS ?=
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_NO_INPUT := 1
+
+.PHONY: env pg db test demo clean-db
+
+env: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --progress-bar off -e '.[test,mpich]'
+	touch $@
+
+pg:
+	bash etc/ensure-pg.sh
+
+# Starts the private cluster unless SPECPROD_DB_DSN or PGHOST/PGPORT/PGDATABASE/PGSERVICE
+# names a server; prints the conninfo in use.
+db: env pg
+	$(VPY) -m specprod_db.pgcluster ensure
+
+test: db
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+demo: db
+	$(VENV)/bin/specprod-db demo
+
+clean-db:
+	if [ -x $(VPY) ]; then $(VPY) -m specprod_db.pgcluster stop --remove; \
+	else PYTHONPATH=py $(PYTHON) -m specprod_db.pgcluster stop --remove; fi

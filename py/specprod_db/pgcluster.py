@@ -1,0 +1,591 @@
+"""A private, throwaway PostgreSQL cluster for tests and the demo, and the rule that picks
+the server to use.
+
+*A server is configured* when ``SPECPROD_DB_DSN`` or any of ``PGHOST``, ``PGPORT``,
+``PGDATABASE``, ``PGSERVICE`` is set: then that server is used and nothing is started
+(:func:`configured_dsn`). Otherwise :func:`ensure_server` starts the private cluster on
+demand: its own data directory (``<checkout>/.pgcluster`` or ``SPECPROD_DB_CLUSTER_DIR``),
+a Unix socket in that directory plus a localhost port that is never 5432, trust
+authentication, superuser ``postgres``, a database ``specprod_db`` with q3c created.
+
+The server binaries come from the system (Debian's ``postgresql-15``, see
+``etc/ensure-pg.sh``). ``initdb`` and ``pg_ctl`` refuse to run as root, so as root they run
+as the ``postgres`` system user. Every external command has a timeout, and errors say what
+was probed and how to fix it.
+
+This module is also the ``specprod-db cluster`` sub-command (``add_arguments``, ``run``)
+and runs as ``python -m specprod_db.pgcluster`` without the rest of the package. It
+imports neither mpi4py nor, at module level, psycopg2.
+"""
+import argparse
+import contextlib
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: Default TCP port of the private cluster: never the system server's 5432.
+DEFAULT_PORT = 54329
+#: Ports tried, in order, when the default one is taken by someone else.
+PORT_RANGE = range(DEFAULT_PORT, DEFAULT_PORT + 50)
+DEFAULT_DBNAME = "specprod_db"
+#: Database superuser created by initdb; the DSN always connects as this role.
+SUPERUSER = "postgres"
+#: The preferred major version: the one Debian 12 ships, with ``postgresql-15-q3c``.
+PG_MAJOR = "15"
+#: Environment variables that mean "a server is configured".
+CONFIG_ENV = ("SPECPROD_DB_DSN", "PGHOST", "PGPORT", "PGDATABASE", "PGSERVICE")
+#: Marker written into every cluster directory; ``stop(remove=True)`` removes nothing else.
+RECORD = "specprod-db-cluster.json"
+#: Unix sockets paths are limited to 107 bytes (sun_path); keep a margin.
+MAX_SOCKET_PATH = 100
+
+FIX_INSTALL = (f"install the server and q3c: `make pg`, or as root "
+               f"`apt-get update && apt-get install -y postgresql-{PG_MAJOR} "
+               f"postgresql-{PG_MAJOR}-q3c`; or point SPECPROD_DB_PG_BINDIR at a bin "
+               f"directory holding initdb and pg_ctl")
+
+
+class ClusterError(RuntimeError):
+    """The private cluster could not be set up, started, stopped or reached."""
+
+
+class PostgresMissingError(ClusterError, FileNotFoundError):
+    """No PostgreSQL server binaries were found where they were looked for."""
+
+
+def default_cluster_dir():
+    """``SPECPROD_DB_CLUSTER_DIR``, else ``.pgcluster`` in the checkout holding this file."""
+    env = os.environ.get("SPECPROD_DB_CLUSTER_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(__file__).resolve().parents[2] / ".pgcluster"
+
+
+def default_port():
+    env = os.environ.get("SPECPROD_DB_CLUSTER_PORT")
+    return int(env) if env else None
+
+
+def configured_dsn():
+    """The conninfo of the configured server, or None when none is configured.
+
+    ``SPECPROD_DB_DSN`` wins. Otherwise, when any of PGHOST, PGPORT, PGDATABASE, PGSERVICE
+    is set, the conninfo spells out those that are set (libpq reads the other PG*
+    variables, e.g. PGUSER, PGPASSWORD, itself).
+    """
+    dsn = os.environ.get("SPECPROD_DB_DSN", "").strip()
+    if dsn:
+        return dsn
+    keys = {"PGSERVICE": "service", "PGHOST": "host", "PGPORT": "port",
+            "PGDATABASE": "dbname"}
+    parts = [f"{key}={_quote(os.environ[var])}" for var, key in keys.items()
+             if os.environ.get(var)]
+    return " ".join(parts) or None
+
+
+def ensure_server(cluster_dir=None, port=None, dbname=DEFAULT_DBNAME, timeout=120):
+    """A usable conninfo: the configured server's, else the private cluster's (started if
+    needed). Either way the q3c extension exists in the target database."""
+    dsn = configured_dsn()
+    if dsn is None:
+        return start(cluster_dir, port=port, dbname=dbname, timeout=timeout)
+    ensure_q3c(dsn, where="the configured server (" + _configured_source() + ")")
+    return dsn
+
+
+def start(cluster_dir=None, port=None, dbname=DEFAULT_DBNAME, timeout=120):
+    """Start the private cluster (initdb on first use) and return its conninfo.
+
+    Idempotent: a running cluster is left alone. ``port`` None means the recorded port,
+    else ``SPECPROD_DB_CLUSTER_PORT``, else the first free one from 54329.
+    """
+    c = _Cluster(cluster_dir)
+    port = port if port is not None else default_port()
+    with c.lock():
+        if not c.running():
+            bindir = find_bindir()
+            if not (c.datadir / "PG_VERSION").exists():
+                c.initdb(bindir, timeout)
+            c.start(bindir, port, timeout)
+        c.create_database(dbname, timeout)
+        c.write_record(dbname=dbname)
+        dsn = c.dsn(dbname)
+        ensure_q3c(dsn, where=f"the private cluster in {c.serverdir}")
+    return dsn
+
+
+def stop(cluster_dir=None, remove=False, timeout=60):
+    """Stop the private cluster (fast shutdown) and wait until none of its processes is
+    left; with ``remove``, also delete its directories. Idempotent."""
+    c = _Cluster(cluster_dir)
+    with c.lock():
+        if c.datadir.exists() and c.running():
+            c.stop(find_bindir(), timeout)
+        c.wait_gone(timeout)
+        if remove:
+            c.remove()
+
+
+def status(cluster_dir=None):
+    """A dict describing the private cluster: ``running``, ``pid``, ``port``,
+    ``datadir``, ``socket_dir``, ``dsn`` (None when not running)."""
+    c = _Cluster(cluster_dir)
+    info = c.read_record()
+    running = c.running()
+    return {
+        "cluster_dir": str(c.cluster_dir),
+        "datadir": str(c.datadir),
+        "socket_dir": str(c.serverdir),
+        "initialized": (c.datadir / "PG_VERSION").exists(),
+        "running": running,
+        "pid": c.postmaster_pid() if running else None,
+        "port": info.get("port"),
+        "dsn": c.dsn(info.get("dbname", DEFAULT_DBNAME)) if running else None,
+    }
+
+
+def dsn(cluster_dir=None, dbname=None):
+    """The libpq conninfo of the private cluster (whether or not it is running):
+    ``host=<socket dir> port=<port> dbname=<db> user=postgres``."""
+    c = _Cluster(cluster_dir)
+    info = c.read_record()
+    if "port" not in info:
+        raise ClusterError(f"no private cluster has been started in {c.cluster_dir}: "
+                           f"run `specprod-db cluster start` (or `make db`) first")
+    return c.dsn(dbname or info.get("dbname", DEFAULT_DBNAME))
+
+
+def ensure_q3c(conninfo, where="the database", timeout=30):
+    """``CREATE EXTENSION IF NOT EXISTS q3c`` in the database of ``conninfo``."""
+    import psycopg2
+    try:
+        conn = psycopg2.connect(conninfo, connect_timeout=min(timeout, 30),
+                                options=f"-c statement_timeout={int(timeout * 1000)}")
+    except psycopg2.OperationalError as e:
+        raise ClusterError(f"cannot connect to {where} with conninfo {conninfo!r}: "
+                           f"{str(e).strip()}. Fix the server or unset SPECPROD_DB_DSN "
+                           f"and PG* to use the private cluster") from e
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'q3c'")
+            if cur.fetchone() is None:
+                cur.execute("CREATE EXTENSION IF NOT EXISTS q3c")
+    except psycopg2.Error as e:
+        raise ClusterError(
+            f"the q3c extension is missing in {where} and cannot be created: "
+            f"{str(e).strip()}. Install it on that server (Debian: postgresql-<major>-q3c) "
+            f"and run `CREATE EXTENSION q3c` as a role allowed to") from e
+    finally:
+        conn.close()
+
+
+def find_bindir():
+    """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``.
+
+    Probed in order: ``SPECPROD_DB_PG_BINDIR``; ``/usr/lib/postgresql/15/bin``;
+    ``pg_config --bindir``; ``/usr/lib/postgresql/*/bin``, newest first.
+    """
+    env = os.environ.get("SPECPROD_DB_PG_BINDIR")
+    if env:
+        candidates = [env]
+    else:
+        candidates = [f"/usr/lib/postgresql/{PG_MAJOR}/bin"]
+        pg_config = shutil.which("pg_config")
+        if pg_config:
+            try:
+                out = subprocess.run([pg_config, "--bindir"], capture_output=True,
+                                     text=True, timeout=10, stdin=subprocess.DEVNULL)
+                if out.returncode == 0 and out.stdout.strip():
+                    candidates.append(out.stdout.strip())
+            except subprocess.TimeoutExpired:
+                pass
+        candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True,
+                             key=lambda p: _version_key(Path(p).parent.name))
+    for d in candidates:
+        if all(os.access(os.path.join(d, exe), os.X_OK)
+               for exe in ("initdb", "pg_ctl", "postgres")):
+            return Path(d)
+    raise PostgresMissingError(
+        f"no PostgreSQL server binaries (initdb, pg_ctl, postgres) in any of "
+        f"{', '.join(dict.fromkeys(candidates))}; {FIX_INSTALL}")
+
+
+def _version_key(name):
+    try:
+        return float(name)
+    except ValueError:
+        return -1.0
+
+
+def _quote(value):
+    """Quote a conninfo value (libpq's rules: single quotes, backslash escapes)."""
+    if value and all(ch.isalnum() or ch in "/._-:@," for ch in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _configured_source():
+    if os.environ.get("SPECPROD_DB_DSN", "").strip():
+        return "SPECPROD_DB_DSN"
+    return ", ".join(v for v in CONFIG_ENV[1:] if os.environ.get(v))
+
+
+def _port_free(port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class _Cluster:
+    """Where a private cluster lives and who runs it.
+
+    ``cluster_dir`` holds the record (port, database, where the data are), the data
+    directory ``data/``, the server log and the socket. As root the server runs as an
+    unprivileged user who must be able to reach ``cluster_dir``; when it cannot (e.g. a
+    checkout under /root), or the socket path would be too long, the server's files go to
+    ``/tmp/specprod-db-<hash of cluster_dir>`` instead and only the record stays.
+    """
+
+    def __init__(self, cluster_dir=None):
+        self.cluster_dir = Path(cluster_dir or default_cluster_dir()).resolve()
+        self.user = self._server_user()
+        self.serverdir = self._pick_serverdir()
+        self.datadir = self.serverdir / "data"
+        self.logfile = self.serverdir / "server.log"
+
+    # --- who runs the server -------------------------------------------------------
+    @staticmethod
+    def _server_user():
+        """None: the current user. As root: SPECPROD_DB_CLUSTER_USER or ``postgres``."""
+        if os.geteuid() != 0:
+            return None
+        name = os.environ.get("SPECPROD_DB_CLUSTER_USER", "postgres")
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            _run(["useradd", "--system", "--user-group", "--no-create-home",
+                  "--shell", "/usr/sbin/nologin", name], timeout=30,
+                 what=f"create system user {name} to run the private cluster (initdb "
+                      f"refuses root)")
+        return name
+
+    def as_server(self, argv):
+        if self.user is None:
+            return list(argv)
+        if shutil.which("runuser"):
+            return ["runuser", "-u", self.user, "--", *argv]
+        pw = pwd.getpwnam(self.user)
+        return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+                "--init-groups", "--", *argv]
+
+    def _chown(self, path):
+        if self.user is not None:
+            pw = pwd.getpwnam(self.user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def _server_can_use(self, path):
+        if self.user is None:
+            return True
+        r = subprocess.run(self.as_server(["test", "-w", str(path), "-a", "-x", str(path)]),
+                           capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
+                           cwd="/")
+        return r.returncode == 0
+
+    # --- layout --------------------------------------------------------------------
+    def _fallback_dir(self):
+        digest = hashlib.sha1(str(self.cluster_dir).encode()).hexdigest()[:12]
+        return Path("/tmp") / f"specprod-db-{digest}"
+
+    def _pick_serverdir(self):
+        """The record says where the server's files went; a new cluster decides now."""
+        rec = self.read_record()
+        if rec.get("serverdir"):
+            return Path(rec["serverdir"])
+        return self.cluster_dir
+
+    def _place(self):
+        """Create the directories of a new cluster, owned by the server user."""
+        self.cluster_dir.mkdir(parents=True, exist_ok=True)
+        self.cluster_dir.chmod(0o755)
+        self._chown(self.cluster_dir)
+        sock = self.cluster_dir / f".s.PGSQL.{max(PORT_RANGE)}"
+        if len(str(sock)) > MAX_SOCKET_PATH or not self._server_can_use(self.cluster_dir):
+            fb = self._fallback_dir()
+            fb.mkdir(mode=0o755, exist_ok=True)
+            fb.chmod(0o755)
+            self._chown(fb)
+            if not self._server_can_use(fb):
+                raise ClusterError(
+                    f"the server user {self.user} can reach neither {self.cluster_dir} nor "
+                    f"{fb}; set SPECPROD_DB_CLUSTER_DIR to a directory it can write")
+            self.serverdir = fb
+            self.datadir = fb / "data"
+            self.logfile = fb / "server.log"
+        self.write_record(serverdir=str(self.serverdir))
+
+    def read_record(self):
+        try:
+            return json.loads((self.cluster_dir / RECORD).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def write_record(self, **changes):
+        rec = self.read_record()
+        rec.update(changes)
+        path = self.cluster_dir / RECORD
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Serialise start/stop across processes (pytest-xdist workers, make, ...)."""
+        self.cluster_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cluster_dir / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def dsn(self, dbname):
+        port = self.read_record().get("port", DEFAULT_PORT)
+        return (f"host={_quote(str(self.serverdir))} port={port} "
+                f"dbname={_quote(dbname)} user={SUPERUSER}")
+
+    # --- server life cycle ---------------------------------------------------------
+    def initdb(self, bindir, timeout):
+        self._place()
+        if self.datadir.exists() and any(self.datadir.iterdir()):
+            raise ClusterError(f"{self.datadir} exists, is not empty and holds no cluster "
+                               f"(no PG_VERSION); remove it or run `make clean-db`")
+        _run(self.as_server([str(bindir / "initdb"), "-D", str(self.datadir),
+                             "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8",
+                             "--locale=C", "--no-instructions"]),
+             timeout=timeout, cwd=self.serverdir,
+             what=f"initdb of the private cluster in {self.datadir}")
+        self.write_record(pg_bindir=str(bindir))
+
+    def start(self, bindir, port, timeout):
+        rec = self.read_record()
+        port = self._choose_port(port if port is not None else rec.get("port"),
+                                 explicit=port is not None)
+        if port == 5432:
+            raise ClusterError("the private cluster must not use port 5432 (the system "
+                               "server's); choose another with --port")
+        self.write_record(port=port)
+        # Throwaway data: durability settings off for speed.
+        opts = ["-p", str(port), "-k", str(self.serverdir),
+                "-c", "listen_addresses=localhost", "-c", "unix_socket_permissions=0777",
+                "-c", "fsync=off", "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off", "-c", "max_connections=200"]
+        self.logfile.touch()
+        self._chown(self.logfile)
+        try:
+            _run(self.as_server([str(bindir / "pg_ctl"), "start", "-w", "-t", str(int(timeout)),
+                                 "-D", str(self.datadir), "-l", str(self.logfile),
+                                 "-o", " ".join(shlex.quote(o) for o in opts)]),
+                 timeout=timeout + 15, cwd=self.serverdir,
+                 what=f"pg_ctl start of the private cluster in {self.datadir} on port {port}")
+        except ClusterError as e:
+            raise ClusterError(f"{e}\n--- last lines of {self.logfile} ---\n"
+                               f"{self._log_tail()}") from None
+
+    def _choose_port(self, port, explicit):
+        if port is not None and _port_free(int(port)):
+            return int(port)
+        if explicit:
+            raise ClusterError(f"port {port} on localhost is taken; choose another with "
+                               f"--port or SPECPROD_DB_CLUSTER_PORT")
+        for p in PORT_RANGE:
+            if _port_free(p):
+                return p
+        raise ClusterError(f"no free localhost port in {PORT_RANGE.start}-"
+                           f"{PORT_RANGE.stop - 1}; set SPECPROD_DB_CLUSTER_PORT")
+
+    def create_database(self, dbname, timeout):
+        import psycopg2
+        from psycopg2 import sql
+        try:
+            conn = psycopg2.connect(self.dsn("postgres"), connect_timeout=30)
+        except psycopg2.OperationalError as e:
+            raise ClusterError(f"the private cluster in {self.datadir} runs but refuses "
+                               f"{self.dsn('postgres')!r}: {str(e).strip()}; see "
+                               f"{self.logfile}") from e
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        finally:
+            conn.close()
+
+    def running(self):
+        """Whether the postmaster of ``datadir`` is alive (not merely a stale pid file)."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return pid in self.pids()
+
+    def postmaster_pid(self):
+        try:
+            return int((self.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (FileNotFoundError, PermissionError, ValueError):
+            return None
+
+    def pids(self):
+        """Processes of this cluster: every postgres process keeps ``datadir`` as cwd."""
+        target = str(self.datadir)
+        found = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{entry}/cwd") == target:
+                    found.add(int(entry))
+                    continue
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if b"-D" in cmd and target.encode() in cmd:
+                    found.add(int(entry))
+            except OSError:
+                continue
+        return found
+
+    def stop(self, bindir, timeout):
+        argv = [str(bindir / "pg_ctl"), "stop", "-w", "-t", str(int(timeout)),
+                "-D", str(self.datadir)]
+        try:
+            _run(self.as_server(argv + ["-m", "fast"]), timeout=timeout + 15,
+                 cwd=self.serverdir, what=f"pg_ctl stop -m fast of {self.datadir}")
+        except ClusterError:
+            _run(self.as_server(argv + ["-m", "immediate"]), timeout=timeout + 15,
+                 cwd=self.serverdir, what=f"pg_ctl stop -m immediate of {self.datadir}")
+
+    def wait_gone(self, timeout):
+        """Wait for every process of the cluster to exit; kill stragglers at the end."""
+        deadline = time.monotonic() + timeout
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = self.pids()
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if left:
+            time.sleep(0.5)
+            if self.pids():
+                raise ClusterError(f"processes {sorted(self.pids())} of {self.datadir} "
+                                   f"survived pg_ctl stop and SIGKILL")
+
+    def remove(self):
+        if self.serverdir != self.cluster_dir and self.serverdir == self._fallback_dir():
+            shutil.rmtree(self.serverdir, ignore_errors=True)
+        d = self.cluster_dir
+        if not d.exists():
+            return
+        if (d / RECORD).exists() or not any(p.name != ".lock" for p in d.iterdir()):
+            shutil.rmtree(d)
+        else:
+            raise ClusterError(f"not removing {d}: it holds no {RECORD}, so it is not "
+                               f"a private cluster directory")
+
+    def _log_tail(self, n=20):
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError as e:
+            return f"(cannot read: {e})"
+
+
+def _run(argv, timeout, what, cwd=None):
+    """Run an external command; raise ClusterError saying what failed and how."""
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL, cwd=cwd)
+    except FileNotFoundError as e:
+        raise PostgresMissingError(f"{what}: {argv[0]} not found; {FIX_INSTALL}") from e
+    except subprocess.TimeoutExpired as e:
+        raise ClusterError(f"{what}: `{shlex.join(argv)}` did not finish within "
+                           f"{timeout} s") from e
+    if r.returncode != 0:
+        raise ClusterError(f"{what}: `{shlex.join(argv)}` exited {r.returncode}:\n"
+                           f"{(r.stdout + r.stderr).strip()}")
+    return r
+
+
+# --- the ``specprod-db cluster`` sub-command -----------------------------------------
+
+ACTIONS = ("start", "stop", "status", "dsn", "ensure")
+
+
+def add_arguments(parser):
+    parser.add_argument("action", choices=ACTIONS, help=(
+        "start: start the private cluster (initdb on first use) and print its conninfo; "
+        "stop: stop it, leaving no process behind; status: show it; "
+        "dsn: print its conninfo (export SPECPROD_DB_DSN=$(specprod-db cluster dsn)); "
+        "ensure: print the configured server's conninfo, else start the private cluster"))
+    parser.add_argument("--dir", type=Path, default=None, help=(
+        "cluster directory (default: $SPECPROD_DB_CLUSTER_DIR, else .pgcluster in the "
+        "checkout)"))
+    parser.add_argument("--port", type=int, default=None, help=(
+        f"localhost port (default: the recorded one, else $SPECPROD_DB_CLUSTER_PORT, else "
+        f"the first free from {DEFAULT_PORT})"))
+    parser.add_argument("--dbname", default=DEFAULT_DBNAME,
+                        help="database created in the cluster (default: %(default)s)")
+    parser.add_argument("--remove", action="store_true",
+                        help="with stop: also delete the cluster's directories")
+    parser.add_argument("--timeout", type=float, default=120,
+                        help="seconds allowed for each server command (default: %(default)s)")
+
+
+def run(args):
+    try:
+        if args.action == "start":
+            print(start(args.dir, port=args.port, dbname=args.dbname, timeout=args.timeout))
+        elif args.action == "ensure":
+            print(ensure_server(args.dir, port=args.port, dbname=args.dbname,
+                                timeout=args.timeout))
+        elif args.action == "stop":
+            stop(args.dir, remove=args.remove, timeout=args.timeout)
+        elif args.action == "status":
+            st = status(args.dir)
+            for key, value in st.items():
+                print(f"{key}: {value}")
+            return 0 if st["running"] else 3
+        elif args.action == "dsn":
+            print(dsn(args.dir, None if args.dbname == DEFAULT_DBNAME else args.dbname))
+    except ClusterError as e:
+        print(f"specprod-db cluster {args.action}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m specprod_db.pgcluster",
+                                     description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Shared fixtures: a real PostgreSQL with q3c, a fresh schema per test, and MPI.
+
+Database: ``SPECPROD_DB_TEST_DSN`` if set, else the configured server (``SPECPROD_DB_DSN``
+or PGHOST/PGPORT/PGDATABASE/PGSERVICE), else the private cluster, started on demand
+(``specprod_db.pgcluster.ensure_server``). No database mocks: if no server can be had,
+the tests needing one fail saying what was checked.
+"""
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from specprod_db import pgcluster
+
+_server = {}
+
+
+def _get_dsn():
+    """The test server's conninfo, computed once per process (xdist: per worker)."""
+    if "dsn" not in _server:
+        try:
+            dsn = os.environ.get("SPECPROD_DB_TEST_DSN", "").strip()
+            if dsn:
+                pgcluster.ensure_q3c(dsn, where="SPECPROD_DB_TEST_DSN")
+            else:
+                dsn = pgcluster.ensure_server()
+            _server["dsn"] = dsn
+        except pgcluster.ClusterError as e:
+            _server["dsn"], _server["error"] = None, str(e)
+    return _server["dsn"]
+
+
+def pytest_report_header(config):
+    dsn = _get_dsn()
+    if dsn is None:
+        return [f"database: unavailable: {_server['error']}"]
+    import psycopg2
+    with psycopg2.connect(dsn, connect_timeout=30) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_setting('server_version'), "
+                    "(SELECT extversion FROM pg_extension WHERE extname = 'q3c')")
+        version, q3c = cur.fetchone()
+    conn.close()
+    return [f"database: PostgreSQL {version}, q3c {q3c}: {dsn}"]
+
+
+# --- database --------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_dsn():
+    """libpq conninfo of a server with q3c in its database; started if need be."""
+    dsn = _get_dsn()
+    if dsn is None:
+        pytest.fail(f"no PostgreSQL server for the tests: {_server['error']}", pytrace=False)
+    return dsn
+
+
+@pytest.fixture
+def schema_name(pg_dsn):
+    """A fresh, random schema name ``test_<8 hex>`` (not created here); the schema is
+    dropped with CASCADE after the test, whoever created it."""
+    import psycopg2
+    from psycopg2 import sql
+    name = "test_" + secrets.token_hex(4)
+    yield name
+    conn = psycopg2.connect(pg_dsn, connect_timeout=30)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+# --- MPI -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def mpiexec():
+    """Path of ``mpiexec``: the venv's (from the ``mpich`` wheel), else the one on PATH."""
+    local = Path(sys.executable).parent / "mpiexec"
+    path = str(local) if os.access(local, os.X_OK) else shutil.which("mpiexec")
+    if path is None:
+        pytest.fail(f"no mpiexec next to {sys.executable} nor on PATH; install the "
+                    f"`mpich` extra: pip install -e '.[test,mpich]' (make env)",
+                    pytrace=False)
+    return path
+
+
+def run_mpi(mpiexec, n, argv, timeout=300, check=True, **kwargs):
+    """Run ``mpiexec -n N argv...``, killing every rank if it exceeds ``timeout`` seconds
+    (a deadlock fails the test instead of hanging CI). Returns the CompletedProcess
+    (text output captured); with ``check``, a non-zero exit fails the test."""
+    argv = [mpiexec, "-n", str(n), *map(str, argv)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                            **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(argv)}\n--- stdout ---\n"
+                    f"{out[-5000:]}\n--- stderr ---\n{err[-5000:]}", pytrace=False)
+    result = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    if check and proc.returncode != 0:
+        pytest.fail(f"exit {proc.returncode}: {' '.join(argv)}\n--- stdout ---\n"
+                    f"{out[-5000:]}\n--- stderr ---\n{err[-5000:]}", pytrace=False)
+    return result
+
+
+@pytest.fixture
+def mpirun(mpiexec):
+    """``mpirun(n, argv, timeout=300, check=True, env=..., cwd=...)``: :func:`run_mpi`
+    with this session's ``mpiexec``."""
+    def _run(n, argv, **kwargs):
+        return run_mpi(mpiexec, n, argv, **kwargs)
+    return _run
+
+
+# --- fixtures of other parts of the project go below this line ------------------------
