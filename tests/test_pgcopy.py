@@ -14,7 +14,8 @@ def _sample(table, n, rng):
         if dt.kind == "S":
             width = dt.itemsize
             lengths = rng.integers(0, width + 1, n)
-            rows[col.name] = [bytes(rng.choice(list(b"abcXYZ019 -"), k)) .rstrip(b" ") if k else b""
+            alphabet = np.frombuffer(b"abcXYZ019 -", dtype=np.uint8)
+            rows[col.name] = [rng.choice(alphabet, k).astype(np.uint8).tobytes().rstrip(b" ")
                               for k in lengths]
         elif col.pgtype == "numeric(39)":
             rows[col.name] = ids.composite(rng.integers(0, 2**32, n), rng.integers(0, 2**32, n),

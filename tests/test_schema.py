@@ -1,0 +1,159 @@
+"""The DDL generated from schema.py matches the specprod-db 1.3 catalog, read back from
+the server: column by column, index by index, constraint by constraint."""
+import csv
+import os
+
+import psycopg2
+import pytest
+
+from specprod_db import db, schema
+from specprod_db.commands import init
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def _reference(name, delimiter):
+    with open(os.path.join(DATA, name)) as f:
+        return list(csv.DictReader(f, delimiter=delimiter))
+
+
+@pytest.fixture
+def created(pg_dsn, schema_name):
+    conn = psycopg2.connect(pg_dsn)
+    db.create_schema(conn, schema_name)
+    yield conn
+    conn.close()
+
+
+def test_columns_match_reference(created, schema_name):
+    with created.cursor() as cur:
+        cur.execute("""SELECT table_name, ordinal_position, column_name, data_type,
+                              character_maximum_length, numeric_precision, is_nullable,
+                              column_default
+                       FROM information_schema.columns WHERE table_schema = %s""",
+                    (schema_name,))
+        got = {(r[0], r[1]): r for r in cur.fetchall()}
+    reference = _reference("specprod-db-1.3-columns.csv", ",")
+    assert reference
+    differences = []
+    for ref in reference:
+        key = (ref["table_name"], int(ref["ordinal_position"]))
+        row = got.pop(key, None)
+        assert row is not None, f"missing column {key}"
+        ours = [row[2], row[3], "" if row[4] is None else str(row[4]),
+                "" if row[5] is None else str(row[5]), row[6],
+                (row[7] or "").replace(schema_name + ".", "SCHEMA.")]
+        theirs = [ref["column_name"], ref["data_type"], ref["char_len"], ref["num_precision"],
+                  ref["is_nullable"], ref["column_default"].replace("ref13.", "SCHEMA.")]
+        if ours != theirs:
+            differences.append((key, theirs, ours))
+    # The one intended difference (design decision 5): program columns are VARCHAR(8).
+    widened = {(k[0], d[2]) for k, d, _ in [(k, d, o) for k, d, o in differences]}
+    assert all(o[0] == "program" and d[2] == "6" and o[2] == "8" for _, d, o in differences), \
+        differences
+    assert {(k[0], "program") for k, _, _ in differences} == schema.WIDENED_PROGRAM_COLUMNS
+    assert widened  # the difference exists and is exactly the listed one
+    # Everything left is ours: the bookkeeping tables.
+    assert {k[0] for k in got} == {"load_run", "tile_state"}
+
+
+def test_indexes_match_reference(created, schema_name):
+    with created.cursor() as cur:
+        cur.execute("SELECT tablename, indexname, indexdef FROM pg_indexes "
+                    "WHERE schemaname = %s", (schema_name,))
+        got = {r[1]: r[2].replace(f"{schema_name}.", "SCHEMA.") for r in cur.fetchall()}
+    for ref in _reference("specprod-db-1.3-indexes.psv", "|"):
+        assert got.pop(ref["indexname"]) == ref["indexdef"]
+    q3c = {k: v for k, v in got.items() if k.endswith("_q3c_ang2ipix")}
+    assert set(q3c) == {"ix_tile_q3c_ang2ipix", "ix_exposure_q3c_ang2ipix",
+                        "ix_photometry_q3c_ang2ipix", "ix_fiberassign_q3c_ang2ipix"}
+    assert "q3c_ang2ipix(target_ra, target_dec)" in q3c["ix_fiberassign_q3c_ang2ipix"]
+    assert set(got) - set(q3c) == {"load_run_pkey", "tile_state_pkey"}
+
+
+def test_constraints_match_reference(created, schema_name):
+    with created.cursor() as cur:
+        cur.execute("""SELECT c.conrelid::regclass::text, c.conname, c.contype,
+                              pg_get_constraintdef(c.oid)
+                       FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+                       WHERE n.nspname = %s""", (schema_name,))
+        got = {r[1]: (r[2], r[3].replace(f"{schema_name}.", "SCHEMA.")) for r in cur.fetchall()}
+    for ref in _reference("specprod-db-1.3-constraints.psv", "|"):
+        assert got.pop(ref["conname"]) == (ref["contype"], ref["definition"])
+    assert set(got) == {"load_run_pkey", "tile_state_pkey", "tile_state_run_id_fkey"}
+
+
+def test_init_is_idempotent(pg_dsn, schema_name, caplog):
+    assert init.run(init_args(pg_dsn, schema_name)) == 0
+    conn = psycopg2.connect(pg_dsn)
+
+    def snapshot():
+        with conn.cursor() as cur:
+            cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname=%s "
+                        "ORDER BY 1", (schema_name,))
+            idx = cur.fetchall()
+            cur.execute(f'SELECT id, package, version FROM "{schema_name}".version ORDER BY id')
+            return idx, cur.fetchall()
+    first = snapshot()
+    assert init.run(init_args(pg_dsn, schema_name)) == 0
+    assert snapshot() == first
+    assert [p for _, p, _ in first[1]][:3] == ["astropy", "desiutil", "lsd9-photometry"]
+    conn.close()
+
+
+def test_overwrite_needs_confirmation(pg_dsn, schema_name, capsys):
+    args = init_args(pg_dsn, schema_name, overwrite=True)
+    assert init.run(args) == 2
+    assert "--yes" in capsys.readouterr().err
+    args.yes = True
+    assert init.run(args) == 0
+
+
+def test_missing_grant_role_is_a_warning(pg_dsn, schema_name):
+    args = init_args(pg_dsn, schema_name)
+    args.grant = ["no_such_role_xyz"]
+    args.no_grant = False
+    assert init.run(args) == 0
+
+
+def test_grants_include_default_privileges(pg_dsn, schema_name):
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'specprod_test_reader'")
+        if not cur.fetchone():
+            cur.execute("CREATE ROLE specprod_test_reader")
+    args = init_args(pg_dsn, schema_name)
+    args.grant = ["specprod_test_reader"]
+    args.no_grant = False
+    assert init.run(args) == 0
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE TABLE "{schema_name}".later (x int)')
+        cur.execute("SELECT has_table_privilege('specprod_test_reader', %s, 'SELECT'), "
+                    "has_table_privilege('specprod_test_reader', %s, 'SELECT')",
+                    (f"{schema_name}.ztile", f"{schema_name}.later"))
+        assert cur.fetchone() == (True, True)
+        cur.execute(f'DROP SCHEMA "{schema_name}" CASCADE')
+        cur.execute("DROP OWNED BY specprod_test_reader")
+    conn.close()
+
+
+def test_unreachable_database_is_one_clear_line(capsys):
+    from specprod_db.cli import main
+    code = main(["init", "--schema", "x", "--db",
+                 "host=127.0.0.1 port=1 dbname=nodb user=nobody connect_timeout=2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert "host=127.0.0.1" in err and "port=1" in err and "database=nodb" in err
+    assert "user=nobody" in err and "Traceback" not in err
+
+
+def init_args(dsn, schema_name, overwrite=False):
+    import argparse
+    p = argparse.ArgumentParser()
+    init.add_arguments(p)
+    argv = ["--schema", schema_name, "--db", dsn, "--no-grant"]
+    if overwrite:
+        argv.append("--overwrite")
+    return p.parse_args(argv)
