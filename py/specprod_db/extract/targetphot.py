@@ -1,0 +1,387 @@
+"""Targeting photometry of one tile's potential targets (``targetphot_onetile``).
+
+Our own equivalent of desispec's ``desispec.io.photo.gather_targetphot`` for one tile
+(datamodel.md §4.5), without desispec at run time:
+
+1. the PRIMARY header of the tile's fiberassign file names the catalogs: ``TARG``,
+   ``TARG2``..., ``SCND``, ``SCND2``..., ``TOO``, ``TOO2``... (a family stops at the
+   first missing keyword or at a value ``-``); tile 80615 also gets the cmx Gaia
+   supplemental directory, which its header does not record;
+2. each value is rewritten into this tree (:meth:`Paths.rewrite_catalog_path`); paths
+   that do not exist are dropped with a warning naming the tile (desispec drops them
+   silently); if none is left the tile fails (desispec fails too); the rest is
+   de-duplicated and sorted alphabetically;
+3. a path containing ``secondary`` is a FITS file, one containing ``ToO`` an ECSV
+   ledger (astropy ``ascii.ecsv``, ``guess=False``), anything else a directory of
+   primary targets split in nested HEALPix files ``{prefix}hp-{pix}.fits``: ``FILENSID``
+   is read from HDU1 of the first (sorted) ``*-hp-*.fits`` file, the pixel of each target
+   with finite RA/Dec is computed at that nside, and the single-pixel files of those
+   pixels that exist are read.  Quirk kept from desispec: files covering several pixels
+   (comma-joined names) are never found this way;
+4. in each FITS file the table is the first HDU whose EXTNAME contains ``TARGETS``
+   (``TARGETS``, ``SCND_TARGETS``), else HDU 1; its TARGETID column is read, then only
+   the wanted rows, and only the columns of the targetphot data model that exist
+   (copied by name; the others stay zero/blank);
+5. the first occurrence of a TARGETID wins, in the sorted path order (so
+   ``.../survey/.../ToO.ecsv`` precedes ``.../target/...`` and ``resolve`` precedes
+   ``secondary``); within one directory, files are taken in string order of their
+   names, as desispec's ``np.unique`` orders them;
+6. one output row per input target, in input order, TARGETID always set; targets found
+   nowhere are all zeros/blank (PHOTSYS '', RA = DEC = 0).
+
+The output has the 122 columns of desispec's ``targetphot_datamodel`` (§4.6) with
+native byte order and bytes (``S``) strings instead of desispec's unicode.
+"""
+import glob
+import os
+
+import numpy as np
+
+from .. import ids, rows
+from ..log import get_logger
+from ..paths import InputError
+from ..schema import table as _table
+
+#: desispec's ``targetphot_datamodel`` (datamodel.md §4.6): ``dtype[shape]: NAMES``.
+_DATAMODEL = """
+i2: RELEASE
+i4: BRICKID
+S8: BRICKNAME
+i4: BRICK_OBJID
+S4: MORPHTYPE
+f8: RA
+f4: RA_IVAR
+f8: DEC
+f4: DEC_IVAR
+f4[5]: DCHISQ
+f4: EBV FLUX_G FLUX_R FLUX_Z FLUX_IVAR_G FLUX_IVAR_R FLUX_IVAR_Z
+f4: MW_TRANSMISSION_G MW_TRANSMISSION_R MW_TRANSMISSION_Z FRACFLUX_G FRACFLUX_R FRACFLUX_Z
+f4: FRACMASKED_G FRACMASKED_R FRACMASKED_Z FRACIN_G FRACIN_R FRACIN_Z
+i2: NOBS_G NOBS_R NOBS_Z
+f4: PSFDEPTH_G PSFDEPTH_R PSFDEPTH_Z GALDEPTH_G GALDEPTH_R GALDEPTH_Z
+f4: FLUX_W1 FLUX_W2 FLUX_W3 FLUX_W4 FLUX_IVAR_W1 FLUX_IVAR_W2 FLUX_IVAR_W3 FLUX_IVAR_W4
+f4: MW_TRANSMISSION_W1 MW_TRANSMISSION_W2 MW_TRANSMISSION_W3 MW_TRANSMISSION_W4
+i2: ALLMASK_G ALLMASK_R ALLMASK_Z
+f4: FIBERFLUX_G FIBERFLUX_R FIBERFLUX_Z FIBERTOTFLUX_G FIBERTOTFLUX_R FIBERTOTFLUX_Z
+f4: REF_EPOCH
+u1: WISEMASK_W1 WISEMASK_W2
+i2: MASKBITS
+f4[15]: LC_FLUX_W1 LC_FLUX_W2 LC_FLUX_IVAR_W1 LC_FLUX_IVAR_W2
+i2[15]: LC_NOBS_W1 LC_NOBS_W2
+f8[15]: LC_MJD_W1 LC_MJD_W2
+f4: SHAPE_R SHAPE_E1 SHAPE_E2 SHAPE_R_IVAR SHAPE_E1_IVAR SHAPE_E2_IVAR SERSIC SERSIC_IVAR
+i8: REF_ID
+S2: REF_CAT
+f4: GAIA_PHOT_G_MEAN_MAG GAIA_PHOT_G_MEAN_FLUX_OVER_ERROR
+f4: GAIA_PHOT_BP_MEAN_MAG GAIA_PHOT_BP_MEAN_FLUX_OVER_ERROR
+f4: GAIA_PHOT_RP_MEAN_MAG GAIA_PHOT_RP_MEAN_FLUX_OVER_ERROR
+f4: GAIA_PHOT_BP_RP_EXCESS_FACTOR GAIA_ASTROMETRIC_EXCESS_NOISE
+?: GAIA_DUPLICATED_SOURCE
+f4: GAIA_ASTROMETRIC_SIGMA5D_MAX
+u1: GAIA_ASTROMETRIC_PARAMS_SOLVED
+f4: PARALLAX PARALLAX_IVAR PMRA PMRA_IVAR PMDEC PMDEC_IVAR
+S1: PHOTSYS
+i8: TARGETID
+f8: SUBPRIORITY
+i8: OBSCONDITIONS PRIORITY_INIT NUMOBS_INIT HPXPIXEL
+i8: CMX_TARGET DESI_TARGET BGS_TARGET MWS_TARGET
+i8: SV1_DESI_TARGET SV1_BGS_TARGET SV1_MWS_TARGET
+i8: SV2_DESI_TARGET SV2_BGS_TARGET SV2_MWS_TARGET
+i8: SV3_DESI_TARGET SV3_BGS_TARGET SV3_MWS_TARGET
+i8: SCND_TARGET SV1_SCND_TARGET SV2_SCND_TARGET SV3_SCND_TARGET
+"""
+
+
+def _parse_datamodel(spec):
+    fields = []
+    for line in spec.strip().splitlines():
+        kind, names = line.split(":")
+        shape = ()
+        if "[" in kind:
+            kind, n = kind.rstrip("]").split("[")
+            shape = (int(n),)
+        fields.extend((name, kind, shape) for name in names.split())
+    return np.dtype(fields)
+
+
+#: The row of ``targetphot_onetile``'s output (122 columns, desispec's order).
+TARGETPHOT_DTYPE = _parse_datamodel(_DATAMODEL)
+
+_FAMILIES = ("TARG", "SCND", "TOO")
+_CMX_80615 = ("target", "catalogs", "gaiadr2", "0.47.0", "targets", "cmx", "resolve", "supp")
+
+
+def header_catalogs(header):
+    """``[(keyword, value)]`` of the TARG/SCND/TOO families of a fiberassign header.
+
+    For each family the base keyword, then ``X2``, ``X3``... up to ``X100``, stopping at
+    the first missing keyword or at a value that is ``-`` after stripping (§3.3).
+    """
+    found = []
+    for base in _FAMILIES:
+        if base not in header:
+            continue
+        found.append((base, str(header[base])))
+        for num in range(2, 101):
+            key = f"{base}{num}"
+            if key not in header or str(header[key]).strip() == "-":
+                break
+            found.append((key, str(header[key])))
+    return found
+
+
+def catalog_paths(header, paths, tileid, stats=None):
+    """Existing targeting catalogs of a tile, de-duplicated and sorted (§4.5 steps 2-4).
+
+    A named catalog that does not exist is logged as a warning naming the tile (and
+    counted in ``stats['missing_catalogs']``); if no named catalog exists at all,
+    :class:`InputError` names the tile, the fiberassign file and the keywords.
+    """
+    log = get_logger()
+    named = [(key, paths.rewrite_catalog_path(value, tileid))
+             for key, value in header_catalogs(header)]
+    if int(tileid) == 80615:
+        named.append(("(tile 80615)", os.path.join(paths.desi_root, *_CMX_80615)))
+    kept = []
+    for key, path in named:
+        if os.path.exists(path):
+            kept.append(path)
+        else:
+            log.warning(f"tile {tileid}: targeting catalog {key} = {path} does not exist")
+            if stats is not None:
+                stats["missing_catalogs"] = stats.get("missing_catalogs", 0) + 1
+    if not kept:
+        keys = ", ".join(k for k, _ in named) or "none of TARG/SCND/TOO"
+        raise InputError(f"tile {tileid}: no targeting catalog named in the header of "
+                         f"{paths.fiberassign_file(tileid)} exists (keywords: {keys})")
+    return sorted(set(kept))
+
+
+def radec2pix(nside, ra, dec):
+    """Nested HEALPix pixel of (``ra``, ``dec``) in degrees, as healpy computes it.
+
+    ``healpy.ang2pix(nside, radians(90 - dec), radians(ra), nest=True)`` (which is
+    ``desimodel.footprint.radec2pix``), transcribed from HEALPix C++ ``loc2pix``.
+    """
+    nside = int(nside)
+    if nside < 1 or nside & (nside - 1):
+        raise ValueError(f"nside must be a power of 2, got {nside}")
+    order = nside.bit_length() - 1
+    theta = np.radians(90 - np.asarray(dec, dtype=np.float64))
+    phi = np.radians(np.asarray(ra, dtype=np.float64))
+    theta, phi = np.broadcast_arrays(np.atleast_1d(theta), np.atleast_1d(phi))
+    z = np.cos(theta)
+    za = np.abs(z)
+    tt = np.mod(phi * 0.6366197723675813430755350534900574, 4.0)
+    face = np.empty(z.shape, dtype=np.int64)
+    ix = np.empty(z.shape, dtype=np.int64)
+    iy = np.empty(z.shape, dtype=np.int64)
+
+    eq = za <= 2.0 / 3.0
+    t1 = nside * (0.5 + tt[eq])
+    t2 = nside * (z[eq] * 0.75)
+    jp = (t1 - t2).astype(np.int64)
+    jm = (t1 + t2).astype(np.int64)
+    ifp, ifm = jp >> order, jm >> order
+    face[eq] = np.where(ifp == ifm, ifp | 4, np.where(ifp < ifm, ifp, ifm + 8))
+    ix[eq] = jm & (nside - 1)
+    iy[eq] = nside - (jp & (nside - 1)) - 1
+
+    po = ~eq
+    ntt = np.minimum(3, tt[po].astype(np.int64))
+    tp = tt[po] - ntt
+    zp, zap, thp = z[po], za[po], theta[po]
+    have_sth = (thp < 0.01) | (thp > 3.14159 - 0.01)
+    tmp = np.where((zap < 0.99) | ~have_sth, nside * np.sqrt(3 * (1 - zap)),
+                   nside * np.sin(thp) / np.sqrt((1.0 + zap) / 3.0))
+    jp = np.minimum((tp * tmp).astype(np.int64), nside - 1)
+    jm = np.minimum(((1.0 - tp) * tmp).astype(np.int64), nside - 1)
+    north = zp >= 0
+    face[po] = np.where(north, ntt, ntt + 8)
+    ix[po] = np.where(north, nside - jm - 1, jp)
+    iy[po] = np.where(north, nside - jp - 1, jm)
+    return (face << (2 * order)) + _spread(ix) + (_spread(iy) << 1)
+
+
+def _spread(v):
+    """Interleave a zero bit after each bit of ``v`` (< 2**30)."""
+    v = v & 0x3FFFFFFF
+    for shift, mask in ((16, 0x0000FFFF0000FFFF), (8, 0x00FF00FF00FF00FF),
+                        (4, 0x0F0F0F0F0F0F0F0F), (2, 0x3333333333333333),
+                        (1, 0x5555555555555555)):
+        v = (v | (v << shift)) & mask
+    return v
+
+
+def _fits_targets(path, want, tileid):
+    """Rows of FITS catalog ``path`` whose TARGETID is in ``want`` (sorted), or None."""
+    import fitsio
+    try:
+        with fitsio.FITS(path) as fx:
+            ext = next((i for i, h in enumerate(fx) if "TARGETS" in h.get_extname()), 1)
+            hdu = fx[ext]
+            names = {c.upper(): c for c in hdu.get_colnames()}
+            if "TARGETID" not in names:
+                raise InputError(f"tile {tileid}: {path} HDU {ext} has no TARGETID column")
+            tid = hdu.read(columns=[names["TARGETID"]])[names["TARGETID"]]
+            hit = np.flatnonzero(np.isin(tid, want))
+            if hit.size == 0:
+                return None
+            cols = [names[c] for c in TARGETPHOT_DTYPE.names if c in names]
+            return hdu.read(columns=cols, rows=hit, upper=True)
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise InputError(f"tile {tileid}: cannot read targeting catalog {path}: {err}") \
+            from None
+
+
+def _ecsv_targets(path, want, tileid):
+    """Rows of a ToO ledger whose TARGETID is in ``want``, as a dict of columns, or None."""
+    from astropy.table import Table
+    try:
+        tab = Table.read(path, format="ascii.ecsv", guess=False)
+    except Exception as err:  # astropy raises many types for a malformed ledger
+        raise InputError(f"tile {tileid}: cannot read ToO ledger {path}: {err}") from None
+    if "TARGETID" not in tab.colnames:
+        raise InputError(f"tile {tileid}: ToO ledger {path} has no TARGETID column")
+    hit = np.flatnonzero(np.isin(np.asarray(tab["TARGETID"]), want))
+    if hit.size == 0:
+        return None
+    tab = tab[hit]
+    return {c: np.ma.filled(tab[c], 0) for c in tab.colnames if c in TARGETPHOT_DTYPE.names}
+
+
+def _primary_files(directory, ra, dec, tileid, stats):
+    """The healpix files of a primary-target directory that hold these positions."""
+    import fitsio
+    files = sorted(glob.glob(os.path.join(directory, "*-hp-*.fits")))
+    if not files:
+        raise InputError(f"tile {tileid}: primary target directory {directory} "
+                         "has no *-hp-*.fits file")
+    try:
+        nside = fitsio.read_header(files[0], ext=1)["FILENSID"]
+    except (OSError, ValueError, KeyError, IndexError) as err:
+        raise InputError(f"tile {tileid}: cannot read FILENSID from HDU1 of {files[0]}: "
+                         f"{err}") from None
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    if not ok.all():
+        get_logger().warning(f"tile {tileid}: {np.count_nonzero(~ok)} targets with "
+                             f"non-finite RA/Dec are not looked up in {directory}")
+        stats["nan_radec"] = stats.get("nan_radec", 0) + int(np.count_nonzero(~ok))
+    prefix = os.path.basename(files[0]).split("hp-")[0]
+    names = sorted(os.path.join(directory, f"{prefix}hp-{pix}.fits")
+                   for pix in np.unique(radec2pix(nside, ra[ok], dec[ok])))
+    return [f for f in names if os.path.isfile(f)]
+
+
+def targetphot_onetile(tileid, header, targets, paths, stats=None):
+    """Targeting photometry of a tile's potential targets (see the module docstring).
+
+    Parameters
+    ----------
+    tileid : int
+    header : mapping
+        PRIMARY header of the tile's fiberassign file (fitsio or astropy header, dict).
+    targets : structured array
+        TARGETID, RA, DEC of the tile's potential non-sky targets (TARGETS HDU).
+    paths : :class:`specprod_db.paths.Paths`
+    stats : dict, optional
+        Counts: ``missing_catalogs``, ``nan_radec``, ``not_found``, ``files_read``.
+
+    Returns
+    -------
+    structured array of :data:`TARGETPHOT_DTYPE`, one row per target, input order.
+    """
+    stats = {} if stats is None else stats
+    tid = np.asarray(targets["TARGETID"], dtype=np.int64)
+    ra = np.asarray(targets["RA"], dtype=np.float64)
+    dec = np.asarray(targets["DEC"], dtype=np.float64)
+    out = np.zeros(len(tid), dtype=TARGETPHOT_DTYPE)
+    out["TARGETID"] = tid
+    if len(tid) == 0:
+        return out
+    found = np.zeros(len(tid), dtype=bool)
+    for path in catalog_paths(header, paths, tileid, stats):
+        if found.all():
+            break
+        ecsv = "secondary" not in path and "ToO" in path
+        if "secondary" in path or ecsv:
+            files = [path]
+        else:
+            files = _primary_files(path, ra[~found], dec[~found], tileid, stats)
+        for fname in files:
+            want = np.unique(tid[~found])
+            if want.size == 0:
+                break
+            read = _ecsv_targets if ecsv else _fits_targets
+            piece = read(fname, want, tileid)
+            stats["files_read"] = stats.get("files_read", 0) + 1
+            if piece is None:
+                continue
+            _merge(out, found, tid, piece)
+    stats["not_found"] = stats.get("not_found", 0) + int(np.count_nonzero(~found))
+    return out
+
+
+def _merge(out, found, tid, piece):
+    """Copy ``piece`` rows into ``out`` rows not yet found; first occurrence wins."""
+    ptid = np.asarray(piece["TARGETID"], dtype=np.int64)
+    utid, first = np.unique(ptid, return_index=True)   # stable: first occurrence
+    pos = np.clip(np.searchsorted(utid, tid), 0, len(utid) - 1)
+    take = ~found & (utid[pos] == tid)
+    dst = np.flatnonzero(take)
+    src = first[pos[take]]
+    names = piece.dtype.names if hasattr(piece, "dtype") else list(piece)
+    for name in names:
+        if name in TARGETPHOT_DTYPE.names and name != "TARGETID":
+            out[name][dst] = np.asarray(piece[name])[src]
+    found[dst] = True
+
+
+# --- database rows ------------------------------------------------------------------
+
+_PHOTOMETRY = _table("photometry")
+_TARGET = _table("target")
+_DCHISQ = [c for c in _PHOTOMETRY.names if c.startswith("dchisq_")]
+
+
+def target_rows(targetphot, tileid, survey, program, stats=None):
+    """``target`` table rows, one per potential target (design decision 4)."""
+    n = len(targetphot)
+    have = set(targetphot.dtype.names)
+    cols = {c: targetphot[c.upper()] for c in _TARGET.names if c.upper() in have}
+    cols.update(id=ids.target_id(np.full(n, survey), tileid, targetphot["TARGETID"]),
+                survey=survey, program=program, tileid=tileid)
+    defaults = {c: 0 for c in _TARGET.names if c.endswith("_target")}
+    return rows.build("target", cols, n=n, defaults=defaults, stats=stats)
+
+
+def photometry_from_targetphot(targetphot, stats=None):
+    """``photometry`` rows from targeting data (§9.2 "P" sources, §9.13).
+
+    LS_ID is computed from RELEASE, BRICKID, BRICK_OBJID; PMRA and PMDEC are both set
+    to 0.0 where either is NaN (``np.isnan``, as the old loader did; ±inf is left to
+    finitize); DCHISQ is expanded into ``dchisq_psf`` ... ``dchisq_ser``; then
+    finitize.  ``stats`` receives ``pm_zeroed`` and ``rows_finitized`` counts and
+    :func:`rows.build`'s per-column ``finitized`` counts.
+    """
+    stats = {} if stats is None else stats
+    tp = targetphot
+    cols = {c: tp[c.upper()] for c in _PHOTOMETRY.names if c.upper() in tp.dtype.names}
+    cols["ls_id"] = ids.ls_id(tp["RELEASE"], tp["BRICKID"], tp["BRICK_OBJID"])
+    for i, c in enumerate(_DCHISQ):
+        cols[c] = tp["DCHISQ"][:, i]
+    pmra, pmdec = tp["PMRA"].copy(), tp["PMDEC"].copy()
+    bad = np.isnan(pmra) | np.isnan(pmdec)
+    pmra[bad] = 0.0
+    pmdec[bad] = 0.0
+    cols["pmra"], cols["pmdec"] = pmra, pmdec
+    stats["pm_zeroed"] = stats.get("pm_zeroed", 0) + int(np.count_nonzero(bad))
+    nonfinite = np.zeros(len(tp), dtype=bool)
+    for c, v in cols.items():
+        v = np.asarray(v)
+        if v.dtype.kind == "f":
+            nonfinite |= ~np.isfinite(v).reshape(len(tp), -1).all(axis=1)
+    stats["rows_finitized"] = stats.get("rows_finitized", 0) + int(nonfinite.sum())
+    return rows.build("photometry", cols, n=len(tp), stats=stats)
