@@ -373,13 +373,13 @@ TILE_STATE = Table("tile_state", """
 integer: tileid
 text: updated
 integer: lastnight
-text: status tile_hash exposures_hash redrock_fingerprint fiberassign_fingerprint
+text: status tile_hash exposures_hash redrock_fingerprint fiberassign_fingerprint line
 integer: run_id
 timestamptz: loaded_at
 text: error
 """, primary_key=("tileid",),
     nullable=("updated", "lastnight", "tile_hash", "exposures_hash", "redrock_fingerprint",
-              "fiberassign_fingerprint", "loaded_at", "error"),
+              "fiberassign_fingerprint", "line", "loaded_at", "error"),
     foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
 
 #: Every table, in creation (foreign-key) order, as the old tool creates them.

@@ -1,0 +1,68 @@
+"""``specprod-db load``: bring a schema in step with the production's tiles file.
+
+Runs alone or under ``mpiexec -n N`` / ``srun``: rank 0 plans, hands out tile and brick
+tasks, and writes; the other ranks extract.  The result is the same for every N >= 1.
+"""
+import os
+
+from .. import mpi
+from ..paths import InputError, add_path_arguments, paths_from_args
+from ..pipeline import Options, load
+from .common import add_db_arguments, add_schema_argument, report_errors
+
+
+def add_arguments(parser, dry_run_flag=True):
+    add_schema_argument(parser, required=False, default="daily")
+    add_db_arguments(parser)
+    add_path_arguments(parser)
+    parser.add_argument("--tiles", default=None, metavar="ID,ID,..",
+                        help="restrict the run to these TILEIDs")
+    parser.add_argument("--stage-dir", default=None, metavar="DIR",
+                        help="HDF5 stage directory (default $SPECPROD_DB_STAGE_DIR, else "
+                             "$SCRATCH/specprod-db-stage, else ./specprod-db-stage; a "
+                             "sub-directory per schema)")
+    if dry_run_flag:
+        parser.add_argument("--dry-run", action="store_true",
+                            help="print the plan (tile, action, reason) and change nothing")
+    parser.add_argument("--no-delete", action="store_true",
+                        help="refuse deletes: report the tiles that would be deleted")
+    parser.add_argument("--allow-mass-delete", action="store_true",
+                        help="allow deleting more than --max-delete-fraction of loaded tiles")
+    parser.add_argument("--max-delete-fraction", type=float, default=0.1,
+                        help="largest fraction of loaded tiles one run may delete "
+                             "(default 0.1)")
+    parser.add_argument("--show-unchanged", action="store_true",
+                        help="list unchanged tiles in the plan too")
+
+
+def default_stage_dir(schema):
+    base = (os.environ.get("SPECPROD_DB_STAGE_DIR")
+            or (os.path.join(os.environ["SCRATCH"], "specprod-db-stage")
+                if os.environ.get("SCRATCH") else None)
+            or os.path.abspath("specprod-db-stage"))
+    return os.path.join(base, schema)
+
+
+def options_from_args(args, dry_run=None):
+    try:
+        paths = paths_from_args(args)
+    except InputError as err:
+        raise SystemExit(f"specprod-db: {err}")
+    tiles = None
+    if args.tiles:
+        try:
+            tiles = [int(t) for t in args.tiles.replace(" ", "").split(",") if t]
+        except ValueError:
+            raise SystemExit(f"specprod-db: --tiles must be a comma-separated list of "
+                             f"integers, not {args.tiles!r}")
+    return Options(schema=args.schema, paths=paths, dsn=args.db,
+                   stage_dir=args.stage_dir or default_stage_dir(args.schema), tiles=tiles,
+                   dry_run=args.dry_run if dry_run is None else dry_run,
+                   no_delete=args.no_delete, allow_mass_delete=args.allow_mass_delete,
+                   max_delete_fraction=args.max_delete_fraction,
+                   show_unchanged=args.show_unchanged)
+
+
+@report_errors
+def run(args):
+    return load(mpi.world(), options_from_args(args))

@@ -1,0 +1,366 @@
+"""The load, rank by rank: plan (rank 0) -> extract (workers) -> stage -> write (rank 0).
+
+``load(comm, options)`` is called by every rank with the same options.  Rank 0 plans and
+broadcasts the plan, hands out tile tasks then brick tasks dynamically (``mpi.run_tasks``),
+and is the single writer: bricks' photometry first, then one transaction per tile, then
+deletes, then the primary flags of the touched TARGETIDs and ANALYZE.  Every rank returns
+the same exit status: 0 when every planned tile loaded, 1 when some tile failed (recorded
+in ``tile_state``), 2 when the run could not start.
+"""
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import psycopg2
+from psycopg2 import sql
+
+from . import db, finalize, mpi, stage, tasks, writer
+from .db import qualified
+from .extract import redshift, tile
+from .log import get_logger, set_rank
+from .plan import (DELETE, FAIL, INSERT, REFRESH, UNCHANGED, UPDATE, MassDeleteRefused,
+                   TileAction, format_plan, make_plan, summary)
+
+LOCK_NAMESPACE = 0x5350  # 'SP': advisory lock class of specprod-db loads
+
+
+@dataclass
+class Options:
+    schema: str
+    paths: object
+    dsn: str = ""
+    stage_dir: str = None
+    tiles: list = None
+    dry_run: bool = False
+    no_delete: bool = False
+    allow_mass_delete: bool = False
+    max_delete_fraction: float = 0.1
+    show_unchanged: bool = False
+    command: str = "load"
+    extra: dict = field(default_factory=dict)
+
+
+class RunRefused(RuntimeError):
+    """The run cannot start (lock held, schema missing, bad tiles file ...)."""
+
+
+def lock_key(schema_name):
+    import zlib
+    return zlib.crc32(schema_name.encode())
+
+
+def acquire_lock(conn, schema_name):
+    """Session advisory lock per schema; RunRefused naming the running load if held."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                    (LOCK_NAMESPACE, lock_key(schema_name)))
+        if cur.fetchone()[0]:
+            return
+        cur.execute("""SELECT a.pid, a.application_name, a.client_addr, a.backend_start
+                       FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                       WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
+                         AND l.granted""", (LOCK_NAMESPACE, lock_key(schema_name)))
+        holder = cur.fetchone()
+        cur.execute(sql.SQL("SELECT id, started, command FROM {} WHERE finished IS NULL "
+                            "ORDER BY id DESC LIMIT 1").format(
+            qualified(schema_name, "load_run")))
+        run = cur.fetchone()
+    conn.rollback()
+    who = f"backend pid {holder[0]} ({holder[1]}) since {holder[3]:%Y-%m-%d %H:%M:%S %Z}" \
+        if holder else "another session"
+    what = f"load run {run[0]} started {run[1]:%Y-%m-%d %H:%M:%S %Z}: {run[2]}" if run else ""
+    raise RunRefused(f"another load of schema {schema_name} is running ({who}"
+                     f"{'; ' + what if what else ''}); not starting")
+
+
+def read_state(conn, schema_name):
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("""SELECT s.tileid, s.status, s.updated, s.lastnight, s.tile_hash,
+                   s.exposures_hash, s.redrock_fingerprint, s.fiberassign_fingerprint, s.line,
+                   s.error, t.tileid IS NOT NULL
+            FROM {} s LEFT JOIN {} t ON t.tileid = s.tileid""").format(
+            qualified(schema_name, "tile_state"), qualified(schema_name, "tile")))
+        keys = ("tileid", "status", "updated", "lastnight", "tile_hash", "exposures_hash",
+                "redrock_fingerprint", "fiberassign_fingerprint", "line", "error",
+                "in_tile_table")
+        return {r[0]: dict(zip(keys, r)) for r in cur.fetchall()}
+
+
+def exposures_hash(exposures, frames, tileid):
+    """Fingerprint of the qualifying exposures of a tile and their frames."""
+    import hashlib
+    sel = (exposures["TILEID"] == tileid) & (exposures["EFFTIME_SPEC"] > 0)
+    e = np.sort(exposures[sel], order="EXPID")
+    f = frames[np.isin(frames["EXPID"], e["EXPID"])]
+    f = f[np.lexsort((f["CAMERA"], f["EXPID"]))]
+    return hashlib.sha256(e.tobytes() + f.tobytes()).hexdigest()
+
+
+def fiberassign_fingerprint(paths, tileid, old):
+    """size:mtime:sha256 of the fiberassign file; hashed again only if size/mtime moved."""
+    path = paths.fiberassign_file(tileid)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    prefix = f"{st.st_size}:{st.st_mtime_ns}:"
+    if old and (old.get("fiberassign_fingerprint") or "").startswith(prefix):
+        return old["fiberassign_fingerprint"]
+    fp = tile.fingerprint(path)
+    if old and old.get("fiberassign_fingerprint", "").split(":")[-1] == fp.split(":")[-1]:
+        return old["fiberassign_fingerprint"]  # touched, same content
+    return fp
+
+
+def plan_run(conn, opts):
+    """Rank 0: read the tiles and exposures files and the load state; make the plan."""
+    log = get_logger()
+    paths = opts.paths
+    tiles_path = paths.tiles()
+    if not os.path.exists(tiles_path):
+        raise RunRefused(f"tiles file {tiles_path} does not exist")
+    table, problems = tile.read_tiles_file(tiles_path)
+    if len(table) == 0 and not problems:
+        raise RunRefused(f"tiles file {tiles_path} has no tiles")
+    exposures, frames = tile.read_exposures_file(paths.exposures())
+    known = set(np.asarray(table["TILEID"]).tolist())
+    orphans = sorted(set(exposures["TILEID"].tolist()) - known)
+    if orphans:
+        log.warning("%d exposure row(s) of %d tile(s) not in the tiles file are ignored: %s",
+                    int(np.isin(exposures["TILEID"], orphans).sum()), len(orphans),
+                    ", ".join(map(str, orphans[:10])))
+    state = read_state(conn, opts.schema)
+
+    def fingerprints(tileid, line, old):
+        return {"exposures_hash": exposures_hash(exposures, frames, tileid),
+                "redrock_fingerprint": redshift.redrock_fingerprint(paths, tileid,
+                                                                    line["LASTNIGHT"]),
+                "fiberassign_fingerprint": fiberassign_fingerprint(paths, tileid, old)}
+
+    return make_plan(table, problems, state, fingerprints, tiles=opts.tiles,
+                     no_delete=opts.no_delete, max_delete_fraction=opts.max_delete_fraction,
+                     allow_mass_delete=opts.allow_mass_delete)
+
+
+def _start_run(conn, opts, comm):
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("INSERT INTO {} (started, ranks, command, options) "
+                            "VALUES (now(), %s, %s, %s) RETURNING id").format(
+            qualified(opts.schema, "load_run")),
+            (comm.size, " ".join(sys.argv) or opts.command,
+             json.dumps({"tiles": opts.tiles, "stage_dir": opts.stage_dir,
+                         "no_delete": opts.no_delete, **opts.paths.as_dict()})))
+        run_id = cur.fetchone()[0]
+    conn.commit()
+    return run_id
+
+
+def _finish_run(conn, opts, run_id, outcome, counts):
+    conn.rollback()
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("UPDATE {} SET finished = now(), outcome = %s, counts = %s "
+                            "WHERE id = %s").format(qualified(opts.schema, "load_run")),
+                    (outcome, json.dumps(counts, default=str), run_id))
+    conn.commit()
+
+
+def load(comm, opts):
+    """Run the whole pipeline on every rank; returns the common exit status."""
+    set_rank(comm.rank, comm.size)
+    log = get_logger()
+    t0 = time.time()
+    conn = None
+    header = None
+    if comm.rank == 0:
+        try:
+            conn = db.connect(opts.dsn)
+            if not db.schema_exists(conn, opts.schema):
+                raise RunRefused(f"schema {opts.schema} does not exist; run "
+                                 f"'specprod-db init --schema {opts.schema}' first")
+            acquire_lock(conn, opts.schema)
+            actions = plan_run(conn, opts)
+            if not opts.dry_run:
+                stage.check_directory(opts.stage_dir)
+                stage.cleanup_temporaries(opts.stage_dir)
+            header = {"actions": [a.as_dict() for a in actions]}
+        except (RunRefused, MassDeleteRefused, db.ConnectionFailed, stage.StageError,
+                OSError, psycopg2.Error) as err:
+            header = {"error": f"{type(err).__name__ if isinstance(err, psycopg2.Error) else ''}"
+                               f"{' ' if isinstance(err, psycopg2.Error) else ''}"
+                               f"{' '.join(str(err).split())}"}
+        except tile.InputError as err:
+            header = {"error": str(err)}
+    header = comm.bcast(header, root=0)
+    if "error" in header:
+        if comm.rank == 0:
+            print(f"specprod-db: {header['error']}", file=sys.stderr)
+            if conn is not None:
+                conn.close()
+        return 2
+    actions = [TileAction(**a) for a in header["actions"]]
+    if opts.dry_run:
+        if comm.rank == 0:
+            print(format_plan(actions, opts.show_unchanged))
+            conn.close()
+        return 0
+    status = _run(comm, conn, opts, actions, t0)
+    status = comm.bcast(status, root=0)
+    if conn is not None:
+        conn.close()
+    return status
+
+
+def _run(comm, conn, opts, actions, t0):
+    """Extraction on every rank, writing on rank 0; returns the status on rank 0."""
+    log = get_logger()
+    timers = {}
+    run_id = _start_run(conn, opts, comm) if comm.rank == 0 else None
+    failures = {}   # tileid -> message
+    counts = {"tables": {}, "plan": summary(actions)}
+
+    # --- tile tasks ---------------------------------------------------------------
+    t = time.time()
+    jobs = [{"action": a.as_dict(), "paths": opts.paths, "stage_dir": opts.stage_dir}
+            for a in actions if a.action in (INSERT, UPDATE)] if comm.rank == 0 else None
+    tile_results = mpi.run_tasks(comm, jobs, tasks.extract_tile,
+                                 progress=mpi.Progress("tile") if comm.rank == 0 else None)
+    timers["extract tiles"] = time.time() - t
+    brick_jobs = None
+    staged = {}
+    if comm.rank == 0:
+        for job, result in tile_results:
+            tid = job["action"]["tileid"]
+            if isinstance(result, mpi.TaskFailure):
+                failures[tid] = result.message
+            else:
+                staged[tid] = result
+                if result.get("missing_petals"):
+                    log.warning("tile %d: no redrock file for petal(s) %s", tid,
+                                ", ".join(map(str, result["missing_petals"])))
+        brick_jobs, brick_tiles = _brick_jobs(conn, opts, staged, actions)
+    # --- brick tasks --------------------------------------------------------------
+    t = time.time()
+    brick_results = mpi.run_tasks(comm, brick_jobs, tasks.extract_brick,
+                                  progress=mpi.Progress("brick") if comm.rank == 0 else None)
+    timers["extract bricks"] = time.time() - t
+    if comm.rank != 0:
+        return None
+    # --- write (rank 0) -----------------------------------------------------------
+    t = time.time()
+    touched = set()
+    tcounts = counts["tables"]
+    for job, result in brick_results:
+        if isinstance(result, mpi.TaskFailure):
+            for tid in brick_tiles.get(job["brickname"], ()):
+                failures.setdefault(tid, f"brick {job['brickname']}: {result.message}")
+            continue
+        rows = stage.read(result["file"], ["photometry"])["photometry"]
+        tcounts["photometry (Legacy Surveys)"] = tcounts.get(
+            "photometry (Legacy Surveys)", 0) + writer.write_photometry(conn, opts.schema, rows)
+    written = []
+    for a in actions:
+        try:
+            if a.tileid in failures or a.action == FAIL:
+                message = failures.get(a.tileid) or a.reason
+                failures[a.tileid] = message
+                writer.record_failure(conn, opts.schema, a.tileid, message, run_id)
+            elif a.action in (INSERT, UPDATE):
+                tables = stage.read(staged[a.tileid]["file"])
+                c, tt = writer.write_tile(conn, opts.schema, a, tables, run_id)
+                touched |= tt
+                for k, v in c.items():
+                    tcounts[k] = tcounts.get(k, 0) + v
+                written.append(staged[a.tileid]["file"])
+                log.info("tile %d %s: %s", a.tileid, a.action,
+                         ", ".join(f"{k} {v}" for k, v in c.items()))
+            elif a.action == DELETE:
+                c, tt = writer.delete_tile(conn, opts.schema, a, run_id)
+                touched |= tt
+                log.warning("tile %d DELETED (%s): %s", a.tileid, a.reason,
+                            ", ".join(f"{k} {v}" for k, v in c.items()))
+            elif a.action == REFRESH:
+                writer.refresh_state(conn, opts.schema, a, run_id)
+        except (psycopg2.Error, OSError, KeyError, ValueError) as err:
+            message = f"tile {a.tileid}: {type(err).__name__}: {' '.join(str(err).split())}"
+            log.error(message)
+            failures[a.tileid] = message
+            writer.record_failure(conn, opts.schema, a.tileid, message, run_id)
+    timers["write"] = time.time() - t
+    # photometry staged by bricks whose tiles all failed is not kept
+    t = time.time()
+    if failures:
+        cand = [int(x) for job, _ in brick_results for x in job["targets"]["TARGETID"]]
+        with conn.cursor() as cur:
+            n = writer.delete_orphan_photometry(cur, opts.schema, cand)
+        conn.commit()
+        if n:
+            log.info("removed %d photometry row(s) of failed tiles", n)
+    n = finalize.update_primary(conn, opts.schema, sorted(touched))
+    finalize.analyze(conn, opts.schema, [tb for tb in ("tile", "exposure", "frame",
+                     "photometry", "target", "fiberassign", "potential", "ztile")])
+    timers["finalize"] = time.time() - t
+    for path in written:
+        tasks.remove_stage_file(path)
+    for job, result in brick_results:
+        if not isinstance(result, mpi.TaskFailure) and not failures:
+            tasks.remove_stage_file(result["file"])
+    counts["failed"] = {str(k): v for k, v in failures.items()}
+    counts["primary_rows_changed"] = n
+    counts["timers"] = timers
+    outcome = "failed" if failures else "ok"
+    _finish_run(conn, opts, run_id, outcome, counts)
+    _report(actions, failures, tcounts, timers, time.time() - t0, run_id)
+    return 1 if failures else 0
+
+
+def _brick_jobs(conn, opts, staged, actions):
+    """Targets of this run's new fiberassign data that still lack photometry, by brick."""
+    pieces = []
+    for a in actions:
+        if a.tileid in staged and a.full:
+            aux = stage.read(staged[a.tileid]["file"], names=()).get("aux", {})
+            if "brick_input" in aux:
+                pieces.append(aux["brick_input"])
+    if not pieces:
+        return [], {}
+    allrows = np.concatenate(pieces)
+    tiles_of = {}
+    order = np.argsort(allrows["TARGETID"], kind="stable")
+    allrows = allrows[order]
+    first = np.ones(len(allrows), dtype=bool)
+    first[1:] = allrows["TARGETID"][1:] != allrows["TARGETID"][:-1]
+    unique = allrows[first]
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT targetid FROM {} WHERE targetid = ANY(%s)").format(
+            qualified(opts.schema, "photometry")), (unique["TARGETID"].tolist(),))
+        present = np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
+    conn.rollback()
+    need = unique[~np.isin(unique["TARGETID"], present)]
+    # which tiles depend on which brick (a failed brick fails those tiles)
+    need_all = allrows[np.isin(allrows["TARGETID"], need["TARGETID"])]
+    for brick in np.unique(need_all["BRICKNAME"]):
+        tiles_of[brick.decode()] = sorted(set(
+            need_all["TILEID"][need_all["BRICKNAME"] == brick].tolist()))
+    jobs = []
+    for brick in np.unique(need["BRICKNAME"]):
+        sel = need[need["BRICKNAME"] == brick]
+        jobs.append({"brickname": brick.decode(), "targets": sel, "paths": opts.paths,
+                     "stage_dir": opts.stage_dir})
+    return jobs, tiles_of
+
+
+def _report(actions, failures, tcounts, timers, elapsed, run_id):
+    log = get_logger()
+    plan_counts = summary(actions)
+    lines = [f"load run {run_id} finished in {elapsed:.1f} s",
+             "  plan: " + ", ".join(f"{k} {v}" for k, v in sorted(plan_counts.items())),
+             "  rows written:"]
+    lines += [f"    {k:<28} {v:>10}" for k, v in sorted(tcounts.items())]
+    lines += ["  timing:"] + [f"    {k:<28} {v:>9.2f} s" for k, v in timers.items()]
+    if failures:
+        lines.append(f"  FAILED tiles ({len(failures)}):")
+        lines += [f"    {k}: {v}" for k, v in sorted(failures.items())]
+    log.info("\n".join(lines))

@@ -1,0 +1,222 @@
+"""The plan: tiles file -> winning line per tile -> diff with the load state.
+
+Decisions (``doc/decisions.md``; DESIGN.md "Decisions where the sources are silent"):
+
+1. Duplicate TILEID lines are allowed.  The winner has the latest ``UPDATED`` parsed with
+   its UTC offset (empty is oldest); ties go to the last line.  Duplicates are logged once.
+2. ``UPDATED`` alone is not a change.  A loaded tile is UPDATEd when any other column of
+   its winning line differs from the line loaded, or its inputs changed: its qualifying
+   exposures, its cumulative redrock files, or its fiberassign file (fingerprints).  When
+   only ``UPDATED`` moved, the recorded state is refreshed (REFRESH) and nothing reloads.
+3. A tile whose winning line has ``EFFTIME_SPEC <= 0``, or that left the tiles file, is
+   DELETEd if loaded (guarded: ``--no-delete``, mass-delete fraction), else SKIPped.
+"""
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .log import get_logger
+
+INSERT, UPDATE, DELETE, REFRESH, SKIP, UNCHANGED, FAIL = (
+    "INSERT", "UPDATE", "DELETE", "REFRESH", "SKIP", "UNCHANGED", "FAIL")
+#: Actions that write the database.
+WRITES = (INSERT, UPDATE, DELETE, REFRESH)
+
+_OLDEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+@dataclass
+class TileAction:
+    tileid: int
+    action: str
+    reason: str
+    line: dict = field(default_factory=dict)
+    #: redo fiberassign/potential/target/photometry (new tile or changed fiberassign)
+    full: bool = True
+    #: fingerprints computed by the planner (recorded in tile_state after loading)
+    state: dict = field(default_factory=dict)
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def parse_updated(value):
+    """``UPDATED`` as an aware datetime; empty or unparsable -> the oldest possible."""
+    value = (value or "").strip()
+    if not value:
+        return _OLDEST
+    for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            dt = datetime.strptime(value, fmt)
+            return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+    return _OLDEST
+
+
+def _value(v):
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, str):
+        return v.strip()
+    return v
+
+
+def line_dict(table, i):
+    """Row ``i`` of the tiles table as a plain dict (upper-case keys)."""
+    return {name: _value(table[name][i]) for name in table.dtype.names}
+
+
+def winning_lines(table):
+    """TILEID -> index of its winning line; logs each duplicated TILEID once."""
+    log = get_logger()
+    tileids = np.asarray(table["TILEID"])
+    updated = table["UPDATED"] if "UPDATED" in table.dtype.names else [""] * len(tileids)
+    best = {}
+    count = {}
+    for i, (tid, upd) in enumerate(zip(tileids.tolist(), updated)):
+        key = parse_updated(_value(upd))
+        count[tid] = count.get(tid, 0) + 1
+        if tid not in best or key >= best[tid][0]:
+            best[tid] = (key, i)
+    for tid, n in count.items():
+        if n > 1:
+            log.warning("tile %d has %d lines in the tiles file; using line %d (latest "
+                        "UPDATED, then last line)", tid, n, best[tid][1] + 2)
+    return {tid: i for tid, (_, i) in best.items()}
+
+
+def tile_hash(line):
+    """Fingerprint of a tiles-file line without ``UPDATED`` (what counts as a change)."""
+    clean = {k: (repr(float(v)) if isinstance(v, float) else v)
+             for k, v in line.items() if k != "UPDATED"}
+    return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _changed_columns(old_line, line):
+    if not old_line:
+        return []
+    return sorted(k for k in line if k != "UPDATED" and old_line.get(k) != line.get(k))
+
+
+def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
+              max_delete_fraction=0.1, allow_mass_delete=False):
+    """Diff the tiles file against the load state.
+
+    Parameters
+    ----------
+    table : structured array
+        The tiles file (every line; upper-case columns).
+    problems : dict
+        TILEID -> message for lines that cannot be used (malformed fields): FAIL.
+    state : dict
+        TILEID -> tile_state row (dict) for tiles the database knows.
+    fingerprints : callable
+        ``fingerprints(tileid, line, old_state) -> dict`` of input fingerprints:
+        ``exposures_hash``, ``redrock_fingerprint``, ``fiberassign_fingerprint``.
+    tiles : iterable of int, optional
+        Restrict the plan to these TILEIDs.
+    """
+    log = get_logger()
+    winners = winning_lines(table) if len(table) else {}
+    wanted = None if tiles is None else set(int(t) for t in tiles)
+    actions = []
+    for tid in sorted(set(winners) | set(state) | set(problems)):
+        if wanted is not None and tid not in wanted:
+            continue
+        old = state.get(tid)
+        loaded = old is not None and old.get("status") == "loaded"
+        if tid in problems:
+            actions.append(TileAction(tid, FAIL, problems[tid]))
+            continue
+        if tid not in winners:
+            if loaded:
+                actions.append(TileAction(tid, DELETE, "no longer in the tiles file"))
+            continue
+        line = line_dict(table, winners[tid])
+        efftime = line.get("EFFTIME_SPEC")
+        if not (isinstance(efftime, (int, float)) and efftime > 0):
+            if loaded:
+                actions.append(TileAction(tid, DELETE, f"EFFTIME_SPEC = {efftime}", line))
+            else:
+                log.info("tile %d skipped: EFFTIME_SPEC = %s (no usable exposures)", tid,
+                         efftime)
+                actions.append(TileAction(tid, SKIP, f"EFFTIME_SPEC = {efftime}", line))
+            continue
+        fp = fingerprints(tid, line, old)
+        fp["tile_hash"] = tile_hash(line)
+        fp["updated"] = line.get("UPDATED", "")
+        fp["lastnight"] = line.get("LASTNIGHT")
+        if old is None or old.get("status") == "deleted":
+            actions.append(TileAction(tid, INSERT, "new tile", line, True, fp))
+            continue
+        if not loaded:
+            actions.append(TileAction(tid, INSERT if not old.get("in_tile_table") else UPDATE,
+                                      f"retry after {old.get('status')}: "
+                                      f"{(old.get('error') or '')[:80]}", line, True, fp))
+            continue
+        reasons = []
+        if fp["tile_hash"] != old.get("tile_hash"):
+            cols = _changed_columns(json.loads(old.get("line") or "{}"), line)
+            reasons.append("changed: " + (", ".join(cols) if cols else "tiles-file line"))
+        if fp.get("exposures_hash") != old.get("exposures_hash"):
+            reasons.append("exposures changed")
+        if fp.get("redrock_fingerprint") != old.get("redrock_fingerprint"):
+            reasons.append("redrock files changed")
+        full = fp.get("fiberassign_fingerprint") != old.get("fiberassign_fingerprint")
+        if full:
+            reasons.append("fiberassign file changed")
+        if reasons:
+            actions.append(TileAction(tid, UPDATE, "; ".join(reasons), line, full, fp))
+        elif fp["updated"] != (old.get("updated") or ""):
+            actions.append(TileAction(tid, REFRESH, "only UPDATED moved", line, False, fp))
+        else:
+            actions.append(TileAction(tid, UNCHANGED, "", line, False, fp))
+    return guard_deletes(actions, state, no_delete, max_delete_fraction, allow_mass_delete)
+
+
+class MassDeleteRefused(RuntimeError):
+    """Too many deletes in one run without ``--allow-mass-delete``."""
+
+
+def guard_deletes(actions, state, no_delete, max_fraction, allow_mass):
+    log = get_logger()
+    deletes = [a for a in actions if a.action == DELETE]
+    loaded = sum(1 for s in state.values() if s.get("status") == "loaded")
+    for a in deletes:
+        log.warning("DELETE tile %d: %s", a.tileid, a.reason)
+    if deletes and no_delete:
+        for a in deletes:
+            a.action, a.reason = SKIP, f"delete refused (--no-delete): {a.reason}"
+        log.warning("--no-delete: %d tile(s) would be deleted; nothing deleted", len(deletes))
+    elif deletes and loaded and len(deletes) > max_fraction * loaded and not allow_mass:
+        raise MassDeleteRefused(
+            f"{len(deletes)} of {loaded} loaded tiles would be deleted (more than "
+            f"{max_fraction:.0%}); rerun with --allow-mass-delete if this is intended: "
+            + ", ".join(str(a.tileid) for a in deletes[:20]))
+    return actions
+
+
+def summary(actions):
+    counts = {}
+    for a in actions:
+        counts[a.action] = counts.get(a.action, 0) + 1
+    return counts
+
+
+def format_plan(actions, show_unchanged=False):
+    """The plan as text: one line per tile (action, reason)."""
+    lines = [f"{'TILEID':>8}  {'ACTION':<9}  REASON"]
+    for a in actions:
+        if a.action == UNCHANGED and not show_unchanged:
+            continue
+        extra = "" if a.action != UPDATE else (" [full reload]" if a.full else "")
+        lines.append(f"{a.tileid:>8}  {a.action:<9}  {a.reason}{extra}")
+    counts = summary(actions)
+    lines.append("total: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)

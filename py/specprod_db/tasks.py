@@ -1,0 +1,126 @@
+"""What a worker rank does with one task: extract, then stage to HDF5.
+
+*Tile task*: the tile row, its qualifying exposures and frames, and — for a new tile or a
+changed fiberassign file (``full``) — fiberassign, potential, targetphot (target rows and
+targeting-data photometry) and the brick inputs; always its redshifts (ztile).
+*Brick task*: ``tractorphot_onebrick`` for the targets of one brick that still need
+Legacy Surveys photometry.
+
+Each task writes one stage file and returns a small summary; a stage file already
+complete for the same inputs (same key) is reused, so a rerun after a crash redoes only
+what is missing.
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from . import stage
+from .extract import redshift, targetphot, tile, tractorphot
+from .log import get_logger
+
+#: Columns of the brick-task input (the targets that may need LS photometry).
+BRICK_INPUT_DTYPE = np.dtype([("TARGETID", "i8"), ("RA", "f8"), ("DEC", "f8"),
+                              ("RELEASE", "i2"), ("BRICKID", "i4"), ("BRICK_OBJID", "i4"),
+                              ("PHOTSYS", "S1"), ("BRICKNAME", "S8"), ("TILEID", "i4")])
+
+_exposures_cache = {}
+
+
+class TileTaskError(RuntimeError):
+    """A tile cannot be extracted; the message names the tile, the file and the problem."""
+
+
+def task_key(*parts):
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def exposures_for(paths):
+    """The exposures file, read once per process."""
+    path = paths.exposures()
+    if path not in _exposures_cache:
+        _exposures_cache.clear()
+        _exposures_cache[path] = tile.read_exposures_file(path)
+    return _exposures_cache[path]
+
+
+def brick_input(targetphot_rows, targets, tileid):
+    """The brick-task input of a tile's potential targets (ID columns + position)."""
+    n = len(targets)
+    out = np.zeros(n, dtype=BRICK_INPUT_DTYPE)
+    out["TARGETID"] = targets["TARGETID"]
+    out["RA"] = targets["RA"]
+    out["DEC"] = targets["DEC"]
+    for name in ("RELEASE", "BRICKID", "BRICK_OBJID", "PHOTSYS"):
+        out[name] = targetphot_rows[name]
+    named = np.char.strip(np.asarray(targetphot_rows["BRICKNAME"]).astype("S8"))
+    id_path = ((out["RELEASE"] > 0) & (out["BRICKID"] > 0) & (out["BRICK_OBJID"] > 0)
+               & (np.char.strip(out["PHOTSYS"]) != b"") & (named != b""))
+    computed = np.asarray(tractorphot.bricknames(out["RA"], out["DEC"])).astype("S8")
+    out["BRICKNAME"] = np.where(id_path, named, computed)
+    out["TILEID"] = tileid
+    return out
+
+
+def extract_tile(job):
+    """Worker side of a tile task. ``job`` = dict(action=TileAction dict, paths, stage_dir)."""
+    action, paths, stage_dir = job["action"], job["paths"], job["stage_dir"]
+    tileid = action["tileid"]
+    key = task_key("tile", action["line"], action["state"], action["full"])
+    path = stage.tile_file(stage_dir, tileid)
+    if stage.is_complete(path, key):
+        get_logger().info("tile %d: reusing complete stage file %s", tileid, path)
+        return {"tileid": tileid, "file": path, "reused": True}
+    line = action["line"]
+    stats = {}
+    tables = {"tile": tile.tile_rows(line)}
+    exposures, frames = exposures_for(paths)
+    tables["exposure"] = tile.exposure_rows(exposures, tileid, stats=stats)
+    tables["frame"] = tile.frame_rows(frames, tables["exposure"]["expid"])
+    extra = {}
+    survey, program = line["SURVEY"], line["PROGRAM"]
+    if action["full"]:
+        fa_path = paths.fiberassign_file(tileid)
+        fa, pot, targets, header = tile.fiberassign_rows(fa_path, tileid)
+        tables["fiberassign"], tables["potential"] = fa, pot
+        tp = targetphot.targetphot_onetile(tileid, header, targets, paths, stats=stats)
+        tables["target"] = targetphot.target_rows(tp, tileid, survey, program, stats=stats)
+        tables["photometry"] = targetphot.photometry_from_targetphot(tp, stats=stats)
+        extra["brick_input"] = brick_input(tp, targets, tileid)
+    z, info = redshift.ztile_rows(paths, tileid, line["LASTNIGHT"], survey, program,
+                                  stats=stats)
+    tables["ztile"] = z
+    stage.write(path, tables, key, extra)
+    return {"tileid": tileid, "file": path, "reused": False,
+            "rows": {k: len(v) for k, v in tables.items()},
+            "missing_petals": list(info.get("missing_petals", [])),
+            "stats": _plain(stats)}
+
+
+def extract_brick(job):
+    """Worker side of a brick task. ``job`` = dict(brickname, targets, paths, stage_dir)."""
+    brickname, targets = job["brickname"], job["targets"]
+    key = task_key("brick", brickname, targets["TARGETID"].tolist())
+    path = stage.brick_file(job["stage_dir"], brickname)
+    if stage.is_complete(path, key):
+        return {"brickname": brickname, "file": path, "reused": True}
+    stats = {}
+    rows, matched = tractorphot.tractorphot_onebrick(brickname, targets, job["paths"],
+                                                     stats=stats)
+    stage.write(path, {"photometry": rows}, key)
+    return {"brickname": brickname, "file": path, "reused": False,
+            "matched": int(np.count_nonzero(matched)), "inputs": len(targets),
+            "stats": _plain(stats)}
+
+
+def _plain(stats):
+    return json.loads(json.dumps(stats, default=lambda v: v.item()
+                                 if isinstance(v, np.generic) else str(v)))
+
+
+def remove_stage_file(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
