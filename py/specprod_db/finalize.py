@@ -1,0 +1,119 @@
+"""After a load: primary-spectrum flags of ``ztile``, ANALYZE.
+
+The flags follow desispec's ``find_primary_spectra`` (datamodel.md §10.1) with
+``TSNR2_LRG`` as the sort column (design decision 7), computed in SQL with window
+functions over the rows of the TARGETIDs a run touched (their flags depend only on
+their own rows):
+
+* among a target's rows, ``zwarn = 0`` first; then ascending ``INV = 1/S``, where ``S`` is
+  ``tsnr2_lrg`` and ``S = 0`` gives ``INV = 1e99`` (desispec adds ``1e-99`` to a zero
+  denominator).  So the largest positive S wins, zero loses to any positive value,
+  **negative** values (e.g. -9999 from finitize) win over positive ones (an artefact of
+  the inverse, reproduced on purpose), NaN sorts last (PostgreSQL, like numpy, orders
+  NaN above every number).  ``1/S`` is computed in double precision from the stored
+  ``real``, exactly as numpy promotes the float32 column;
+* exact ties (same TARGETID, zwarn class and INV), which desispec breaks in an
+  unspecified order, are broken by ``tileid`` then ``id`` ascending;
+* ``zcat_*`` over all rows, ``sv_*`` over rows with survey sv1/sv2/sv3, ``main_*`` over
+  rows with survey main; a row outside a subset has ``nspec = 0`` and ``primary = false``.
+
+Functions take an open psycopg2 connection and do not commit: the caller owns the
+transaction (in autocommit mode each statement commits by itself).
+"""
+import io
+import secrets
+
+import numpy as np
+from psycopg2 import sql
+
+#: ``primary`` flag pairs: column prefix -> SQL condition selecting the subset (or None).
+SUBSETS = {
+    "zcat": None,
+    "sv": sql.SQL("survey IN ('sv1', 'sv2', 'sv3')"),
+    "main": sql.SQL("survey = 'main'"),
+}
+
+#: Rows per COPY into the temporary TARGETID table.
+_COPY_CHUNK = 1_000_000
+
+
+def _flags_sql(schema_name, source):
+    """UPDATE of the six flag columns for the ztile rows selected by ``source``."""
+    order = sql.SQL("ORDER BY (zwarn <> 0), inv, tileid, id")
+    selects = [sql.SQL("id")]
+    for prefix, cond in SUBSETS.items():
+        member = sql.SQL("TRUE") if cond is None else cond
+        window = sql.SQL("PARTITION BY targetid, ({member})").format(member=member)
+        selects.append(sql.SQL(
+            "CASE WHEN {m} THEN count(*) OVER ({w}) ELSE 0 END::smallint AS {n}").format(
+                m=member, w=window, n=sql.Identifier(f"{prefix}_nspec")))
+        selects.append(sql.SQL(
+            "CASE WHEN {m} THEN row_number() OVER ({w} {o}) = 1 ELSE FALSE END AS {p}"
+        ).format(m=member, w=window, o=order, p=sql.Identifier(f"{prefix}_primary")))
+    names = [sql.Identifier(f"{p}_{k}") for p in SUBSETS for k in ("nspec", "primary")]
+    return sql.SQL("""
+        WITH src AS (
+            SELECT z.id, z.targetid, z.survey, z.tileid, z.zwarn,
+                   CASE WHEN z.tsnr2_lrg = 0 THEN 1e99::float8
+                        ELSE 1.0::float8 / z.tsnr2_lrg::float8 END AS inv
+            FROM {ztile} AS z {source}
+        ), flags AS (
+            SELECT {selects} FROM src
+        )
+        UPDATE {ztile} AS t SET ({names}) = ({values})
+        FROM flags AS f
+        WHERE t.id = f.id AND ({names_t}) IS DISTINCT FROM ({values})
+    """).format(
+        ztile=sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier("ztile")),
+        source=source,
+        selects=sql.SQL(", ").join(selects),
+        names=sql.SQL(", ").join(names),
+        names_t=sql.SQL(", ").join(sql.SQL("t.{}").format(n) for n in names),
+        values=sql.SQL(", ").join(sql.SQL("f.{}").format(n) for n in names))
+
+
+def update_primary(conn, schema_name, targetids=None):
+    """Recompute the ``*_nspec``/``*_primary`` flags of ``ztile``; rows changed.
+
+    Parameters
+    ----------
+    conn : psycopg2 connection
+    schema_name : str
+    targetids : array-like of int, optional
+        Only the rows of these TARGETIDs (all their rows, on every tile) are recomputed;
+        all rows when None.  Large lists go through a temporary table.
+    """
+    with conn.cursor() as cur:
+        if targetids is None:
+            cur.execute(_flags_sql(schema_name, sql.SQL("")))
+            return cur.rowcount
+        targetids = np.unique(np.asarray(targetids, dtype=np.int64))
+        if len(targetids) == 0:
+            return 0
+        tmp = sql.Identifier(f"primary_targetids_{secrets.token_hex(4)}")
+        cur.execute(sql.SQL("CREATE TEMPORARY TABLE {} (targetid bigint PRIMARY KEY)")
+                    .format(tmp))
+        try:
+            for start in range(0, len(targetids), _COPY_CHUNK):
+                chunk = targetids[start:start + _COPY_CHUNK]
+                buf = io.StringIO("\n".join(map(str, chunk.tolist())) + "\n")
+                cur.copy_expert(sql.SQL("COPY {} (targetid) FROM STDIN").format(tmp), buf)
+            cur.execute(sql.SQL("ANALYZE {}").format(tmp))
+            cur.execute(_flags_sql(schema_name, sql.SQL(
+                "JOIN {} AS s ON s.targetid = z.targetid").format(tmp)))
+            changed = cur.rowcount
+        finally:
+            if not conn.closed and conn.get_transaction_status() != _TX_ERROR:
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tmp))
+    return changed
+
+
+_TX_ERROR = 3  # psycopg2.extensions.TRANSACTION_STATUS_INERROR
+
+
+def analyze(conn, schema_name, tables):
+    """``ANALYZE`` each of ``tables`` in ``schema_name`` (refresh planner statistics)."""
+    with conn.cursor() as cur:
+        for name in tables:
+            cur.execute(sql.SQL("ANALYZE {}.{}").format(sql.Identifier(schema_name),
+                                                        sql.Identifier(name)))
