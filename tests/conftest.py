@@ -123,3 +123,56 @@ def mpirun(mpiexec):
 
 
 # --- fixtures of other parts of the project go below this line ------------------------
+
+
+def mock_env(outdir, **extra):
+    """The environment of a mock production (what its ``env.sh`` exports)."""
+    env = dict(os.environ)
+    with open(os.path.join(outdir, "env.sh")) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("export ") and "=" in line:
+                key, value = line[len("export "):].split("=", 1)
+                env[key] = value.strip("'\"")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture(scope="session")
+def small_production(tmp_path_factory):
+    """A small mock production (``--small``), written once per session; copy before
+    advancing it (``copy_production``)."""
+    from specprod_db.mock import make_production
+    outdir = tmp_path_factory.mktemp("mock") / "production"
+    summary = make_production(str(outdir), small=True, seed=3)
+    return str(outdir), summary
+
+
+@pytest.fixture
+def copy_production(small_production, tmp_path):
+    """A private copy of the small production, safe to advance or damage."""
+    def _copy(name="production"):
+        dest = tmp_path / name
+        shutil.copytree(small_production[0], dest, symlinks=True)
+        # env.sh names the original tree: rewrite it for the copy
+        env_sh = dest / "env.sh"
+        env_sh.write_text(env_sh.read_text().replace(small_production[0], str(dest)))
+        return str(dest)
+    return _copy
+
+
+def dump_schema(dsn, schema_name, tables=None):
+    """Every row of every data table, ordered by primary key (for equality checks)."""
+    import psycopg2
+    from specprod_db import schema as _schema
+    out = {}
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        for t in _schema.DATA_TABLES:
+            if tables and t.name not in tables or t.name == "version":
+                continue
+            cur.execute(f'SELECT * FROM "{schema_name}".{t.name} ORDER BY '
+                        + ", ".join(t.primary_key))
+            out[t.name] = cur.fetchall()
+    conn.close()
+    return out

@@ -49,7 +49,7 @@ class RunRefused(RuntimeError):
 
 def lock_key(schema_name):
     import zlib
-    return zlib.crc32(schema_name.encode())
+    return zlib.crc32(schema_name.encode()) & 0x7FFFFFFF
 
 
 def acquire_lock(conn, schema_name):
