@@ -76,7 +76,9 @@ def test_second_run_changes_nothing(pg_dsn, schemas, small_production, mpirun, t
     _load(mpirun, 1, pg_dsn, name, prod, tmp_path / "s")
     before = dump_schema(pg_dsn, name)
     result = _load(mpirun, 1, pg_dsn, name, prod, tmp_path / "s", "--dry-run")
-    assert "INSERT" not in result.stdout and "UPDATE" not in result.stdout
+    import re
+    assert re.search(r"^total: SKIP 1, UNCHANGED \d+$", result.stdout, re.M), result.stdout
+    assert not re.search(r"^\s*\d+\s+(INSERT|UPDATE|DELETE)", result.stdout, re.M)
     _load(mpirun, 1, pg_dsn, name, prod, tmp_path / "s")
     assert dump_schema(pg_dsn, name) == before
 
