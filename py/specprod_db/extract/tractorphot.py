@@ -1,0 +1,296 @@
+"""Legacy Surveys photometry of the targets in one brick (``tractorphot_onebrick``).
+
+Our own equivalent of desispec's ``_gather_tractorphot_onebrick`` (datamodel.md §5.5),
+following design decision 10: the targeting rows carry RELEASE, BRICKID, BRICK_OBJID
+and PHOTSYS (from :func:`specprod_db.extract.targetphot.targetphot_onetile`), so
+
+* **ID path** — rows with RELEASE > 0, BRICKID > 0, BRICK_OBJID > 0 and PHOTSYS 'S' or
+  'N': the tractor file of region ``south`` ('S') or ``north`` ('N') must exist
+  (:class:`InputError` otherwise); the tractor row with OBJID == BRICK_OBJID is taken,
+  BRICK_PRIMARY not required.  Differences from desispec, all where desispec would
+  crash: a brick with both 'S' and 'N' ID rows reads both files (desispec asserts one
+  PHOTSYS per brick); a BRICK_OBJID absent from the file, or a tractor BRICKID different
+  from the target's, leaves the row unmatched (counted in ``stats['id_unmatched']``,
+  logged) instead of failing an assertion; a PHOTSYS other than 'S'/'N' (e.g. 'G') sends
+  the row to the positional path (``stats['id_bad_photsys']``).
+* **positional path** — every other row with finite RA/Dec: north file only -> north,
+  south only -> south, both -> south if the median Dec of these rows is < 32.375
+  (desitarget's ``desitarget_resolve_dec``), else north; neither -> unmatched.  Only
+  BRICK_PRIMARY sources are candidates; each row takes its nearest candidate if the
+  separation (Vincenty formula, as astropy's ``separation``) is strictly < 1.0 arcsec;
+  several rows may take the same source.  Pure numpy: candidates sorted by Dec, each
+  row compared only with the candidates in its +-1 arcsec Dec strip.
+
+Each tractor file is opened once; the matching columns are read first, then only the
+matched rows and the columns the ``photometry`` table needs (names from the schema; the
+file's column-name case does not matter: real DR9 files are lower case).  Photometry rows
+follow §9.2 "T": LS_ID = (RELEASE << 40) | (BRICKID << 16) | OBJID, brick_objid from
+OBJID, morphtype from TYPE, DCHISQ expanded into dchisq_psf ... dchisq_ser, then the
+finitize rule (NaN -> -9999) of :func:`specprod_db.rows.build`.  The PM zeroing of
+targeting rows does not apply here.
+
+The caller uses targeting photometry for the rows left unmatched (``matched_mask``).
+"""
+import os
+
+import numpy as np
+from desiutil.brick import brickname as _desiutil_brickname
+
+from .. import ids, rows
+from ..log import get_logger
+from ..paths import InputError
+from ..schema import table as _table
+
+#: desitarget's north/south Dec boundary (``desitarget.io.desitarget_resolve_dec``).
+RESOLVE_DEC = 32.375
+#: desispec's ``radius_match`` default, arcsec (strict inequality).
+RADIUS_ARCSEC = 1.0
+REGIONS = {b"S": "south", b"N": "north"}
+
+_PHOTOMETRY = _table("photometry")
+_DCHISQ = [c for c in _PHOTOMETRY.names if c.startswith("dchisq_")]
+_RENAMED = {"brick_objid": "OBJID", "morphtype": "TYPE"}
+
+
+def _tractor_name(column):
+    if column in _DCHISQ:
+        return "DCHISQ"
+    return _RENAMED.get(column, column.upper())
+
+
+#: Tractor columns read for matched rows: those the photometry table takes.
+TRACTOR_COLUMNS = tuple(dict.fromkeys(
+    _tractor_name(c) for c in _PHOTOMETRY.names if c not in ("ls_id", "targetid")))
+
+
+def bricknames(ra, dec):
+    """Legacy Surveys brick names (``desiutil.brick.brickname``) as ``S8`` bytes."""
+    ra = np.atleast_1d(np.asarray(ra, dtype=np.float64))
+    dec = np.atleast_1d(np.asarray(dec, dtype=np.float64))
+    if ra.size == 0:
+        return np.zeros(0, dtype="S8")
+    return np.char.encode(np.atleast_1d(_desiutil_brickname(ra, dec)).astype("U8"), "ascii")
+
+
+def group_by_brick(targets):
+    """``[(brickname, indices)]`` of ``targets``, brick names sorted.
+
+    The brick of a row is its BRICKNAME when the array has a non-blank one (targeting
+    rows: the brick of its BRICKID, as desispec groups them), else the brick containing
+    its RA/Dec.  Rows with non-finite RA/Dec and no BRICKNAME are left out (no brick).
+    """
+    n = len(targets)
+    names = np.zeros(n, dtype="S8")
+    if "BRICKNAME" in (targets.dtype.names or ()):
+        given = np.asarray(targets["BRICKNAME"])
+        names[:] = np.char.encode(given, "ascii") if given.dtype.kind == "U" else given
+    ra = np.asarray(targets["RA"], dtype=np.float64)
+    dec = np.asarray(targets["DEC"], dtype=np.float64)
+    blank = (np.char.strip(names) == b"")
+    fill = blank & np.isfinite(ra) & np.isfinite(dec)
+    names[fill] = bricknames(ra[fill], dec[fill])
+    keep = np.flatnonzero(~blank | fill)
+    uniq, inverse = np.unique(names[keep], return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
+    return [(b.decode(), keep[idx]) for b, idx in zip(uniq, np.split(order, bounds))]
+
+
+def angular_separation(ra1, dec1, ra2, dec2):
+    """Angle between two positions, degrees in and out (Vincenty, as astropy)."""
+    lon1, lat1, lon2, lat2 = (np.radians(x) for x in (ra1, dec1, ra2, dec2))
+    sdlon, cdlon = np.sin(lon2 - lon1), np.cos(lon2 - lon1)
+    slat1, slat2, clat1, clat2 = np.sin(lat1), np.sin(lat2), np.cos(lat1), np.cos(lat2)
+    num1 = clat2 * sdlon
+    num2 = clat1 * slat2 - slat1 * clat2 * cdlon
+    return np.degrees(np.arctan2(np.hypot(num1, num2), slat1 * slat2 + clat1 * clat2 * cdlon))
+
+
+def nearest_within(ra, dec, cat_ra, cat_dec, radius_arcsec=RADIUS_ARCSEC):
+    """Index into the catalog of each position's nearest source if closer than the
+    radius (strictly), else -1.  Columnar: only sources in a +-radius Dec strip of each
+    position are compared (the nearest source, if within the radius, is among them).
+    """
+    n = len(ra)
+    out = np.full(n, -1, dtype=np.int64)
+    if n == 0 or len(cat_ra) == 0:
+        return out
+    radius = radius_arcsec / 3600.0
+    order = np.argsort(cat_dec, kind="stable")
+    sdec = np.asarray(cat_dec, dtype=np.float64)[order]
+    pad = radius * 1.001
+    lo = np.searchsorted(sdec, dec - pad, side="left")
+    cnt = np.searchsorted(sdec, dec + pad, side="right") - lo
+    total = int(cnt.sum())
+    if total == 0:
+        return out
+    qi = np.repeat(np.arange(n), cnt)
+    start = np.cumsum(cnt) - cnt
+    ci = order[lo[qi] + np.arange(total) - start[qi]]
+    sep = angular_separation(ra[qi], dec[qi], cat_ra[ci], cat_dec[ci])
+    o = np.lexsort((sep, qi))
+    qi, ci, sep = qi[o], ci[o], sep[o]
+    first = np.r_[True, qi[1:] != qi[:-1]]
+    ok = first & (sep < radius)
+    out[qi[ok]] = ci[ok]
+    return out
+
+
+class _Tractor:
+    """One tractor file, opened once for the brick."""
+
+    def __init__(self, path, brick):
+        import fitsio
+        self.path, self.brick = path, brick
+        try:
+            self.fits = fitsio.FITS(path)
+            self.hdu = next(h for h in self.fits if h.get_exttype() != "IMAGE_HDU")
+            self.names = {c.upper(): c for c in self.hdu.get_colnames()}
+        except (OSError, ValueError, StopIteration) as err:
+            raise InputError(f"brick {brick}: cannot read tractor catalog {path}: "
+                             f"{err or 'no table HDU'}") from None
+
+    def read(self, columns, rows=None):
+        try:
+            missing = [c for c in columns if c not in self.names]
+            if missing:
+                raise ValueError(f"missing column(s) {', '.join(missing)}")
+            return self.hdu.read(columns=[self.names[c] for c in columns], rows=rows,
+                                 upper=True)
+        except (OSError, ValueError, KeyError, IndexError) as err:
+            raise InputError(f"brick {self.brick}: cannot read tractor catalog "
+                             f"{self.path}: {err}") from None
+
+    def close(self):
+        self.fits.close()
+
+
+def tractorphot_onebrick(brickname, targets, paths, stats=None):
+    """Tractor photometry of ``targets`` (all in brick ``brickname``).
+
+    Parameters
+    ----------
+    brickname : str
+    targets : structured array
+        TARGETID, RA, DEC (the fiberassign TARGETS positions, which desispec's callers
+        pass as TARGET_RA/TARGET_DEC) and the targeting RELEASE, BRICKID, BRICK_OBJID,
+        PHOTSYS.
+    paths : :class:`specprod_db.paths.Paths` (``legacysurvey`` root)
+    stats : dict, optional
+        Counts ``id_matched``, ``pos_matched``, ``id_unmatched``, ``id_bad_photsys``,
+        plus :func:`rows.build`'s ``finitized``.
+
+    Returns
+    -------
+    (photometry_rows, matched_mask)
+        ``photometry`` rows of the matched targets, in input order
+        (``photometry_rows['targetid'] == targets['TARGETID'][matched_mask]``), and the
+        boolean mask of matched targets.
+    """
+    stats = {} if stats is None else stats
+    log = get_logger()
+    n = len(targets)
+    ra = np.asarray(targets["RA"], dtype=np.float64)
+    dec = np.asarray(targets["DEC"], dtype=np.float64)
+    photsys = np.char.strip(np.asarray(targets["PHOTSYS"]).astype("S1"))
+    idrows = ((np.asarray(targets["RELEASE"]) > 0) & (np.asarray(targets["BRICKID"]) > 0)
+              & (np.asarray(targets["BRICK_OBJID"]) > 0) & (photsys != b""))
+    bad = idrows & ~np.isin(photsys, list(REGIONS))
+    if bad.any():
+        stats["id_bad_photsys"] = stats.get("id_bad_photsys", 0) + int(bad.sum())
+        idrows &= ~bad
+    src_file = np.full(n, -1, dtype=np.int64)     # index into ``files``
+    src_row = np.full(n, -1, dtype=np.int64)
+    files = []
+    try:
+        for code, region in REGIONS.items():
+            sel = np.flatnonzero(idrows & (photsys == code))
+            if sel.size == 0:
+                continue
+            path = paths.tractor_file(region, brickname)
+            if not os.path.isfile(path):
+                raise InputError(f"brick {brickname}: tractor catalog {path} does not exist "
+                                 f"(needed by {sel.size} targets with PHOTSYS "
+                                 f"{code.decode()})")
+            files.append(_Tractor(path, brickname))
+            _match_ids(files[-1], targets, sel, len(files) - 1, src_file, src_row)
+            lost = sel[src_file[sel] < 0]
+            if lost.size:
+                stats["id_unmatched"] = stats.get("id_unmatched", 0) + lost.size
+                log.warning(f"brick {brickname}: {lost.size} targets have no tractor row "
+                            f"with their BRICKID/BRICK_OBJID in {path}, e.g. TARGETID "
+                            f"{int(targets['TARGETID'][lost[0]])}")
+        stats["id_matched"] = stats.get("id_matched", 0) + int((src_file >= 0).sum())
+
+        pos = np.flatnonzero(~idrows & np.isfinite(ra) & np.isfinite(dec))
+        path = _positional_file(paths, brickname, dec[pos]) if pos.size else None
+        if path is not None:
+            known = [f.path for f in files]
+            k = known.index(path) if path in known else len(files)
+            if k == len(files):
+                files.append(_Tractor(path, brickname))
+            cat = files[k].read(["RA", "DEC", "BRICK_PRIMARY"])
+            primary = np.flatnonzero(cat["BRICK_PRIMARY"])
+            if primary.size == 0:
+                log.warning(f"brick {brickname}: no BRICK_PRIMARY source in {path}")
+            hit = nearest_within(ra[pos], dec[pos], cat["RA"][primary].astype(np.float64),
+                                 cat["DEC"][primary].astype(np.float64))
+            got = pos[hit >= 0]
+            src_file[got], src_row[got] = k, primary[hit[hit >= 0]]
+            stats["pos_matched"] = stats.get("pos_matched", 0) + int(got.size)
+        matched = src_file >= 0
+        return _photometry(files, targets, src_file, src_row, matched, stats), matched
+    finally:
+        for f in files:
+            f.close()
+
+
+def _match_ids(tractor, targets, sel, k, src_file, src_row):
+    """ID path: tractor rows whose OBJID (and BRICKID) equal the targets' ones."""
+    cat = tractor.read(["OBJID", "BRICKID"])
+    order = np.argsort(cat["OBJID"], kind="stable")
+    objid = cat["OBJID"][order]
+    if len(objid) == 0:
+        return
+    want = np.asarray(targets["BRICK_OBJID"])[sel]
+    at = np.clip(np.searchsorted(objid, want), 0, len(objid) - 1)
+    row = order[at]
+    ok = (objid[at] == want) & (cat["BRICKID"][row] == np.asarray(targets["BRICKID"])[sel])
+    src_file[sel[ok]], src_row[sel[ok]] = k, row[ok]
+
+
+def _positional_file(paths, brickname, dec):
+    """North/south choice of the positional path (§5.5); None if neither file exists."""
+    north = paths.tractor_file("north", brickname)
+    south = paths.tractor_file("south", brickname)
+    has_n, has_s = os.path.isfile(north), os.path.isfile(south)
+    if has_n and has_s:
+        return south if np.median(dec) < RESOLVE_DEC else north
+    return north if has_n else south if has_s else None
+
+
+def _photometry(files, targets, src_file, src_row, matched, stats):
+    """``photometry`` rows of the matched targets, reading each file's rows once."""
+    m = np.flatnonzero(matched)
+    data = {}
+    for k, tractor in enumerate(files):
+        mine = np.flatnonzero(src_file[m] == k)
+        if mine.size == 0:
+            continue
+        wanted = np.unique(src_row[m[mine]])
+        piece = tractor.read(list(TRACTOR_COLUMNS), rows=wanted)
+        at = np.searchsorted(wanted, src_row[m[mine]])
+        for name in TRACTOR_COLUMNS:
+            col = piece[name]
+            if name not in data:
+                data[name] = np.zeros((m.size,) + col.shape[1:], dtype=col.dtype)
+            data[name][mine] = col[at]
+    if not data:
+        return _PHOTOMETRY.empty(0)
+    cols = {c: data[_tractor_name(c)] for c in _PHOTOMETRY.names
+            if c not in _DCHISQ and c not in ("ls_id", "targetid")}
+    for i, c in enumerate(_DCHISQ):
+        cols[c] = data["DCHISQ"][:, i]
+    cols["ls_id"] = ids.ls_id(data["RELEASE"], data["BRICKID"], data["OBJID"])
+    cols["targetid"] = np.asarray(targets["TARGETID"])[m]
+    return rows.build("photometry", cols, n=m.size, stats=stats)

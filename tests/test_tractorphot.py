@@ -1,0 +1,361 @@
+"""tractorphot_onebrick against desispec's gather_tractorphot, on tractor files written here.
+
+The tractor files have exactly the 181 DR9 columns of datamodel.md §5.4 (declared below,
+in the test, not in the package).  Where desispec and design decision 10 must agree
+(the targeting ID columns are given to both) the rows are compared column by column;
+the decision-10 differences are tested on their own.
+"""
+import functools
+import os
+
+import fitsio
+import numpy as np
+import pytest
+from astropy.table import Table
+from desiutil.brick import Bricks
+
+from specprod_db.extract import tractorphot as tr
+from specprod_db.paths import InputError, Paths
+from specprod_db.schema import table
+
+# datamodel.md §5.4, in order; "X/Y/Z" and "W1..W4" groups expanded by _expand.
+_TRACTOR_SPEC = """
+i2 RELEASE; i4 BRICKID; S8 BRICKNAME; i4 OBJID; ? BRICK_PRIMARY; i2 MASKBITS; i2 FITBITS
+S3 TYPE; f8 RA; f8 DEC; f4 RA_IVAR; f4 DEC_IVAR; f4 BX; f4 BY; f4[5] DCHISQ; f4 EBV
+f8 MJD_MIN; f8 MJD_MAX; S2 REF_CAT; i8 REF_ID; f4 PMRA; f4 PMDEC; f4 PARALLAX
+f4 PMRA_IVAR; f4 PMDEC_IVAR; f4 PARALLAX_IVAR; f4 REF_EPOCH; f4 GAIA_PHOT_G_MEAN_MAG
+f4 GAIA_PHOT_G_MEAN_FLUX_OVER_ERROR; i2 GAIA_PHOT_G_N_OBS; f4 GAIA_PHOT_BP_MEAN_MAG
+f4 GAIA_PHOT_BP_MEAN_FLUX_OVER_ERROR; i2 GAIA_PHOT_BP_N_OBS; f4 GAIA_PHOT_RP_MEAN_MAG
+f4 GAIA_PHOT_RP_MEAN_FLUX_OVER_ERROR; i2 GAIA_PHOT_RP_N_OBS; ? GAIA_PHOT_VARIABLE_FLAG
+f4 GAIA_ASTROMETRIC_EXCESS_NOISE; f4 GAIA_ASTROMETRIC_EXCESS_NOISE_SIG
+i2 GAIA_ASTROMETRIC_N_OBS_AL; i2 GAIA_ASTROMETRIC_N_GOOD_OBS_AL
+f4 GAIA_ASTROMETRIC_WEIGHT_AL; ? GAIA_DUPLICATED_SOURCE; f4 GAIA_A_G_VAL
+f4 GAIA_E_BP_MIN_RP_VAL; f4 GAIA_PHOT_BP_RP_EXCESS_FACTOR; f4 GAIA_ASTROMETRIC_SIGMA5D_MAX
+u1 GAIA_ASTROMETRIC_PARAMS_SOLVED; f4 FLUX_{G,R,Z,W1,W2,W3,W4}
+f4 FLUX_IVAR_{G,R,Z,W1,W2,W3,W4}; f4 FIBERFLUX_{G,R,Z}; f4 FIBERTOTFLUX_{G,R,Z}
+f4[8] APFLUX_{G,R,Z}; f4[8] APFLUX_RESID_{G,R,Z}; f4[8] APFLUX_BLOBRESID_{G,R,Z}
+f4[8] APFLUX_IVAR_{G,R,Z}; f4[8] APFLUX_MASKED_{G,R,Z}; f4[5] APFLUX_{W1,W2,W3,W4}
+f4[5] APFLUX_RESID_{W1,W2,W3,W4}; f4[5] APFLUX_IVAR_{W1,W2,W3,W4}
+f4 MW_TRANSMISSION_{G,R,Z,W1,W2,W3,W4}; i2 NOBS_{G,R,Z,W1,W2,W3,W4}
+f4 RCHISQ_{G,R,Z,W1,W2,W3,W4}; f4 FRACFLUX_{G,R,Z,W1,W2,W3,W4}; f4 FRACMASKED_{G,R,Z}
+f4 FRACIN_{G,R,Z}; i2 ANYMASK_{G,R,Z}; i2 ALLMASK_{G,R,Z}; u1 WISEMASK_{W1,W2}
+f4 PSFSIZE_{G,R,Z}; f4 PSFDEPTH_{G,R,Z}; f4 GALDEPTH_{G,R,Z}; f4 NEA_{G,R,Z}
+f4 BLOB_NEA_{G,R,Z}; f4 PSFDEPTH_{W1,W2,W3,W4}; S8 WISE_COADD_ID; f4 WISE_X; f4 WISE_Y
+f4[15] LC_FLUX_{W1,W2}; f4[15] LC_FLUX_IVAR_{W1,W2}; i2[15] LC_NOBS_{W1,W2}
+f4[15] LC_FRACFLUX_{W1,W2}; f4[15] LC_RCHISQ_{W1,W2}; f8[15] LC_MJD_{W1,W2}
+i2[15] LC_EPOCH_INDEX_{W1,W2}; f4 SERSIC; f4 SERSIC_IVAR; f4 SHAPE_R; f4 SHAPE_R_IVAR
+f4 SHAPE_E1; f4 SHAPE_E1_IVAR; f4 SHAPE_E2; f4 SHAPE_E2_IVAR
+"""
+
+
+def _tractor_dtype():
+    fields = []
+    for item in _TRACTOR_SPEC.replace("\n", ";").split(";"):
+        if not item.strip():
+            continue
+        kind, name = item.split()
+        shape = ()
+        if "[" in kind:
+            kind, k = kind.rstrip("]").split("[")
+            shape = (int(k),)
+        if "{" in name:
+            stem, group = name.rstrip("}").split("{")
+            names = [stem + g for g in group.split(",")]
+        else:
+            names = [name]
+        fields.extend((nm, kind, shape) for nm in names)
+    return np.dtype(fields)
+
+
+TRACTOR_DTYPE = _tractor_dtype()
+ARCSEC = 1 / 3600.0
+
+
+def test_tractor_dtype_is_desispecs():
+    assert len(TRACTOR_DTYPE.names) == 181
+    assert set(tr.TRACTOR_COLUMNS) <= set(TRACTOR_DTYPE.names)
+
+
+@functools.lru_cache(maxsize=None)
+def _bricks():
+    return Bricks()                                     # 0.5 s to build: once
+
+
+def _brick(ra, dec):
+    b = _bricks()
+    return str(b.brickname(ra, dec)), int(b.brickid(ra, dec)), tuple(float(np.squeeze(x)) for x in b.brick_radec(ra, dec))
+
+
+def write_tractor(path, brickname, brickid, center, n, release, rng, lower=False):
+    """A tractor file of ``n`` random sources around the brick centre."""
+    t = np.zeros(n, dtype=TRACTOR_DTYPE)
+    for name in t.dtype.names:
+        col = t[name]
+        if col.dtype.kind == "f":
+            col[...] = rng.normal(size=col.shape)
+        elif col.dtype.kind in "iu":
+            col[...] = rng.integers(0, 100, size=col.shape)
+        elif col.dtype.kind == "b":
+            col[...] = rng.random(col.shape) < 0.5
+    t["RELEASE"], t["BRICKID"], t["BRICKNAME"] = release, brickid, brickname
+    t["OBJID"] = np.arange(n)
+    t["BRICK_PRIMARY"] = True
+    t["TYPE"] = rng.choice([b"PSF", b"REX", b"DEV", b"EXP", b"SER"], n)
+    t["REF_CAT"] = b"G2"
+    t["RA"] = center[0] + rng.uniform(-0.11, 0.11, n)
+    t["DEC"] = center[1] + rng.uniform(-0.11, 0.11, n)
+    t["DCHISQ"][1, 2] = np.nan
+    t["FLUX_G"][2] = np.inf
+    if lower:
+        t.dtype.names = [nm.lower() for nm in t.dtype.names]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fitsio.write(path, t, extname="CATALOG", clobber=True)
+    return t
+
+
+def _targets(n):
+    return np.zeros(n, dtype=[("TARGETID", "i8"), ("RA", "f8"), ("DEC", "f8"),
+                              ("RELEASE", "i2"), ("BRICKID", "i4"), ("BRICKNAME", "S8"),
+                              ("BRICK_OBJID", "i4"), ("PHOTSYS", "S1")])
+
+
+def _offset(ra, dec, arcsec, angle=0.7):
+    """A position ``arcsec`` away from (ra, dec)."""
+    d = arcsec * ARCSEC
+    return ra + d * np.cos(angle) / np.cos(np.radians(dec)), dec + d * np.sin(angle)
+
+
+@pytest.fixture
+def sky(tmp_path, monkeypatch):
+    """Three bricks: A (Dec 2.5, south only), B (Dec 32.5) and C (Dec 32.25) with both
+    north and south files; targets on the ID and the positional paths."""
+    root = tmp_path / "desi"
+    for k, v in {"DESI_ROOT": root, "DESI_TARGET": root / "target",
+                 "DESI_SURVEYOPS": root / "surveyops",
+                 "FIBER_ASSIGN_DIR": root / "fa"}.items():
+        monkeypatch.setenv(k, str(v))
+    monkeypatch.delenv("DESI_ROOT_READONLY", raising=False)
+    import desispec.io.meta
+    monkeypatch.setattr(desispec.io.meta, "_desi_root_readonly", None)
+    paths = Paths.from_environment()
+    rng = np.random.default_rng(7)
+    cats, rowsets = {}, []
+    for label, (ra0, dec0), regions in (("A", (150.1, 2.5), ("south",)),
+                                        ("B", (35.3, 32.5), ("north", "south")),
+                                        ("C", (35.3, 32.25), ("north", "south"))):
+        name, bid, center = _brick(ra0, dec0)
+        for region in regions:
+            release = 9011 if region == "north" else 9010
+            cats[label, region] = write_tractor(paths.tractor_file(region, name), name, bid,
+                                                center, 400, release, rng)
+        cat = cats[label, regions[-1]]
+        cat_n = cats[label, regions[0]]
+        prim = np.flatnonzero(cat["BRICK_PRIMARY"] & (np.abs(cat["DEC"] - center[1]) < 0.1))
+        prim = prim[prim > 0]                             # BRICK_OBJID 0 means "none"
+        t = _targets(12)
+        # 0-3: ID path (3: a source that is not BRICK_PRIMARY), PHOTSYS of the last region
+        src = prim[:4]
+        cat["BRICK_PRIMARY"][src[3]] = False
+        t["RELEASE"][:4], t["BRICKID"][:4], t["BRICK_OBJID"][:4] = cat["RELEASE"][src], bid, src
+        t["PHOTSYS"][:4] = b"S"
+        t["BRICKNAME"][:4] = name
+        t["RA"][:4], t["DEC"][:4] = _offset(cat["RA"][src], cat["DEC"][src], 0.3)
+        # 4-5: 0.5" from a primary source of each file (the chosen one matches)
+        for i, c in ((4, cat), (5, cat_n)):
+            t["RA"][i], t["DEC"][i] = _offset(c["RA"][prim[10]], c["DEC"][prim[10]], 0.5)
+        # 6-7: two targets on the same source; 8: 1.5" away; 9: 0.99"; 10: 1.01"
+        for i, sep in ((6, 0.2), (7, 0.4), (8, 1.5), (9, 0.99), (10, 1.01)):
+            j = prim[20 + (i if i > 7 else 0)]
+            t["RA"][i], t["DEC"][i] = _offset(cat["RA"][j], cat["DEC"][j], sep, angle=i)
+        # 11: near a non-primary source only
+        j = prim[40]
+        cat["BRICK_PRIMARY"][j] = False
+        t["RA"][11], t["DEC"][11] = _offset(cat["RA"][j], cat["DEC"][j], 0.1)
+        rewrite = {r: cats[label, r] for r in regions}
+        for region, c in rewrite.items():
+            fitsio.write(paths.tractor_file(region, name), c, extname="CATALOG",
+                         clobber=True)
+        t["TARGETID"] = 1000 * (ord(label) - 64) + np.arange(12)
+        rowsets.append(t)
+    return paths, cats, np.concatenate(rowsets)
+
+
+def _desispec(targets, paths, ids=True):
+    from desispec.io.photo import gather_tractorphot
+    cat = Table()
+    cat["TARGETID"] = targets["TARGETID"]
+    cat["TARGET_RA"], cat["TARGET_DEC"] = targets["RA"], targets["DEC"]
+    if ids:
+        for c in ("RELEASE", "BRICKID", "BRICK_OBJID"):
+            cat[c] = targets[c]
+        for c in ("BRICKNAME", "PHOTSYS"):
+            cat[c] = np.char.decode(targets[c], "ascii")
+    return gather_tractorphot(cat, legacysurveydir=paths.legacysurvey)
+
+
+def _ours(targets, paths, stats=None):
+    """Photometry rows for all targets (zeros where unmatched) and the matched mask."""
+    out = table("photometry").empty(len(targets))
+    matched = np.zeros(len(targets), dtype=bool)
+    for brick, idx in tr.group_by_brick(targets):
+        prow, mask = tr.tractorphot_onebrick(brick, targets[idx], paths, stats)
+        assert (prow["targetid"] == targets["TARGETID"][idx][mask]).all()
+        out[idx[mask]] = prow
+        matched[idx[mask]] = True
+    return out, matched
+
+
+def assert_rows_equal_desispec(ours, ref):
+    """Photometry rows against desispec's tractor rows, column by column (§9.2 "T")."""
+    special = {"brick_objid": "OBJID", "morphtype": "TYPE"}
+    for name in ours.dtype.names:
+        if name.startswith("dchisq_"):
+            i = ["psf", "rex", "dev", "exp", "ser"].index(name[7:])
+            want = np.asarray(ref["DCHISQ"])[:, i]
+        else:
+            want = np.asarray(ref[special.get(name, name.upper())])
+        got = ours[name]
+        if want.dtype.kind == "U":
+            np.testing.assert_array_equal(np.char.decode(got, "ascii"), want, err_msg=name)
+        elif want.dtype.kind == "f":
+            np.testing.assert_array_equal(got, np.where(np.isfinite(want), want, -9999.0)
+                                          .astype(got.dtype), err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_parity_with_gather_tractorphot(sky):
+    paths, cats, targets = sky
+    stats = {}
+    ours, matched = _ours(targets, paths, stats)
+    ref = _desispec(targets, paths)
+    ref_matched = np.asarray(ref["BRICKNAME"]) != ""
+    np.testing.assert_array_equal(matched, ref_matched)
+    assert_rows_equal_desispec(ours[matched], ref[matched])
+    # what the inputs were built for, per brick of 12 targets
+    # (positional targets 6-11 sit near sources of the south file)
+    expect = {"A": [1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0],          # south only
+              "B": [1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0],          # both: north chosen
+              "C": [1, 1, 1, 1, 1, 0, 1, 1, 0, 1, 0, 0]}          # both: south chosen
+    for k, label in enumerate("ABC"):
+        np.testing.assert_array_equal(matched[12 * k:12 * k + 12], np.array(expect[label],
+                                      dtype=bool), err_msg=label)
+    assert ours["release"][12 + 5] == 9011 and ours["release"][24 + 4] == 9010
+    assert stats["id_matched"] == 12
+    assert stats["finitized"]
+
+
+def test_nearest_within_equals_astropy():
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    rng = np.random.default_rng(11)
+    for ra0, dec0 in ((0.05, 0.0), (180.0, 45.0), (359.95, -30.0), (10.0, 89.8)):
+        cra = (ra0 + rng.uniform(-0.15, 0.15, 3000)) % 360
+        cdec = np.clip(dec0 + rng.uniform(-0.15, 0.15, 3000), -90, 90)
+        pick = rng.integers(0, 3000, 2000)
+        sep = rng.uniform(0, 2.0, 2000)
+        ang = rng.uniform(0, 2 * np.pi, 2000)
+        ra = (cra[pick] + sep * ARCSEC * np.cos(ang) / np.cos(np.radians(cdec[pick]))) % 360
+        dec = np.clip(cdec[pick] + sep * ARCSEC * np.sin(ang), -90, 90)
+        ours = tr.nearest_within(ra, dec, cra, cdec)
+        idx, d2d, _ = SkyCoord(ra * u.deg, dec * u.deg).match_to_catalog_sky(
+            SkyCoord(cra * u.deg, cdec * u.deg))
+        ref = np.where(d2d < 1.0 * u.arcsec, idx, -1)
+        np.testing.assert_array_equal(ours, ref)
+        assert (ours >= 0).sum() > 500
+
+
+def test_decision10_id_path_beats_positions(sky):
+    """Without ID columns (the old daily loader) desispec matches by position only:
+    the non-primary source of target 3 is missed; the ID path takes it."""
+    paths, cats, targets = sky
+    a = targets[:12]
+    ours, matched = _ours(a, paths)
+    old = _desispec(a, paths, ids=False)
+    old_matched = np.asarray(old["BRICKNAME"]) != ""
+    assert matched[3] and not old_matched[3]
+    assert ours["brick_objid"][3] == a["BRICK_OBJID"][3]
+    same = matched & old_matched
+    assert_rows_equal_desispec(ours[same], old[same])
+
+
+def test_id_rows_in_both_regions(sky):
+    """A brick whose ID rows have PHOTSYS 'S' and 'N' reads both files (desispec
+    asserts one PHOTSYS per brick)."""
+    paths, cats, targets = sky
+    b = targets[12:16].copy()
+    north = cats["B", "north"]
+    b["PHOTSYS"][0], b["RELEASE"][0] = b"N", 9011
+    b["BRICK_OBJID"][0] = 5
+    b["BRICKID"][0] = north["BRICKID"][5]
+    prow, mask = tr.tractorphot_onebrick(b["BRICKNAME"][0].decode(), b, paths)
+    assert mask.all()
+    assert prow["release"][0] == 9011 and prow["ra"][0] == north["RA"][5]
+    assert (prow["release"][1:] == 9010).all()
+
+
+def test_id_errors(sky):
+    paths, cats, targets = sky
+    a = targets[:4].copy()
+    brick = a["BRICKNAME"][0].decode()
+    a["BRICK_OBJID"][0] = 99999                         # not in the file
+    a["BRICKID"][1] += 1                                # BRICKID disagrees
+    stats = {}
+    prow, mask = tr.tractorphot_onebrick(brick, a, paths, stats)
+    np.testing.assert_array_equal(mask, [False, False, True, True])
+    assert stats["id_unmatched"] == 2
+    a["PHOTSYS"][2] = b"N"                              # brick A has no north file
+    with pytest.raises(InputError, match=rf"brick {brick}.*north.*does not exist"):
+        tr.tractorphot_onebrick(brick, a, paths)
+    a["PHOTSYS"][2] = b"G"                              # not S/N: positional path
+    stats = {}
+    prow, mask = tr.tractorphot_onebrick(brick, a, paths, stats)
+    assert stats["id_bad_photsys"] == 1 and mask[2]
+
+
+def test_corrupt_tractor_file(sky):
+    paths, cats, targets = sky
+    a = targets[:12]
+    brick = a["BRICKNAME"][0].decode()
+    path = paths.tractor_file("south", brick)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(InputError, match=rf"brick {brick}.*tractor-{brick}"):
+        tr.tractorphot_onebrick(brick, a, paths)
+    with open(path, "wb") as f:
+        f.write(b"garbage")
+    with pytest.raises(InputError, match=rf"brick {brick}.*tractor-{brick}"):
+        tr.tractorphot_onebrick(brick, a, paths)
+
+
+def test_lower_case_columns_and_no_match(tmp_path):
+    paths = Paths.from_environment({"DESI_ROOT": str(tmp_path)})
+    name, bid, center = _brick(200.0, -10.0)
+    cat = write_tractor(paths.tractor_file("south", name), name, bid, center, 50, 9010,
+                        np.random.default_rng(1), lower=True)
+    t = _targets(3)
+    t["TARGETID"] = [1, 2, 3]
+    t["RA"], t["DEC"] = cat["ra"][:3], cat["dec"][:3]
+    t["DEC"][2] += 0.01
+    prow, mask = tr.tractorphot_onebrick(name, t, paths)
+    np.testing.assert_array_equal(mask, [True, True, False])
+    assert prow["ls_id"][1] == (9010 << 40) | (bid << 16) | 1
+    assert prow["morphtype"][0] == cat["type"][0]
+    # neither file: nothing matched, no error
+    empty, mask = tr.tractorphot_onebrick("0001m002", t, paths)
+    assert len(empty) == 0 and not mask.any()
+
+
+def test_bricknames_and_grouping():
+    from desiutil.brick import brickname
+    ra = np.array([35.3339, 0.1, 35.3340, 150.0, np.nan])
+    dec = np.array([31.4965, -0.2, 31.4966, 2.5, np.nan])
+    np.testing.assert_array_equal(tr.bricknames(ra[:4], dec[:4]),
+                                  np.char.encode(brickname(ra[:4], dec[:4]), "ascii"))
+    t = _targets(5)
+    t["RA"], t["DEC"] = ra, dec
+    t["BRICKNAME"][3] = b"9999p999"                      # a given BRICKNAME wins
+    groups = dict(tr.group_by_brick(t))
+    assert set(groups) == {"0352p315", "0001m002", "9999p999"}
+    np.testing.assert_array_equal(groups["0352p315"], [0, 2])
+    assert sum(len(v) for v in groups.values()) == 4     # NaN row has no brick
