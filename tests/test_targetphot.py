@@ -152,13 +152,7 @@ def tile(tmp_path, monkeypatch):
 
 
 def _desispec(targets):
-    from desispec.io.photo import gather_targetphot
-    cat = Table()
-    cat["TARGETID"] = targets["TARGETID"]
-    cat["TARGET_RA"] = targets["RA"]
-    cat["TARGET_DEC"] = targets["DEC"]
-    cat["TILEID"] = np.full(len(targets), TILEID, dtype=np.int32)
-    return gather_targetphot(cat)
+    return _desispec_tile(targets, TILEID)
 
 
 def assert_same_as_desispec(ours, ref):
@@ -312,3 +306,67 @@ def test_target_and_photometry_rows(tile):
             want = np.where(np.isfinite(old[name.upper()]), old[name.upper()], -9999.0)
             np.testing.assert_array_equal(prow[name], want.astype(prow[name].dtype),
                                           err_msg=name)
+
+
+# --- the mock production (specprod_db.mock) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def mock_production(tmp_path_factory):
+    from specprod_db.mock import make_production
+    outdir = tmp_path_factory.mktemp("mock")
+    summary = make_production(str(outdir), small=True, seed=5)
+    import json
+    with open(outdir / "mock-truth.json") as f:
+        truth = json.load(f)
+    return outdir, summary, truth
+
+
+def mock_tile_inputs(paths, tileid):
+    """PRIMARY header and the non-sky TARGETS (TARGETID, RA, DEC) of a mock tile."""
+    fa = paths.fiberassign_file(tileid)
+    header = fitsio.read_header(fa, 0)
+    targets = fitsio.read(fa, "TARGETS", columns=["TARGETID", "RA", "DEC"])
+    return header, targets[ids.no_sky(targets["TARGETID"])]
+
+
+def mock_env(monkeypatch, outdir):
+    env = {"DESI_ROOT": str(outdir), "DESI_TARGET": str(outdir / "target"),
+           "DESI_SURVEYOPS": str(outdir / "survey" / "ops" / "surveyops" / "trunk"),
+           "FIBER_ASSIGN_DIR": str(outdir / "target" / "fiberassign" / "tiles" / "trunk")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("DESI_ROOT_READONLY", raising=False)
+    import desispec.io.meta
+    monkeypatch.setattr(desispec.io.meta, "_desi_root_readonly", None)
+    return Paths.from_environment(env)
+
+
+def test_mock_parity_with_gather_targetphot(mock_production, monkeypatch):
+    outdir, summary, truth = mock_production
+    paths = mock_env(monkeypatch, outdir)
+    for tileid in summary["tiles"]:
+        header, targets = mock_tile_inputs(paths, tileid)
+        stats = {}
+        ours = tp.targetphot_onetile(tileid, header, targets, paths, stats)
+        ref = _desispec_tile(targets, tileid)
+        assert_same_as_desispec(ours, ref)
+        t = truth["tiles"][str(tileid)]
+        tid = ours["TARGETID"]
+        assert (ours["RELEASE"][np.isin(tid, t["id"])] >= 9010).all()
+        assert not np.isin(tid, t["sky"]).any()
+        prow = tp.photometry_from_targetphot(ours, stats)
+        nan_pm = np.isin(tid, t["nan_pm"])
+        assert nan_pm.any() or not t["nan_pm"]
+        assert (prow["pmra"][nan_pm] == 0).all() and (prow["pmdec"][nan_pm] == 0).all()
+        trows = tp.target_rows(ours, tileid, t["survey"], t["program"])
+        assert len(trows) == len(targets)
+
+
+def _desispec_tile(targets, tileid):
+    from desispec.io.photo import gather_targetphot
+    cat = Table()
+    cat["TARGETID"] = targets["TARGETID"]
+    cat["TARGET_RA"] = targets["RA"]
+    cat["TARGET_DEC"] = targets["DEC"]
+    cat["TILEID"] = np.full(len(targets), tileid, dtype=np.int32)
+    return gather_targetphot(cat)

@@ -359,3 +359,50 @@ def test_bricknames_and_grouping():
     assert set(groups) == {"0352p315", "0001m002", "9999p999"}
     np.testing.assert_array_equal(groups["0352p315"], [0, 2])
     assert sum(len(v) for v in groups.values()) == 4     # NaN row has no brick
+
+
+# --- the mock production (specprod_db.mock) -------------------------------------------
+
+def test_mock_parity_with_gather_tractorphot(monkeypatch, tmp_path):
+    """Every mock tile: the brick inputs come from targetphot_onetile; desispec gets the
+    same ID columns; matches, LS_IDs and rows agree, and the mock's truth holds."""
+    import json
+
+    from specprod_db.extract import targetphot
+    from specprod_db.mock import make_production
+    from test_targetphot import mock_env, mock_tile_inputs
+    summary = make_production(str(tmp_path), small=True, seed=5)
+    with open(tmp_path / "mock-truth.json") as f:
+        truth = json.load(f)
+    paths = mock_env(monkeypatch, tmp_path)
+    totals = {"id": 0, "position": 0, "targeting": 0}
+    for tileid in summary["tiles"]:
+        header, fa_targets = mock_tile_inputs(paths, tileid)
+        tphot = targetphot.targetphot_onetile(tileid, header, fa_targets, paths)
+        targets = _targets(len(tphot))
+        targets["RA"], targets["DEC"] = fa_targets["RA"], fa_targets["DEC"]
+        for c in ("TARGETID", "RELEASE", "BRICKID", "BRICKNAME", "BRICK_OBJID", "PHOTSYS"):
+            targets[c] = tphot[c]
+        stats = {}
+        ours, matched = _ours(targets, paths, stats)
+        ref = _desispec(targets, paths)
+        np.testing.assert_array_equal(matched, np.asarray(ref["BRICKNAME"]) != "",
+                                      err_msg=f"tile {tileid}")
+        assert_rows_equal_desispec(ours[matched], ref[matched])
+        np.testing.assert_array_equal(ours["ls_id"][matched], np.asarray(ref["LS_ID"])[matched])
+        t = truth["tiles"][str(tileid)]
+        tid = targets["TARGETID"]
+        is_id = np.isin(tid, t["id"])
+        assert matched[is_id].all()
+        np.testing.assert_array_equal(
+            ours["ls_id"][is_id], (tphot["RELEASE"][is_id].astype(np.int64) << 40)
+            | (tphot["BRICKID"][is_id].astype(np.int64) << 16) | tphot["BRICK_OBJID"][is_id])
+        pos = {int(k): v for k, v in t["position"].items()}
+        is_pos = np.isin(tid, list(pos))
+        assert matched[is_pos].all()
+        assert ours["ls_id"][is_pos].tolist() == [pos[int(x)] for x in tid[is_pos]]
+        assert not matched[np.isin(tid, t["targeting"])].any()
+        totals["id"] += int(is_id.sum())
+        totals["position"] += int(is_pos.sum())
+        totals["targeting"] += int(np.isin(tid, t["targeting"]).sum())
+    assert min(totals.values()) > 0, totals
