@@ -370,3 +370,22 @@ def _desispec_tile(targets, tileid):
     cat["TARGET_DEC"] = targets["DEC"]
     cat["TILEID"] = np.full(len(targets), tileid, dtype=np.int32)
     return gather_targetphot(cat)
+
+
+def test_secondary_targetids_cached_until_the_file_changes(tile):
+    """(This test's directory name contains "secondary": catalogs are still classified
+    by what they are, not by a substring of the whole path as desispec does.)"""
+    paths, header, targets = tile
+    first = tp.targetphot_onetile(TILEID, header, targets, paths)
+    sfile = os.path.join(paths.desi_root, "target/catalogs/dr9/1.1.1/targets/main/"
+                         "secondary/dark/targets-dark-secondary.fits")
+    assert sfile in tp._TARGETID_CACHE
+    sec = fitsio.read(sfile, "SCND_TARGETS")
+    sec = np.concatenate([sec[[1, 0, 2]], sec[:1]])
+    sec["TARGETID"][-1] = 7
+    sec["SUBPRIORITY"][0] = 0.5                       # target 5 (secondary only)
+    with fitsio.FITS(sfile, "rw", clobber=True) as fx:
+        fx.write(None)
+        fx.write(sec, extname="SCND_TARGETS")
+    again = tp.targetphot_onetile(TILEID, header, targets, paths)
+    assert again["SUBPRIORITY"][5] == 0.5 != first["SUBPRIORITY"][5]

@@ -406,3 +406,9 @@ def test_mock_parity_with_gather_tractorphot(monkeypatch, tmp_path):
         totals["position"] += int(is_pos.sum())
         totals["targeting"] += int(np.isin(tid, t["targeting"]).sum())
     assert min(totals.values()) > 0, totals
+
+
+def test_bricknames_non_finite():
+    got = tr.bricknames([np.nan, 35.3339, 1.0], [1.0, 31.4965, np.inf])
+    assert got.tolist() == [b"", b"0352p315", b""]
+    assert tr.bricknames([], []).shape == (0,)

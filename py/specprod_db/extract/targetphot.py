@@ -11,9 +11,12 @@ Our own equivalent of desispec's ``desispec.io.photo.gather_targetphot`` for one
    that do not exist are dropped with a warning naming the tile (desispec drops them
    silently); if none is left the tile fails (desispec fails too); the rest is
    de-duplicated and sorted alphabetically;
-3. a path containing ``secondary`` is a FITS file, one containing ``ToO`` an ECSV
-   ledger (astropy ``ascii.ecsv``, ``guess=False``), anything else a directory of
-   primary targets split in nested HEALPix files ``{prefix}hp-{pix}.fits``: ``FILENSID``
+3. a file whose name contains ``ToO`` (or ends in ``.ecsv``) is an ECSV ledger (astropy
+   ``ascii.ecsv``, ``guess=False``), any other file a FITS catalog (secondary targets),
+   and a directory holds primary targets split in nested HEALPix files
+   ``{prefix}hp-{pix}.fits``.  (desispec tests for ``secondary`` and ``ToO`` anywhere in
+   the path, which misreads every catalog when a parent directory, e.g. ``$DESI_ROOT``,
+   has such a name; on DESI paths the two rules agree.)  ``FILENSID``
    is read from HDU1 of the first (sorted) ``*-hp-*.fits`` file, the pixel of each target
    with finite RA/Dec is computed at that nside, and the single-pixel files of those
    pixels that exist are read.  Quirk kept from desispec: files covering several pixels
@@ -213,8 +216,36 @@ def _spread(v):
     return v
 
 
-def _fits_targets(path, want, tileid):
-    """Rows of FITS catalog ``path`` whose TARGETID is in ``want`` (sorted), or None."""
+def error_text(err):
+    """One line from a (multi-line, repetitive) cfitsio/astropy error message."""
+    lines = (line.strip() for line in str(err).splitlines())
+    return "; ".join(dict.fromkeys(line for line in lines if line)) or type(err).__name__
+
+
+#: TARGETID columns of the catalogs every tile of a program reads again (secondary
+#: catalogs: millions of rows), per process: {path: ((mtime_ns, size), TARGETID)}.
+_TARGETID_CACHE = {}
+_CACHE_SIZE = 4
+
+
+def _targetids(hdu, path, column, cache):
+    st = os.stat(path)
+    key = (st.st_mtime_ns, st.st_size)
+    if cache and path in _TARGETID_CACHE and _TARGETID_CACHE[path][0] == key:
+        return _TARGETID_CACHE[path][1]
+    tid = hdu.read(columns=[column])[column]
+    if cache:
+        while len(_TARGETID_CACHE) >= _CACHE_SIZE:
+            _TARGETID_CACHE.pop(next(iter(_TARGETID_CACHE)))
+        _TARGETID_CACHE[path] = (key, tid)
+    return tid
+
+
+def _fits_targets(path, want, tileid, cache=False):
+    """Rows of FITS catalog ``path`` whose TARGETID is in ``want`` (sorted), or None.
+
+    ``cache``: keep the file's TARGETID column for the next tile (secondary catalogs).
+    """
     import fitsio
     try:
         with fitsio.FITS(path) as fx:
@@ -223,7 +254,7 @@ def _fits_targets(path, want, tileid):
             names = {c.upper(): c for c in hdu.get_colnames()}
             if "TARGETID" not in names:
                 raise InputError(f"tile {tileid}: {path} HDU {ext} has no TARGETID column")
-            tid = hdu.read(columns=[names["TARGETID"]])[names["TARGETID"]]
+            tid = _targetids(hdu, path, names["TARGETID"], cache)
             hit = np.flatnonzero(np.isin(tid, want))
             if hit.size == 0:
                 return None
@@ -232,8 +263,8 @@ def _fits_targets(path, want, tileid):
     except InputError:
         raise
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
-        raise InputError(f"tile {tileid}: cannot read targeting catalog {path}: {err}") \
-            from None
+        raise InputError(f"tile {tileid}: cannot read targeting catalog {path}: "
+                         f"{error_text(err)}") from None
 
 
 def _ecsv_targets(path, want, tileid):
@@ -242,7 +273,8 @@ def _ecsv_targets(path, want, tileid):
     try:
         tab = Table.read(path, format="ascii.ecsv", guess=False)
     except Exception as err:  # astropy raises many types for a malformed ledger
-        raise InputError(f"tile {tileid}: cannot read ToO ledger {path}: {err}") from None
+        raise InputError(f"tile {tileid}: cannot read ToO ledger {path}: "
+                         f"{error_text(err)}") from None
     if "TARGETID" not in tab.colnames:
         raise InputError(f"tile {tileid}: ToO ledger {path} has no TARGETID column")
     hit = np.flatnonzero(np.isin(np.asarray(tab["TARGETID"]), want))
@@ -263,7 +295,7 @@ def _primary_files(directory, ra, dec, tileid, stats):
         nside = fitsio.read_header(files[0], ext=1)["FILENSID"]
     except (OSError, ValueError, KeyError, IndexError) as err:
         raise InputError(f"tile {tileid}: cannot read FILENSID from HDU1 of {files[0]}: "
-                         f"{err}") from None
+                         f"{error_text(err)}") from None
     ok = np.isfinite(ra) & np.isfinite(dec)
     if not ok.all():
         get_logger().warning(f"tile {tileid}: {np.count_nonzero(~ok)} targets with "
@@ -305,17 +337,20 @@ def targetphot_onetile(tileid, header, targets, paths, stats=None):
     for path in catalog_paths(header, paths, tileid, stats):
         if found.all():
             break
-        ecsv = "secondary" not in path and "ToO" in path
-        if "secondary" in path or ecsv:
-            files = [path]
-        else:
+        base = os.path.basename(path)
+        ecsv = not os.path.isdir(path) and ("ToO" in base or base.endswith(".ecsv"))
+        if os.path.isdir(path):
             files = _primary_files(path, ra[~found], dec[~found], tileid, stats)
+        else:
+            files = [path]
         for fname in files:
             want = np.unique(tid[~found])
             if want.size == 0:
                 break
-            read = _ecsv_targets if ecsv else _fits_targets
-            piece = read(fname, want, tileid)
+            if ecsv:
+                piece = _ecsv_targets(fname, want, tileid)
+            else:
+                piece = _fits_targets(fname, want, tileid, cache=fname == path)
             stats["files_read"] = stats.get("files_read", 0) + 1
             if piece is None:
                 continue

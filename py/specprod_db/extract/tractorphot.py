@@ -39,6 +39,7 @@ from desiutil.brick import brickname as _desiutil_brickname
 from .. import ids, rows
 from ..log import get_logger
 from ..paths import InputError
+from .targetphot import error_text
 from ..schema import table as _table
 
 #: desitarget's north/south Dec boundary (``desitarget.io.desitarget_resolve_dec``).
@@ -64,12 +65,19 @@ TRACTOR_COLUMNS = tuple(dict.fromkeys(
 
 
 def bricknames(ra, dec):
-    """Legacy Surveys brick names (``desiutil.brick.brickname``) as ``S8`` bytes."""
-    ra = np.atleast_1d(np.asarray(ra, dtype=np.float64))
-    dec = np.atleast_1d(np.asarray(dec, dtype=np.float64))
-    if ra.size == 0:
-        return np.zeros(0, dtype="S8")
-    return np.char.encode(np.atleast_1d(_desiutil_brickname(ra, dec)).astype("U8"), "ascii")
+    """Legacy Surveys brick names (``desiutil.brick.brickname``) as ``S8`` bytes.
+
+    Non-finite positions (some SV1 targets, desispec issue 1711) get ``b''``: desiutil
+    would fail on them.
+    """
+    ra, dec = np.broadcast_arrays(np.atleast_1d(np.asarray(ra, dtype=np.float64)),
+                                  np.atleast_1d(np.asarray(dec, dtype=np.float64)))
+    out = np.zeros(ra.shape, dtype="S8")
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    if ok.any():
+        names = np.atleast_1d(_desiutil_brickname(ra[ok], dec[ok])).astype("U8")
+        out[ok] = np.char.encode(names, "ascii")
+    return out
 
 
 def group_by_brick(targets):
@@ -84,12 +92,10 @@ def group_by_brick(targets):
     if "BRICKNAME" in (targets.dtype.names or ()):
         given = np.asarray(targets["BRICKNAME"])
         names[:] = np.char.encode(given, "ascii") if given.dtype.kind == "U" else given
-    ra = np.asarray(targets["RA"], dtype=np.float64)
-    dec = np.asarray(targets["DEC"], dtype=np.float64)
-    blank = (np.char.strip(names) == b"")
-    fill = blank & np.isfinite(ra) & np.isfinite(dec)
-    names[fill] = bricknames(ra[fill], dec[fill])
-    keep = np.flatnonzero(~blank | fill)
+    blank = np.flatnonzero(np.char.strip(names) == b"")
+    names[blank] = bricknames(np.asarray(targets["RA"])[blank],
+                              np.asarray(targets["DEC"])[blank])
+    keep = np.flatnonzero(names != b"")
     uniq, inverse = np.unique(names[keep], return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
@@ -148,7 +154,7 @@ class _Tractor:
             self.names = {c.upper(): c for c in self.hdu.get_colnames()}
         except (OSError, ValueError, StopIteration) as err:
             raise InputError(f"brick {brick}: cannot read tractor catalog {path}: "
-                             f"{err or 'no table HDU'}") from None
+                             f"{error_text(err) if str(err) else 'no table HDU'}") from None
 
     def read(self, columns, rows=None):
         try:
@@ -159,7 +165,7 @@ class _Tractor:
                                  upper=True)
         except (OSError, ValueError, KeyError, IndexError) as err:
             raise InputError(f"brick {self.brick}: cannot read tractor catalog "
-                             f"{self.path}: {err}") from None
+                             f"{self.path}: {error_text(err)}") from None
 
     def close(self):
         self.fits.close()
