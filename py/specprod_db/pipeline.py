@@ -2,9 +2,9 @@
 
 ``load(comm, options)`` is called by every rank with the same options.  Rank 0 plans and
 broadcasts the plan, hands out tile tasks then brick tasks dynamically (``mpi.run_tasks``),
-and is the single writer: bricks' photometry first, then one transaction per tile, then
-deletes, then the primary flags of the touched TARGETIDs and ANALYZE.  Every rank returns
-the same exit status: 0 when every planned tile loaded, 1 when some tile failed (recorded
+and is the single writer: bricks' photometry first, then one transaction per tile (its
+rows, its state and the primary flags of its TARGETIDs), deletes likewise, then ANALYZE.
+Every rank returns the same exit status: 0 when every planned tile loaded, 1 when some tile failed (recorded
 in ``tile_state``), 2 when the run could not start.
 """
 import json
@@ -250,7 +250,6 @@ def _run(comm, conn, opts, actions, t0):
         return None
     # --- write (rank 0) -----------------------------------------------------------
     t = time.time()
-    touched = set()
     tcounts = counts["tables"]
     for job, result in brick_results:
         if isinstance(result, mpi.TaskFailure):
@@ -269,16 +268,14 @@ def _run(comm, conn, opts, actions, t0):
                 writer.record_failure(conn, opts.schema, a.tileid, message, run_id)
             elif a.action in (INSERT, UPDATE):
                 tables = stage.read(staged[a.tileid]["file"])
-                c, tt = writer.write_tile(conn, opts.schema, a, tables, run_id)
-                touched |= tt
+                c, _ = writer.write_tile(conn, opts.schema, a, tables, run_id)
                 for k, v in c.items():
                     tcounts[k] = tcounts.get(k, 0) + v
                 written.append(staged[a.tileid]["file"])
                 log.info("tile %d %s: %s", a.tileid, a.action,
                          ", ".join(f"{k} {v}" for k, v in c.items()))
             elif a.action == DELETE:
-                c, tt = writer.delete_tile(conn, opts.schema, a, run_id)
-                touched |= tt
+                c, _ = writer.delete_tile(conn, opts.schema, a, run_id)
                 log.warning("tile %d DELETED (%s): %s", a.tileid, a.reason,
                             ", ".join(f"{k} {v}" for k, v in c.items()))
             elif a.action == REFRESH:
@@ -298,9 +295,11 @@ def _run(comm, conn, opts, actions, t0):
         conn.commit()
         if n:
             log.info("removed %d photometry row(s) of failed tiles", n)
-    n = finalize.update_primary(conn, opts.schema, sorted(touched))
-    finalize.analyze(conn, opts.schema, [tb for tb in ("tile", "exposure", "frame",
-                     "photometry", "target", "fiberassign", "potential", "ztile")])
+    if any(a.action in (INSERT, UPDATE, DELETE) for a in actions):
+        finalize.analyze(conn, opts.schema, [tb for tb in (
+            "tile", "exposure", "frame", "photometry", "target", "fiberassign", "potential",
+            "ztile")])
+        conn.commit()
     timers["finalize"] = time.time() - t
     for path in written:
         tasks.remove_stage_file(path)
@@ -308,7 +307,6 @@ def _run(comm, conn, opts, actions, t0):
         if not isinstance(result, mpi.TaskFailure) and not failures:
             tasks.remove_stage_file(result["file"])
     counts["failed"] = {str(k): v for k, v in failures.items()}
-    counts["primary_rows_changed"] = n
     counts["timers"] = timers
     outcome = "failed" if failures else "ok"
     _finish_run(conn, opts, run_id, outcome, counts)

@@ -2,7 +2,8 @@
 
 Per tile (``write_tile``), in one transaction: remove the tile's old rows (UPDATE), COPY
 the new ones, insert the photometry its targets still lack (first writer wins, as in the
-old tool), and upsert its ``tile_state`` row.  A tile is either fully loaded or not at
+old tool), recompute the primary-spectrum flags of every TARGETID whose ztile rows
+changed (on every tile), and upsert its ``tile_state`` row.  A tile is either fully loaded or not at
 all.  Deletes follow the foreign keys children-first (there are no cascades).
 """
 import json
@@ -12,7 +13,9 @@ import numpy as np
 import psycopg2
 from psycopg2 import sql
 
+from . import faults
 from .db import qualified
+from .finalize import update_primary
 from .pgcopy import Encoder, StreamReader
 from .schema import table as schema_table
 
@@ -177,6 +180,8 @@ def write_tile(conn, schema_name, action, staged, run_id):
                     cur, schema_name, old_targets)
             upsert_state(cur, schema_name, tileid, "loaded", run_id, action.state,
                          action.line)
+            faults.hit("copy", tileid)  # crash tests only (faults.py)
+        counts["primary"] = update_primary(conn, schema_name, sorted(touched))
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -197,6 +202,7 @@ def delete_tile(conn, schema_name, action, run_id):
             counts["photometry"] = delete_orphan_photometry(cur, schema_name, targets)
             upsert_state(cur, schema_name, action.tileid, "deleted", run_id, {},
                          error=action.reason)
+        counts["primary"] = update_primary(conn, schema_name, sorted(touched))
         conn.commit()
     except BaseException:
         conn.rollback()
