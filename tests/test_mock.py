@@ -45,7 +45,7 @@ def _tiles(tree):
 
 def test_healpix_matches_healpy():
     healpy = pytest.importorskip("healpy")
-    from specprod_db.mock.healpix import radec2pix
+    from specprod_db.healpix import radec2pix
     rng = np.random.default_rng(3)
     ra, dec = rng.uniform(0, 360, 50000), np.degrees(np.arcsin(rng.uniform(-1, 1, 50000)))
     for nside in (1, 2, 8, 64):

@@ -11,7 +11,7 @@ from astropy.table import Table
 
 from . import columns as C
 from . import sky
-from .healpix import radec2pix
+from ..healpix import radec2pix
 from .layout import SECONDARY_FILES, TARGET_DIRS, TOO_FILES, makedirs_for, obscon
 
 FILENSID = 8        # nside of the file split (real DR9 files: see datamodel §11.9)
