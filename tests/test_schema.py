@@ -157,3 +157,19 @@ def init_args(dsn, schema_name, overwrite=False):
     if overwrite:
         argv.append("--overwrite")
     return p.parse_args(argv)
+
+
+def test_secondary_indexes_dropped_and_rebuilt(created, schema_name):
+    def names():
+        with created.cursor() as cur:
+            cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s",
+                        (schema_name,))
+            return {r[0] for r in cur.fetchall()}
+    before = names()
+    dropped = db.drop_secondary_indexes(created, schema_name)
+    after = names()
+    assert set(dropped) == before - after
+    assert "ix_ztile_z" in dropped and "ix_photometry_q3c_ang2ipix" in dropped
+    assert {"ix_ztile_unique", "ztile_pkey", "ix_target_unique"} <= after
+    db.create_indexes(created, schema_name)
+    assert names() == before

@@ -119,6 +119,32 @@ def secondary_index_names(table):
     return names
 
 
+def drop_secondary_indexes(conn, schema_name):
+    """Drop the non-key indexes of the data tables (before an initial bulk load).
+
+    Primary keys, unique indexes and foreign keys stay: the writer's upserts need them.
+    Returns the names dropped; :func:`create_indexes` builds them again.
+    """
+    dropped = []
+    with conn.cursor() as cur:
+        for table in DATA_TABLES:
+            for name in secondary_index_names(table):
+                cur.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(
+                    sql.Identifier(schema_name), sql.Identifier(name)))
+                dropped.append(name)
+    conn.commit()
+    return dropped
+
+
+def create_indexes(conn, schema_name):
+    """Create every index of every table that is missing (idempotent)."""
+    with conn.cursor() as cur:
+        for table in TABLES:
+            for statement in index_sql(table, schema_name):
+                cur.execute(statement)
+    conn.commit()
+
+
 def schema_exists(conn, schema_name):
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema_name,))
