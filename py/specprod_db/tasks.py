@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from . import stage
+from . import faults, stage
 from .extract import redshift, targetphot, tile, tractorphot
 from .log import get_logger
 
@@ -54,11 +54,12 @@ def brick_input(targetphot_rows, targets, tileid):
     out["DEC"] = targets["DEC"]
     for name in ("RELEASE", "BRICKID", "BRICK_OBJID", "PHOTSYS"):
         out[name] = targetphot_rows[name]
+    # The brick of a row is its targeting BRICKNAME when it has one (as desispec groups
+    # them), else the brick of its position; rows with neither (non-finite positions)
+    # get '' and keep their targeting photometry (the planner skips them).
     named = np.char.strip(np.asarray(targetphot_rows["BRICKNAME"]).astype("S8"))
-    id_path = ((out["RELEASE"] > 0) & (out["BRICKID"] > 0) & (out["BRICK_OBJID"] > 0)
-               & (np.char.strip(out["PHOTSYS"]) != b"") & (named != b""))
     computed = np.asarray(tractorphot.bricknames(out["RA"], out["DEC"])).astype("S8")
-    out["BRICKNAME"] = np.where(id_path, named, computed)
+    out["BRICKNAME"] = np.where(named != b"", named, computed)
     out["TILEID"] = tileid
     return out
 
@@ -73,6 +74,10 @@ def extract_tile(job):
         get_logger().info("tile %d: reusing complete stage file %s", tileid, path)
         return {"tileid": tileid, "file": path, "reused": True}
     line = action["line"]
+    night_dir = paths.cumulative_dir(tileid, line["LASTNIGHT"])
+    if not os.path.isdir(night_dir):
+        raise TileTaskError(f"tile {tileid}: cumulative directory of LASTNIGHT "
+                            f"{line['LASTNIGHT']} {night_dir}: does not exist")
     stats = {}
     tables = {"tile": tile.tile_rows(line)}
     exposures, frames = exposures_for(paths)
@@ -91,6 +96,7 @@ def extract_tile(job):
     z, info = redshift.ztile_rows(paths, tileid, line["LASTNIGHT"], survey, program,
                                   stats=stats)
     tables["ztile"] = z
+    faults.hit("extract", tileid, leftover=path)  # crash tests only (faults.py)
     stage.write(path, tables, key, extra)
     return {"tileid": tileid, "file": path, "reused": False,
             "rows": {k: len(v) for k, v in tables.items()},
