@@ -39,12 +39,41 @@ class Options:
     allow_mass_delete: bool = False
     max_delete_fraction: float = 0.1
     show_unchanged: bool = False
+    stage_min_free: int = 0  # bytes the stage directory must have free to start
     command: str = "load"
     extra: dict = field(default_factory=dict)
 
 
 class RunRefused(RuntimeError):
     """The run cannot start (lock held, schema missing, bad tiles file ...)."""
+
+
+class DatabaseLost(RuntimeError):
+    """The connection broke while writing (server restarted or killed): stop the run."""
+
+
+def check_write_access(conn, schema_name):
+    """RunRefused unless the user may write every table of the schema (and use temp
+    tables); checked before anything is written."""
+    with conn.cursor() as cur:
+        cur.execute("""SELECT current_user, has_schema_privilege(%(s)s, 'USAGE'),
+                              has_database_privilege(current_database(), 'TEMP')""",
+                    {"s": schema_name})
+        user, usage, temp = cur.fetchone()
+        cur.execute("""SELECT c.relname FROM pg_class c
+                       JOIN pg_namespace n ON n.oid = c.relnamespace
+                       WHERE n.nspname = %(s)s AND c.relkind = 'r' AND NOT (
+                         has_table_privilege(c.oid, 'INSERT')
+                         AND has_table_privilege(c.oid, 'UPDATE')
+                         AND has_table_privilege(c.oid, 'DELETE')) ORDER BY 1""",
+                    {"s": schema_name})
+        lacking = [r[0] for r in cur.fetchall()] if usage else []
+    conn.rollback()
+    if not usage or lacking or not temp:
+        what = (f"USAGE on schema {schema_name}" if not usage else
+                f"INSERT/UPDATE/DELETE on {schema_name}." + f", {schema_name}.".join(lacking)
+                if lacking else "TEMP on the database")
+        raise RunRefused(f"database user {user} lacks {what}; nothing written")
 
 
 def lock_key(schema_name):
@@ -110,7 +139,7 @@ def fiberassign_fingerprint(paths, tileid, old):
     if old and (old.get("fiberassign_fingerprint") or "").startswith(prefix):
         return old["fiberassign_fingerprint"]
     fp = tile.fingerprint(path)
-    if old and old.get("fiberassign_fingerprint", "").split(":")[-1] == fp.split(":")[-1]:
+    if old and (old.get("fiberassign_fingerprint") or "").split(":")[-1] == fp.split(":")[-1]:
         return old["fiberassign_fingerprint"]  # touched, same content
     return fp
 
@@ -140,9 +169,18 @@ def plan_run(conn, opts):
                                                                     line["LASTNIGHT"]),
                 "fiberassign_fingerprint": fiberassign_fingerprint(paths, tileid, old)}
 
-    return make_plan(table, problems, state, fingerprints, tiles=opts.tiles,
-                     no_delete=opts.no_delete, max_delete_fraction=opts.max_delete_fraction,
-                     allow_mass_delete=opts.allow_mass_delete)
+    def plan(allow_mass_delete):
+        return make_plan(table, problems, state, fingerprints, tiles=opts.tiles,
+                         no_delete=opts.no_delete,
+                         max_delete_fraction=opts.max_delete_fraction,
+                         allow_mass_delete=allow_mass_delete)
+    try:
+        return plan(opts.allow_mass_delete)
+    except MassDeleteRefused as err:
+        if not opts.dry_run:
+            raise
+        log.warning("the load would refuse to start: %s", err)  # the plan is still shown
+        return plan(True)
 
 
 def _start_run(conn, opts, comm):
@@ -180,10 +218,12 @@ def load(comm, opts):
             if not db.schema_exists(conn, opts.schema):
                 raise RunRefused(f"schema {opts.schema} does not exist; run "
                                  f"'specprod-db init --schema {opts.schema}' first")
+            if not opts.dry_run:
+                check_write_access(conn, opts.schema)
             acquire_lock(conn, opts.schema)
             actions = plan_run(conn, opts)
             if not opts.dry_run:
-                stage.check_directory(opts.stage_dir)
+                stage.check_directory(opts.stage_dir, opts.stage_min_free)
                 stage.cleanup_temporaries(opts.stage_dir)
             header = {"actions": [a.as_dict() for a in actions]}
         except (RunRefused, MassDeleteRefused, db.ConnectionFailed, stage.StageError,
@@ -206,11 +246,32 @@ def load(comm, opts):
             print(format_plan(actions, opts.show_unchanged))
             conn.close()
         return 0
-    status = _run(comm, conn, opts, actions, t0)
+    try:
+        status = _run(comm, conn, opts, actions, t0)
+    except Exception as err:  # rank 0 only: workers return from _run by themselves
+        status = _failed_run(comm, opts, err)
     status = comm.bcast(status, root=0)
     if conn is not None:
         conn.close()
     return status
+
+
+def _failed_run(comm, opts, err):
+    """Rank 0 could not go on (e.g. the database went away): say so and stop.
+
+    Every tile is one transaction, so what was committed is whole and the interrupted
+    tile was rolled back by the server; a rerun completes the work.  While the workers
+    still wait for tasks there is no clean way back: the job is aborted.
+    """
+    import traceback
+    message = " ".join(str(err).split())
+    print(f"specprod-db: load interrupted: {type(err).__name__}: {message}; tiles "
+          f"committed before are complete, the interrupted one was rolled back; rerun "
+          f"the load", file=sys.stderr)
+    get_logger().debug("%s", traceback.format_exc())
+    if comm.size > 1 and opts.extra.get("phase") != "write":
+        comm.Abort(3)
+    return 3
 
 
 def _run(comm, conn, opts, actions, t0):
@@ -241,6 +302,7 @@ def _run(comm, conn, opts, actions, t0):
                     log.warning("tile %d: no redrock file for petal(s) %s", tid,
                                 ", ".join(map(str, result["missing_petals"])))
         brick_jobs, brick_tiles = _brick_jobs(conn, opts, staged, actions)
+        keep = _run_targetids(staged)
     # --- brick tasks --------------------------------------------------------------
     t = time.time()
     brick_results = mpi.run_tasks(comm, brick_jobs, tasks.extract_brick,
@@ -249,6 +311,7 @@ def _run(comm, conn, opts, actions, t0):
     if comm.rank != 0:
         return None
     # --- write (rank 0) -----------------------------------------------------------
+    opts.extra["phase"] = "write"  # the workers now wait for the final status only
     t = time.time()
     tcounts = counts["tables"]
     for job, result in brick_results:
@@ -268,20 +331,23 @@ def _run(comm, conn, opts, actions, t0):
                 writer.record_failure(conn, opts.schema, a.tileid, message, run_id)
             elif a.action in (INSERT, UPDATE):
                 tables = stage.read(staged[a.tileid]["file"])
-                c, _ = writer.write_tile(conn, opts.schema, a, tables, run_id)
+                c, _ = writer.write_tile(conn, opts.schema, a, tables, run_id, keep)
                 for k, v in c.items():
                     tcounts[k] = tcounts.get(k, 0) + v
                 written.append(staged[a.tileid]["file"])
                 log.info("tile %d %s: %s", a.tileid, a.action,
                          ", ".join(f"{k} {v}" for k, v in c.items()))
             elif a.action == DELETE:
-                c, _ = writer.delete_tile(conn, opts.schema, a, run_id)
+                c, _ = writer.delete_tile(conn, opts.schema, a, run_id, keep)
                 log.warning("tile %d DELETED (%s): %s", a.tileid, a.reason,
                             ", ".join(f"{k} {v}" for k, v in c.items()))
             elif a.action == REFRESH:
                 writer.refresh_state(conn, opts.schema, a, run_id)
         except (psycopg2.Error, OSError, KeyError, ValueError) as err:
             message = f"tile {a.tileid}: {type(err).__name__}: {' '.join(str(err).split())}"
+            if conn.closed:
+                raise DatabaseLost(f"database connection lost while writing {message}") \
+                    from None
             log.error(message)
             failures[a.tileid] = message
             writer.record_failure(conn, opts.schema, a.tileid, message, run_id)
@@ -290,6 +356,7 @@ def _run(comm, conn, opts, actions, t0):
     t = time.time()
     if failures:
         cand = [int(x) for job, _ in brick_results for x in job["targets"]["TARGETID"]]
+        cand += sorted(keep)
         with conn.cursor() as cur:
             n = writer.delete_orphan_photometry(cur, opts.schema, cand)
         conn.commit()
@@ -314,6 +381,21 @@ def _run(comm, conn, opts, actions, t0):
     return 1 if failures else 0
 
 
+def _run_targetids(staged):
+    """TARGETIDs the staged tiles of this run reference (target and ztile rows).
+
+    Their photometry must survive a DELETE or full UPDATE of another tile earlier in the
+    write order: the brick tasks were planned while it was present.
+    """
+    out = set()
+    for result in staged.values():
+        tables = stage.read(result["file"], names=("target", "ztile"))
+        for name in ("target", "ztile"):
+            if name in tables:
+                out.update(np.unique(tables[name]["targetid"]).tolist())
+    return out
+
+
 def _brick_jobs(conn, opts, staged, actions):
     """Targets of this run's new fiberassign data that still lack photometry, by brick."""
     pieces = []
@@ -336,7 +418,7 @@ def _brick_jobs(conn, opts, staged, actions):
             qualified(opts.schema, "photometry")), (unique["TARGETID"].tolist(),))
         present = np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
     conn.rollback()
-    need = unique[~np.isin(unique["TARGETID"], present)]
+    need = unique[~np.isin(unique["TARGETID"], present) & (unique["BRICKNAME"] != b"")]
     # which tiles depend on which brick (a failed brick fails those tiles)
     need_all = allrows[np.isin(allrows["TARGETID"], need["TARGETID"])]
     for brick in np.unique(need_all["BRICKNAME"]):
@@ -358,6 +440,10 @@ def _report(actions, failures, tcounts, timers, elapsed, run_id):
              "  rows written:"]
     lines += [f"    {k:<28} {v:>10}" for k, v in sorted(tcounts.items())]
     lines += ["  timing:"] + [f"    {k:<28} {v:>9.2f} s" for k, v in timers.items()]
+    if not any(plan_counts.get(k) for k in (INSERT, UPDATE, DELETE, REFRESH)) \
+            and not failures:
+        lines.append(f"  nothing to do: {plan_counts.get(UNCHANGED, 0)} tile(s) unchanged, "
+                     f"the database is not changed")
     if failures:
         lines.append(f"  FAILED tiles ({len(failures)}):")
         lines += [f"    {k}: {v}" for k, v in sorted(failures.items())]

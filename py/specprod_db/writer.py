@@ -143,8 +143,11 @@ def upsert_state(cur, schema_name, tileid, status, run_id, state=None, line=None
                 values)
 
 
-def write_tile(conn, schema_name, action, staged, run_id):
+def write_tile(conn, schema_name, action, staged, run_id, keep=frozenset()):
     """Load one tile (INSERT or UPDATE) from its staged tables, in one transaction.
+
+    ``keep``: TARGETIDs other tiles of this run will reference; their photometry is not
+    removed as orphaned (it was found present when the run planned its brick tasks).
 
     Returns ``(counts, touched_targetids)``; raises after rolling back on any error.
     """
@@ -177,7 +180,7 @@ def write_tile(conn, schema_name, action, staged, run_id):
             touched.update(int(t) for t in np.unique(staged["ztile"]["targetid"]))
             if old_targets:
                 counts["photometry_deleted"] = delete_orphan_photometry(
-                    cur, schema_name, old_targets)
+                    cur, schema_name, sorted(set(old_targets) - set(keep)))
             upsert_state(cur, schema_name, tileid, "loaded", run_id, action.state,
                          action.line)
             faults.hit("copy", tileid)  # crash tests only (faults.py)
@@ -189,8 +192,9 @@ def write_tile(conn, schema_name, action, staged, run_id):
     return counts, touched
 
 
-def delete_tile(conn, schema_name, action, run_id):
-    """DELETE a tile: its rows, then photometry nobody else references; one transaction."""
+def delete_tile(conn, schema_name, action, run_id, keep=frozenset()):
+    """DELETE a tile: its rows, then photometry nobody else references (nor ``keep``,
+    see :func:`write_tile`); one transaction."""
     try:
         with conn.cursor() as cur:
             targets = tile_targetids(cur, schema_name, action.tileid)
@@ -199,7 +203,8 @@ def delete_tile(conn, schema_name, action, run_id):
             touched = {r[0] for r in cur.fetchall()}
             counts = delete_tile_rows(cur, schema_name, action.tileid, full=True,
                                       tile_row=True)
-            counts["photometry"] = delete_orphan_photometry(cur, schema_name, targets)
+            counts["photometry"] = delete_orphan_photometry(
+                cur, schema_name, sorted(set(targets) - set(keep)))
             upsert_state(cur, schema_name, action.tileid, "deleted", run_id, {},
                          error=action.reason)
         counts["primary"] = update_primary(conn, schema_name, sorted(touched))

@@ -21,6 +21,9 @@ def add_arguments(parser, dry_run_flag=True):
                         help="HDF5 stage directory (default $SPECPROD_DB_STAGE_DIR, else "
                              "$SCRATCH/specprod-db-stage, else ./specprod-db-stage; a "
                              "sub-directory per schema)")
+    parser.add_argument("--stage-min-free", type=float, default=0, metavar="MIB",
+                        help="refuse to start unless the stage directory has this many MiB "
+                             "free (default 0: only check that it is writable)")
     if dry_run_flag:
         parser.add_argument("--dry-run", action="store_true",
                             help="print the plan (tile, action, reason) and change nothing")
@@ -60,7 +63,8 @@ def options_from_args(args, dry_run=None):
                    dry_run=args.dry_run if dry_run is None else dry_run,
                    no_delete=args.no_delete, allow_mass_delete=args.allow_mass_delete,
                    max_delete_fraction=args.max_delete_fraction,
-                   show_unchanged=args.show_unchanged)
+                   show_unchanged=args.show_unchanged,
+                   stage_min_free=int(args.stage_min_free * 2**20))
 
 
 @report_errors
