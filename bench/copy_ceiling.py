@@ -1,0 +1,123 @@
+"""(a) Our writer's COPY against the server-side binary COPY ceiling, table by table.
+
+For every table, on the same rows (all staged rows of the mock tiles, concatenated):
+
+* ``ours``: ``writer.copy_rows`` — ``pgcopy.Encoder`` from numpy + ``copy_expert`` from
+  STDIN, exactly what the writer does per tile — then COMMIT;
+* ``ceiling``: the same PGCOPY bytes written once to a file in /tmp (mode 644, readable by
+  the server's ``postgres`` user) and ``COPY table FROM '/tmp/...' (FORMAT binary)``, run
+  by the server itself (no client, no network, no encoding), then COMMIT;
+* for the breakdown, ``encode`` (``Encoder.encode`` alone, in memory, no database) and
+  ``stdin`` (``copy_expert`` of the pre-encoded bytes from a ``BytesIO``: transport +
+  server parse, no encoding).
+
+The destination is an index-free copy of the real table (``CREATE TABLE ... (LIKE ...)``,
+NOT NULL kept, no keys, no indexes), TRUNCATEd before every attempt: index maintenance
+costs the same in both paths, so it would only hide the difference being measured.
+Each variant is run ``repeats`` times, interleaved, and the fastest attempt is kept (the
+machine is shared; the minimum is the least disturbed measurement).
+"""
+import io
+import os
+import time
+
+import numpy as np
+from psycopg2 import sql
+
+from specprod_db import pgcopy, writer
+from specprod_db.schema import table as schema_table
+
+#: The tables a tile load COPYs, as the writer does, parents first.
+TABLES = ("tile", "exposure", "frame", "photometry", "target", "fiberassign", "potential",
+          "ztile")
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run(conn, schema_name, rows_by_table, tmpdir="/tmp", repeats=3, log=print):
+    """Return ``{table: {...}}`` with rows, bytes and seconds of each variant."""
+    results = {}
+    for name in TABLES:
+        rows = rows_by_table.get(name)
+        if rows is None or len(rows) == 0:
+            continue
+        table = schema_table(name)
+        dest = sql.Identifier(schema_name, f"bench_{name}")
+        cols = sql.SQL(", ").join(map(sql.Identifier, table.names))
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(dest))
+            cur.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(
+                dest, sql.Identifier(schema_name, name)))
+        conn.commit()
+
+        encoder = pgcopy.Encoder(table)
+        t = time.perf_counter()
+        data = encoder.encode(rows)
+        encode_s = [time.perf_counter() - t]
+        path = os.path.join(tmpdir, f"specprod-bench-{os.getpid()}-{name}.pgcopy")
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, 0o644)
+
+        def truncate():
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("TRUNCATE {}").format(dest))
+            conn.commit()
+
+        def ours():
+            with conn.cursor() as cur:
+                writer.copy_rows(cur, schema_name, name, rows, target=dest)
+            conn.commit()
+
+        def ceiling():
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("COPY {} ({}) FROM {} (FORMAT binary)").format(
+                    dest, cols, sql.Literal(path)))
+            conn.commit()
+
+        def stdin():
+            with conn.cursor() as cur:
+                cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+                    dest, cols).as_string(conn), io.BytesIO(data), size=writer.COPY_READ_SIZE)
+            conn.commit()
+
+        times = {"ours": [], "ceiling": [], "stdin": []}
+        try:
+            for _ in range(repeats):
+                for variant, fn in (("ceiling", ceiling), ("ours", ours), ("stdin", stdin)):
+                    truncate()
+                    times[variant].append(_timed(fn))
+                encode_s.append(_timed(lambda: encoder.encode(rows)))
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(dest))
+                assert cur.fetchone()[0] == len(rows)
+        finally:
+            os.remove(path)
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(dest))
+            conn.commit()
+        r = {"rows": len(rows), "columns": len(table.names), "bytes": len(data),
+             "ours_s": min(times["ours"]), "ceiling_s": min(times["ceiling"]),
+             "stdin_s": min(times["stdin"]), "encode_s": min(encode_s),
+             "all": times}
+        r["ratio"] = r["ceiling_s"] / r["ours_s"]
+        results[name] = r
+        log(f"  {name:<12} {r['rows']:>9} rows  ours {r['ours_s']:7.3f} s  "
+            f"ceiling {r['ceiling_s']:7.3f} s  ratio {r['ratio']:.2f}  "
+            f"(encode {r['encode_s']:.3f} s, stdin {r['stdin_s']:.3f} s)")
+    return results
+
+
+def concat_stage(paths):
+    """``{table: rows}``: every table of the stage files ``paths``, concatenated."""
+    from specprod_db import stage
+    pieces = {}
+    for p in paths:
+        for name, rows in stage.read(p).items():
+            if name != "aux":
+                pieces.setdefault(name, []).append(rows)
+    return {k: np.concatenate(v) for k, v in pieces.items()}
