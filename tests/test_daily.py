@@ -48,7 +48,9 @@ def query(dsn, statement, args=None):
     try:
         with conn.cursor() as cur:
             cur.execute(statement, args)
-            return cur.fetchall()
+            rows = cur.fetchall() if cur.description else None
+        conn.commit()
+        return rows
     finally:
         conn.close()
 

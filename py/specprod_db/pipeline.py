@@ -185,6 +185,9 @@ def plan_run(conn, opts):
 
 def _start_run(conn, opts, comm):
     with conn.cursor() as cur:
+        # we hold the schema's lock: an unfinished run is one that crashed
+        cur.execute(sql.SQL("UPDATE {} SET outcome = 'interrupted' WHERE finished IS NULL "
+                            "AND outcome IS NULL").format(qualified(opts.schema, "load_run")))
         cur.execute(sql.SQL("INSERT INTO {} (started, ranks, command, options) "
                             "VALUES (now(), %s, %s, %s) RETURNING id").format(
             qualified(opts.schema, "load_run")),
@@ -225,6 +228,8 @@ def load(comm, opts):
             if not opts.dry_run:
                 stage.check_directory(opts.stage_dir, opts.stage_min_free)
                 stage.cleanup_temporaries(opts.stage_dir)
+                stage.remove_stale_tiles(opts.stage_dir, [
+                    a.tileid for a in actions if a.action in (INSERT, UPDATE)])
             header = {"actions": [a.as_dict() for a in actions]}
         except (RunRefused, MassDeleteRefused, db.ConnectionFailed, stage.StageError,
                 OSError, psycopg2.Error) as err:
@@ -370,9 +375,8 @@ def _run(comm, conn, opts, actions, t0):
     timers["finalize"] = time.time() - t
     for path in written:
         tasks.remove_stage_file(path)
-    for job, result in brick_results:
-        if not isinstance(result, mpi.TaskFailure) and not failures:
-            tasks.remove_stage_file(result["file"])
+    if not failures:  # bricks of a crashed run too; kept for a rerun after failures
+        stage.remove_bricks(opts.stage_dir)
     counts["failed"] = {str(k): v for k, v in failures.items()}
     counts["timers"] = timers
     outcome = "failed" if failures else "ok"

@@ -128,3 +128,28 @@ def cleanup_temporaries(stage_dir):
             os.remove(os.path.join(stage_dir, name))
             removed += 1
     return removed
+
+
+def remove_stale_tiles(stage_dir, tileids):
+    """Remove tile stage files of tiles this run does not extract (left by a crashed run
+    for tiles since committed or no longer planned); returns how many."""
+    keep = {os.path.basename(tile_file(stage_dir, t)) for t in tileids}
+    return _remove(stage_dir, lambda n: n.startswith("tile-") and n.endswith(".h5")
+                   and n not in keep)
+
+
+def remove_bricks(stage_dir):
+    """Remove every brick stage file (after a run where no tile failed)."""
+    return _remove(stage_dir, lambda n: n.startswith("brick-") and n.endswith(".h5"))
+
+
+def _remove(stage_dir, match):
+    removed = 0
+    for name in os.listdir(stage_dir):
+        if match(name):
+            try:
+                os.remove(os.path.join(stage_dir, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
