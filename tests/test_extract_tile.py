@@ -279,3 +279,46 @@ def test_fingerprint(tmp_path):
     assert tile.fingerprint_changed(fp, str(p))
     assert tile.fingerprint(str(tmp_path / "none")) == "missing"
     assert tile.fingerprint_changed(fp, str(tmp_path / "none"))
+
+
+# --- on a mock production -------------------------------------------------------------
+
+def test_mock_production(tmp_path):
+    from specprod_db.mock import make_production
+    from specprod_db.paths import Paths
+    make_production(str(tmp_path), small=True, seed=5, tiles=6)
+    paths = Paths.from_environment(env={"DESI_ROOT": str(tmp_path)})
+    csv, p1 = tile.read_tiles_file(paths.tiles())
+    fits, p2 = tile.read_tiles_file(paths.tiles().replace(".csv", ".fits"))
+    assert p1 == {} and p2 == {}
+    for name in csv.dtype.names:
+        if csv.dtype[name].kind == "f":
+            np.testing.assert_array_equal(csv[name], fits[name])
+        else:
+            assert csv[name].tolist() == fits[name].tolist(), name
+    exposures, frames = tile.read_exposures_file(paths.exposures())
+    latest = {int(line["TILEID"]): line for line in csv}
+    loaded = 0
+    for tileid, line in latest.items():
+        if line["EFFTIME_SPEC"] <= 0:
+            with pytest.raises(InputError, match=f"tile {tileid}: .*no exposure"):
+                tile.exposure_rows(exposures, tileid)
+            continue
+        tile_row = tile.tile_rows(line)
+        assert tile_row["tileid"][0] == tileid
+        e = tile.exposure_rows(exposures, tileid)
+        assert (e["tileid"] == tileid).all() and (e["efftime_spec"] > 0).all()
+        assert e["night"].max() == line["LASTNIGHT"]
+        f = tile.frame_rows(frames, e["expid"], tileid=tileid)
+        assert set(f["expid"].tolist()) == set(e["expid"].tolist())
+        assert len(np.unique(f["frameid"])) == len(f)
+        path = paths.fiberassign_file(tileid)
+        fa, pot, targets, header = tile.fiberassign_rows(path, tileid)
+        raw = fitsio.read(path, "FIBERASSIGN", columns=["TARGETID"])["TARGETID"]
+        assert len(fa) == ids.no_sky(raw).sum() < len(raw)
+        assert ids.no_sky(pot["targetid"]).all() and ids.no_sky(targets["TARGETID"]).all()
+        assert set(fa["targetid"].tolist()) <= set(targets["TARGETID"].tolist())
+        assert set(pot["targetid"].tolist()) <= set(targets["TARGETID"].tolist())
+        assert header["TILEID"] == tileid
+        loaded += 1
+    assert loaded >= 4

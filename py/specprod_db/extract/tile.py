@@ -408,4 +408,6 @@ def fingerprint_changed(recorded, path):
     size, mtime, digest = recorded.split(":")
     if now == f"{size}:{mtime}:-":
         return False
-    return fingerprint(path).split(":")[2] != digest or now.split(":")[0] != size
+    if now.split(":")[0] != size:
+        return True
+    return fingerprint(path).split(":")[2] != digest
