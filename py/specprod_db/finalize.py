@@ -25,6 +25,7 @@ import secrets
 
 import numpy as np
 from psycopg2 import sql
+from psycopg2.extensions import TRANSACTION_STATUS_INERROR
 
 #: ``primary`` flag pairs: column prefix -> SQL condition selecting the subset (or None).
 SUBSETS = {
@@ -103,12 +104,9 @@ def update_primary(conn, schema_name, targetids=None):
                 "JOIN {} AS s ON s.targetid = z.targetid").format(tmp)))
             changed = cur.rowcount
         finally:
-            if not conn.closed and conn.get_transaction_status() != _TX_ERROR:
+            if not conn.closed and conn.get_transaction_status() != TRANSACTION_STATUS_INERROR:
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tmp))
     return changed
-
-
-_TX_ERROR = 3  # psycopg2.extensions.TRANSACTION_STATUS_INERROR
 
 
 def analyze(conn, schema_name, tables):
