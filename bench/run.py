@@ -167,7 +167,8 @@ def run_load(dsn, env, workdir, ranks, label, tiles=None, keep_stage=False):
         ntiles = cur.fetchone()[0]
     conn.close()
     counts = json.loads(counts) if isinstance(counts, str) else counts
-    rows = sum(v for v in counts["tables"].values())
+    # rows inserted ("primary" counts rows whose primary flags were updated)
+    rows = sum(v for k, v in counts["tables"].items() if k != "primary")
     rss = {}
     for p in glob.glob(os.path.join(rss_dir, "rank-*.json")):
         with open(p) as f:
@@ -254,7 +255,13 @@ def main():
     p.add_argument("--repeats", type=int, default=3, help="attempts per COPY variant (3)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--report", default=None, metavar="JSON",
+                   help="only print the report of a saved --json result")
     args = p.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            log(report(json.load(f)))
+        return
     skip = set(args.skip.split(",")) - {""}
     os.makedirs(args.workdir, exist_ok=True)
     t_start = time.time()
