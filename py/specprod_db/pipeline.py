@@ -21,10 +21,11 @@ from . import db, finalize, mpi, stage, tasks, writer
 from .db import qualified
 from .extract import redshift, tile
 from .log import get_logger, set_rank
+from .runlock import (LOCK_NAMESPACE, RunRefused, acquire_lock,  # noqa: F401
+                      check_write_access, lock_key, read_state)
 from .plan import (DELETE, FAIL, INSERT, REFRESH, UNCHANGED, UPDATE, MassDeleteRefused,
                    TileAction, format_plan, make_plan, summary)
 
-LOCK_NAMESPACE = 0x5350  # 'SP': advisory lock class of specprod-db loads
 
 
 @dataclass
@@ -44,78 +45,8 @@ class Options:
     extra: dict = field(default_factory=dict)
 
 
-class RunRefused(RuntimeError):
-    """The run cannot start (lock held, schema missing, bad tiles file ...)."""
-
-
 class DatabaseLost(RuntimeError):
     """The connection broke while writing (server restarted or killed): stop the run."""
-
-
-def check_write_access(conn, schema_name):
-    """RunRefused unless the user may write every table of the schema (and use temp
-    tables); checked before anything is written."""
-    with conn.cursor() as cur:
-        cur.execute("""SELECT current_user, has_schema_privilege(%(s)s, 'USAGE'),
-                              has_database_privilege(current_database(), 'TEMP')""",
-                    {"s": schema_name})
-        user, usage, temp = cur.fetchone()
-        cur.execute("""SELECT c.relname FROM pg_class c
-                       JOIN pg_namespace n ON n.oid = c.relnamespace
-                       WHERE n.nspname = %(s)s AND c.relkind = 'r' AND NOT (
-                         has_table_privilege(c.oid, 'INSERT')
-                         AND has_table_privilege(c.oid, 'UPDATE')
-                         AND has_table_privilege(c.oid, 'DELETE')) ORDER BY 1""",
-                    {"s": schema_name})
-        lacking = [r[0] for r in cur.fetchall()] if usage else []
-    conn.rollback()
-    if not usage or lacking or not temp:
-        what = (f"USAGE on schema {schema_name}" if not usage else
-                f"INSERT/UPDATE/DELETE on {schema_name}." + f", {schema_name}.".join(lacking)
-                if lacking else "TEMP on the database")
-        raise RunRefused(f"database user {user} lacks {what}; nothing written")
-
-
-def lock_key(schema_name):
-    import zlib
-    return zlib.crc32(schema_name.encode()) & 0x7FFFFFFF
-
-
-def acquire_lock(conn, schema_name):
-    """Session advisory lock per schema; RunRefused naming the running load if held."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                    (LOCK_NAMESPACE, lock_key(schema_name)))
-        if cur.fetchone()[0]:
-            return
-        cur.execute("""SELECT a.pid, a.application_name, a.client_addr, a.backend_start
-                       FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                       WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
-                         AND l.granted""", (LOCK_NAMESPACE, lock_key(schema_name)))
-        holder = cur.fetchone()
-        cur.execute(sql.SQL("SELECT id, started, command FROM {} WHERE finished IS NULL "
-                            "ORDER BY id DESC LIMIT 1").format(
-            qualified(schema_name, "load_run")))
-        run = cur.fetchone()
-    conn.rollback()
-    who = f"backend pid {holder[0]} ({holder[1]}) since {holder[3]:%Y-%m-%d %H:%M:%S %Z}" \
-        if holder else "another session"
-    what = f"load run {run[0]} started {run[1]:%Y-%m-%d %H:%M:%S %Z}: {run[2]}" if run else ""
-    raise RunRefused(f"another load of schema {schema_name} is running ({who}"
-                     f"{'; ' + what if what else ''}); not starting")
-
-
-def read_state(conn, schema_name):
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("""SELECT s.tileid, s.status, s.updated, s.lastnight, s.tile_hash,
-                   s.exposures_hash, s.redrock_fingerprint, s.fiberassign_fingerprint, s.line,
-                   s.error, t.tileid IS NOT NULL
-            FROM {} s LEFT JOIN {} t ON t.tileid = s.tileid""").format(
-            qualified(schema_name, "tile_state"), qualified(schema_name, "tile")))
-        keys = ("tileid", "status", "updated", "lastnight", "tile_hash", "exposures_hash",
-                "redrock_fingerprint", "fiberassign_fingerprint", "line", "error",
-                "in_tile_table")
-        return {r[0]: dict(zip(keys, r)) for r in cur.fetchall()}
 
 
 def exposures_hash(exposures, frames, tileid):
@@ -144,6 +75,30 @@ def fiberassign_fingerprint(paths, tileid, old):
     return fp
 
 
+def redrock_fingerprint(paths, tileid, lastnight, old):
+    """The redrock files' fingerprint; hashed again only if a name, size or mtime moved.
+
+    Like :func:`fiberassign_fingerprint`, so an unchanged tile costs ``stat`` calls only.
+    """
+    recorded = (old or {}).get("redrock_fingerprint") or ""
+    cheap = redshift.redrock_fingerprint(paths, tileid, lastnight, content=False)
+    if recorded and _digests(recorded, drop=True) == cheap:
+        return recorded
+    fp = redshift.redrock_fingerprint(paths, tileid, lastnight)
+    if recorded and _digests(recorded) == _digests(fp):
+        return recorded  # touched, same content
+    return fp
+
+
+def _digests(fp, drop=False):
+    """``name=size:mtime:sha;...`` -> with the sha as '-' (``drop``) or [(name, sha)]."""
+    parts = [p.split("=", 1) for p in fp.split(";")]
+    if drop:
+        return ";".join(f"{n}={v.rsplit(':', 1)[0]}:-" if v != "missing" else f"{n}={v}"
+                        for n, v in parts)
+    return [(n, v.rsplit(":", 1)[-1]) for n, v in parts]
+
+
 def plan_run(conn, opts):
     """Rank 0: read the tiles and exposures files and the load state; make the plan."""
     log = get_logger()
@@ -165,8 +120,8 @@ def plan_run(conn, opts):
 
     def fingerprints(tileid, line, old):
         return {"exposures_hash": exposures_hash(exposures, frames, tileid),
-                "redrock_fingerprint": redshift.redrock_fingerprint(paths, tileid,
-                                                                    line["LASTNIGHT"]),
+                "redrock_fingerprint": redrock_fingerprint(paths, tileid,
+                                                           line["LASTNIGHT"], old),
                 "fiberassign_fingerprint": fiberassign_fingerprint(paths, tileid, old)}
 
     def plan(allow_mass_delete):
@@ -303,6 +258,7 @@ def _run(comm, conn, opts, actions, t0):
                 failures[tid] = result.message
             else:
                 staged[tid] = result
+                _warn_stats(tid, result.get("stats") or {}, counts)
                 if result.get("missing_petals"):
                     log.warning("tile %d: no redrock file for petal(s) %s", tid,
                                 ", ".join(map(str, result["missing_petals"])))
@@ -322,7 +278,8 @@ def _run(comm, conn, opts, actions, t0):
     for job, result in brick_results:
         if isinstance(result, mpi.TaskFailure):
             for tid in brick_tiles.get(job["brickname"], ()):
-                failures.setdefault(tid, f"brick {job['brickname']}: {result.message}")
+                failures.setdefault(tid, f"tile {tid}: brick {job['brickname']}: "
+                                             f"{result.message}")
             continue
         rows = stage.read(result["file"], ["photometry"])["photometry"]
         tcounts["photometry (Legacy Surveys)"] = tcounts.get(
@@ -383,6 +340,25 @@ def _run(comm, conn, opts, actions, t0):
     _finish_run(conn, opts, run_id, outcome, counts)
     _report(actions, failures, tcounts, timers, time.time() - t0, run_id)
     return 1 if failures else 0
+
+
+def _warn_stats(tileid, stats, counts):
+    """Warnings that count values loaded despite being odd (the run still succeeds)."""
+    log = get_logger()
+    warnings = counts.setdefault("warnings", {})
+    fin = stats.get("finitized") or {}
+    if fin:
+        n = sum(fin.values())
+        warnings["finitized"] = warnings.get("finitized", 0) + n
+        log.warning("tile %d: %d non-finite value(s) (NaN/Inf) stored as -9999 in %d "
+                    "column(s): %s", tileid, n, len(fin),
+                    ", ".join(f"{k} {v}" for k, v in sorted(fin.items())))
+    bad = stats.get("targetid_mismatch", 0)
+    if bad:
+        warnings["targetid_mismatch"] = warnings.get("targetid_mismatch", 0) + bad
+        log.warning("tile %d: %d targeting row(s) whose TARGETID does not encode their own "
+                    "RELEASE/BRICKID/BRICK_OBJID; loaded with the rows' columns, as "
+                    "desispec reads them", tileid, bad)
 
 
 def _run_targetids(staged):

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from . import faults, stage
+from . import faults, ids, stage
 from .extract import redshift, targetphot, tile, tractorphot
 from .log import get_logger
 
@@ -79,17 +79,20 @@ def extract_tile(job):
         raise TileTaskError(f"tile {tileid}: cumulative directory of LASTNIGHT "
                             f"{line['LASTNIGHT']} {night_dir}: does not exist")
     stats = {}
-    tables = {"tile": tile.tile_rows(line)}
+    tables = {"tile": tile.tile_rows(line, stats=stats)}
     exposures, frames = exposures_for(paths)
     tables["exposure"] = tile.exposure_rows(exposures, tileid, stats=stats)
-    tables["frame"] = tile.frame_rows(frames, tables["exposure"]["expid"])
+    tables["frame"] = tile.frame_rows(frames, tables["exposure"]["expid"], stats=stats,
+                                      tileid=tileid)
     extra = {}
     survey, program = line["SURVEY"], line["PROGRAM"]
     if action["full"]:
         fa_path = paths.fiberassign_file(tileid)
-        fa, pot, targets, header = tile.fiberassign_rows(fa_path, tileid)
+        fa, pot, targets, header = tile.fiberassign_rows(fa_path, tileid, stats=stats)
         tables["fiberassign"], tables["potential"] = fa, pot
+        _check_catalogs(tileid, header, paths, fa_path)
         tp = targetphot.targetphot_onetile(tileid, header, targets, paths, stats=stats)
+        stats["targetid_mismatch"] = targetid_mismatches(tp)
         tables["target"] = targetphot.target_rows(tp, tileid, survey, program, stats=stats)
         tables["photometry"] = targetphot.photometry_from_targetphot(tp, stats=stats)
         extra["brick_input"] = brick_input(tp, targets, tileid)
@@ -102,6 +105,30 @@ def extract_tile(job):
             "rows": {k: len(v) for k, v in tables.items()},
             "missing_petals": list(info.get("missing_petals", [])),
             "stats": _plain(stats)}
+
+
+def _check_catalogs(tileid, header, paths, fa_path):
+    """A targeting catalog named in the fiberassign header that does not exist fails the
+    tile (the daily issue; ``targetphot`` alone would skip it with a warning)."""
+    missing = [f"{key} = {path}" for key, path in (
+        (k, paths.rewrite_catalog_path(v, tileid))
+        for k, v in targetphot.header_catalogs(header) if v.strip() not in ("", "-"))
+        if not os.path.exists(path)]
+    if missing:
+        raise TileTaskError(f"tile {tileid}: targeting catalog(s) named in the header of "
+                            f"{fa_path} do not exist: {'; '.join(missing)}")
+
+
+def targetid_mismatches(tp):
+    """Rows of Legacy Surveys targets (TARGETID RELEASE >= 1000, not mock/sky/Gaia) whose
+    TARGETID does not encode their own RELEASE/BRICKID/BRICK_OBJID.  They are loaded as
+    desispec reads them (the row's columns); the count feeds a warning."""
+    objid, brickid, release, mock, sky, gaiadr = ids.decode_targetid(tp["TARGETID"])
+    ls = (release >= 1000) & (mock == 0) & (sky == 0) & (gaiadr == 0) \
+        & (tp["RELEASE"] > 0)
+    bad = ls & ((release != tp["RELEASE"]) | (brickid != tp["BRICKID"])
+                | (objid != tp["BRICK_OBJID"]))
+    return int(np.count_nonzero(bad))
 
 
 def extract_brick(job):

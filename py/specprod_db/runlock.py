@@ -1,0 +1,82 @@
+"""Before a load writes anything: the schema's advisory lock, write permission, the state.
+
+``acquire_lock`` takes a session advisory lock per schema (a second load refuses to start
+and names the running one); ``check_write_access`` refuses a database user that cannot
+write every table; ``read_state`` reads ``tile_state`` joined with ``tile``.
+"""
+from psycopg2 import sql
+
+from .db import qualified
+
+
+class RunRefused(RuntimeError):
+    """The run cannot start (lock held, schema missing, bad tiles file ...)."""
+
+
+LOCK_NAMESPACE = 0x5350  # 'SP': advisory lock class of specprod-db loads
+
+def check_write_access(conn, schema_name):
+    """RunRefused unless the user may write every table of the schema (and use temp
+    tables); checked before anything is written."""
+    with conn.cursor() as cur:
+        cur.execute("""SELECT current_user, has_schema_privilege(%(s)s, 'USAGE'),
+                              has_database_privilege(current_database(), 'TEMP')""",
+                    {"s": schema_name})
+        user, usage, temp = cur.fetchone()
+        cur.execute("""SELECT c.relname FROM pg_class c
+                       JOIN pg_namespace n ON n.oid = c.relnamespace
+                       WHERE n.nspname = %(s)s AND c.relkind = 'r' AND NOT (
+                         has_table_privilege(c.oid, 'INSERT')
+                         AND has_table_privilege(c.oid, 'UPDATE')
+                         AND has_table_privilege(c.oid, 'DELETE')) ORDER BY 1""",
+                    {"s": schema_name})
+        lacking = [r[0] for r in cur.fetchall()] if usage else []
+    conn.rollback()
+    if not usage or lacking or not temp:
+        what = (f"USAGE on schema {schema_name}" if not usage else
+                f"INSERT/UPDATE/DELETE on {schema_name}." + f", {schema_name}.".join(lacking)
+                if lacking else "TEMP on the database")
+        raise RunRefused(f"database user {user} lacks {what}; nothing written")
+
+
+
+def lock_key(schema_name):
+    import zlib
+    return zlib.crc32(schema_name.encode()) & 0x7FFFFFFF
+
+
+def acquire_lock(conn, schema_name):
+    """Session advisory lock per schema; RunRefused naming the running load if held."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                    (LOCK_NAMESPACE, lock_key(schema_name)))
+        if cur.fetchone()[0]:
+            return
+        cur.execute("""SELECT a.pid, a.application_name, a.client_addr, a.backend_start
+                       FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                       WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
+                         AND l.granted""", (LOCK_NAMESPACE, lock_key(schema_name)))
+        holder = cur.fetchone()
+        cur.execute(sql.SQL("SELECT id, started, command FROM {} WHERE finished IS NULL "
+                            "ORDER BY id DESC LIMIT 1").format(
+            qualified(schema_name, "load_run")))
+        run = cur.fetchone()
+    conn.rollback()
+    who = f"backend pid {holder[0]} ({holder[1]}) since {holder[3]:%Y-%m-%d %H:%M:%S %Z}" \
+        if holder else "another session"
+    what = f"load run {run[0]} started {run[1]:%Y-%m-%d %H:%M:%S %Z}: {run[2]}" if run else ""
+    raise RunRefused(f"another load of schema {schema_name} is running ({who}"
+                     f"{'; ' + what if what else ''}); not starting")
+
+
+def read_state(conn, schema_name):
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("""SELECT s.tileid, s.status, s.updated, s.lastnight, s.tile_hash,
+                   s.exposures_hash, s.redrock_fingerprint, s.fiberassign_fingerprint, s.line,
+                   s.error, t.tileid IS NOT NULL
+            FROM {} s LEFT JOIN {} t ON t.tileid = s.tileid""").format(
+            qualified(schema_name, "tile_state"), qualified(schema_name, "tile")))
+        keys = ("tileid", "status", "updated", "lastnight", "tile_hash", "exposures_hash",
+                "redrock_fingerprint", "fiberassign_fingerprint", "line", "error",
+                "in_tile_table")
+        return {r[0]: dict(zip(keys, r)) for r in cur.fetchall()}
