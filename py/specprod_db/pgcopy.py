@@ -1,8 +1,8 @@
 """Structured numpy arrays -> PostgreSQL binary COPY (PGCOPY) bytes; no database needed.
 
-The encoder is columnar: every row of a chunk is laid out in a 2-D ``uint8`` matrix
-(one slot per field: a 4-byte big-endian length, then the value at its widest), a mask
-keeps the bytes actually used (strings are variable length), and ``matrix[mask]`` is the
+The encoder is columnar: a chunk of rows is one numpy structured array laid out as PGCOPY
+rows (each field: a 4-byte big-endian length, then the value at its widest); a mask keeps
+the bytes actually used (strings are variable length), and ``raw[mask]`` is the
 row-major concatenation of the rows: no Python object per row.
 
 Field encodings (PostgreSQL ``*_send`` functions): integers and floats big-endian;
@@ -21,8 +21,10 @@ from .schema import PG_TO_NUMPY
 HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 TRAILER = (-1).to_bytes(2, "big", signed=True)
 
-#: Rows encoded per matrix; bounds the encoder's memory to a few tens of MB.
-CHUNK_ROWS = 20000
+#: Rows encoded per block: small enough for the block to stay in cache (wide tables
+#: encode 1.5x faster with 5000 than with 20000 rows, bench/), large enough to amortise
+#: numpy's per-call overhead.
+CHUNK_ROWS = 5000
 
 _NUMERIC_DIGITS = 10  # ceil(39 / 4) base-10000 digits hold any value < 2**128
 
@@ -30,94 +32,93 @@ _NUMERIC_DIGITS = 10  # ceil(39 / 4) base-10000 digits hold any value < 2**128
 def _numeric_digits(words):
     """(N, 2) uint64 [high, low] -> (N, 10) base-10000 digits, most significant first.
 
-    Long division of the four 32-bit limbs by 10000, vectorised over rows.
+    Long division of the four 32-bit limbs by 10**8 (the remainder times 2**32 still
+    fits in 64 bits), vectorised over rows; each base-10**8 group is two digits.
     """
     words = np.asarray(words, dtype=np.uint64).reshape(-1, 2)
     mask32 = np.uint64(0xFFFFFFFF)
     limbs = [words[:, 0] >> np.uint64(32), words[:, 0] & mask32,
              words[:, 1] >> np.uint64(32), words[:, 1] & mask32]
-    base = np.uint64(10000)
+    base = np.uint64(10**8)
     digits = np.zeros((words.shape[0], _NUMERIC_DIGITS), dtype=np.uint16)
-    for k in range(_NUMERIC_DIGITS - 1, -1, -1):
+    for k in range(_NUMERIC_DIGITS // 2 - 1, -1, -1):
         rem = np.zeros(words.shape[0], dtype=np.uint64)
         for i in range(4):
             cur = (rem << np.uint64(32)) | limbs[i]
             limbs[i] = cur // base
-            rem = cur % base
-        digits[:, k] = rem.astype(np.uint16)
-    if any(l.any() for l in limbs):
+            rem = cur - limbs[i] * base
+        digits[:, 2 * k] = rem // np.uint64(10000)
+        digits[:, 2 * k + 1] = rem % np.uint64(10000)
+    if any(limb.any() for limb in limbs):
         raise OverflowError("composite id does not fit NUMERIC(39)")
     return digits
 
 
-class _Field:
-    """How one column is written into its slot of the row matrix."""
-
-    def __init__(self, column):
-        self.name = column.name
-        self.pgtype = column.pgtype
-        dt = column.dtype
-        if self.pgtype.startswith("varchar"):
-            self.width = dt.itemsize
-            self.kind = "string"
-        elif self.pgtype == "numeric(39)":
-            self.width = 8 + 2 * _NUMERIC_DIGITS
-            self.kind = "numeric"
-        else:
-            self.width = PG_TO_NUMPY[self.pgtype].itemsize
-            self.kind = "fixed"
-            self.be = PG_TO_NUMPY[self.pgtype].newbyteorder(">")
-
-    def fill(self, matrix, mask, offset, values):
-        n = matrix.shape[0]
-        slot = matrix[:, offset + 4: offset + 4 + self.width]
-        if self.kind == "fixed":
-            data = np.ascontiguousarray(values, dtype=self.be)
-            slot[:] = data.view(np.uint8).reshape(n, self.width)
-            length = np.full(n, self.width, dtype=">i4")
-        elif self.kind == "numeric":
-            head = np.zeros((n, 4), dtype=">i2")
-            head[:, 0] = _NUMERIC_DIGITS
-            head[:, 1] = _NUMERIC_DIGITS - 1
-            slot[:, :8] = head.view(np.uint8).reshape(n, 8)
-            digits = _numeric_digits(values).astype(">i2")
-            slot[:, 8:] = digits.view(np.uint8).reshape(n, 2 * _NUMERIC_DIGITS)
-            length = np.full(n, self.width, dtype=">i4")
-        else:
-            raw = np.ascontiguousarray(values, dtype=f"S{self.width}")
-            raw = raw.view(np.uint8).reshape(n, self.width)
-            slot[:] = raw
-            # Length up to the last non-NUL byte (numpy strips trailing NULs likewise).
-            nonzero = raw != 0
-            used = np.where(nonzero.any(axis=1),
-                            self.width - np.argmax(nonzero[:, ::-1], axis=1), 0)
-            mask[:, offset + 4: offset + 4 + self.width] = (
-                np.arange(self.width) < used[:, None])
-            length = used.astype(">i4")
-        matrix[:, offset: offset + 4] = length.view(np.uint8).reshape(n, 4)
-
-
 class Encoder:
-    """Encode rows of one schema table (``schema.Table``) as PGCOPY bytes."""
+    """Encode rows of one schema table (``schema.Table``) as PGCOPY bytes.
+
+    A chunk of rows is laid out as a numpy structured array whose dtype *is* the PGCOPY
+    row: a big-endian field count, then per column a big-endian int32 length and the
+    value (big-endian numbers, fixed-width string bytes, numeric header + digits).  The
+    constant parts come from a template row; each column is one strided cast.  Strings
+    are variable length on the wire: a byte mask drops their unused tail.
+    """
 
     def __init__(self, table, columns=None):
         cols = table.columns if columns is None else [table.column(c) for c in columns]
-        self.fields = [_Field(c) for c in cols]
-        self.names = [f.name for f in self.fields]
-        self.rowwidth = 2 + sum(4 + f.width for f in self.fields)
+        self.names = [c.name for c in cols]
+        formats, names = [">i2"], ["_nfields"]
+        self.kinds = []
+        for i, c in enumerate(cols):
+            if c.pgtype.startswith("varchar"):
+                kind, fmt = "string", c.dtype
+            elif c.pgtype == "numeric(39)":
+                kind, fmt = "numeric", np.dtype((">i2", (4 + _NUMERIC_DIGITS,)))
+            else:
+                kind, fmt = "fixed", PG_TO_NUMPY[c.pgtype].newbyteorder(">")
+            self.kinds.append(kind)
+            names += [f"_len{i}", f"_val{i}"]
+            formats += [">i4", fmt]
+        self.row = np.dtype({"names": names, "formats": formats}, align=False)
+        self.rowwidth = self.row.itemsize
+        template = np.zeros(1, dtype=self.row)
+        template["_nfields"] = len(cols)
+        for i, kind in enumerate(self.kinds):
+            template[f"_len{i}"] = self.row[f"_val{i}"].itemsize
+            if kind == "numeric":
+                template[f"_val{i}"][:, 0] = _NUMERIC_DIGITS
+                template[f"_val{i}"][:, 1] = _NUMERIC_DIGITS - 1
+        self.template = template
+        self.strings = [i for i, k in enumerate(self.kinds) if k == "string"]
+        if self.strings:
+            self.string_slots = []
+            for i in self.strings:
+                off = self.row.fields[f"_val{i}"][1]
+                width = self.row[f"_val{i}"].itemsize
+                self.string_slots.append((i, off, width))
 
     def _chunk(self, rows):
         n = len(rows)
-        matrix = np.zeros((n, self.rowwidth), dtype=np.uint8)
+        buf = np.empty(n, dtype=self.row)
+        buf[:] = self.template
+        for i, (name, kind) in enumerate(zip(self.names, self.kinds)):
+            if kind == "numeric":
+                buf[f"_val{i}"][:, 4:] = _numeric_digits(rows[name])
+            else:
+                buf[f"_val{i}"] = rows[name]
+        if not self.strings:
+            return buf.tobytes()
+        raw = buf.view(np.uint8).reshape(n, self.rowwidth)
         mask = np.ones((n, self.rowwidth), dtype=bool)
-        matrix[:, :2] = np.frombuffer(len(self.fields).to_bytes(2, "big"), np.uint8)
-        offset = 2
-        for f in self.fields:
-            f.fill(matrix, mask, offset, rows[f.name])
-            offset += 4 + f.width
-        if all(f.kind != "string" for f in self.fields):
-            return matrix.tobytes()
-        return matrix[mask].tobytes()
+        for i, off, width in self.string_slots:
+            block = raw[:, off: off + width]
+            nonzero = block != 0
+            # length up to the last non-NUL byte (numpy strips trailing NULs likewise)
+            used = np.where(nonzero.any(axis=1),
+                            width - np.argmax(nonzero[:, ::-1], axis=1), 0)
+            buf[f"_len{i}"] = used
+            mask[:, off: off + width] = np.arange(width) < used[:, None]
+        return raw[mask].tobytes()
 
     def iter_bytes(self, rows, header=True, trailer=True, chunk_rows=CHUNK_ROWS):
         """Yield PGCOPY byte blocks for ``rows`` (a structured array)."""
