@@ -26,6 +26,9 @@ from .runlock import (LOCK_NAMESPACE, RunRefused, acquire_lock,  # noqa: F401
 from .plan import (DELETE, FAIL, INSERT, REFRESH, UNCHANGED, UPDATE, MassDeleteRefused,
                    TileAction, format_plan, make_plan, summary)
 
+#: Legacy Surveys photometry rows written per transaction (bricks hold ~50 rows each;
+#: one transaction per brick cost 9 ms each, doc/benchmarks.md); ~40 MB of rows.
+PHOTOMETRY_BATCH_ROWS = 100_000
 
 
 @dataclass
@@ -193,6 +196,7 @@ def load(comm, opts):
                                f"{' '.join(str(err).split())}"}
         except tile.InputError as err:
             header = {"error": str(err)}
+    mpi.wait_quietly(comm)  # workers sleep while rank 0 plans
     header = comm.bcast(header, root=0)
     if "error" in header:
         if comm.rank == 0:
@@ -210,6 +214,7 @@ def load(comm, opts):
         status = _run(comm, conn, opts, actions, t0)
     except Exception as err:  # rank 0 only: workers return from _run by themselves
         status = _failed_run(comm, opts, err)
+    mpi.wait_quietly(comm)  # workers sleep while rank 0 writes
     status = comm.bcast(status, root=0)
     if conn is not None:
         conn.close()
@@ -275,15 +280,24 @@ def _run(comm, conn, opts, actions, t0):
     opts.extra["phase"] = "write"  # the workers now wait for the final status only
     t = time.time()
     tcounts = counts["tables"]
+    pending, npending = [], 0
     for job, result in brick_results:
         if isinstance(result, mpi.TaskFailure):
             for tid in brick_tiles.get(job["brickname"], ()):
                 failures.setdefault(tid, f"tile {tid}: brick {job['brickname']}: "
-                                             f"{result.message}")
+                                         f"{result.message}")
             continue
-        rows = stage.read(result["file"], ["photometry"])["photometry"]
+        pending.append(stage.read(result["file"], ["photometry"])["photometry"])
+        npending += len(pending[-1])
+        if npending >= PHOTOMETRY_BATCH_ROWS:
+            tcounts["photometry (Legacy Surveys)"] = tcounts.get(
+                "photometry (Legacy Surveys)", 0) + writer.write_photometry(
+                conn, opts.schema, np.concatenate(pending))
+            pending, npending = [], 0
+    if pending:
         tcounts["photometry (Legacy Surveys)"] = tcounts.get(
-            "photometry (Legacy Surveys)", 0) + writer.write_photometry(conn, opts.schema, rows)
+            "photometry (Legacy Surveys)", 0) + writer.write_photometry(
+            conn, opts.schema, np.concatenate(pending))
     written = []
     for a in actions:
         try:
