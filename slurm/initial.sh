@@ -16,4 +16,4 @@ export SPECPROD_DB_STAGE_DIR=${SCRATCH}/specprod-db-stage
 srun -n 1 specprod-db init --schema "${SCHEMA:-$SPECPROD}"
 # One writer (rank 0) and 255 extraction ranks; a rerun after a failure reuses the
 # complete stage files and loads only what is missing.
-srun -N 8 -n 256 specprod-db load --schema "${SCHEMA:-$SPECPROD}" "$@"
+srun -N 8 -n 256 specprod-db load --initial --schema "${SCHEMA:-$SPECPROD}" "$@"

@@ -115,3 +115,24 @@ def test_shared_targets_and_cone_search(pg_dsn, schemas, small_production, mpiru
             assert q3c == cur.fetchall()
             assert q3c
     conn.close()
+
+
+def test_initial_load_equals_normal_load(pg_dsn, schemas, small_production, mpirun,
+                                         tmp_path):
+    prod = small_production[0]
+    normal, initial = schemas(), schemas()
+    _load(mpirun, 2, pg_dsn, normal, prod, tmp_path / "n")
+    _load(mpirun, 2, pg_dsn, initial, prod, tmp_path / "i", "--initial")
+    assert dump_schema(pg_dsn, initial) == dump_schema(pg_dsn, normal)
+    conn = psycopg2.connect(pg_dsn)
+    from specprod_db import db
+    assert db.missing_indexes(conn, initial) == []
+    # an initial load interrupted before its indexes were rebuilt: a plain rerun repairs it
+    db.drop_secondary_indexes(conn, initial)
+    with conn.cursor() as cur:
+        cur.execute(f'UPDATE "{initial}".ztile SET zcat_primary = false, zcat_nspec = 0')
+    conn.commit()
+    _load(mpirun, 1, pg_dsn, initial, prod, tmp_path / "i")
+    assert db.missing_indexes(conn, initial) == []
+    assert dump_schema(pg_dsn, initial) == dump_schema(pg_dsn, normal)
+    conn.close()

@@ -136,6 +136,16 @@ def drop_secondary_indexes(conn, schema_name):
     return dropped
 
 
+def missing_indexes(conn, schema_name):
+    """Names of declared indexes that do not exist (after an interrupted initial load)."""
+    declared = [n for t in DATA_TABLES for n in secondary_index_names(t)]
+    with conn.cursor() as cur:
+        cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema_name,))
+        present = {r[0] for r in cur.fetchall()}
+    conn.rollback()
+    return [n for n in declared if n not in present]
+
+
 def create_indexes(conn, schema_name):
     """Create every index of every table that is missing (idempotent)."""
     with conn.cursor() as cur:

@@ -43,6 +43,7 @@ class Options:
     allow_mass_delete: bool = False
     max_delete_fraction: float = 0.1
     show_unchanged: bool = False
+    initial: bool = False  # bulk mode: secondary indexes and primary flags built at the end
     stage_min_free: int = 0  # bytes the stage directory must have free to start
     command: str = "load"
     extra: dict = field(default_factory=dict)
@@ -298,6 +299,10 @@ def _run(comm, conn, opts, actions, t0):
         tcounts["photometry (Legacy Surveys)"] = tcounts.get(
             "photometry (Legacy Surveys)", 0) + writer.write_photometry(
             conn, opts.schema, np.concatenate(pending))
+    rebuild = opts.initial or bool(db.missing_indexes(conn, opts.schema))
+    if opts.initial:
+        log.info("initial load: dropping secondary indexes until the end: %s",
+                 ", ".join(db.drop_secondary_indexes(conn, opts.schema)))
     written = []
     for a in actions:
         try:
@@ -307,7 +312,8 @@ def _run(comm, conn, opts, actions, t0):
                 writer.record_failure(conn, opts.schema, a.tileid, message, run_id)
             elif a.action in (INSERT, UPDATE):
                 tables = stage.read(staged[a.tileid]["file"])
-                c, _ = writer.write_tile(conn, opts.schema, a, tables, run_id, keep)
+                c, _ = writer.write_tile(conn, opts.schema, a, tables, run_id, keep,
+                                         primary=not rebuild)
                 for k, v in c.items():
                     tcounts[k] = tcounts.get(k, 0) + v
                 written.append(staged[a.tileid]["file"])
@@ -338,7 +344,14 @@ def _run(comm, conn, opts, actions, t0):
         conn.commit()
         if n:
             log.info("removed %d photometry row(s) of failed tiles", n)
-    if any(a.action in (INSERT, UPDATE, DELETE) for a in actions):
+    if rebuild:
+        # after an initial bulk load, or a rerun of an interrupted one: flags of every
+        # TARGETID at once, then the secondary indexes, built once rather than row by row
+        log.info("primary flags of all ztile rows: %d rows changed",
+                 finalize.update_primary(conn, opts.schema))
+        db.create_indexes(conn, opts.schema)
+        conn.commit()
+    if rebuild or any(a.action in (INSERT, UPDATE, DELETE) for a in actions):
         finalize.analyze(conn, opts.schema, [tb for tb in (
             "tile", "exposure", "frame", "photometry", "target", "fiberassign", "potential",
             "ztile")])

@@ -143,11 +143,13 @@ def upsert_state(cur, schema_name, tileid, status, run_id, state=None, line=None
                 values)
 
 
-def write_tile(conn, schema_name, action, staged, run_id, keep=frozenset()):
+def write_tile(conn, schema_name, action, staged, run_id, keep=frozenset(), primary=True):
     """Load one tile (INSERT or UPDATE) from its staged tables, in one transaction.
 
     ``keep``: TARGETIDs other tiles of this run will reference; their photometry is not
     removed as orphaned (it was found present when the run planned its brick tasks).
+    ``primary``: recompute the primary flags of the touched TARGETIDs here (an initial
+    load recomputes all of them once at the end instead).
 
     Returns ``(counts, touched_targetids)``; raises after rolling back on any error.
     """
@@ -184,7 +186,8 @@ def write_tile(conn, schema_name, action, staged, run_id, keep=frozenset()):
             upsert_state(cur, schema_name, tileid, "loaded", run_id, action.state,
                          action.line)
             faults.hit("copy", tileid)  # crash tests only (faults.py)
-        counts["primary"] = update_primary(conn, schema_name, sorted(touched))
+        if primary:
+            counts["primary"] = update_primary(conn, schema_name, sorted(touched))
         conn.commit()
     except BaseException:
         conn.rollback()

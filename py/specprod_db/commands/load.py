@@ -34,6 +34,11 @@ def add_arguments(parser, dry_run_flag=True):
     parser.add_argument("--max-delete-fraction", type=float, default=0.1,
                         help="largest fraction of loaded tiles one run may delete "
                              "(default 0.1)")
+    parser.add_argument("--initial", action="store_true",
+                        help="initial (monolithic) load of a whole production: secondary "
+                             "indexes dropped during the COPY and rebuilt at the end, "
+                             "primary flags computed once; rerun the same command after "
+                             "an interruption")
     parser.add_argument("--show-unchanged", action="store_true",
                         help="list unchanged tiles in the plan too")
 
@@ -63,7 +68,7 @@ def options_from_args(args, dry_run=None):
                    dry_run=args.dry_run if dry_run is None else dry_run,
                    no_delete=args.no_delete, allow_mass_delete=args.allow_mass_delete,
                    max_delete_fraction=args.max_delete_fraction,
-                   show_unchanged=args.show_unchanged,
+                   show_unchanged=args.show_unchanged, initial=args.initial,
                    stage_min_free=int(args.stage_min_free * 2**20))
 
 
