@@ -1,6 +1,6 @@
 #!/bin/bash
 # The initial (monolithic) load of a whole production on many nodes.
-#   sbatch slurm/initial.sh --schema loa          (SPECPROD=loa set below or in the env)
+#   SPECPROD=loa sbatch slurm/initial.sh      (schema: $SCHEMA, default $SPECPROD)
 #SBATCH --qos=regular
 #SBATCH --constraint=cpu
 #SBATCH --nodes=8
