@@ -82,52 +82,56 @@ def _potential_targets(prod, tileid):
 
 
 def test_photometry_and_target_match_desispec(loaded, monkeypatch):
+    """photometry: the Legacy Surveys row where desispec matches the target from any of
+    its tiles, else the targeting row of its first tile; target: per tile."""
     conn, name, prod, env = loaded
     for key in ("DESI_ROOT", "DESI_TARGET", "DESI_SURVEYOPS", "FIBER_ASSIGN_DIR",
                 "DESI_SPECTRO_REDUX", "SPECPROD"):
         monkeypatch.setenv(key, env[key])
     photometry = _by_targetid(*_table(conn, name, "photometry"))
-    checked = {"tractor": 0, "targeting": 0}
+    tractor, targeting = {}, {}
     for tileid, survey, program, _ in _tiles(conn, name):
         cat = _potential_targets(prod, tileid)
         tp = photo.gather_targetphot(cat)
         # design decision 10: the ID path uses the targeting RELEASE/BRICKID/OBJID/PHOTSYS
         tin = Table(cat, copy=True)
-        for col in ("RELEASE", "BRICKID", "BRICK_OBJID", "PHOTSYS"):
+        for col in ("RELEASE", "BRICKID", "BRICK_OBJID", "PHOTSYS", "BRICKNAME"):
             tin[col] = tp[col]
-        tin["BRICKNAME"] = tp["BRICKNAME"]
         tr = photo.gather_tractorphot(tin)
         targets = _by_targetid(*_table(conn, name, "target", "WHERE tileid = %s", (tileid,)))
         assert set(targets) == set(cat["TARGETID"].tolist())
-        for i, tid in enumerate(cat["TARGETID"]):
-            row = photometry[int(tid)]
+        for i, tid in enumerate(cat["TARGETID"].tolist()):
             if tr["BRICKNAME"][i] != "":
-                checked["tractor"] += 1
-                assert row["ls_id"] == tr["LS_ID"][i]
-                assert row["brick_objid"] == tr["OBJID"][i]
-                assert row["morphtype"] == tr["TYPE"][i]
-                for col in ("RA", "DEC", "FLUX_G", "FLUX_R", "FLUX_Z", "FLUX_W1", "EBV",
-                            "SHAPE_R", "PMRA", "PMDEC", "PARALLAX"):
-                    assert row[col.lower()] == pytest.approx(_finite(tr[col][i]), rel=1e-6)
-                assert row["dchisq_ser"] == pytest.approx(_finite(tr["DCHISQ"][i][4]))
-            else:
-                checked["targeting"] += 1
-                pm_nan = not (np.isfinite(tp["PMRA"][i]) and np.isfinite(tp["PMDEC"][i]))
-                assert row["release"] == tp["RELEASE"][i]
-                assert row["brickname"] == tp["BRICKNAME"][i]
-                for col in ("RA", "DEC", "FLUX_G", "FLUX_Z", "EBV", "PARALLAX"):
-                    assert row[col.lower()] == pytest.approx(_finite(tp[col][i]), rel=1e-6)
-                if pm_nan:
-                    assert row["pmra"] == 0.0 and row["pmdec"] == 0.0
-                else:
-                    assert row["pmra"] == pytest.approx(float(tp["PMRA"][i]), rel=1e-6)
-            trow = targets[int(tid)]
+                tractor.setdefault(tid, tr[i])
+            targeting.setdefault(tid, tp[i])
+            trow = targets[tid]
             for col in ("PHOTSYS", "NUMOBS_INIT", "PRIORITY_INIT", "HPXPIXEL", "DESI_TARGET",
                         "SV3_DESI_TARGET", "SCND_TARGET", "OBSCONDITIONS"):
                 assert trow[col.lower()] == tp[col][i], (tileid, tid, col)
             assert trow["subpriority"] == pytest.approx(float(tp["SUBPRIORITY"][i]))
             assert (trow["survey"], trow["program"]) == (survey, program)
-    assert checked["tractor"] and checked["targeting"]
+    assert tractor and set(targeting) - set(tractor)
+    assert set(photometry) == set(targeting)
+    for tid, row in photometry.items():
+        if tid in tractor:
+            t = tractor[tid]
+            assert row["ls_id"] == t["LS_ID"]
+            assert row["brick_objid"] == t["OBJID"]
+            assert row["morphtype"] == t["TYPE"]
+            for col in ("RA", "DEC", "FLUX_G", "FLUX_R", "FLUX_Z", "FLUX_W1", "EBV",
+                        "SHAPE_R", "PMRA", "PMDEC", "PARALLAX"):
+                assert row[col.lower()] == pytest.approx(_finite(t[col]), rel=1e-6), col
+            assert row["dchisq_ser"] == pytest.approx(_finite(t["DCHISQ"][4]))
+        else:
+            t = targeting[tid]
+            assert row["release"] == t["RELEASE"]
+            assert row["brickname"] == t["BRICKNAME"]
+            for col in ("RA", "DEC", "FLUX_G", "FLUX_Z", "EBV", "PARALLAX"):
+                assert row[col.lower()] == pytest.approx(_finite(t[col]), rel=1e-6), col
+            if not (np.isfinite(t["PMRA"]) and np.isfinite(t["PMDEC"])):
+                assert row["pmra"] == 0.0 and row["pmdec"] == 0.0
+            else:
+                assert row["pmra"] == pytest.approx(float(t["PMRA"]), rel=1e-6)
 
 
 def test_ztile_matches_read_redrock(loaded):

@@ -415,7 +415,11 @@ def _brick_jobs(conn, opts, staged, actions):
         return [], {}
     allrows = np.concatenate(pieces)
     tiles_of = {}
-    order = np.argsort(allrows["TARGETID"], kind="stable")
+    # one row per TARGETID: a row with the Legacy Surveys ID columns (the ID path of
+    # decision 10) wins over one without, then the first tile in plan order
+    has_id = ((allrows["RELEASE"] > 0) & (allrows["BRICKID"] > 0)
+              & (allrows["BRICK_OBJID"] > 0) & (np.char.strip(allrows["PHOTSYS"]) != b""))
+    order = np.lexsort((~has_id, allrows["TARGETID"]))
     allrows = allrows[order]
     first = np.ones(len(allrows), dtype=bool)
     first[1:] = allrows["TARGETID"][1:] != allrows["TARGETID"][:-1]
