@@ -96,3 +96,21 @@ def test_numeric_digits_offline():
     digits = pgcopy._numeric_digits(ids.from_int(values))
     for v, d in zip(values, digits):
         assert sum(int(x) * 10000 ** (9 - i) for i, x in enumerate(d)) == v
+
+
+def test_prefetch_keeps_order_and_raises_producer_errors():
+    assert list(pgcopy.prefetch(iter([b"a", b"b", b"c"]), depth=1)) == [b"a", b"b", b"c"]
+
+    def broken():
+        yield b"x"
+        raise ValueError("encoder failed")
+    out = pgcopy.prefetch(broken())
+    assert next(out) == b"x"
+    with pytest.raises(ValueError, match="encoder failed"):
+        next(out)
+    # a consumer that stops early stops the producer thread
+    import threading
+    gen = pgcopy.prefetch(iter([b"1"] * 100), depth=2)
+    next(gen)
+    gen.close()
+    assert not any(t.name == "pgcopy-encoder" and t.is_alive() for t in threading.enumerate())

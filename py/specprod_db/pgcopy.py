@@ -14,6 +14,9 @@ numeric (ndigits=10, weight=9, sign=+, dscale=0); the server strips leading zero
 Kept apart from where the bytes go (``writer``), so it is tested byte for byte against
 the server's own ``COPY ... TO STDOUT (FORMAT binary)``.
 """
+import queue
+import threading
+
 import numpy as np
 
 from .schema import PG_TO_NUMPY
@@ -132,6 +135,51 @@ class Encoder:
     def encode(self, rows):
         """The whole PGCOPY stream for ``rows`` as one bytes object."""
         return b"".join(self.iter_bytes(rows))
+
+
+_END = object()
+
+
+def prefetch(blocks, depth=3):
+    """Produce ``blocks`` in a background thread, ``depth`` blocks ahead.
+
+    Encoding (numpy, which releases the GIL) then overlaps with the server reading the
+    previous blocks (psycopg2 releases the GIL while sending): without it the two run one
+    after the other (doc/benchmarks.md).  An exception in the producer is raised in the
+    consumer; a consumer that stops early stops the producer.
+    """
+    q = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        q.put(block, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as err:  # handed to the consumer
+            q.put(err)
+            return
+        q.put(_END)
+
+    thread = threading.Thread(target=produce, name="pgcopy-encoder", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 class StreamReader:

@@ -16,7 +16,7 @@ from psycopg2 import sql
 from . import faults
 from .db import qualified
 from .finalize import update_primary
-from .pgcopy import Encoder, StreamReader
+from .pgcopy import Encoder, StreamReader, prefetch
 from .schema import table as schema_table
 
 #: psycopg2 reads the COPY source in blocks of this size.
@@ -39,7 +39,8 @@ def copy_rows(cur, schema_name, table_name, rows, target=None):
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         dest, sql.SQL(", ").join(map(sql.Identifier, table.names)))
     cur.copy_expert(statement.as_string(cur.connection),
-                    StreamReader(Encoder(table).iter_bytes(rows)), size=COPY_READ_SIZE)
+                    StreamReader(prefetch(Encoder(table).iter_bytes(rows))),
+                    size=COPY_READ_SIZE)
     return len(rows)
 
 
