@@ -30,6 +30,9 @@ from .plan import (DELETE, FAIL, INSERT, REFRESH, UNCHANGED, UPDATE, MassDeleteR
 #: one transaction per brick cost 9 ms each, doc/benchmarks.md); ~40 MB of rows.
 PHOTOMETRY_BATCH_ROWS = 100_000
 
+#: Bricks per brick task.
+BRICKS_PER_TASK = 16
+
 
 @dataclass
 class Options:
@@ -268,7 +271,7 @@ def _run(comm, conn, opts, actions, t0):
                 if result.get("missing_petals"):
                     log.warning("tile %d: no redrock file for petal(s) %s", tid,
                                 ", ".join(map(str, result["missing_petals"])))
-        brick_jobs, brick_tiles = _brick_jobs(conn, opts, staged, actions)
+        brick_jobs, tiles_of_brick = _brick_jobs(conn, opts, staged, actions)
         keep = _run_targetids(staged)
     # --- brick tasks --------------------------------------------------------------
     t = time.time()
@@ -284,9 +287,14 @@ def _run(comm, conn, opts, actions, t0):
     pending, npending = [], 0
     for job, result in brick_results:
         if isinstance(result, mpi.TaskFailure):
-            for tid in brick_tiles.get(job["brickname"], ()):
-                failures.setdefault(tid, f"tile {tid}: brick {job['brickname']}: "
-                                         f"{result.message}")
+            failed = {b.decode(): result.message
+                      for b in np.unique(job["targets"]["BRICKNAME"])}
+        else:
+            failed = result.get("failed") or {}
+        for brick, message in failed.items():
+            for tid in tiles_of_brick.get(brick, ()):
+                failures.setdefault(tid, f"tile {tid}: brick {brick}: {message}")
+        if isinstance(result, mpi.TaskFailure):
             continue
         pending.append(stage.read(result["file"], ["photometry"])["photometry"])
         npending += len(pending[-1])
@@ -432,14 +440,20 @@ def _brick_jobs(conn, opts, staged, actions):
     need = unique[~np.isin(unique["TARGETID"], present) & (unique["BRICKNAME"] != b"")]
     # which tiles depend on which brick (a failed brick fails those tiles)
     need_all = allrows[np.isin(allrows["TARGETID"], need["TARGETID"])]
-    for brick in np.unique(need_all["BRICKNAME"]):
-        tiles_of[brick.decode()] = sorted(set(
-            need_all["TILEID"][need_all["BRICKNAME"] == brick].tolist()))
+    pairs = np.unique(need_all[["BRICKNAME", "TILEID"]])
+    for brick, tileid in zip(pairs["BRICKNAME"].tolist(), pairs["TILEID"].tolist()):
+        tiles_of.setdefault(brick.decode(), []).append(tileid)
+    # tasks of BRICKS_PER_TASK bricks each: fewer stage files and messages than one per
+    # brick (a brick holds ~50 targets), still many tasks to balance over the ranks
+    need = need[np.argsort(need["BRICKNAME"], kind="stable")]
+    bricks, starts = np.unique(need["BRICKNAME"], return_index=True)
+    bounds = list(starts) + [len(need)]
     jobs = []
-    for brick in np.unique(need["BRICKNAME"]):
-        sel = need[need["BRICKNAME"] == brick]
-        jobs.append({"brickname": brick.decode(), "targets": sel, "paths": opts.paths,
-                     "stage_dir": opts.stage_dir})
+    for g in range(0, len(bricks), BRICKS_PER_TASK):
+        last = min(g + BRICKS_PER_TASK, len(bricks))
+        name = f"{bricks[g].decode()}+{last - g}"
+        jobs.append({"group": name, "targets": need[bounds[g]: bounds[last]],
+                     "paths": opts.paths, "stage_dir": opts.stage_dir})
     return jobs, tiles_of
 
 

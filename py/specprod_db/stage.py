@@ -52,17 +52,20 @@ def brick_file(stage_dir, brickname):
     return os.path.join(stage_dir, f"brick-{brickname}.h5")
 
 
-def write(path, tables, key, extra=None):
+def write(path, tables, key, extra=None, info=None):
     """Write ``tables`` (name -> structured array, or name -> array for ``extra``).
 
     Arrays under schema table names must have that table's dtype exactly.  ``extra``
-    holds auxiliary arrays (e.g. the brick inputs) stored under ``aux/``.
+    holds auxiliary arrays (e.g. the brick inputs) stored under ``aux/``; ``info`` is a
+    small JSON-able dict kept as an attribute (read back under ``'info'``).
     """
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs["key"] = key
             f.attrs["format"] = FORMAT_VERSION
+            if info:
+                f.attrs["info"] = json.dumps(info, sort_keys=True, default=_jsonable)
             for name, rows in tables.items():
                 expected = schema_table(name).dtype
                 if rows.dtype != expected:
@@ -96,9 +99,12 @@ def is_complete(path, key):
 
 
 def read(path, names=None):
-    """Tables of a stage file: name -> structured array (``aux/...`` under 'aux')."""
+    """Tables of a stage file: name -> structured array (``aux/...`` under 'aux',
+    the ``info`` attribute under 'info')."""
     out = {}
     with h5py.File(path, "r") as f:
+        if "info" in f.attrs:
+            out["info"] = json.loads(f.attrs["info"])
         for name in f:
             if name == "aux":
                 out["aux"] = {k: f["aux"][k][()] for k in f["aux"]}

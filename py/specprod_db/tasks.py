@@ -19,6 +19,8 @@ import numpy as np
 from . import faults, ids, stage
 from .extract import redshift, targetphot, tile, tractorphot
 from .log import get_logger
+from .paths import InputError
+from .schema import table as schema_table
 
 #: Columns of the brick-task input (the targets that may need LS photometry).
 BRICK_INPUT_DTYPE = np.dtype([("TARGETID", "i8"), ("RA", "f8"), ("DEC", "f8"),
@@ -132,18 +134,36 @@ def targetid_mismatches(tp):
 
 
 def extract_brick(job):
-    """Worker side of a brick task. ``job`` = dict(brickname, targets, paths, stage_dir)."""
-    brickname, targets = job["brickname"], job["targets"]
-    key = task_key("brick", brickname, targets["TARGETID"].tolist())
-    path = stage.brick_file(job["stage_dir"], brickname)
+    """Worker side of a brick task: a group of bricks, one stage file.
+
+    ``job`` = dict(group, targets (sorted by BRICKNAME), paths, stage_dir).  A brick whose
+    tractor file is bad is reported in ``failed`` (brick -> message) and the others are
+    staged: only the tiles that need the bad brick fail.
+    """
+    group, targets = job["group"], job["targets"]
+    key = task_key("bricks", group, targets["BRICKNAME"].tolist(),
+                   targets["TARGETID"].tolist())
+    path = stage.brick_file(job["stage_dir"], group)
     if stage.is_complete(path, key):
-        return {"brickname": brickname, "file": path, "reused": True}
-    stats = {}
-    rows, matched = tractorphot.tractorphot_onebrick(brickname, targets, job["paths"],
-                                                     stats=stats)
-    stage.write(path, {"photometry": rows}, key)
-    return {"brickname": brickname, "file": path, "reused": False,
-            "matched": int(np.count_nonzero(matched)), "inputs": len(targets),
+        return {"group": group, "file": path, "reused": True,
+                "failed": stage.read(path, names=()).get("info", {}).get("failed", {})}
+    stats, parts, failed, matched = {}, [], {}, 0
+    bricks, starts = np.unique(targets["BRICKNAME"], return_index=True)
+    bounds = list(starts) + [len(targets)]
+    for i, brick in enumerate(bricks):
+        sel = targets[bounds[i]: bounds[i + 1]]
+        try:
+            rows, ok = tractorphot.tractorphot_onebrick(brick.decode(), sel, job["paths"],
+                                                        stats=stats)
+        except InputError as err:
+            failed[brick.decode()] = str(err)
+            continue
+        parts.append(rows)
+        matched += int(np.count_nonzero(ok))
+    rows = np.concatenate(parts) if parts else schema_table("photometry").empty()
+    stage.write(path, {"photometry": rows}, key, info={"failed": failed})
+    return {"group": group, "file": path, "reused": False, "failed": failed,
+            "bricks": len(bricks), "matched": matched, "inputs": len(targets),
             "stats": _plain(stats)}
 
 
