@@ -50,15 +50,9 @@ def log(msg=""):
 # --- set-up ----------------------------------------------------------------------------
 
 def mock_env(outdir):
-    """The environment of a mock production (what its ``env.sh`` exports)."""
-    env = dict(os.environ)
-    with open(os.path.join(outdir, "env.sh")) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("export ") and "=" in line:
-                key, value = line[len("export "):].split("=", 1)
-                env[key] = value.strip("'\"")
-    return env
+    """The process environment plus the mock production's DESI variables."""
+    from specprod_db.mock import environment
+    return dict(os.environ, **environment(outdir))
 
 
 def ensure_mock(workdir, tiles, seed):

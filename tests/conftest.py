@@ -126,14 +126,9 @@ def mpirun(mpiexec):
 
 
 def mock_env(outdir, **extra):
-    """The environment of a mock production (what its ``env.sh`` exports)."""
-    env = dict(os.environ)
-    with open(os.path.join(outdir, "env.sh")) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("export ") and "=" in line:
-                key, value = line[len("export "):].split("=", 1)
-                env[key] = value.strip("'\"")
+    """The process environment plus the mock production's DESI variables and ``extra``."""
+    from specprod_db.mock import environment
+    env = dict(os.environ, **environment(outdir))
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

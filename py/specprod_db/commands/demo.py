@@ -50,7 +50,7 @@ def _run(argv, env):
 
 @report_errors
 def run(args):
-    from ..mock import advance_production, make_production
+    from ..mock import advance_production, environment, make_production
     log = get_logger()
     dsn = args.db or db.resolve_dsn() or pgcluster.configured_dsn() or pgcluster.ensure_server()
     prod = os.path.join(args.outdir, "production")
@@ -58,11 +58,7 @@ def run(args):
         shutil.rmtree(prod)
     log.info("writing a mock daily production (%d tiles) under %s", args.tiles, prod)
     first = make_production(prod, tiles=args.tiles, seed=args.seed)
-    env = dict(os.environ, DESI_ROOT=prod, DESI_SPECTRO_REDUX=os.path.join(prod, "spectro",
-               "redux"), SPECPROD="daily", DESI_TARGET=os.path.join(prod, "target"),
-               FIBER_ASSIGN_DIR=os.path.join(prod, "target", "fiberassign", "tiles", "trunk"),
-               DESI_SURVEYOPS=os.path.join(prod, "survey", "ops", "surveyops", "trunk"),
-               SPECPROD_DB_DSN=dsn,
+    env = dict(os.environ, **environment(prod), SPECPROD_DB_DSN=dsn,
                SPECPROD_DB_STAGE_DIR=os.path.join(args.outdir, "stage"))
     cli = _command(1)
     load = _command(args.ranks) + ["load", "--schema", args.schema]

@@ -19,4 +19,12 @@ photometry source of every potential target (``id``, ``position``, ``targeting``
 sky targets and the NaN-proper-motion targets; ``outdir/mock-state.json`` is the state
 ``advance`` continues from. CLI: ``specprod-db mock OUTDIR [--advance] ...``.
 """
+from .layout import Layout
 from .production import advance_production, make_production  # noqa: F401
+
+
+def environment(outdir):
+    """The DESI environment variables of the mock tree at ``outdir`` (what ``env.sh``
+    exports): DESI_ROOT, DESI_SPECTRO_REDUX, SPECPROD, DESI_TARGET, FIBER_ASSIGN_DIR,
+    DESI_SURVEYOPS."""
+    return Layout(outdir).env()
