@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from specprod_db import pgcluster
@@ -171,3 +172,56 @@ def dump_schema(dsn, schema_name, tables=None):
             out[t.name] = cur.fetchall()
     conn.close()
     return out
+
+
+# --- running the CLI against a schema ---------------------------------------------------
+
+CLI = [sys.executable, "-m", "specprod_db.cli"]
+LOAD_TIMEOUT = 300
+
+
+def init(dsn, schema_name):
+    subprocess.run(CLI + ["init", "--schema", schema_name, "--db", dsn, "--no-grant"],
+                   check=True, capture_output=True, timeout=120)
+
+
+def load(mpirun, n, dsn, schema_name, prod, stage, *extra, check=True, env=None,
+         command="load"):
+    """``mpiexec -n N specprod-db load`` on the mock production ``prod``."""
+    e = mock_env(prod, SPECPROD_DB_DSN=dsn, **(env or {}))
+    return mpirun(n, CLI + [command, "--schema", schema_name, "--stage-dir", str(stage),
+                            *extra], env=e, check=check, timeout=LOAD_TIMEOUT)
+
+
+def query(dsn, statement, args=None):
+    conn = psycopg2.connect(dsn, connect_timeout=30)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, args)
+            rows = cur.fetchall() if cur.description else None
+        conn.commit()
+        return rows
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def schemas(pg_dsn):
+    """``schemas()`` -> a new initialised schema; all dropped afterwards."""
+    names = []
+
+    def make(dsn=pg_dsn):
+        name = "test_" + secrets.token_hex(4)
+        names.append((dsn, name))
+        init(dsn, name)
+        return name
+    yield make
+    for dsn, name in names:
+        try:
+            conn = psycopg2.connect(dsn, connect_timeout=10)
+        except psycopg2.Error:
+            continue
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        conn.close()

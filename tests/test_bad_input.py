@@ -23,9 +23,8 @@ import fitsio
 import numpy as np
 import pytest
 
-from conftest import dump_schema, mock_env, run_mpi
-from test_daily import (CLI, edit_tiles_csv, init, last_run, load, query, schemas,  # noqa
-                        tile_state, tiles_csv, tiles_of)
+from conftest import CLI, dump_schema, init, load, mock_env, query, run_mpi
+from test_daily import edit_tiles_csv, last_run, tile_state, tiles_csv, tiles_of
 
 GOOD = [1000, 1002]
 

@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from conftest import dump_schema, mock_env, run_mpi
-from test_daily import CLI, LOAD_TIMEOUT, init, last_run, load, query, schemas  # noqa: F401
+from conftest import CLI, LOAD_TIMEOUT, dump_schema, init, load, mock_env, query, run_mpi
 
 VICTIM = 1001          # third tile in write order (100, 1000, 1001, 40000, 60000)
 BEFORE = [100, 1000]   # committed before it

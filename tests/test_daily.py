@@ -14,46 +14,12 @@ The helpers here are shared with ``test_bad_input.py`` and ``test_crash.py``.
 import json
 import os
 import re
-import secrets
 import subprocess
-import sys
 import time
 
-import psycopg2
 import pytest
 
-from conftest import dump_schema, mock_env
-
-CLI = [sys.executable, "-m", "specprod_db.cli"]
-LOAD_TIMEOUT = 300
-
-
-# --- helpers ---------------------------------------------------------------------------
-
-def init(dsn, schema_name):
-    subprocess.run(CLI + ["init", "--schema", schema_name, "--db", dsn, "--no-grant"],
-                   check=True, capture_output=True, timeout=120)
-
-
-def load(mpirun, n, dsn, schema_name, prod, stage, *extra, check=True, env=None,
-         command="load"):
-    """``mpiexec -n N specprod-db load`` on the mock production ``prod``."""
-    e = mock_env(prod, SPECPROD_DB_DSN=dsn, **(env or {}))
-    return mpirun(n, CLI + [command, "--schema", schema_name, "--stage-dir", str(stage),
-                            *extra], env=e, check=check, timeout=LOAD_TIMEOUT)
-
-
-def query(dsn, statement, args=None):
-    conn = psycopg2.connect(dsn, connect_timeout=30)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, args)
-            rows = cur.fetchall() if cur.description else None
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
-
+from conftest import CLI, LOAD_TIMEOUT, dump_schema, load, mock_env, query
 
 def tile_state(dsn, schema_name):
     return {r[0]: r[1:] for r in query(
@@ -96,28 +62,6 @@ def edit_tiles_csv(prod, func):
     rows = func(header, [ln.split(",") for ln in lines[1:]])
     with open(path, "w") as f:
         f.write("\n".join([",".join(header)] + [",".join(r) for r in rows]) + "\n")
-
-
-@pytest.fixture
-def schemas(pg_dsn):
-    """``schemas()`` -> a new initialised schema; all dropped afterwards."""
-    names = []
-
-    def make(dsn=pg_dsn):
-        name = "test_" + secrets.token_hex(4)
-        names.append((dsn, name))
-        init(dsn, name)
-        return name
-    yield make
-    for dsn, name in names:
-        try:
-            conn = psycopg2.connect(dsn, connect_timeout=10)
-        except psycopg2.Error:
-            continue
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        conn.close()
 
 
 def rewrite_fiberassign(prod, tileid):

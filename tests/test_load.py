@@ -3,46 +3,9 @@
 Same contents for 1, 2 and 3 ranks; loading tiles over several runs equals one run;
 overlapping tiles share photometry; q3c cone searches work; a second run is a no-op.
 """
-import sys
-
 import psycopg2
-import pytest
 
-from conftest import dump_schema, mock_env
-
-CLI = [sys.executable, "-m", "specprod_db.cli"]
-
-
-def _init(dsn, schema_name):
-    import subprocess
-    subprocess.run(CLI + ["init", "--schema", schema_name, "--db", dsn, "--no-grant"],
-                   check=True, capture_output=True)
-
-
-def _load(mpirun, n, dsn, schema_name, prod, stage, *extra, check=True):
-    env = mock_env(prod, SPECPROD_DB_DSN=dsn)
-    return mpirun(n, CLI + ["load", "--schema", schema_name, "--stage-dir", str(stage),
-                            *extra], env=env, check=check, timeout=600)
-
-
-@pytest.fixture
-def schemas(pg_dsn):
-    """Extra schemas for comparisons, dropped afterwards."""
-    import secrets
-    names = []
-
-    def make():
-        name = "test_" + secrets.token_hex(4)
-        names.append(name)
-        _init(pg_dsn, name)
-        return name
-    yield make
-    conn = psycopg2.connect(pg_dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    conn.close()
+from conftest import dump_schema, load
 
 
 def test_same_result_for_1_2_3_ranks(pg_dsn, schemas, small_production, mpirun, tmp_path):
@@ -50,7 +13,7 @@ def test_same_result_for_1_2_3_ranks(pg_dsn, schemas, small_production, mpirun, 
     dumps = []
     for n in (1, 2, 3):
         name = schemas()
-        _load(mpirun, n, pg_dsn, name, prod, tmp_path / f"stage{n}")
+        load(mpirun, n, pg_dsn, name, prod, tmp_path / f"stage{n}")
         dumps.append(dump_schema(pg_dsn, name))
     assert dumps[0]["tile"] and dumps[0]["ztile"] and dumps[0]["photometry"]
     assert dumps[0] == dumps[1] == dumps[2]
@@ -60,33 +23,33 @@ def test_tiles_over_several_runs_equal_one_run(pg_dsn, schemas, small_production
                                                tmp_path):
     prod, summary = small_production
     one, several = schemas(), schemas()
-    _load(mpirun, 2, pg_dsn, one, prod, tmp_path / "a")
+    load(mpirun, 2, pg_dsn, one, prod, tmp_path / "a")
     loaded = [r[0] for r in dump_schema(pg_dsn, one, ["tile"])["tile"]]
     half = loaded[: len(loaded) // 2]
-    _load(mpirun, 2, pg_dsn, several, prod, tmp_path / "b", "--tiles",
+    load(mpirun, 2, pg_dsn, several, prod, tmp_path / "b", "--tiles",
           ",".join(map(str, half)))
     assert [r[0] for r in dump_schema(pg_dsn, several, ["tile"])["tile"]] == half
-    _load(mpirun, 2, pg_dsn, several, prod, tmp_path / "b")
+    load(mpirun, 2, pg_dsn, several, prod, tmp_path / "b")
     assert dump_schema(pg_dsn, one) == dump_schema(pg_dsn, several)
 
 
 def test_second_run_changes_nothing(pg_dsn, schemas, small_production, mpirun, tmp_path):
     prod = small_production[0]
     name = schemas()
-    _load(mpirun, 1, pg_dsn, name, prod, tmp_path / "s")
+    load(mpirun, 1, pg_dsn, name, prod, tmp_path / "s")
     before = dump_schema(pg_dsn, name)
-    result = _load(mpirun, 1, pg_dsn, name, prod, tmp_path / "s", "--dry-run")
+    result = load(mpirun, 1, pg_dsn, name, prod, tmp_path / "s", "--dry-run")
     import re
     assert re.search(r"^total: SKIP 1, UNCHANGED \d+$", result.stdout, re.M), result.stdout
     assert not re.search(r"^\s*\d+\s+(INSERT|UPDATE|DELETE)", result.stdout, re.M)
-    _load(mpirun, 1, pg_dsn, name, prod, tmp_path / "s")
+    load(mpirun, 1, pg_dsn, name, prod, tmp_path / "s")
     assert dump_schema(pg_dsn, name) == before
 
 
 def test_shared_targets_and_cone_search(pg_dsn, schemas, small_production, mpirun, tmp_path):
     prod = small_production[0]
     name = schemas()
-    _load(mpirun, 2, pg_dsn, name, prod, tmp_path / "s")
+    load(mpirun, 2, pg_dsn, name, prod, tmp_path / "s")
     conn = psycopg2.connect(pg_dsn)
     with conn.cursor() as cur:
         cur.execute(f'SELECT targetid, count(*) FROM "{name}".target GROUP BY targetid '
@@ -117,12 +80,12 @@ def test_shared_targets_and_cone_search(pg_dsn, schemas, small_production, mpiru
     conn.close()
 
 
-def test_initial_load_equals_normal_load(pg_dsn, schemas, small_production, mpirun,
+def test_initial_load_equals_normalload(pg_dsn, schemas, small_production, mpirun,
                                          tmp_path):
     prod = small_production[0]
     normal, initial = schemas(), schemas()
-    _load(mpirun, 2, pg_dsn, normal, prod, tmp_path / "n")
-    _load(mpirun, 2, pg_dsn, initial, prod, tmp_path / "i", "--initial")
+    load(mpirun, 2, pg_dsn, normal, prod, tmp_path / "n")
+    load(mpirun, 2, pg_dsn, initial, prod, tmp_path / "i", "--initial")
     assert dump_schema(pg_dsn, initial) == dump_schema(pg_dsn, normal)
     conn = psycopg2.connect(pg_dsn)
     from specprod_db import db
@@ -132,7 +95,7 @@ def test_initial_load_equals_normal_load(pg_dsn, schemas, small_production, mpir
     with conn.cursor() as cur:
         cur.execute(f'UPDATE "{initial}".ztile SET zcat_primary = false, zcat_nspec = 0')
     conn.commit()
-    _load(mpirun, 1, pg_dsn, initial, prod, tmp_path / "i")
+    load(mpirun, 1, pg_dsn, initial, prod, tmp_path / "i")
     assert db.missing_indexes(conn, initial) == []
     assert dump_schema(pg_dsn, initial) == dump_schema(pg_dsn, normal)
     conn.close()

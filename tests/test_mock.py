@@ -246,7 +246,6 @@ def test_advance_changes_redshifts(tree):
     csv = _tiles(tree)
     reobs = [t for t in s1["changed_tiles"] if t not in s1["new_tiles"] + s1["withdrawn"]]
     assert reobs
-    from desispec.io.meta import findfile
     for tid in reobs:
         d = os.path.join(tree["root"], "spectro/redux/daily/tiles/cumulative", str(tid))
         nights = sorted(os.listdir(d))

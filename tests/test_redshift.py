@@ -119,7 +119,7 @@ def _one_petal(production, tmp_path):
     night = int(line["LASTNIGHT"])
     petal = next(p for p in range(10) if os.path.exists(paths.redrock_file(tileid, night, p)))
     mine = Paths.from_environment(env={"DESI_ROOT": str(tmp_path)})
-    src, dst = paths.cumulative_dir(tileid, night), mine.cumulative_dir(tileid, night)
+    dst = mine.cumulative_dir(tileid, night)
     os.makedirs(dst)
     for prefix in ("redrock", "emline", "qso_mgii", "qso_qn"):
         shutil.copy(paths.redrock_file(tileid, night, petal, prefix), dst)

@@ -21,8 +21,7 @@ from . import db, finalize, mpi, stage, tasks, writer
 from .db import qualified
 from .extract import redshift, tile
 from .log import get_logger, set_rank
-from .runlock import (LOCK_NAMESPACE, RunRefused, acquire_lock,  # noqa: F401
-                      check_write_access, lock_key, read_state)
+from .runlock import RunRefused, acquire_lock, check_write_access, read_state
 from .plan import (DELETE, FAIL, INSERT, REFRESH, UNCHANGED, UPDATE, MassDeleteRefused,
                    TileAction, format_plan, make_plan, summary)
 
@@ -173,7 +172,6 @@ def _finish_run(conn, opts, run_id, outcome, counts):
 def load(comm, opts):
     """Run the whole pipeline on every rank; returns the common exit status."""
     set_rank(comm.rank, comm.size)
-    log = get_logger()
     t0 = time.time()
     conn = None
     header = None

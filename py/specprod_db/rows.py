@@ -25,11 +25,14 @@ def finitize(values):
 
     Returns ``(array, count_replaced)``.
     """
-    arr = np.ma.asarray(values)
-    data = np.array(arr.filled(np.nan) if np.ma.is_masked(arr) else np.asarray(arr),
-                    dtype=float if arr.dtype.kind != "f" else arr.dtype, copy=True)
+    if isinstance(values, np.ma.MaskedArray):
+        values = values.astype(float if values.dtype.kind != "f" else values.dtype)
+        values = values.filled(np.nan)
+    data = np.array(values, copy=True)
+    if data.dtype.kind != "f":
+        data = data.astype(float)
     bad = ~np.isfinite(data)
-    n = int(bad.sum())
+    n = int(np.count_nonzero(bad))
     if n:
         data[bad] = FINITIZE_VALUE
     return data, n
@@ -77,10 +80,9 @@ def build(table_name, columns, n=None, defaults=None, stats=None):
             elif dt.kind == "S":
                 out[col.name] = _strings(value, dt.itemsize, table.name, col.name, n)
             elif dt.kind == "i" and dt.shape == ():
-                arr = np.ma.asarray(value)
-                if np.ma.is_masked(arr):
+                if np.ma.is_masked(value):
                     raise RowError(f"{table.name}.{col.name}: masked (null) values")
-                arr = np.asarray(arr)
+                arr = np.asarray(value)
                 if arr.dtype.kind == "f":
                     if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
                         raise RowError(f"{table.name}.{col.name}: non-integer values")
@@ -101,10 +103,9 @@ def build(table_name, columns, n=None, defaults=None, stats=None):
 
 
 def _strings(value, width, tname, cname, n):
-    arr = np.ma.asarray(value)
-    if np.ma.is_masked(arr):
+    if np.ma.is_masked(value):
         raise RowError(f"{tname}.{cname}: masked (null) values")
-    arr = np.asarray(arr)
+    arr = np.asarray(value)
     if arr.ndim == 0:
         arr = np.broadcast_to(arr, (n,))
     if arr.dtype.kind == "U":

@@ -7,10 +7,10 @@ changed (on every tile), and upsert its ``tile_state`` row.  A tile is either fu
 all.  Deletes follow the foreign keys children-first (there are no cascades).
 """
 import json
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import numpy as np
-import psycopg2
 from psycopg2 import sql
 
 from . import faults
@@ -28,6 +28,18 @@ _TILE_CHILDREN_PARTIAL = ("ztile",)
 
 #: Where a tile's rows are staged -> loaded, parents first (the insert order).
 INSERT_ORDER = ("tile", "exposure", "frame", "target", "fiberassign", "potential", "ztile")
+
+
+@contextmanager
+def transaction(conn):
+    """A cursor in a transaction committed on success, rolled back on any error."""
+    try:
+        with conn.cursor() as cur:
+            yield cur
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 def copy_rows(cur, schema_name, table_name, rows, target=None):
@@ -156,94 +168,67 @@ def write_tile(conn, schema_name, action, staged, run_id, keep=frozenset(), prim
     """
     counts = {}
     touched = set()
-    try:
-        with conn.cursor() as cur:
-            tileid = action.tileid
-            cur.execute(sql.SQL("SELECT 1 FROM {} WHERE tileid = %s").format(
-                qualified(schema_name, "tile")), (tileid,))
-            exists = cur.fetchone() is not None
-            old_targets = []
-            if exists:
-                cur.execute(sql.SQL("SELECT targetid FROM {} WHERE tileid = %s").format(
-                    qualified(schema_name, "ztile")), (tileid,))
-                touched.update(r[0] for r in cur.fetchall())
-                if action.full:
-                    old_targets = tile_targetids(cur, schema_name, tileid)
-                delete_tile_rows(cur, schema_name, tileid, full=action.full)
-            counts["tile"] = copy_upsert(cur, schema_name, "tile", staged["tile"],
-                                         ("tileid",), update=True)
-            if action.full and "photometry" in staged:
-                counts["photometry"] = copy_upsert(cur, schema_name, "photometry",
-                                                   staged["photometry"], ("targetid",))
-            for name in INSERT_ORDER[1:]:
-                if name in ("target", "fiberassign", "potential") and not action.full:
-                    continue
-                counts[name] = copy_rows(cur, schema_name, name, staged.get(
-                    name, schema_table(name).empty()))
-            touched.update(int(t) for t in np.unique(staged["ztile"]["targetid"]))
-            if old_targets:
-                counts["photometry_deleted"] = delete_orphan_photometry(
-                    cur, schema_name, sorted(set(old_targets) - set(keep)))
-            upsert_state(cur, schema_name, tileid, "loaded", run_id, action.state,
-                         action.line)
-            faults.hit("copy", tileid)  # crash tests only (faults.py)
+    tileid = action.tileid
+    with transaction(conn) as cur:
+        cur.execute(sql.SQL("SELECT 1 FROM {} WHERE tileid = %s").format(
+            qualified(schema_name, "tile")), (tileid,))
+        old_targets = []
+        if cur.fetchone() is not None:
+            touched.update(tile_targetids(cur, schema_name, tileid, ("ztile",)))
+            if action.full:
+                old_targets = tile_targetids(cur, schema_name, tileid)
+            delete_tile_rows(cur, schema_name, tileid, full=action.full)
+        counts["tile"] = copy_upsert(cur, schema_name, "tile", staged["tile"],
+                                     ("tileid",), update=True)
+        if action.full and "photometry" in staged:
+            counts["photometry"] = copy_upsert(cur, schema_name, "photometry",
+                                               staged["photometry"], ("targetid",))
+        for name in INSERT_ORDER[1:]:
+            if name in ("target", "fiberassign", "potential") and not action.full:
+                continue
+            counts[name] = copy_rows(cur, schema_name, name, staged.get(
+                name, schema_table(name).empty()))
+        touched.update(int(t) for t in np.unique(staged["ztile"]["targetid"]))
+        if old_targets:
+            counts["photometry_deleted"] = delete_orphan_photometry(
+                cur, schema_name, sorted(set(old_targets) - set(keep)))
+        upsert_state(cur, schema_name, tileid, "loaded", run_id, action.state,
+                     action.line)
+        faults.hit("copy", tileid)  # crash tests only (faults.py)
         if primary:
             counts["primary"] = update_primary(conn, schema_name, sorted(touched))
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
     return counts, touched
 
 
 def delete_tile(conn, schema_name, action, run_id, keep=frozenset()):
     """DELETE a tile: its rows, then photometry nobody else references (nor ``keep``,
     see :func:`write_tile`); one transaction."""
-    try:
-        with conn.cursor() as cur:
-            targets = tile_targetids(cur, schema_name, action.tileid)
-            cur.execute(sql.SQL("SELECT targetid FROM {} WHERE tileid = %s").format(
-                qualified(schema_name, "ztile")), (action.tileid,))
-            touched = {r[0] for r in cur.fetchall()}
-            counts = delete_tile_rows(cur, schema_name, action.tileid, full=True,
-                                      tile_row=True)
-            counts["photometry"] = delete_orphan_photometry(
-                cur, schema_name, sorted(set(targets) - set(keep)))
-            upsert_state(cur, schema_name, action.tileid, "deleted", run_id, {},
-                         error=action.reason)
+    with transaction(conn) as cur:
+        targets = tile_targetids(cur, schema_name, action.tileid)
+        touched = set(tile_targetids(cur, schema_name, action.tileid, ("ztile",)))
+        counts = delete_tile_rows(cur, schema_name, action.tileid, full=True,
+                                  tile_row=True)
+        counts["photometry"] = delete_orphan_photometry(
+            cur, schema_name, sorted(set(targets) - set(keep)))
+        upsert_state(cur, schema_name, action.tileid, "deleted", run_id, {},
+                     error=action.reason)
         counts["primary"] = update_primary(conn, schema_name, sorted(touched))
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
     return counts, touched
 
 
 def refresh_state(conn, schema_name, action, run_id):
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
         upsert_state(cur, schema_name, action.tileid, "loaded", run_id, action.state,
                      action.line)
-    conn.commit()
 
 
 def record_failure(conn, schema_name, tileid, message, run_id):
-    try:
-        conn.rollback()
-        with conn.cursor() as cur:
-            upsert_state(cur, schema_name, tileid, "failed", run_id, error=message)
-        conn.commit()
-    except psycopg2.Error:
-        conn.rollback()
-        raise
+    conn.rollback()
+    with transaction(conn) as cur:
+        upsert_state(cur, schema_name, tileid, "failed", run_id, error=message)
 
 
 def write_photometry(conn, schema_name, rows):
-    """Insert Legacy Surveys photometry rows of a brick (first writer wins)."""
-    try:
-        with conn.cursor() as cur:
-            n = copy_upsert(cur, schema_name, "photometry", rows, ("targetid",))
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    return n
+    """Insert Legacy Surveys photometry rows (first writer wins); one transaction."""
+    with transaction(conn) as cur:
+        return copy_upsert(cur, schema_name, "photometry", rows, ("targetid",))

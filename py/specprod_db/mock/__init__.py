@@ -20,7 +20,9 @@ sky targets and the NaN-proper-motion targets; ``outdir/mock-state.json`` is the
 ``advance`` continues from. CLI: ``specprod-db mock OUTDIR [--advance] ...``.
 """
 from .layout import Layout
-from .production import advance_production, make_production  # noqa: F401
+from .production import advance_production, make_production
+
+__all__ = ["advance_production", "environment", "make_production"]
 
 
 def environment(outdir):
