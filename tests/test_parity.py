@@ -88,6 +88,10 @@ def test_photometry_and_target_match_desispec(loaded, monkeypatch):
     for key in ("DESI_ROOT", "DESI_TARGET", "DESI_SURVEYOPS", "FIBER_ASSIGN_DIR",
                 "DESI_SPECTRO_REDUX", "SPECPROD"):
         monkeypatch.setenv(key, env[key])
+    monkeypatch.delenv("DESI_ROOT_READONLY", raising=False)
+    # desispec caches the DESI root of its first call (another test's tree, maybe)
+    import desispec.io.meta
+    monkeypatch.setattr(desispec.io.meta, "_desi_root_readonly", None)
     photometry = _by_targetid(*_table(conn, name, "photometry"))
     tractor, targeting = {}, {}
     for tileid, survey, program, _ in _tiles(conn, name):
