@@ -37,6 +37,11 @@ def test_second_run_changes_nothing(pg_dsn, schemas, small_production, mpirun, t
     prod = small_production[0]
     name = schemas()
     load(mpirun, 1, pg_dsn, name, prod, tmp_path / "s")
+    import json
+    with open(tmp_path / "s" / "manifest.json") as f:
+        manifest = json.load(f)
+    assert {p["action"] for p in manifest["plan"]} == {"INSERT", "SKIP"}
+    assert manifest["schema"] == name and manifest["tiles"] and not manifest["failed"]
     before = dump_schema(pg_dsn, name)
     result = load(mpirun, 1, pg_dsn, name, prod, tmp_path / "s", "--dry-run")
     import re

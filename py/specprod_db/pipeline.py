@@ -17,7 +17,7 @@ import numpy as np
 import psycopg2
 from psycopg2 import sql
 
-from . import db, finalize, mpi, stage, tasks, writer
+from . import bricks, db, finalize, mpi, stage, tasks, writer
 from .db import qualified
 from .extract import redshift, tile
 from .log import get_logger, set_rank
@@ -28,9 +28,6 @@ from .plan import (DELETE, FAIL, INSERT, REFRESH, UNCHANGED, UPDATE, MassDeleteR
 #: Legacy Surveys photometry rows written per transaction (bricks hold ~50 rows each;
 #: one transaction per brick cost 9 ms each, doc/benchmarks.md); ~40 MB of rows.
 PHOTOMETRY_BATCH_ROWS = 100_000
-
-#: Bricks per brick task.
-BRICKS_PER_TASK = 16
 
 
 @dataclass
@@ -269,8 +266,8 @@ def _run(comm, conn, opts, actions, t0):
                 if result.get("missing_petals"):
                     log.warning("tile %d: no redrock file for petal(s) %s", tid,
                                 ", ".join(map(str, result["missing_petals"])))
-        brick_jobs, tiles_of_brick = _brick_jobs(conn, opts, staged, actions)
-        keep = _run_targetids(staged)
+        brick_jobs, tiles_of_brick = bricks.brick_jobs(conn, opts, staged, actions)
+        keep = bricks.run_targetids(staged)
     # --- brick tasks --------------------------------------------------------------
     t = time.time()
     brick_results = mpi.run_tasks(comm, brick_jobs, tasks.extract_brick,
@@ -281,7 +278,39 @@ def _run(comm, conn, opts, actions, t0):
     # --- write (rank 0) -----------------------------------------------------------
     opts.extra["phase"] = "write"  # the workers now wait for the final status only
     t = time.time()
-    tcounts = counts["tables"]
+    stage.write_manifest(opts.stage_dir, {
+        "run_id": run_id, "schema": opts.schema,
+        "plan": [{"tileid": a.tileid, "action": a.action, "reason": a.reason}
+                 for a in actions],
+        "tiles": {str(k): v["file"] for k, v in staged.items()},
+        "bricks": [r["file"] for _, r in brick_results
+                   if not isinstance(r, mpi.TaskFailure)],
+        "failed": {str(k): v for k, v in failures.items()}})
+    rebuild, written = _write(conn, opts, actions, staged, brick_results, tiles_of_brick,
+                              keep, failures, counts["tables"], run_id)
+    timers["write"] = time.time() - t
+    t = time.time()
+    _finalize(conn, opts, actions, rebuild, failures, brick_results, keep)
+    timers["finalize"] = time.time() - t
+    for path in written:
+        tasks.remove_stage_file(path)
+    if not failures:  # bricks of a crashed run too; kept for a rerun after failures
+        stage.remove_bricks(opts.stage_dir)
+    counts["failed"] = {str(k): v for k, v in failures.items()}
+    counts["timers"] = timers
+    outcome = "failed" if failures else "ok"
+    _finish_run(conn, opts, run_id, outcome, counts)
+    _report(actions, failures, counts["tables"], timers, time.time() - t0, run_id)
+    return 1 if failures else 0
+
+
+def _write(conn, opts, actions, staged, brick_results, tiles_of_brick, keep, failures,
+           tcounts, run_id):
+    """Rank 0: Legacy Surveys photometry in batches, then one transaction per tile.
+
+    Fills ``failures`` and ``tcounts``; returns ``(rebuild, written stage files)``.
+    """
+    log = get_logger()
     pending, npending = [], 0
     for job, result in brick_results:
         if isinstance(result, mpi.TaskFailure):
@@ -339,12 +368,17 @@ def _run(comm, conn, opts, actions, t0):
             log.error(message)
             failures[a.tileid] = message
             writer.record_failure(conn, opts.schema, a.tileid, message, run_id)
-    timers["write"] = time.time() - t
+    return rebuild, written
+
+
+def _finalize(conn, opts, actions, rebuild, failures, brick_results, keep):
+    """Rank 0 after the writes: orphaned photometry of failed tiles, the flags and
+    indexes of a bulk load, ANALYZE."""
+    log = get_logger()
     # photometry staged by bricks whose tiles all failed is not kept
-    t = time.time()
     if failures:
-        cand = [int(x) for job, _ in brick_results for x in job["targets"]["TARGETID"]]
-        cand += sorted(keep)
+        cand = np.concatenate([job["targets"]["TARGETID"] for job, _ in brick_results]
+                              + [np.fromiter(keep, dtype=np.int64, count=len(keep))])
         with conn.cursor() as cur:
             n = writer.delete_orphan_photometry(cur, opts.schema, cand)
         conn.commit()
@@ -358,21 +392,9 @@ def _run(comm, conn, opts, actions, t0):
         db.create_indexes(conn, opts.schema)
         conn.commit()
     if rebuild or any(a.action in (INSERT, UPDATE, DELETE) for a in actions):
-        finalize.analyze(conn, opts.schema, [tb for tb in (
-            "tile", "exposure", "frame", "photometry", "target", "fiberassign", "potential",
-            "ztile")])
+        finalize.analyze(conn, opts.schema, ("tile", "exposure", "frame", "photometry",
+                                             "target", "fiberassign", "potential", "ztile"))
         conn.commit()
-    timers["finalize"] = time.time() - t
-    for path in written:
-        tasks.remove_stage_file(path)
-    if not failures:  # bricks of a crashed run too; kept for a rerun after failures
-        stage.remove_bricks(opts.stage_dir)
-    counts["failed"] = {str(k): v for k, v in failures.items()}
-    counts["timers"] = timers
-    outcome = "failed" if failures else "ok"
-    _finish_run(conn, opts, run_id, outcome, counts)
-    _report(actions, failures, tcounts, timers, time.time() - t0, run_id)
-    return 1 if failures else 0
 
 
 def _warn_stats(tileid, stats, counts):
@@ -392,67 +414,6 @@ def _warn_stats(tileid, stats, counts):
         log.warning("tile %d: %d targeting row(s) whose TARGETID does not encode their own "
                     "RELEASE/BRICKID/BRICK_OBJID; loaded with the rows' columns, as "
                     "desispec reads them", tileid, bad)
-
-
-def _run_targetids(staged):
-    """TARGETIDs the staged tiles of this run reference (target and ztile rows).
-
-    Their photometry must survive a DELETE or full UPDATE of another tile earlier in the
-    write order: the brick tasks were planned while it was present.
-    """
-    out = set()
-    for result in staged.values():
-        tables = stage.read(result["file"], names=("target", "ztile"))
-        for name in ("target", "ztile"):
-            if name in tables:
-                out.update(np.unique(tables[name]["targetid"]).tolist())
-    return out
-
-
-def _brick_jobs(conn, opts, staged, actions):
-    """Targets of this run's new fiberassign data that still lack photometry, by brick."""
-    pieces = []
-    for a in actions:
-        if a.tileid in staged and a.full:
-            aux = stage.read(staged[a.tileid]["file"], names=()).get("aux", {})
-            if "brick_input" in aux:
-                pieces.append(aux["brick_input"])
-    if not pieces:
-        return [], {}
-    allrows = np.concatenate(pieces)
-    tiles_of = {}
-    # one row per TARGETID: a row with the Legacy Surveys ID columns (the ID path of
-    # decision 10) wins over one without, then the first tile in plan order
-    has_id = ((allrows["RELEASE"] > 0) & (allrows["BRICKID"] > 0)
-              & (allrows["BRICK_OBJID"] > 0) & (np.char.strip(allrows["PHOTSYS"]) != b""))
-    order = np.lexsort((~has_id, allrows["TARGETID"]))
-    allrows = allrows[order]
-    first = np.ones(len(allrows), dtype=bool)
-    first[1:] = allrows["TARGETID"][1:] != allrows["TARGETID"][:-1]
-    unique = allrows[first]
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT targetid FROM {} WHERE targetid = ANY(%s)").format(
-            qualified(opts.schema, "photometry")), (unique["TARGETID"].tolist(),))
-        present = np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
-    conn.rollback()
-    need = unique[~np.isin(unique["TARGETID"], present) & (unique["BRICKNAME"] != b"")]
-    # which tiles depend on which brick (a failed brick fails those tiles)
-    need_all = allrows[np.isin(allrows["TARGETID"], need["TARGETID"])]
-    pairs = np.unique(need_all[["BRICKNAME", "TILEID"]])
-    for brick, tileid in zip(pairs["BRICKNAME"].tolist(), pairs["TILEID"].tolist()):
-        tiles_of.setdefault(brick.decode(), []).append(tileid)
-    # tasks of BRICKS_PER_TASK bricks each: fewer stage files and messages than one per
-    # brick (a brick holds ~50 targets), still many tasks to balance over the ranks
-    need = need[np.argsort(need["BRICKNAME"], kind="stable")]
-    bricks, starts = np.unique(need["BRICKNAME"], return_index=True)
-    bounds = list(starts) + [len(need)]
-    jobs = []
-    for g in range(0, len(bricks), BRICKS_PER_TASK):
-        last = min(g + BRICKS_PER_TASK, len(bricks))
-        name = f"{bricks[g].decode()}+{last - g}"
-        jobs.append({"group": name, "targets": need[bounds[g]: bounds[last]],
-                     "paths": opts.paths, "stage_dir": opts.stage_dir})
-    return jobs, tiles_of
 
 
 def _report(actions, failures, tcounts, timers, elapsed, run_id):

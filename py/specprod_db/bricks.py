@@ -1,0 +1,78 @@
+"""Brick tasks: which targets still need Legacy Surveys photometry, grouped by brick.
+
+After the tile tasks, rank 0 gathers the brick inputs staged by every tile whose
+fiberassign data is new (``tasks.brick_input``), keeps one row per TARGETID (a row with
+the Legacy Surveys ID columns wins, decision 10), drops the TARGETIDs the database
+already holds, and groups the rest by brick into tasks of ``BRICKS_PER_TASK`` bricks.
+"""
+import numpy as np
+from psycopg2 import sql
+
+from . import stage
+from .db import qualified
+
+#: Bricks per brick task: fewer stage files and messages than one per brick (a brick
+#: holds ~50 targets of a day), still many tasks to balance over the ranks.
+BRICKS_PER_TASK = 16
+
+
+def run_targetids(staged):
+    """TARGETIDs the staged tiles of this run reference (target and ztile rows).
+
+    Their photometry must survive a DELETE or full UPDATE of another tile earlier in the
+    write order: the brick tasks were planned while it was present.
+    """
+    out = set()
+    for result in staged.values():
+        tables = stage.read(result["file"], names=("target", "ztile"))
+        for name in ("target", "ztile"):
+            if name in tables:
+                out.update(np.unique(tables[name]["targetid"]).tolist())
+    return out
+
+
+def brick_jobs(conn, opts, staged, actions):
+    """Brick tasks for this run's new fiberassign data, and brick -> TILEIDs needing it.
+
+    A failed brick fails the tiles that need it (the second return value).
+    """
+    pieces = []
+    for a in actions:
+        if a.tileid in staged and a.full:
+            aux = stage.read(staged[a.tileid]["file"], names=()).get("aux", {})
+            if "brick_input" in aux:
+                pieces.append(aux["brick_input"])
+    if not pieces:
+        return [], {}
+    allrows = np.concatenate(pieces)
+    tiles_of = {}
+    # one row per TARGETID: a row with the Legacy Surveys ID columns (the ID path of
+    # decision 10) wins over one without, then the first tile in plan order
+    has_id = ((allrows["RELEASE"] > 0) & (allrows["BRICKID"] > 0)
+              & (allrows["BRICK_OBJID"] > 0) & (np.char.strip(allrows["PHOTSYS"]) != b""))
+    order = np.lexsort((~has_id, allrows["TARGETID"]))
+    allrows = allrows[order]
+    first = np.ones(len(allrows), dtype=bool)
+    first[1:] = allrows["TARGETID"][1:] != allrows["TARGETID"][:-1]
+    unique = allrows[first]
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT targetid FROM {} WHERE targetid = ANY(%s)").format(
+            qualified(opts.schema, "photometry")), (unique["TARGETID"].tolist(),))
+        present = np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
+    conn.rollback()
+    need = unique[~np.isin(unique["TARGETID"], present) & (unique["BRICKNAME"] != b"")]
+    # which tiles depend on which brick (a failed brick fails those tiles)
+    need_all = allrows[np.isin(allrows["TARGETID"], need["TARGETID"])]
+    pairs = np.unique(need_all[["BRICKNAME", "TILEID"]])
+    for brick, tileid in zip(pairs["BRICKNAME"].tolist(), pairs["TILEID"].tolist()):
+        tiles_of.setdefault(brick.decode(), []).append(tileid)
+    need = need[np.argsort(need["BRICKNAME"], kind="stable")]
+    bricks, starts = np.unique(need["BRICKNAME"], return_index=True)
+    bounds = list(starts) + [len(need)]
+    jobs = []
+    for g in range(0, len(bricks), BRICKS_PER_TASK):
+        last = min(g + BRICKS_PER_TASK, len(bricks))
+        name = f"{bricks[g].decode()}+{last - g}"
+        jobs.append({"group": name, "targets": need[bounds[g]: bounds[last]],
+                     "paths": opts.paths, "stage_dir": opts.stage_dir})
+    return jobs, tiles_of
