@@ -161,8 +161,14 @@ def schema_exists(conn, schema_name):
         return cur.fetchone() is not None
 
 
+class ExtensionMissing(RuntimeError):
+    """q3c is not installed in the database and cannot be created."""
+
+    exit_code = 2
+
+
 def ensure_q3c(conn):
-    """``CREATE EXTENSION IF NOT EXISTS q3c``, with a clear error when impossible."""
+    """``CREATE EXTENSION IF NOT EXISTS q3c``; :class:`ExtensionMissing` when impossible."""
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'q3c'")
         if cur.fetchone():
@@ -171,7 +177,7 @@ def ensure_q3c(conn):
             cur.execute("CREATE EXTENSION IF NOT EXISTS q3c")
         except psycopg2.Error as err:
             conn.rollback()
-            raise RuntimeError(
+            raise ExtensionMissing(
                 "the q3c extension is not installed in this database and cannot be created "
                 f"({' '.join(str(err).split())}); install the server package "
                 "(Debian: postgresql-15-q3c) and run 'CREATE EXTENSION q3c' as a superuser"

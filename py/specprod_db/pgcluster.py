@@ -176,17 +176,12 @@ def ensure_q3c(conninfo, where="the database", timeout=30):
         raise ClusterError(f"cannot connect to {where} with conninfo {conninfo!r}: "
                            f"{str(e).strip()}. Fix the server or unset SPECPROD_DB_DSN "
                            f"and PG* to use the private cluster") from e
+    from .db import ExtensionMissing, ensure_q3c as _ensure_q3c
     try:
         conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'q3c'")
-            if cur.fetchone() is None:
-                cur.execute("CREATE EXTENSION IF NOT EXISTS q3c")
-    except psycopg2.Error as e:
-        raise ClusterError(
-            f"the q3c extension is missing in {where} and cannot be created: "
-            f"{str(e).strip()}. Install it on that server (Debian: postgresql-<major>-q3c) "
-            f"and run `CREATE EXTENSION q3c` as a role allowed to") from e
+        _ensure_q3c(conn)
+    except ExtensionMissing as e:
+        raise ClusterError(f"{where}: {e}") from e
     finally:
         conn.close()
 

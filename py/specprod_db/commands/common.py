@@ -2,7 +2,7 @@
 import functools
 import sys
 
-from ..db import DSN_ENV, ConnectionFailed
+from ..db import DSN_ENV, ConnectionFailed, ExtensionMissing
 
 
 def add_schema_argument(parser, required=True, default=None):
@@ -26,7 +26,7 @@ def report_errors(run):
             os.environ["DESI_LOGLEVEL"] = "DEBUG"
         try:
             return run(args)
-        except ConnectionFailed as err:
+        except (ConnectionFailed, ExtensionMissing) as err:
             print(f"specprod-db: {err}", file=sys.stderr)
             return err.exit_code
     return wrapper
