@@ -123,6 +123,8 @@ def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
         Restrict the plan to these TILEIDs.
     """
     log = get_logger()
+    # lines without a readable TILEID belong to no tile (read_tiles_file logged them)
+    problems = {k: v for k, v in problems.items() if k is not None}
     winners = winning_lines(table) if len(table) else {}
     wanted = None if tiles is None else set(int(t) for t in tiles)
     actions = []
