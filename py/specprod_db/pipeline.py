@@ -65,41 +65,18 @@ def exposures_hash(exposures, frames, tileid):
 def fiberassign_fingerprint(paths, tileid, old):
     """size:mtime:sha256 of the fiberassign file; hashed again only if size/mtime moved."""
     path = paths.fiberassign_file(tileid)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "missing"
-    prefix = f"{st.st_size}:{st.st_mtime_ns}:"
-    if old and (old.get("fiberassign_fingerprint") or "").startswith(prefix):
-        return old["fiberassign_fingerprint"]
-    fp = tile.fingerprint(path)
-    if old and (old.get("fiberassign_fingerprint") or "").split(":")[-1] == fp.split(":")[-1]:
-        return old["fiberassign_fingerprint"]  # touched, same content
-    return fp
+    return tile.current_fingerprint((old or {}).get("fiberassign_fingerprint"),
+                                    tile.fingerprint(path, content=False),
+                                    lambda: tile.fingerprint(path))
 
 
 def redrock_fingerprint(paths, tileid, lastnight, old):
-    """The redrock files' fingerprint; hashed again only if a name, size or mtime moved.
-
-    Like :func:`fiberassign_fingerprint`, so an unchanged tile costs ``stat`` calls only.
-    """
-    recorded = (old or {}).get("redrock_fingerprint") or ""
-    cheap = redshift.redrock_fingerprint(paths, tileid, lastnight, content=False)
-    if recorded and _digests(recorded, drop=True) == cheap:
-        return recorded
-    fp = redshift.redrock_fingerprint(paths, tileid, lastnight)
-    if recorded and _digests(recorded) == _digests(fp):
-        return recorded  # touched, same content
-    return fp
-
-
-def _digests(fp, drop=False):
-    """``name=size:mtime:sha;...`` -> with the sha as '-' (``drop``) or [(name, sha)]."""
-    parts = [p.split("=", 1) for p in fp.split(";")]
-    if drop:
-        return ";".join(f"{n}={v.rsplit(':', 1)[0]}:-" if v != "missing" else f"{n}={v}"
-                        for n, v in parts)
-    return [(n, v.rsplit(":", 1)[-1]) for n, v in parts]
+    """The redrock files' fingerprint; hashed again only if a name, size or mtime moved,
+    so an unchanged tile costs ``stat`` calls only."""
+    return tile.current_fingerprint(
+        (old or {}).get("redrock_fingerprint"),
+        redshift.redrock_fingerprint(paths, tileid, lastnight, content=False),
+        lambda: redshift.redrock_fingerprint(paths, tileid, lastnight))
 
 
 def plan_run(conn, opts):

@@ -396,18 +396,40 @@ def fingerprint(path, content=True):
     return f"{st.st_size}:{st.st_mtime_ns}:{digest}"
 
 
-def fingerprint_changed(recorded, path):
-    """True when ``path`` differs from a recorded :func:`fingerprint`.
+def _parts(fp):
+    """``[(name, stat, digest)]`` of a fingerprint: one file (``size:mtime:sha``) or
+    several (``name=size:mtime:sha;...``); a missing file's stat and digest are
+    ``missing``."""
+    out = []
+    for part in fp.split(";"):
+        name, _, value = part.rpartition("=")
+        if value == "missing":
+            out.append((name, "missing", "missing"))
+        else:
+            stat, _, digest = value.rpartition(":")
+            out.append((name, stat, digest))
+    return out
 
-    Cheap when nothing moved: the content is hashed only when size or mtime differ (a
-    rewrite with identical bytes is then *not* a change).
+
+def current_fingerprint(recorded, cheap, compute):
+    """``recorded`` when the files it describes did not change, else ``compute()``.
+
+    ``cheap`` is the fingerprint without content (``content=False``): the files are
+    hashed (``compute``) only when a name, size or mtime moved, and a file touched with
+    identical bytes is not a change (design decision 2).
     """
-    now = fingerprint(path, content=False)
-    if recorded is None or now == "missing" or recorded == "missing":
-        return recorded != now
-    size, mtime, digest = recorded.split(":")
-    if now == f"{size}:{mtime}:-":
-        return False
-    if now.split(":")[0] != size:
-        return True
-    return fingerprint(path).split(":")[2] != digest
+    if recorded:
+        old = _parts(recorded)
+        if [p[:2] for p in old] == [p[:2] for p in _parts(cheap)]:
+            return recorded
+    fp = compute()
+    if recorded and [(n, d) for n, _, d in old] == [(n, d) for n, _, d in _parts(fp)]:
+        return recorded
+    return fp
+
+
+def fingerprint_changed(recorded, path):
+    """True when ``path`` differs from a recorded :func:`fingerprint` (see
+    :func:`current_fingerprint`)."""
+    return current_fingerprint(recorded, fingerprint(path, content=False),
+                               lambda: fingerprint(path)) != recorded
