@@ -216,6 +216,10 @@ def test_catalog_paths(tile, caplog):
     assert stats["missing_catalogs"] == 1                 # TARG2; TARG4 is after '-'
     from desispec.io.photo import gather_targetdirs
     assert list(gather_targetdirs(TILEID)) == got
+    # the loader's rule: every named catalog must exist
+    with pytest.raises(InputError, match=r"tile 1234: targeting catalog\(s\) named in the "
+                       r"header of .*fiberassign-001234.* do not exist: TARG2 = "):
+        tp.catalog_paths(header, paths, TILEID, require_all=True)
 
 
 def test_no_catalog_is_an_error(tile):

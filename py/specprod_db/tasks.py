@@ -92,8 +92,9 @@ def extract_tile(job):
         fa_path = paths.fiberassign_file(tileid)
         fa, pot, targets, header = tile.fiberassign_rows(fa_path, tileid, stats=stats)
         tables["fiberassign"], tables["potential"] = fa, pot
-        _check_catalogs(tileid, header, paths, fa_path)
-        tp = targetphot.targetphot_onetile(tileid, header, targets, paths, stats=stats)
+        # a catalog named in the header that does not exist fails the tile (daily issue)
+        tp = targetphot.targetphot_onetile(tileid, header, targets, paths, stats=stats,
+                                           require_all=True)
         stats["targetid_mismatch"] = targetid_mismatches(tp)
         tables["target"] = targetphot.target_rows(tp, tileid, survey, program, stats=stats)
         tables["photometry"] = targetphot.photometry_from_targetphot(tp, stats=stats)
@@ -107,18 +108,6 @@ def extract_tile(job):
             "rows": {k: len(v) for k, v in tables.items()},
             "missing_petals": list(info.get("missing_petals", [])),
             "stats": _plain(stats)}
-
-
-def _check_catalogs(tileid, header, paths, fa_path):
-    """A targeting catalog named in the fiberassign header that does not exist fails the
-    tile (the daily issue; ``targetphot`` alone would skip it with a warning)."""
-    missing = [f"{key} = {path}" for key, path in (
-        (k, paths.rewrite_catalog_path(v, tileid))
-        for k, v in targetphot.header_catalogs(header) if v.strip() not in ("", "-"))
-        if not os.path.exists(path)]
-    if missing:
-        raise TileTaskError(f"tile {tileid}: targeting catalog(s) named in the header of "
-                            f"{fa_path} do not exist: {'; '.join(missing)}")
 
 
 def targetid_mismatches(tp):

@@ -134,18 +134,26 @@ def header_catalogs(header):
     return found
 
 
-def catalog_paths(header, paths, tileid, stats=None):
+def catalog_paths(header, paths, tileid, stats=None, require_all=False):
     """Existing targeting catalogs of a tile, de-duplicated and sorted (§4.5 steps 2-4).
 
     A named catalog that does not exist is logged as a warning naming the tile (and
-    counted in ``stats['missing_catalogs']``); if no named catalog exists at all,
-    :class:`InputError` names the tile, the fiberassign file and the keywords.
+    counted in ``stats['missing_catalogs']``), as desispec skips it; with
+    ``require_all`` (the loader's rule, daily issue) it fails the tile instead.  If no
+    named catalog exists at all, :class:`InputError` names the tile, the fiberassign
+    file and the keywords.
     """
     log = get_logger()
     named = [(key, paths.rewrite_catalog_path(value, tileid))
              for key, value in header_catalogs(header)]
     if int(tileid) == 80615:
         named.append(("(tile 80615)", os.path.join(paths.desi_root, *_CMX_80615)))
+    if require_all:
+        missing = [f"{key} = {path}" for key, path in named if not os.path.exists(path)]
+        if missing:
+            raise InputError(f"tile {tileid}: targeting catalog(s) named in the header of "
+                             f"{paths.fiberassign_file(tileid)} do not exist: "
+                             f"{'; '.join(missing)}")
     kept = []
     for key, path in named:
         if os.path.exists(path):
@@ -252,7 +260,7 @@ def _primary_files(directory, ra, dec, tileid, stats):
     return [f for f in names if os.path.isfile(f)]
 
 
-def targetphot_onetile(tileid, header, targets, paths, stats=None):
+def targetphot_onetile(tileid, header, targets, paths, stats=None, require_all=False):
     """Targeting photometry of a tile's potential targets (see the module docstring).
 
     Parameters
@@ -265,6 +273,8 @@ def targetphot_onetile(tileid, header, targets, paths, stats=None):
     paths : :class:`specprod_db.paths.Paths`
     stats : dict, optional
         Counts: ``missing_catalogs``, ``nan_radec``, ``not_found``, ``files_read``.
+    require_all : bool
+        A named catalog that does not exist fails the tile (:func:`catalog_paths`).
 
     Returns
     -------
@@ -279,7 +289,7 @@ def targetphot_onetile(tileid, header, targets, paths, stats=None):
     if len(tid) == 0:
         return out
     found = np.zeros(len(tid), dtype=bool)
-    for path in catalog_paths(header, paths, tileid, stats):
+    for path in catalog_paths(header, paths, tileid, stats, require_all):
         if found.all():
             break
         base = os.path.basename(path)
