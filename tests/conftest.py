@@ -225,3 +225,16 @@ def schemas(pg_dsn):
         with conn.cursor() as cur:
             cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         conn.close()
+
+
+def fresh_load_dump(dsn, mpiexec, prod, stage_dir):
+    """The tables of an uninterrupted 1-rank load of ``prod`` into a new schema
+    (dropped afterwards): the reference other runs must reach."""
+    name = "test_" + secrets.token_hex(4)
+    init(dsn, name)
+    try:
+        run_mpi(mpiexec, 1, CLI + ["load", "--schema", name, "--stage-dir", str(stage_dir)],
+                env=mock_env(prod, SPECPROD_DB_DSN=dsn))
+        return dump_schema(dsn, name)
+    finally:
+        query(dsn, f'DROP SCHEMA "{name}" CASCADE')

@@ -23,7 +23,8 @@ import fitsio
 import numpy as np
 import pytest
 
-from conftest import CLI, dump_schema, init, load, mock_env, query, run_mpi
+from conftest import (CLI, dump_schema, fresh_load_dump, init, load, mock_env, query,
+                      run_mpi)
 from test_daily import edit_tiles_csv, last_run, tile_state, tiles_csv, tiles_of
 
 GOOD = [1000, 1002]
@@ -88,16 +89,7 @@ def pristine(small_production, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(pg_dsn, pristine, mpiexec, tmp_path_factory):
-    import secrets
-    name = "test_" + secrets.token_hex(4)
-    init(pg_dsn, name)
-    try:
-        run_mpi(mpiexec, 1, CLI + ["load", "--schema", name, "--stage-dir",
-                                   str(tmp_path_factory.mktemp("refstage"))],
-                env=mock_env(pristine, SPECPROD_DB_DSN=pg_dsn))
-        yield dump_schema(pg_dsn, name)
-    finally:
-        query(pg_dsn, f'DROP SCHEMA "{name}" CASCADE')
+    return fresh_load_dump(pg_dsn, mpiexec, pristine, tmp_path_factory.mktemp("refstage"))
 
 
 def damage_files(prod):

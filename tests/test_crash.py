@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from conftest import CLI, LOAD_TIMEOUT, dump_schema, init, load, mock_env, query, run_mpi
+from conftest import (CLI, LOAD_TIMEOUT, dump_schema, fresh_load_dump, init, load, mock_env,
+                      query)
 
 VICTIM = 1001          # third tile in write order (100, 1000, 1001, 40000, 60000)
 BEFORE = [100, 1000]   # committed before it
@@ -24,16 +25,8 @@ TILE_TABLES = ("exposure", "frame", "ztile", "fiberassign", "potential", "target
 @pytest.fixture(scope="module")
 def reference(pg_dsn, small_production, mpiexec, tmp_path_factory):
     """The tables of an uninterrupted load of the small production."""
-    import secrets
-    name = "test_" + secrets.token_hex(4)
-    init(pg_dsn, name)
-    try:
-        run_mpi(mpiexec, 1, CLI + ["load", "--schema", name, "--stage-dir",
-                                   str(tmp_path_factory.mktemp("refstage"))],
-                env=mock_env(small_production[0], SPECPROD_DB_DSN=pg_dsn))
-        yield dump_schema(pg_dsn, name)
-    finally:
-        query(pg_dsn, f'DROP SCHEMA "{name}" CASCADE')
+    return fresh_load_dump(pg_dsn, mpiexec, small_production[0],
+                           tmp_path_factory.mktemp("refstage"))
 
 
 def _assert_interrupted_cleanly(dsn, name, committed, reference):
