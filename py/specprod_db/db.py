@@ -10,17 +10,12 @@ from psycopg2 import sql
 from psycopg2.extensions import parse_dsn
 
 from . import __version__
+from .errors import ConnectionFailed, ExtensionMissing  # noqa: F401
 from .log import get_logger
 from .schema import DATA_TABLES, TABLES
 
 #: Environment variable naming the database when ``--db`` is not given.
 DSN_ENV = "SPECPROD_DB_DSN"
-
-
-class ConnectionFailed(RuntimeError):
-    """The database cannot be reached; the message is one line for the operator."""
-
-    exit_code = 2
 
 
 def resolve_dsn(dsn=None):
@@ -159,12 +154,6 @@ def schema_exists(conn, schema_name):
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema_name,))
         return cur.fetchone() is not None
-
-
-class ExtensionMissing(RuntimeError):
-    """q3c is not installed in the database and cannot be created."""
-
-    exit_code = 2
 
 
 def ensure_q3c(conn):

@@ -16,9 +16,7 @@ own tools resolve them (``desispec.io.meta.findfile``), each overridable:
 import os
 from dataclasses import dataclass, fields, replace
 
-
-class InputError(RuntimeError):
-    """An input file or directory is missing or unusable (message names it)."""
+from .errors import InputError  # noqa: F401  (raised here; defined in errors.py)
 
 
 def checkgzip(path):

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from .errors import MassDeleteRefused
 from .log import get_logger
 
 INSERT, UPDATE, DELETE, REFRESH, SKIP, UNCHANGED, FAIL = (
@@ -180,10 +181,6 @@ def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
         else:
             actions.append(TileAction(tid, UNCHANGED, "", line, False, fp))
     return guard_deletes(actions, state, no_delete, max_delete_fraction, allow_mass_delete)
-
-
-class MassDeleteRefused(RuntimeError):
-    """Too many deletes in one run without ``--allow-mass-delete``."""
 
 
 def guard_deletes(actions, state, no_delete, max_fraction, allow_mass):

@@ -7,10 +7,7 @@ write every table; ``read_state`` reads ``tile_state`` joined with ``tile``.
 from psycopg2 import sql
 
 from .db import qualified
-
-
-class RunRefused(RuntimeError):
-    """The run cannot start (lock held, schema missing, bad tiles file ...)."""
+from .errors import RunRefused
 
 
 LOCK_NAMESPACE = 0x5350  # 'SP': advisory lock class of specprod-db loads
@@ -37,7 +34,6 @@ def check_write_access(conn, schema_name):
                 f"INSERT/UPDATE/DELETE on {schema_name}." + f", {schema_name}.".join(lacking)
                 if lacking else "TEMP on the database")
         raise RunRefused(f"database user {user} lacks {what}; nothing written")
-
 
 
 def lock_key(schema_name):

@@ -16,13 +16,10 @@ import shutil
 import h5py
 import numpy as np
 
+from .errors import StageError
 from .schema import table as schema_table
 
 FORMAT_VERSION = 1
-
-
-class StageError(RuntimeError):
-    """The stage directory cannot be used (missing, unwritable, full)."""
 
 
 def check_directory(path, need_bytes=0):
