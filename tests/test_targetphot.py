@@ -203,6 +203,8 @@ def test_header_families():
 
 
 def test_catalog_paths(tile, caplog):
+    """A named catalog that does not exist is skipped with a warning and listed in
+    stats (decision 11, desispec's rule); the tile loads from the others."""
     paths, header, _ = tile
     stats = {}
     got = tp.catalog_paths(header, paths, TILEID, stats)
@@ -213,21 +215,57 @@ def test_catalog_paths(tile, caplog):
         f"{root}/target/catalogs/dr9/1.1.1/targets/main/secondary/dark/"
         "targets-dark-secondary.fits"])
     assert got[0].endswith("ToO.ecsv")
-    assert stats["missing_catalogs"] == 1                 # TARG2; TARG4 is after '-'
+    targ2 = f"{root}/target/catalogs/gaiadr2/2.2.0/targets/main/resolve/backup"
+    assert stats["missing_catalogs"] == [f"TARG2={targ2}"]   # TARG4 is after '-'
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"tile {TILEID}" in m and f"TARG2 = {targ2}" in m and "does not exist" in m
+               for m in warned), warned
     from desispec.io.photo import gather_targetdirs
     assert list(gather_targetdirs(TILEID)) == got
-    # the loader's rule: every named catalog must exist
-    with pytest.raises(InputError, match=r"tile 1234: targeting catalog\(s\) named in the "
-                       r"header of .*fiberassign-001234.* do not exist: TARG2 = "):
-        tp.catalog_paths(header, paths, TILEID, require_all=True)
+    # appended to what the task's stats already hold; no stats dict is fine too
+    stats = {"missing_catalogs": ["TOO=elsewhere"]}
+    tp.catalog_paths(header, paths, TILEID, stats)
+    assert stats["missing_catalogs"] == ["TOO=elsewhere", f"TARG2={targ2}"]
+    assert tp.catalog_paths(header, paths, TILEID) == got
+
+
+def test_missing_catalog_loads_the_tile(tile):
+    """targetphot_onetile with a missing TARG2: the rows come from the other catalogs
+    (the same as with TARG2 removed from the header) and the missing one is listed."""
+    paths, header, targets = tile
+    stats = {}
+    with_missing = tp.targetphot_onetile(TILEID, header, targets, paths, stats)
+    assert len(stats["missing_catalogs"]) == 1
+    assert stats["missing_catalogs"][0].startswith("TARG2=")
+    clean = header.copy()
+    del clean["TARG2"], clean["TARG3"], clean["TARG4"]
+    assert with_missing.tobytes() == tp.targetphot_onetile(
+        TILEID, clean, targets, paths).tobytes()
 
 
 def test_no_catalog_is_an_error(tile):
-    paths, _, _ = tile
-    with pytest.raises(InputError, match=r"tile 1234.*fiberassign-001234.*TARG"):
-        tp.catalog_paths({"TARG": "DESIROOT/nowhere"}, paths, TILEID)
-    with pytest.raises(InputError, match="tile 1234"):
+    """Only when none of the named catalogs exists does the tile fail, naming the tile,
+    the fiberassign file and every keyword with its path."""
+    paths, _, targets = tile
+    root = paths.desi_root
+    header = {"TARG": "DESIROOT/nowhere", "SCND": "DESIROOT/secondary/none.fits"}
+    stats = {}
+    with pytest.raises(InputError, match=(
+            rf"tile 1234: no targeting catalog named in the header of "
+            rf".*fiberassign-001234.* exists \(TARG = {root}/nowhere; "
+            rf"SCND = {root}/secondary/none.fits\)")):
+        tp.catalog_paths(header, paths, TILEID, stats)
+    with pytest.raises(InputError, match="tile 1234.*fiberassign-001234"):
+        tp.targetphot_onetile(TILEID, header, targets, paths, stats)
+    with pytest.raises(InputError, match="tile 1234.*no TARG/SCND/TOO keyword"):
         tp.catalog_paths({}, paths, TILEID)
+
+
+def test_require_all_is_gone():
+    """One rule (decision 11): there is no mode in which a missing catalog is fatal."""
+    import inspect
+    assert "require_all" not in inspect.signature(tp.catalog_paths).parameters
+    assert "require_all" not in inspect.signature(tp.targetphot_onetile).parameters
 
 
 def test_parity_with_gather_targetphot(tile):

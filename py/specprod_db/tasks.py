@@ -92,9 +92,9 @@ def extract_tile(job):
         fa_path = paths.fiberassign_file(tileid)
         fa, pot, targets, header = tile.fiberassign_rows(fa_path, tileid, stats=stats)
         tables["fiberassign"], tables["potential"] = fa, pot
-        # a catalog named in the header that does not exist fails the tile (daily issue)
-        tp = targetphot.targetphot_onetile(tileid, header, targets, paths, stats=stats,
-                                           require_all=True)
+        # a named catalog that does not exist is skipped and listed in
+        # stats["missing_catalogs"]; none existing fails the tile (decision 11)
+        tp = targetphot.targetphot_onetile(tileid, header, targets, paths, stats=stats)
         stats["targetid_mismatch"] = targetid_mismatches(tp)
         tables["target"] = targetphot.target_rows(tp, tileid, survey, program, stats=stats)
         tables["photometry"] = targetphot.photometry_from_targetphot(tp, stats=stats)

@@ -8,9 +8,11 @@ Our own equivalent of desispec's ``desispec.io.photo.gather_targetphot`` for one
    first missing keyword or at a value ``-``); tile 80615 also gets the cmx Gaia
    supplemental directory, which its header does not record;
 2. each value is rewritten into this tree (:meth:`Paths.rewrite_catalog_path`); paths
-   that do not exist are dropped with a warning naming the tile (desispec drops them
-   silently); if none is left the tile fails (desispec fails too); the rest is
-   de-duplicated and sorted alphabetically;
+   that do not exist are dropped, as desispec drops them (decision 11: real headers
+   name catalogs that were moved or never written), with a warning naming the tile, the
+   keyword and the path, and counted in ``stats['missing_catalogs']``; if none is left
+   the tile fails (desispec fails too); the rest is de-duplicated and sorted
+   alphabetically;
 3. a file whose name contains ``ToO`` (or ends in ``.ecsv``) is an ECSV ledger (astropy
    ``ascii.ecsv``, ``guess=False``), any other file a FITS catalog (secondary targets),
    and a directory holds primary targets split in nested HEALPix files
@@ -43,7 +45,7 @@ import numpy as np
 from .. import ids, rows
 from ..healpix import radec2pix
 from ..log import get_logger
-from ..paths import InputError
+from ..errors import InputError
 from ..schema import table as _table
 
 #: desispec's ``targetphot_datamodel`` (datamodel.md §4.6): ``dtype[shape]: NAMES``.
@@ -134,38 +136,31 @@ def header_catalogs(header):
     return found
 
 
-def catalog_paths(header, paths, tileid, stats=None, require_all=False):
+def catalog_paths(header, paths, tileid, stats=None):
     """Existing targeting catalogs of a tile, de-duplicated and sorted (§4.5 steps 2-4).
 
-    A named catalog that does not exist is logged as a warning naming the tile (and
-    counted in ``stats['missing_catalogs']``), as desispec skips it; with
-    ``require_all`` (the loader's rule, daily issue) it fails the tile instead.  If no
-    named catalog exists at all, :class:`InputError` names the tile, the fiberassign
-    file and the keywords.
+    A named catalog that does not exist is skipped, as desispec's ``gather_targetphot``
+    skips it (decision 11): a warning names the tile, the keyword and the path, and
+    ``"KEYWORD=path"`` is appended to the list ``stats['missing_catalogs']`` (the run
+    counts them).  Only when no named catalog exists does :class:`InputError` fail the
+    tile, naming the fiberassign file and every keyword with its path.
     """
     log = get_logger()
     named = [(key, paths.rewrite_catalog_path(value, tileid))
              for key, value in header_catalogs(header)]
     if int(tileid) == 80615:
         named.append(("(tile 80615)", os.path.join(paths.desi_root, *_CMX_80615)))
-    if require_all:
-        missing = [f"{key} = {path}" for key, path in named if not os.path.exists(path)]
-        if missing:
-            raise InputError(f"tile {tileid}: targeting catalog(s) named in the header of "
-                             f"{paths.fiberassign_file(tileid)} do not exist: "
-                             f"{'; '.join(missing)}")
-    kept = []
-    for key, path in named:
-        if os.path.exists(path):
-            kept.append(path)
-        else:
-            log.warning(f"tile {tileid}: targeting catalog {key} = {path} does not exist")
-            if stats is not None:
-                stats["missing_catalogs"] = stats.get("missing_catalogs", 0) + 1
+    kept = [path for _, path in named if os.path.exists(path)]
+    missing = [(key, path) for key, path in named if not os.path.exists(path)]
     if not kept:
-        keys = ", ".join(k for k, _ in named) or "none of TARG/SCND/TOO"
+        which = "; ".join(f"{k} = {p}" for k, p in missing) or "no TARG/SCND/TOO keyword"
         raise InputError(f"tile {tileid}: no targeting catalog named in the header of "
-                         f"{paths.fiberassign_file(tileid)} exists (keywords: {keys})")
+                         f"{paths.fiberassign_file(tileid)} exists ({which})")
+    for key, path in missing:
+        log.warning(f"tile {tileid}: targeting catalog {key} = {path} named in the "
+                    "fiberassign header does not exist; skipped, as desispec does")
+        if stats is not None:
+            stats.setdefault("missing_catalogs", []).append(f"{key}={path}")
     return sorted(set(kept))
 
 
@@ -260,7 +255,7 @@ def _primary_files(directory, ra, dec, tileid, stats):
     return [f for f in names if os.path.isfile(f)]
 
 
-def targetphot_onetile(tileid, header, targets, paths, stats=None, require_all=False):
+def targetphot_onetile(tileid, header, targets, paths, stats=None):
     """Targeting photometry of a tile's potential targets (see the module docstring).
 
     Parameters
@@ -272,9 +267,8 @@ def targetphot_onetile(tileid, header, targets, paths, stats=None, require_all=F
         TARGETID, RA, DEC of the tile's potential non-sky targets (TARGETS HDU).
     paths : :class:`specprod_db.paths.Paths`
     stats : dict, optional
-        Counts: ``missing_catalogs``, ``nan_radec``, ``not_found``, ``files_read``.
-    require_all : bool
-        A named catalog that does not exist fails the tile (:func:`catalog_paths`).
+        ``missing_catalogs`` (list of ``"KEYWORD=path"`` of named catalogs that do not
+        exist), counts ``nan_radec``, ``not_found``, ``files_read``.
 
     Returns
     -------
@@ -289,7 +283,7 @@ def targetphot_onetile(tileid, header, targets, paths, stats=None, require_all=F
     if len(tid) == 0:
         return out
     found = np.zeros(len(tid), dtype=bool)
-    for path in catalog_paths(header, paths, tileid, stats, require_all):
+    for path in catalog_paths(header, paths, tileid, stats):
         if found.all():
             break
         base = os.path.basename(path)
