@@ -238,3 +238,19 @@ def fresh_load_dump(dsn, mpiexec, prod, stage_dir):
         return dump_schema(dsn, name)
     finally:
         query(dsn, f'DROP SCHEMA "{name}" CASCADE')
+
+
+# --- test-only dependencies ------------------------------------------------------------
+
+def require(module):
+    """``importlib.import_module(module)``, or a failure (not a skip) if it cannot be
+    imported: desispec, desitarget, desimodel, healpy ... are test dependencies, so their
+    absence is a broken install.  At module level the failure is a collection error of
+    that file, which fails the run too."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        why = f"{err.__class__.__name__}: {err}"
+    pytest.fail(f"{module} is a test dependency installed by `make env` (setup.cfg "
+                f"extra `test`): {why}", pytrace=False)

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from conftest import require
 from specprod_db import ids
 
 
@@ -63,7 +64,7 @@ def test_no_sky_and_targetid_layout():
 
 
 def test_targetid_decoding_matches_desitarget():
-    targets = pytest.importorskip("desitarget.targets")
+    targets = require("desitarget.targets")
     rng = np.random.default_rng(2)
     objid = rng.integers(0, 2**22, 50)
     brickid = rng.integers(1, 662175, 50)

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from conftest import require
 from specprod_db.mock import advance_production, make_production
 from specprod_db.mock import columns as C
 
-desispec = pytest.importorskip("desispec")
+desispec = require("desispec")
 
 
 def _env(root):
@@ -44,7 +45,7 @@ def _tiles(tree):
 
 
 def test_healpix_matches_healpy():
-    healpy = pytest.importorskip("healpy")
+    healpy = require("healpy")
     from specprod_db.healpix import radec2pix
     rng = np.random.default_rng(3)
     ra, dec = rng.uniform(0, 360, 50000), np.degrees(np.arcsin(rng.uniform(-1, 1, 50000)))

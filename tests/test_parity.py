@@ -13,10 +13,10 @@ import psycopg2
 import pytest
 from astropy.table import Table
 
-from conftest import mock_env
+from conftest import mock_env, require
 
-photo = pytest.importorskip("desispec.io.photo")
-zcatalog = pytest.importorskip("desispec.zcatalog")
+photo = require("desispec.io.photo")
+zcatalog = require("desispec.zcatalog")
 from desispec.scripts.zcatalog import read_redrock  # noqa: E402
 
 CLI = [sys.executable, "-m", "specprod_db.cli"]
