@@ -1,9 +1,10 @@
 """tractorphot_onebrick against desispec's gather_tractorphot, on tractor files written here.
 
-The tractor files have exactly the 181 DR9 columns of datamodel.md §5.4 (declared below,
-in the test, not in the package).  Where desispec and design decision 10 must agree
-(the targeting ID columns are given to both) the rows are compared column by column;
-the decision-10 differences are tested on their own.
+The tractor files have exactly the 181 DR9 columns of desispec's own tractor datamodel
+(``desispec.io.photo.tractorphot_datamodel``, what ``gather_tractorphot`` fills), in its
+order and with its types; no copy of it is kept here.  Where desispec and design
+decision 10 must agree (the targeting ID columns are given to both) the rows are compared
+column by column; the decision-10 differences are tested on their own.
 """
 import functools
 import os
@@ -14,56 +15,42 @@ import pytest
 from astropy.table import Table
 from desiutil.brick import Bricks
 
+from conftest import require
+from specprod_db import ids
 from specprod_db.extract import tractorphot as tr
 from specprod_db.paths import InputError, Paths
 from specprod_db.schema import table
 
-# datamodel.md §5.4, in order; "X/Y/Z" and "W1..W4" groups expanded by _expand.
-_TRACTOR_SPEC = """
-i2 RELEASE; i4 BRICKID; S8 BRICKNAME; i4 OBJID; ? BRICK_PRIMARY; i2 MASKBITS; i2 FITBITS
-S3 TYPE; f8 RA; f8 DEC; f4 RA_IVAR; f4 DEC_IVAR; f4 BX; f4 BY; f4[5] DCHISQ; f4 EBV
-f8 MJD_MIN; f8 MJD_MAX; S2 REF_CAT; i8 REF_ID; f4 PMRA; f4 PMDEC; f4 PARALLAX
-f4 PMRA_IVAR; f4 PMDEC_IVAR; f4 PARALLAX_IVAR; f4 REF_EPOCH; f4 GAIA_PHOT_G_MEAN_MAG
-f4 GAIA_PHOT_G_MEAN_FLUX_OVER_ERROR; i2 GAIA_PHOT_G_N_OBS; f4 GAIA_PHOT_BP_MEAN_MAG
-f4 GAIA_PHOT_BP_MEAN_FLUX_OVER_ERROR; i2 GAIA_PHOT_BP_N_OBS; f4 GAIA_PHOT_RP_MEAN_MAG
-f4 GAIA_PHOT_RP_MEAN_FLUX_OVER_ERROR; i2 GAIA_PHOT_RP_N_OBS; ? GAIA_PHOT_VARIABLE_FLAG
-f4 GAIA_ASTROMETRIC_EXCESS_NOISE; f4 GAIA_ASTROMETRIC_EXCESS_NOISE_SIG
-i2 GAIA_ASTROMETRIC_N_OBS_AL; i2 GAIA_ASTROMETRIC_N_GOOD_OBS_AL
-f4 GAIA_ASTROMETRIC_WEIGHT_AL; ? GAIA_DUPLICATED_SOURCE; f4 GAIA_A_G_VAL
-f4 GAIA_E_BP_MIN_RP_VAL; f4 GAIA_PHOT_BP_RP_EXCESS_FACTOR; f4 GAIA_ASTROMETRIC_SIGMA5D_MAX
-u1 GAIA_ASTROMETRIC_PARAMS_SOLVED; f4 FLUX_{G,R,Z,W1,W2,W3,W4}
-f4 FLUX_IVAR_{G,R,Z,W1,W2,W3,W4}; f4 FIBERFLUX_{G,R,Z}; f4 FIBERTOTFLUX_{G,R,Z}
-f4[8] APFLUX_{G,R,Z}; f4[8] APFLUX_RESID_{G,R,Z}; f4[8] APFLUX_BLOBRESID_{G,R,Z}
-f4[8] APFLUX_IVAR_{G,R,Z}; f4[8] APFLUX_MASKED_{G,R,Z}; f4[5] APFLUX_{W1,W2,W3,W4}
-f4[5] APFLUX_RESID_{W1,W2,W3,W4}; f4[5] APFLUX_IVAR_{W1,W2,W3,W4}
-f4 MW_TRANSMISSION_{G,R,Z,W1,W2,W3,W4}; i2 NOBS_{G,R,Z,W1,W2,W3,W4}
-f4 RCHISQ_{G,R,Z,W1,W2,W3,W4}; f4 FRACFLUX_{G,R,Z,W1,W2,W3,W4}; f4 FRACMASKED_{G,R,Z}
-f4 FRACIN_{G,R,Z}; i2 ANYMASK_{G,R,Z}; i2 ALLMASK_{G,R,Z}; u1 WISEMASK_{W1,W2}
-f4 PSFSIZE_{G,R,Z}; f4 PSFDEPTH_{G,R,Z}; f4 GALDEPTH_{G,R,Z}; f4 NEA_{G,R,Z}
-f4 BLOB_NEA_{G,R,Z}; f4 PSFDEPTH_{W1,W2,W3,W4}; S8 WISE_COADD_ID; f4 WISE_X; f4 WISE_Y
-f4[15] LC_FLUX_{W1,W2}; f4[15] LC_FLUX_IVAR_{W1,W2}; i2[15] LC_NOBS_{W1,W2}
-f4[15] LC_FRACFLUX_{W1,W2}; f4[15] LC_RCHISQ_{W1,W2}; f8[15] LC_MJD_{W1,W2}
-i2[15] LC_EPOCH_INDEX_{W1,W2}; f4 SERSIC; f4 SERSIC_IVAR; f4 SHAPE_R; f4 SHAPE_R_IVAR
-f4 SHAPE_E1; f4 SHAPE_E1_IVAR; f4 SHAPE_E2; f4 SHAPE_E2_IVAR
-"""
+#: The columns desispec's datamodel adds after the catalog's own.
+ADDED = ("LS_ID", "TARGETID")
+
+
+@functools.lru_cache(maxsize=None)
+def desispec_tractor_dtype():
+    """desispec's DR9 tractor datamodel as a numpy dtype (its byte order and ``U``
+    strings): the catalog's columns in order, then :data:`ADDED`."""
+    meta = require("desispec.io.meta")
+    photo = require("desispec.io.photo")
+    # it looks up (and caches) $DESI_ROOT even when it reads no file: give it a dummy
+    cached = meta._desi_root_readonly
+    meta._desi_root_readonly = cached or "/nonexistent/unused"
+    try:
+        dm = photo.tractorphot_datamodel(from_file=False, datarelease="dr9")
+    finally:
+        meta._desi_root_readonly = cached
+    return np.dtype([(c, dm[c].dtype, dm[c].shape[1:]) for c in dm.colnames])
 
 
 def _tractor_dtype():
+    """A DR9 tractor file's dtype: desispec's datamodel without :data:`ADDED`, native
+    byte order, ``S`` strings (as fitsio reads them)."""
+    dm = desispec_tractor_dtype()
     fields = []
-    for item in _TRACTOR_SPEC.replace("\n", ";").split(";"):
-        if not item.strip():
-            continue
-        kind, name = item.split()
-        shape = ()
-        if "[" in kind:
-            kind, k = kind.rstrip("]").split("[")
-            shape = (int(k),)
-        if "{" in name:
-            stem, group = name.rstrip("}").split("{")
-            names = [stem + g for g in group.split(",")]
-        else:
-            names = [name]
-        fields.extend((nm, kind, shape) for nm in names)
+    for name in dm.names[:-len(ADDED)]:
+        base = dm[name].base
+        base = (np.dtype(f"S{base.itemsize // 4}") if base.kind == "U"
+                else base.newbyteorder("="))
+        fields.append((name, base, dm[name].shape))
     return np.dtype(fields)
 
 
@@ -72,8 +59,43 @@ ARCSEC = 1 / 3600.0
 
 
 def test_tractor_dtype_is_desispecs():
-    assert len(TRACTOR_DTYPE.names) == 181
-    assert set(tr.TRACTOR_COLUMNS) <= set(TRACTOR_DTYPE.names)
+    """What extract/tractorphot.py reads from a tractor file, and the photometry columns
+    it fills, against desispec's own DR9 datamodel: every column exists there, and our
+    column holds desispec's values without loss."""
+    dm = desispec_tractor_dtype()
+    assert dm.names[-len(ADDED):] == ADDED
+    catalog = dm.names[:-len(ADDED)]
+    assert len(catalog) == 181                           # the DR9 tractor catalog
+    # matching columns (positional and ID paths)
+    assert dm["RA"].base == dm["DEC"].base == np.dtype(">f8")
+    assert dm["BRICK_PRIMARY"].base == np.dtype(bool)
+    assert dm["OBJID"].base.kind == dm["BRICKID"].base.kind == "i"
+    read = set(tr.TRACTOR_COLUMNS) | {"RA", "DEC", "BRICK_PRIMARY", "OBJID", "BRICKID"}
+    assert read <= set(catalog), sorted(read - set(catalog))
+    assert len(set(tr.TRACTOR_COLUMNS)) == len(tr.TRACTOR_COLUMNS)
+    # DCHISQ: one photometry column per element (PSF, REX, DEV, EXP, SER: LS order)
+    dchisq = [c for c in table("photometry").names if c.startswith("dchisq_")]
+    assert dchisq == ["dchisq_" + t for t in ("psf", "rex", "dev", "exp", "ser")]
+    assert dm["DCHISQ"].shape == (len(dchisq),)
+    for col in table("photometry").columns:
+        name = col.name.upper() if col.name in ("ls_id", "targetid") else \
+            tr._tractor_name(col.name)
+        theirs, ours = dm[name].base, col.dtype
+        assert dm[name].shape == ((len(dchisq),) if name == "DCHISQ" else ()), name
+        if theirs.kind == "U":
+            assert ours.kind == "S" and ours.itemsize >= theirs.itemsize // 4, name
+        elif theirs.kind in "fb":                      # stored as read (then finitized)
+            assert ours == theirs.newbyteorder("="), (name, ours, theirs)
+        else:                                          # uint8 masks in smallint columns
+            assert np.can_cast(theirs, ours, "safe"), (name, ours, theirs)
+    # LS_ID: desispec's (RELEASE << 40) | (BRICKID << 16) | OBJID, in its dtype
+    release, brickid, objid = (np.array([v], dtype=dm[c].base) for v, c in
+                               ((9011, "RELEASE"), (662174, "BRICKID"),
+                                (2**16 - 1, "OBJID")))
+    want = ((release.astype(np.int64) << 40) | (brickid.astype(np.int64) << 16)
+            | objid.astype(np.int64))
+    got = np.asarray(ids.ls_id(release, brickid, objid))
+    assert got.dtype == dm["LS_ID"].base.newbyteorder("=") and (got == want).all()
 
 
 @functools.lru_cache(maxsize=None)
