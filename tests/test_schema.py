@@ -173,3 +173,45 @@ def test_secondary_indexes_dropped_and_rebuilt(created, schema_name):
     assert {"ix_ztile_unique", "ztile_pkey", "ix_target_unique"} <= after
     db.create_indexes(created, schema_name)
     assert names() == before
+
+
+def test_overwrite_refused_while_a_load_runs(pg_dsn, schema_name, capsys):
+    """init --overwrite takes the schema's load lock before dropping anything: with a load
+    holding it, init says so in one line, exits 2 and the schema is left intact."""
+    from specprod_db import runlock
+    from specprod_db.cli import main
+    assert init.run(init_args(pg_dsn, schema_name)) == 0
+    holder = psycopg2.connect(pg_dsn, application_name="specprod-db")
+    holder.autocommit = True
+    try:
+        with holder.cursor() as cur:
+            cur.execute(f'INSERT INTO "{schema_name}".load_run (started, ranks, command, '
+                        "options) VALUES (now(), 4, 'specprod-db load --schema x', '{}')")
+            cur.execute(f'INSERT INTO "{schema_name}".version (package, version) '
+                        "VALUES ('marker', 'kept')")
+            cur.execute("SELECT pg_advisory_lock(%s, %s)",
+                        (runlock.LOCK_NAMESPACE, runlock.lock_key(schema_name)))
+        capsys.readouterr()
+        code = main(["init", "--schema", schema_name, "--db", pg_dsn, "--no-grant",
+                     "--overwrite", "--yes"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert "init --overwrite refused" in err and schema_name in err
+        assert "specprod-db load --schema x" in err  # names the running load
+        with holder.cursor() as cur:
+            cur.execute(f'SELECT version FROM "{schema_name}".version '
+                        "WHERE package = 'marker'")
+            assert cur.fetchall() == [("kept",)]
+            cur.execute(f'SELECT count(*) FROM "{schema_name}".load_run')
+            assert cur.fetchone() == (1,)
+            cur.execute("SELECT pg_advisory_unlock(%s, %s)",
+                        (runlock.LOCK_NAMESPACE, runlock.lock_key(schema_name)))
+        # once the load is gone, the overwrite goes ahead
+        assert main(["init", "--schema", schema_name, "--db", pg_dsn, "--no-grant",
+                     "--overwrite", "--yes"]) == 0
+        with holder.cursor() as cur:
+            cur.execute(f'SELECT count(*) FROM "{schema_name}".load_run')
+            assert cur.fetchone() == (0,)
+    finally:
+        holder.close()

@@ -10,6 +10,7 @@ from psycopg2 import sql
 from psycopg2.extensions import parse_dsn
 
 from . import __version__
+from .conninfo import mask, scrub
 from .errors import ConnectionFailed, ExtensionMissing  # noqa: F401
 from .log import get_logger
 from .schema import DATA_TABLES, TABLES
@@ -26,18 +27,22 @@ def resolve_dsn(dsn=None):
 
 
 def describe(dsn):
-    """host/port/database/user that libpq will use for ``dsn``, for messages."""
+    """host/port/database/user that libpq will use for ``dsn``, for messages (never the
+    password; ``conninfo`` is ``dsn`` masked with :func:`specprod_db.conninfo.mask`)."""
     try:
         params = parse_dsn(dsn) if dsn else {}
     except psycopg2.ProgrammingError:
         params = {}
-    return {
+    described = {
         "host": params.get("host") or os.environ.get("PGHOST") or "local socket",
         "port": params.get("port") or os.environ.get("PGPORT") or "5432",
         "database": params.get("dbname") or os.environ.get("PGDATABASE")
         or params.get("user") or os.environ.get("PGUSER") or _login(),
         "user": params.get("user") or os.environ.get("PGUSER") or _login(),
     }
+    described = {key: scrub(value, dsn) for key, value in described.items()}
+    described["conninfo"] = mask(dsn or "")
+    return described
 
 
 def _login():
@@ -55,7 +60,8 @@ def connect(dsn=None, application_name="specprod-db"):
         conn = psycopg2.connect(dsn, application_name=application_name)
     except psycopg2.Error as err:
         d = describe(dsn)
-        message = " ".join(str(err).split())
+        # libpq's message may quote the piece of the conninfo it could not parse
+        message = scrub(" ".join(str(err).split()), dsn)
         raise ConnectionFailed(
             f"cannot connect to PostgreSQL (host={d['host']}, port={d['port']}, "
             f"database={d['database']}, user={d['user']}): {message}") from None

@@ -2,7 +2,9 @@
 import functools
 import sys
 
-from ..db import DSN_ENV, ConnectionFailed, ExtensionMissing
+from ..conninfo import mask
+from ..db import DSN_ENV
+from ..errors import SpecprodDBError
 
 
 def add_schema_argument(parser, required=True, default=None):
@@ -18,7 +20,8 @@ def add_db_arguments(parser):
 
 
 def report_errors(run):
-    """Turn operator-facing failures into one line on stderr and an exit code."""
+    """Turn operator-facing failures (:class:`~specprod_db.errors.SpecprodDBError` and
+    its subclasses) into one line on stderr and their ``exit_code``."""
     @functools.wraps(run)
     def wrapper(args):
         if getattr(args, "verbose", False):
@@ -26,7 +29,8 @@ def report_errors(run):
             os.environ["DESI_LOGLEVEL"] = "DEBUG"
         try:
             return run(args)
-        except (ConnectionFailed, ExtensionMissing) as err:
-            print(f"specprod-db: {err}", file=sys.stderr)
+        except SpecprodDBError as err:
+            # one line; masked in case the message quotes a conninfo
+            print(f"specprod-db: {mask(' '.join(str(err).split()))}", file=sys.stderr)
             return err.exit_code
     return wrapper

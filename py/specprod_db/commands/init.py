@@ -1,11 +1,15 @@
 """``specprod-db init``: create a production schema (tables, keys, indexes, q3c, grants).
 
 Idempotent: running it twice changes nothing.  ``--overwrite`` drops the schema first and
-requires ``--yes`` as well, because it destroys everything loaded in it.
+requires ``--yes`` as well, because it destroys everything loaded in it; it first takes
+the schema's load lock (:func:`specprod_db.runlock.acquire_lock`), so a running load is
+never dropped from under it: init then refuses with exit 2.
 """
 import sys
 
 from .. import db
+from ..errors import RunRefused
+from ..runlock import acquire_lock
 from ..log import get_logger
 from .common import add_db_arguments, add_schema_argument, report_errors
 
@@ -38,6 +42,8 @@ def run(args):
     specprod = args.specprod or os.environ.get("SPECPROD") or args.schema
     conn = db.connect(args.db)
     try:
+        if args.overwrite and db.schema_exists(conn, args.schema):
+            _lock_out_loads(conn, args.schema)
         created = db.create_schema(conn, args.schema, overwrite=args.overwrite)
         db.record_versions(conn, args.schema, specprod)
         roles = [] if args.no_grant else (args.grant or ["desi"])
@@ -49,3 +55,14 @@ def run(args):
     log.info("schema %s %s; read access: %s", args.schema,
              "created" if created else "already up to date", ", ".join(granted) or "none")
     return 0
+
+
+def _lock_out_loads(conn, schema_name):
+    """Take the schema's load lock (held until ``conn`` closes) or refuse: RunRefused
+    naming the running load."""
+    try:
+        acquire_lock(conn, schema_name)
+    except RunRefused as err:
+        reason = str(err).removesuffix("; not starting")
+        raise RunRefused(f"init --overwrite refused, schema {schema_name} left as it is: "
+                         f"{reason}") from None
