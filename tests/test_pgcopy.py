@@ -1,4 +1,8 @@
 """PGCOPY encoder: byte-for-byte against the server's own binary COPY, and round trips."""
+import datetime
+import io
+import struct
+
 import numpy as np
 import psycopg2
 import pytest
@@ -6,8 +10,37 @@ from psycopg2 import sql
 
 from specprod_db import db, ids, pgcopy, schema
 
+_EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
 
-def _sample(table, n, rng):
+
+def _specials(col, n):
+    """Values of ``col``'s type that an encoder gets wrong first (extremes, signs, NaN,
+    empty and multi-byte strings, numerics with zero digit groups), for its first rows."""
+    dt = col.dtype
+    if dt.kind == "S":
+        w = dt.itemsize
+        vals = [b"", b"x" * w, b" lead", b"trail ", "caf\u00e9 \u00b5".encode(), b"Z"]
+        return [v for v in vals if len(v) <= w]
+    if col.pgtype == "numeric(39)":
+        return [0, 1, 9999, 10000, 10**8, 2**64 - 1, 2**64, 10**20, 10**38, 2**128 - 1,
+                ids.to_int(ids.ztile_id("cumulative", 20220613, 1234, 2**62))[0]]
+    if col.pgtype == "timestamp with time zone":        # microseconds since 2000 UTC
+        return [0, -1, 1, -3155760000000000, 252455615999999999, 86400 * 10**6 + 7]
+    if dt.kind == "b":
+        return [True, False]
+    if dt.kind == "i":
+        info = np.iinfo(dt)
+        return [info.min, info.max, 0, -1, 1, info.min + 1, info.max - 1]
+    if dt.kind == "f":
+        info = np.finfo(dt)
+        return [np.nan, np.inf, -np.inf, -0.0, 0.0, info.max, info.min, info.tiny,
+                -info.smallest_subnormal, info.eps, 1 / 3, -1e-30]
+    raise AssertionError(f"no values for {col.pgtype}")
+
+
+def _sample(table, n, rng, special=True):
+    """``n`` rows of ``table``: every column filled with random values of its type,
+    its first rows with :func:`_specials` (unless ``special`` is False)."""
     rows = table.empty(n)
     for col in table.columns:
         dt = col.dtype
@@ -20,57 +53,140 @@ def _sample(table, n, rng):
         elif col.pgtype == "numeric(39)":
             rows[col.name] = ids.composite(rng.integers(0, 2**32, n), rng.integers(0, 2**32, n),
                                            rng.integers(0, 2**63, n))
+        elif col.pgtype == "timestamp with time zone":
+            rows[col.name] = rng.integers(-10**16, 10**16, n)
         elif dt.kind == "b":
             rows[col.name] = rng.integers(0, 2, n).astype(bool)
         elif dt.kind == "i":
             info = np.iinfo(dt)
             rows[col.name] = rng.integers(info.min, info.max, n, dtype=dt, endpoint=True)
         elif dt.kind == "f":
-            rows[col.name] = rng.normal(0, 1e3, n).astype(dt)
-    if "date_obs" in table.names:
-        rows["date_obs"] = rng.integers(0, 10**15, n)
+            scale = 10.0 ** rng.integers(-20, 20, n)
+            rows[col.name] = (rng.normal(0, 1, n) * scale).astype(dt)
+        else:
+            raise AssertionError(f"no values for {col.pgtype}")
+        if special:
+            vals = _specials(col, n)
+            if col.pgtype == "numeric(39)":
+                rows[col.name][:len(vals)] = ids.from_int(vals)
+            else:
+                rows[col.name][:len(vals)] = vals
     return rows
 
 
-@pytest.mark.parametrize("name", ["ztile", "exposure", "photometry", "potential"])
+def _text(col, values):
+    """``values`` of ``col`` in PostgreSQL's text input format: the reference rows reach
+    the server without our encoder."""
+    if col.pgtype == "numeric(39)":
+        return [str(v) for v in ids.to_int(values)]
+    if col.pgtype == "timestamp with time zone":
+        return [(_EPOCH + datetime.timedelta(microseconds=int(v))).isoformat()
+                for v in values]
+    if col.dtype.kind == "S":
+        return [v.decode() for v in values.tolist()]
+    if col.dtype.kind == "b":
+        return ["t" if v else "f" for v in values.tolist()]
+    if col.dtype.kind == "f":
+        return ["NaN" if v != v else "Infinity" if v == np.inf else "-Infinity"
+                if v == -np.inf else repr(v) for v in values.tolist()]
+    return [str(v) for v in values.tolist()]
+
+
+def _fields(stream):
+    """A PGCOPY stream -> its rows, each a list of field bytes (``None`` for NULL)."""
+    assert stream[:11] == b"PGCOPY\n\xff\r\n\x00"
+    pos = 19 + int.from_bytes(stream[15:19], "big")
+    rows = []
+    while True:
+        nfields = int.from_bytes(stream[pos:pos + 2], "big", signed=True)
+        pos += 2
+        if nfields == -1:
+            break
+        row = []
+        for _ in range(nfields):
+            size = int.from_bytes(stream[pos:pos + 4], "big", signed=True)
+            pos += 4
+            row.append(None if size < 0 else stream[pos:pos + size])
+            pos += max(size, 0)
+        rows.append(row)
+    assert pos == len(stream), "bytes after the trailer"
+    return rows
+
+
+def _numeric(field):
+    """A binary numeric field -> (value, sign, dscale); digits checked to be base 10000."""
+    ndigits, weight, sign, dscale = struct.unpack(">hhHh", field[:8])
+    digits = struct.unpack(f">{ndigits}h", field[8:])
+    assert len(field) == 8 + 2 * ndigits and all(0 <= d < 10000 for d in digits)
+    return sum(d * 10000 ** (weight - i) for i, d in enumerate(digits)), sign, dscale
+
+
+def _server_copy(cur, conn, target, names):
+    out = io.BytesIO()
+    cur.copy_expert(sql.SQL("COPY (SELECT {} FROM {} ORDER BY _ord) TO STDOUT "
+                            "(FORMAT binary)").format(
+        sql.SQL(", ").join(map(sql.Identifier, names)), target).as_string(conn), out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", [t.name for t in schema.DATA_TABLES])
 def test_copy_matches_server_bytes(pg_dsn, schema_name, name):
+    """Every column of the table, special values included: the rows reach the server as
+    text (``COPY ... FROM`` text format), and the server's binary COPY of them must be
+    our encoder's bytes, field by field (numerics by value: the server strips leading
+    zero digits, we send a fixed 10 digits).  Our bytes, loaded, give the same rows."""
     table = schema.table(name)
     rows = _sample(table, 257, np.random.default_rng(7))
     data = pgcopy.Encoder(table).encode(rows)
+    names = list(table.names)
+    text = [_text(c, rows[c.name]) for c in table.columns]
     conn = psycopg2.connect(pg_dsn)
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema_name)))
-        cols = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.ddl_type))
-                for c in table.columns]
-        cur.execute(sql.SQL("CREATE TABLE {} ({})").format(
-            db.qualified(schema_name, name), sql.SQL(", ").join(cols)))
-        cur.copy_expert(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(
-            db.qualified(schema_name, name)).as_string(conn),
-            pgcopy.StreamReader(pgcopy.Encoder(table).iter_bytes(rows)))
-        import io
-        out = io.BytesIO()
-        cur.copy_expert(sql.SQL("COPY {} TO STDOUT (FORMAT binary)").format(
-            db.qualified(schema_name, name)).as_string(conn), out)
-    conn.commit()
-    conn.close()
-    # numeric: the server strips leading zero digits, so compare decoded values there
-    if any(c.pgtype == "numeric(39)" for c in table.columns):
-        conn = psycopg2.connect(pg_dsn)
+    try:
         with conn.cursor() as cur:
-            for c in table.columns:
-                if c.pgtype == "numeric(39)":
-                    cur.execute(sql.SQL("SELECT {}::text FROM {}").format(
-                        sql.Identifier(c.name), db.qualified(schema_name, name)))
-                    got = [int(r[0]) for r in cur.fetchall()]
-                    assert got == ids.to_int(rows[c.name])
+            cur.execute("SET TIME ZONE 'America/Phoenix'")   # must not matter
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema_name)))
+            cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name),
+                                                               sql.SQL(c.ddl_type))
+                                      for c in table.columns)
+            copied = {}
+            for which in ("text", "ours"):
+                target = sql.Identifier(schema_name, f"{name}_{which}")
+                cur.execute(sql.SQL("CREATE TABLE {} ({}, _ord bigserial)").format(
+                    target, cols))
+                into = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    target, sql.SQL(", ").join(map(sql.Identifier, names)))
+                if which == "text":
+                    lines = "".join("\t".join(v) + "\n" for v in zip(*text))
+                    cur.copy_expert(into.as_string(conn), io.StringIO(lines))
+                else:
+                    binary = sql.SQL("{} (FORMAT binary)").format(into)
+                    cur.copy_expert(binary.as_string(conn), pgcopy.StreamReader(
+                        pgcopy.Encoder(table).iter_bytes(rows, chunk_rows=100)))
+                copied[which] = _server_copy(cur, conn, target, names)
+    finally:
+        conn.rollback()
         conn.close()
-    else:
-        assert out.getvalue() == data
+    # loading our bytes gives exactly the rows the server parsed from text
+    assert copied["ours"] == copied["text"]
+    ref, got = _fields(copied["text"]), _fields(data)
+    assert data[:19] == copied["text"][:19] and data[-2:] == copied["text"][-2:]
+    assert len(ref) == len(got) == len(rows)
+    numeric = [c.pgtype == "numeric(39)" for c in table.columns]
+    for i, (r, g) in enumerate(zip(ref, got)):
+        assert len(r) == len(g) == len(names), i
+        for k, (a, b) in enumerate(zip(r, g)):
+            if numeric[k]:
+                value = ids.to_int(rows[names[k]][i])[0]
+                assert _numeric(a) == _numeric(b) == (value, 0, 0), (i, names[k])
+            else:
+                assert a == b, (i, names[k], a, b)
+    if not any(numeric):
+        assert data == copied["text"]
 
 
 def test_strings_and_chunks_round_trip(pg_dsn, schema_name):
     table = schema.table("tile")
-    rows = _sample(table, 1001, np.random.default_rng(3))
+    rows = _sample(table, 1001, np.random.default_rng(3), special=False)
     rows["survey"][:3] = [b"", b"main", b"x" * 20]
     blocks = list(pgcopy.Encoder(table).iter_bytes(rows, chunk_rows=100))
     assert len(blocks) == 1 + 11 + 1
