@@ -55,9 +55,9 @@ def test_tiles_csv_and_fits_agree(tmp_path):
     t["UPDATED"][2] = ""
     _write_csv(tmp_path / "tiles.csv", t)
     fitsio.write(str(tmp_path / "tiles.fits"), t, extname="TILES")
-    a, pa = tile.read_tiles_file(str(tmp_path / "tiles.csv"))
-    b, pb = tile.read_tiles_file(str(tmp_path / "tiles.fits"))
-    assert pa == {} and pb == {}
+    a, pa, na = tile.read_tiles_file(str(tmp_path / "tiles.csv"))
+    b, pb, nb = tile.read_tiles_file(str(tmp_path / "tiles.fits"))
+    assert pa == {} and pb == {} and na == nb == 0
     assert a.dtype == b.dtype and a.dtype.names == tile.TILES_COLUMNS
     for name in a.dtype.names:
         if a.dtype[name].kind == "f":
@@ -73,8 +73,8 @@ def test_tiles_csv_and_fits_agree(tmp_path):
 def test_tiles_fits_first_table_hdu(tmp_path):
     t = _tiles(2)
     fitsio.write(str(tmp_path / "tiles.fits"), t, extname="TILE_COMPLETENESS")
-    a, problems = tile.read_tiles_file(str(tmp_path / "tiles.fits"))
-    assert problems == {} and a["TILEID"].tolist() == [1000, 1001]
+    a, problems, bad = tile.read_tiles_file(str(tmp_path / "tiles.fits"))
+    assert problems == {} and bad == 0 and a["TILEID"].tolist() == [1000, 1001]
 
 
 def test_tiles_csv_bad_lines_fail_only_their_tile(tmp_path):
@@ -90,8 +90,9 @@ def test_tiles_csv_bad_lines_fail_only_their_tile(tmp_path):
     l6 = f(6); l6[11] = ""; l6[-1] = ""        # empty float and UPDATED: fine
     _write_csv(path, t, {2: ",".join(l2), 3: ",".join(l3), 4: ",".join(l4),
                          5: ",".join(l5), 6: ",".join(l6)})
-    table, problems = tile.read_tiles_file(str(path))
+    table, problems, bad = tile.read_tiles_file(str(path))
     assert set(problems) == {1001, 1002, 1004, None}
+    assert bad == 4                                  # lines 3, 4, 5, 6; not line 7
     assert "PROGRAM missing" in problems[1001] and "line 3" in problems[1001]
     assert "EFFTIME_SPEC not a number" in problems[1002]
     assert "TILEID" in problems[None] and "line 5" in problems[None]
@@ -99,6 +100,68 @@ def test_tiles_csv_bad_lines_fail_only_their_tile(tmp_path):
     assert table["TILEID"].tolist() == [1000, 1001, 1002, 1005]
     good = table[table["TILEID"] == 1005][0]
     assert np.isnan(good["EFFTIME_GFA"]) and good["UPDATED"] == ""
+
+
+def test_tiles_csv_cut_mid_line(tmp_path):
+    """A file cut inside its last line: astropy alone pads the short line with masked
+    values without a word (a float column or UPDATED masked is not even a problem), so
+    the reader counts the line as bad wherever the cut falls, and attributes it to its
+    tile only when the TILEID is whole (a separator follows it)."""
+    from astropy.io import ascii
+    t = _tiles(4)
+    path = tmp_path / "tiles.csv"
+    _write_csv(path, t)
+    whole = open(path).read()
+    assert whole.endswith("\n")
+    last = whole.splitlines()[-1]
+    head = whole[: len(whole) - len(last) - 1]
+    # astropy today: LASTNIGHT whole, UPDATED cut away -> a padded, masked row, no error
+    cut = head + last[: last.rindex(",")]
+    path.write_text(cut)
+    raw = ascii.read(str(path), format="csv", guess=False)
+    assert len(raw) == 4 and raw["UPDATED"].mask[-1] and raw["LASTNIGHT"][-1] == 20240104
+    for k in range(1, len(last) + 1):          # k == len(last): only the newline is gone
+        path.write_text(head + last[:k])
+        table, problems, bad = tile.read_tiles_file(str(path))
+        assert bad == 1, k
+        assert table["TILEID"].tolist() == [1000, 1001, 1002], k
+        key = 1003 if "," in last[:k] else None
+        assert set(problems) == {key}, (k, problems)
+        assert "line 5" in problems[key] and "fields, header has 22" in problems[key]
+        assert "ends mid-line" in problems[key]
+    # cut at a line boundary: nothing to see (the planner's mass-delete guard remains)
+    path.write_text(head)
+    table, problems, bad = tile.read_tiles_file(str(path))
+    assert bad == 0 and problems == {} and len(table) == 3
+
+
+def test_tiles_csv_bad_line_counts(tmp_path):
+    """Every kind of unusable line counts once; blank lines do not count."""
+    t = _tiles(6)
+    path = tmp_path / "tiles.csv"
+    _write_csv(path, t)
+    lines = open(path).read().splitlines()
+    f = lambda i: lines[i].split(",")  # noqa: E731
+    l2 = f(2)[:15]                                  # fewer fields, mid-file
+    l3 = f(3); l3[-1] = "2024-10-07T14:0"           # UPDATED cut short
+    l4 = f(4); l4[20] = "20240105x"                 # LASTNIGHT not an integer
+    l5 = f(5); l5[-1] = "2024-10-07T14:05:33"       # no offset: read as UTC, fine
+    _write_csv(path, t, {2: ",".join(l2), 3: ",".join(l3), 4: ",".join(l4),
+                         5: ",".join(l5)})
+    with open(path, "a") as out:
+        out.write("\n  \n")                         # blank lines: skipped, not bad
+    table, problems, bad = tile.read_tiles_file(str(path))
+    assert bad == 3 and set(problems) == {1001, 1002, 1003}
+    assert "15 fields, header has 22" in problems[1001]
+    assert "UPDATED '2024-10-07T14:0' not a timestamp" in problems[1002]
+    assert "LASTNIGHT not an integer" in problems[1003]
+    assert table["TILEID"].tolist() == [1000, 1002, 1003, 1004, 1005]
+    # the same damage in a FITS file: rows, not lines
+    bad_fits = t.copy()
+    bad_fits["UPDATED"][1] = "garbage"
+    fitsio.write(str(tmp_path / "tiles.fits"), bad_fits, extname="TILES")
+    _, problems, bad = tile.read_tiles_file(str(tmp_path / "tiles.fits"))
+    assert bad == 1 and "row 2" in problems[1001]
 
 
 def test_tiles_file_errors(tmp_path):
@@ -288,9 +351,9 @@ def test_mock_production(tmp_path):
     from specprod_db.paths import Paths
     make_production(str(tmp_path), small=True, seed=5, tiles=6)
     paths = Paths.from_environment(env={"DESI_ROOT": str(tmp_path)})
-    csv, p1 = tile.read_tiles_file(paths.tiles())
-    fits, p2 = tile.read_tiles_file(paths.tiles().replace(".csv", ".fits"))
-    assert p1 == {} and p2 == {}
+    csv, p1, n1 = tile.read_tiles_file(paths.tiles())
+    fits, p2, n2 = tile.read_tiles_file(paths.tiles().replace(".csv", ".fits"))
+    assert p1 == {} and p2 == {} and n1 == n2 == 0
     for name in csv.dtype.names:
         if csv.dtype[name].kind == "f":
             np.testing.assert_array_equal(csv[name], fits[name])

@@ -72,12 +72,99 @@ def test_changed_inputs_and_failures():
     assert "fiberassign file changed" in actions[0].reason
 
 
-def test_delete_guards():
+def _loaded(n_loaded, n_deleted, **kw):
+    """The plan of ``n_loaded`` loaded tiles of which the first ``n_deleted`` left the
+    tiles file."""
     line = plan.line_dict(_table((1, 10.0, 20240101, "main", "")), 0)
-    state = {i: _state(dict(line, TILEID=i)) for i in range(1, 5)}
-    t = _table(*[(i, 10.0, 20240101, "main", "") for i in range(2, 5)])
+    state = {i: _state(dict(line, TILEID=i)) for i in range(1, n_loaded + 1)}
+    t = _table(*[(i, 10.0, 20240101, "main", "") for i in range(n_deleted + 1,
+                                                                 n_loaded + 1)])
+    return plan.make_plan(t, {}, state, _fp, **kw)
+
+
+def _deleted(actions):
+    return [a.tileid for a in actions if a.action == plan.DELETE]
+
+
+def test_delete_guards():
+    # one withdrawn tile of a small production: no flag needed (the floor)
+    assert _deleted(_loaded(6, 1)) == [1]
     with pytest.raises(plan.MassDeleteRefused, match="1 of 4 loaded tiles"):
-        plan.make_plan(t, {}, state, _fp)
-    actions = plan.make_plan(t, {}, state, _fp, no_delete=True)
+        _loaded(4, 1, max_delete_count=0)
+    actions = _loaded(4, 1, no_delete=True)
     assert actions[0].action == plan.SKIP and "--no-delete" in actions[0].reason
-    assert plan.make_plan(t, {}, state, _fp, max_delete_fraction=0.25)[0].action == plan.DELETE
+    assert _deleted(_loaded(4, 1, max_delete_count=0, max_delete_fraction=0.3)) == [1]
+    assert _deleted(_loaded(4, 4, allow_mass_delete=True)) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("loaded,deleted,refused,count", [
+    (6, 1, False, 3),        # the issue's example: one withdrawn tile of six
+    (1000, 100, True, 3),    # the issue's example: a truncated file, 10 % exactly
+    (1000, 99, False, 3),    # just under the fraction
+    (1000, 101, True, 3),
+    (6, 3, False, 3),        # the floor: 3 deletes are never a mass delete (50 %)
+    (6, 4, True, 3),         # above the floor and >= 10 %
+    (40, 4, True, 3),        # 4 > 3 and 4 >= 0.1 x 40: both edges at once
+    (41, 4, False, 3),       # 4 < 4.1
+    (3, 3, False, 3),        # every loaded tile, but no more than the floor
+    (30, 3, True, 2),        # 0.1 x 30 is 3.0000000000000004 in floats: exact arithmetic
+    (30, 2, False, 1),       # above the floor, under the fraction
+])
+def test_mass_delete_edges(loaded, deleted, refused, count):
+    """Refused when deletes > --max-delete-count (3) AND deletes >= --max-delete-fraction
+    (0.1) x loaded tiles."""
+    assert plan.is_mass_delete(deleted, loaded, 0.1, count) == refused
+    if refused:
+        with pytest.raises(plan.MassDeleteRefused, match=(
+                rf"{deleted} of {loaded} loaded tiles would be deleted: more than "
+                rf"--max-delete-count {count} and at least --max-delete-fraction 0.1 ")):
+            _loaded(loaded, deleted, max_delete_count=count)
+        assert len(_deleted(_loaded(loaded, deleted, max_delete_count=count,
+                                    allow_mass_delete=True))) == deleted
+    else:
+        assert len(_deleted(_loaded(loaded, deleted, max_delete_count=count))) == deleted
+
+
+def test_damaged_tiles_file_suspends_deletes():
+    """Any bad line: no DELETE at all (neither "left the file" nor EFFTIME_SPEC <= 0),
+    whatever the guards say; INSERT/UPDATE/FAIL go on; the next run with a whole file
+    deletes normally."""
+    line = plan.line_dict(_table((1, 10.0, 20240101, "main", "")), 0)
+    state = {i: _state(dict(line, TILEID=i)) for i in range(1, 11)}
+    # a file cut mid-line: tiles 7..10 lost (7 is the cut line, unattributable),
+    # tile 2 withdrawn, tile 3 changed, tile 11 new, tile 4's line malformed
+    t = _table((1, 10.0, 20240101, "main", ""), (2, 0.0, 20240101, "main", ""),
+               (3, 12.0, 20240102, "main", ""), (5, 10.0, 20240101, "main", ""),
+               (6, 10.0, 20240101, "main", ""), (11, 10.0, 20240101, "main", ""))
+    problems = {4: "tiles file tiles-daily.csv line 5: NEXP not an integer",
+                None: "tiles file tiles-daily.csv line 8: 3 fields, header has 22"}
+    reason = "tiles file damaged (2 bad lines): deletes suspended"
+    assert plan.damaged_reason(2) == reason
+    for kw in ({}, {"no_delete": True}, {"allow_mass_delete": True},
+               {"max_delete_count": 0, "max_delete_fraction": 0.0}):
+        actions = {a.tileid: a for a in plan.make_plan(t, problems, state, _fp,
+                                                       bad_lines=2, **kw)}
+        assert not [a for a in actions.values() if a.action == plan.DELETE], kw
+        for tid in (2, 7, 8, 9, 10):
+            assert (actions[tid].action, actions[tid].reason) == (plan.SKIP, reason), kw
+        assert actions[3].action == plan.UPDATE
+        assert actions[11].action == plan.INSERT
+        assert actions[4].action == plan.FAIL and "NEXP" in actions[4].reason
+        assert actions[1].action == actions[5].action == plan.UNCHANGED
+    # the whole file again (tiles 7..10 back, 2 still withdrawn): deletes as usual
+    whole = _table(*(list(t) + [(i, 10.0, 20240101, "main", "") for i in (4, 7, 8, 9, 10)]))
+    actions = {a.tileid: a for a in plan.make_plan(whole, {}, state, _fp)}
+    assert _deleted(actions.values()) == [2]
+    assert actions[2].reason == "EFFTIME_SPEC = 0.0"
+    # a damaged file that deletes nothing anyway plans as usual
+    actions = plan.make_plan(_table((1, 10.0, 20240101, "main", "")), {None: "x"},
+                             {1: _state(line)}, _fp, bad_lines=1)
+    assert [(a.tileid, a.action) for a in actions] == [(1, plan.UNCHANGED)]
+
+
+def test_damaged_file_is_not_refused_as_mass_delete():
+    """A file cut mid-line that would delete 100 of 1000 tiles: deletes suspended, not a
+    MassDeleteRefused (the cut is known; the run loads the rest and exits 1)."""
+    actions = _loaded(1000, 100, bad_lines=1)
+    assert not _deleted(actions)
+    assert sum(a.action == plan.SKIP for a in actions) == 100

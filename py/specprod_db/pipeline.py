@@ -41,6 +41,7 @@ class Options:
     no_delete: bool = False
     allow_mass_delete: bool = False
     max_delete_fraction: float = 0.1
+    max_delete_count: int = 3
     show_unchanged: bool = False
     initial: bool = False  # bulk mode: secondary indexes and primary flags built at the end
     stage_min_free: int = 0  # bytes the stage directory must have free to start
@@ -86,7 +87,7 @@ def plan_run(conn, opts):
     tiles_path = paths.tiles()
     if not os.path.exists(tiles_path):
         raise RunRefused(f"tiles file {tiles_path} does not exist")
-    table, problems = tile.read_tiles_file(tiles_path)
+    table, problems, bad_lines = tile.read_tiles_file(tiles_path)
     if len(table) == 0 and not problems:
         raise RunRefused(f"tiles file {tiles_path} has no tiles")
     exposures, frames = tile.read_exposures_file(paths.exposures())
@@ -108,6 +109,7 @@ def plan_run(conn, opts):
         return make_plan(table, problems, state, fingerprints, tiles=opts.tiles,
                          no_delete=opts.no_delete,
                          max_delete_fraction=opts.max_delete_fraction,
+                         max_delete_count=opts.max_delete_count, bad_lines=bad_lines,
                          allow_mass_delete=allow_mass_delete)
     try:
         return plan(opts.allow_mass_delete)

@@ -9,12 +9,19 @@ Decisions (``doc/decisions.md``; DESIGN.md "Decisions where the sources are sile
    exposures, its cumulative redrock files, or its fiberassign file (fingerprints).  When
    only ``UPDATED`` moved, the recorded state is refreshed (REFRESH) and nothing reloads.
 3. A tile whose winning line has ``EFFTIME_SPEC <= 0``, or that left the tiles file, is
-   DELETEd if loaded (guarded: ``--no-delete``, mass-delete fraction), else SKIPped.
+   DELETEd if loaded, else SKIPped.
+
+Decision 12 guards the deletes (:func:`guard_deletes`): a damaged tiles file (any line
+that cannot be used) deletes nothing, its would-be deletes are SKIPped ("deletes
+suspended"); ``--no-delete`` refuses every delete; a run is refused as a mass delete only
+when its deletes are more than ``max_delete_count`` AND at least ``max_delete_fraction``
+of the loaded tiles.
 """
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from fractions import Fraction
 
 import numpy as np
 
@@ -106,7 +113,8 @@ def _changed_columns(old_line, line):
 
 
 def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
-              max_delete_fraction=0.1, allow_mass_delete=False):
+              max_delete_fraction=0.1, allow_mass_delete=False, max_delete_count=3,
+              bad_lines=0):
     """Diff the tiles file against the load state.
 
     Parameters
@@ -122,6 +130,11 @@ def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
         ``exposures_hash``, ``redrock_fingerprint``, ``fiberassign_fingerprint``.
     tiles : iterable of int, optional
         Restrict the plan to these TILEIDs.
+    no_delete, max_delete_fraction, max_delete_count, allow_mass_delete
+        The delete guards (:func:`guard_deletes`).
+    bad_lines : int
+        Lines of the tiles file that could not be used (``read_tiles_file``): when > 0
+        the file is damaged and no tile is deleted.
     """
     log = get_logger()
     # lines without a readable TILEID belong to no tile (read_tiles_file logged them)
@@ -180,23 +193,57 @@ def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
             actions.append(TileAction(tid, REFRESH, "only UPDATED moved", line, False, fp))
         else:
             actions.append(TileAction(tid, UNCHANGED, "", line, False, fp))
-    return guard_deletes(actions, state, no_delete, max_delete_fraction, allow_mass_delete)
+    return guard_deletes(actions, state, no_delete, max_delete_fraction, allow_mass_delete,
+                         max_count=max_delete_count, bad_lines=bad_lines)
 
 
-def guard_deletes(actions, state, no_delete, max_fraction, allow_mass):
+def damaged_reason(bad_lines):
+    """The SKIP reason of a delete suspended because the tiles file is damaged."""
+    return f"tiles file damaged ({bad_lines} bad lines): deletes suspended"
+
+
+def is_mass_delete(deletes, loaded, max_fraction, max_count):
+    """True when ``deletes`` > ``max_count`` and ``deletes`` >= ``max_fraction`` x
+    ``loaded`` (exact arithmetic: 100 of 1000 at 0.1 is a mass delete, 99 is not)."""
+    share = Fraction(str(max_fraction)) * loaded
+    return deletes > max_count and deletes >= share
+
+
+def guard_deletes(actions, state, no_delete, max_fraction, allow_mass, max_count=3,
+                  bad_lines=0):
+    """Apply the delete guards (decision 12) to the planned DELETEs, in this order.
+
+    1. ``bad_lines > 0`` (a damaged tiles file): every DELETE becomes SKIP with the
+       reason :func:`damaged_reason`; INSERT/UPDATE of the well-formed lines go on.
+    2. ``no_delete``: every DELETE becomes SKIP ("delete refused (--no-delete)").
+    3. Unless ``allow_mass``, :class:`MassDeleteRefused` when the run would delete more
+       than ``max_count`` tiles AND at least ``max_fraction`` of the loaded tiles
+       (:func:`is_mass_delete`).
+    """
     log = get_logger()
     deletes = [a for a in actions if a.action == DELETE]
     loaded = sum(1 for s in state.values() if s.get("status") == "loaded")
+    if deletes and bad_lines:
+        reason = damaged_reason(bad_lines)
+        for a in deletes:
+            log.warning("tile %d not deleted (%s): %s", a.tileid, a.reason, reason)
+            a.action, a.reason = SKIP, reason
+        log.warning("tiles file damaged (%d bad lines): %d delete(s) suspended; nothing "
+                    "deleted until the file is whole", bad_lines, len(deletes))
+        return actions
     for a in deletes:
         log.warning("DELETE tile %d: %s", a.tileid, a.reason)
     if deletes and no_delete:
         for a in deletes:
             a.action, a.reason = SKIP, f"delete refused (--no-delete): {a.reason}"
         log.warning("--no-delete: %d tile(s) would be deleted; nothing deleted", len(deletes))
-    elif deletes and loaded and len(deletes) > max_fraction * loaded and not allow_mass:
+    elif deletes and is_mass_delete(len(deletes), loaded, max_fraction, max_count) \
+            and not allow_mass:
         raise MassDeleteRefused(
-            f"{len(deletes)} of {loaded} loaded tiles would be deleted (more than "
-            f"{max_fraction:.0%}); rerun with --allow-mass-delete if this is intended: "
+            f"{len(deletes)} of {loaded} loaded tiles would be deleted: more than "
+            f"--max-delete-count {max_count} and at least --max-delete-fraction "
+            f"{max_fraction:g} of the loaded tiles; rerun with --allow-mass-delete if "
+            "this is intended: "
             + ", ".join(str(a.tileid) for a in deletes[:20]))
     return actions
 

@@ -28,12 +28,21 @@ def add_arguments(parser, dry_run_flag=True):
         parser.add_argument("--dry-run", action="store_true",
                             help="print the plan (tile, action, reason) and change nothing")
     parser.add_argument("--no-delete", action="store_true",
-                        help="refuse deletes: report the tiles that would be deleted")
+                        help="refuse deletes: the tiles that would be deleted are SKIP "
+                             "(with or without this flag, a tiles file with a line that "
+                             "cannot be parsed deletes nothing and the run exits 1)")
     parser.add_argument("--allow-mass-delete", action="store_true",
-                        help="allow deleting more than --max-delete-fraction of loaded tiles")
-    parser.add_argument("--max-delete-fraction", type=float, default=0.1,
-                        help="largest fraction of loaded tiles one run may delete "
-                             "(default 0.1)")
+                        help="allow a mass delete (see --max-delete-fraction)")
+    parser.add_argument("--max-delete-fraction", type=_fraction, default=0.1, metavar="F",
+                        help="a run whose deletes are more than --max-delete-count AND at "
+                             "least F x the loaded tiles (deletes > N and deletes >= F x "
+                             "loaded) is refused (exit 2, nothing written) unless "
+                             "--allow-mass-delete is given (default 0.1: 100 deletes of "
+                             "1000 loaded tiles are refused, 99 are not)")
+    parser.add_argument("--max-delete-count", type=_count, default=3, metavar="N",
+                        help="a run that deletes N tiles or fewer is never refused as a "
+                             "mass delete, whatever the fraction (default 3: one withdrawn "
+                             "tile of a small production loads without a flag)")
     parser.add_argument("--initial", action="store_true",
                         help="initial (monolithic) load of a whole production: secondary "
                              "indexes dropped during the COPY and rebuilt at the end, "
@@ -41,6 +50,28 @@ def add_arguments(parser, dry_run_flag=True):
                              "an interruption")
     parser.add_argument("--show-unchanged", action="store_true",
                         help="list unchanged tiles in the plan too")
+
+
+def _fraction(text):
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"not a fraction between 0 and 1: {text!r}")
+    return value
+
+
+def _count(text):
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a number of tiles (integer >= 0): {text!r}")
+    return value
 
 
 def default_stage_dir(schema):
@@ -68,6 +99,7 @@ def options_from_args(args, dry_run=None):
                    dry_run=args.dry_run if dry_run is None else dry_run,
                    no_delete=args.no_delete, allow_mass_delete=args.allow_mass_delete,
                    max_delete_fraction=args.max_delete_fraction,
+                   max_delete_count=args.max_delete_count,
                    show_unchanged=args.show_unchanged, initial=args.initial,
                    stage_min_free=int(args.stage_min_free * 2**20))
 

@@ -23,6 +23,7 @@ Data quirks handled here (datamodel.md §1, §2, §3, §10.4):
 """
 import hashlib
 import os
+import re
 
 import fitsio
 import numpy as np
@@ -66,6 +67,13 @@ def read_tiles_file(path):
         ``TILEID -> message`` for every tile having a line with a missing or malformed
         required field; lines without a readable TILEID cannot be attributed to a tile
         and are listed under the key ``None``.
+    bad_lines : int
+        How many lines (FITS: rows) could not be used: a missing, unparsable or
+        out-of-range required field, an unreadable TILEID, an ``UPDATED`` that is not a
+        timestamp, a line with more or fewer fields than the header, a last line
+        without its newline (the file ends mid-line).  Blank lines are not counted.
+        Any bad line makes the file *damaged*: the plan then deletes nothing
+        (decision 12, :func:`specprod_db.plan.guard_deletes`).
 
     Raises :class:`InputError` (naming the file) when the file is missing, unreadable or
     lacks a column.
@@ -96,8 +104,6 @@ def read_tiles_file(path):
         table[name] = values
         if name == "TILEID":
             tid_ok = bad == ""
-        if name == "UPDATED":
-            continue
         for i in np.flatnonzero(bad != ""):  # error path only
             why[i] += f"{bad[i]}; "
     problems = {}
@@ -110,9 +116,17 @@ def read_tiles_file(path):
         key = msg[0]
         text = f"tiles file {os.path.basename(path)} line {line}: {msg[1]}"
         problems[key] = f"{problems[key]}; {text}" if key in problems else text
+    nbad = int(np.count_nonzero(why != "")) + len(bad_lines)
     if None in problems:
         get_logger().error("%s", problems[None])
-    return table[tid_ok], problems
+    if nbad:
+        get_logger().error("tiles file %s is damaged: %d line(s) cannot be used", path, nbad)
+    return table[tid_ok], problems, nbad
+
+
+#: What an ``UPDATED`` value may be (desispec writes ``%Y-%m-%dT%H:%M:%S%z``; the
+#: planner also reads fractional seconds and no offset as UTC); empty is allowed.
+_UPDATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:?\d\d|Z)?")
 
 
 def _tiles_from_fits(path):
@@ -130,34 +144,45 @@ def _tiles_from_fits(path):
 
 
 def _tiles_from_csv(path):
-    """Columns of a CSV tiles file; lines with too many fields are set aside.
+    """Columns of a CSV tiles file; lines that are not whole are set aside.
+
+    A line with more or fewer fields than the header is not parsed (astropy would pad a
+    short line with masked values, silently for float columns and UPDATED, and read a
+    field cut short, e.g. LASTNIGHT ``2024``, as a value); nor is a last line without
+    its newline: the file ends mid-line (a writer that did not finish; desispec, through
+    astropy, ends every line).  Blank lines are skipped, as astropy skips them.
 
     Returns ``(columns, bad_lines, line_numbers)``: ``bad_lines`` maps a file line number
     to ``(TILEID or None, message)``; ``line_numbers`` gives the file line of each row.
     """
+    import csv
     from astropy.io import ascii
-    from astropy.io.ascii import InconsistentTableError
-    try:
-        table = ascii.read(path, format="csv", guess=False)
-        bad_lines, numbers = {}, list(range(2, len(table) + 2))
-    except InconsistentTableError:
-        import csv
-        with open(path, newline="") as f:
-            lines = f.read().splitlines()
-        width = len(next(csv.reader([lines[0]])))
-        keep, bad_lines, numbers = [lines[0]], {}, []
-        for number, line in enumerate(lines[1:], start=2):  # error path only
-            fields = next(csv.reader([line]), [])
-            if len(fields) > width:
-                try:
-                    key = int(fields[0])
-                except ValueError:
-                    key = None
-                bad_lines[number] = (key, f"{len(fields)} fields, header has {width}")
-            elif line.strip():
-                keep.append(line)
-                numbers.append(number)
-        table = ascii.read(keep, format="csv", guess=False)
+    with open(path, newline="") as f:
+        text = f.read()
+    lines = text.splitlines()
+    if not lines:
+        raise InputError(f"tiles file {path}: empty (no header line)")
+    width = len(next(csv.reader([lines[0]])))
+    cut = not text.endswith(("\n", "\r"))
+    keep, bad_lines, numbers = [lines[0]], {}, []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        last = number == len(lines)
+        fields = next(csv.reader([line]), [])
+        if len(fields) != width or (last and cut):
+            problem = f"{len(fields)} fields, header has {width}"
+            if last and cut:
+                problem += "; the file ends mid-line (no newline after the last line)"
+            try:  # the TILEID is whole only if a separator follows it
+                key = int(fields[0]) if len(fields) > 1 else None
+            except ValueError:
+                key = None
+            bad_lines[number] = (key, problem)
+        else:
+            keep.append(line)
+            numbers.append(number)
+    table = ascii.read(keep, format="csv", guess=False)
     return {name.upper(): table[name] for name in table.colnames}, bad_lines, numbers
 
 
@@ -172,8 +197,12 @@ def _convert(raw, dtype, name):
         data = np.char.decode(data, "ascii", errors="replace")
     if dtype.kind == "U":
         out = np.char.strip(data.astype(str))
-        if name == "UPDATED":
-            return np.where(mask, "", out).astype(dtype), bad
+        if name == "UPDATED":  # empty is fine (the oldest); a damaged value is not
+            out = np.where(mask, "", out)
+            for i in np.flatnonzero(out != ""):
+                if not _UPDATED.fullmatch(str(out[i])):
+                    bad[i] = f"UPDATED {str(out[i])!r} not a timestamp"
+            return out.astype(dtype), bad
         too_long = np.char.str_len(out) > dtype.itemsize // 4
         bad[too_long] = f"{name} longer than {dtype.itemsize // 4} characters"
         bad[mask] = f"{name} missing"
