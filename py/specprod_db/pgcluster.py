@@ -5,8 +5,15 @@ the server to use.
 ``PGDATABASE``, ``PGSERVICE`` is set: then that server is used and nothing is started
 (:func:`configured_dsn`). Otherwise :func:`ensure_server` starts the private cluster on
 demand: its own data directory (``<checkout>/.pgcluster`` or ``SPECPROD_DB_CLUSTER_DIR``),
-a Unix socket in that directory plus a localhost port that is never 5432, trust
-authentication, superuser ``postgres``, a database ``specprod_db`` with q3c created.
+superuser ``postgres``, a database ``specprod_db`` with q3c created.
+
+It is not open to other local users: the Unix socket is in a 0700 directory owned by the
+user the server runs as (only that user and root can connect; there, no password is
+asked), and TCP (localhost, a port that is never 5432) needs the superuser's password
+(``scram-sha-256``), generated at initdb and kept in a 0600 file next to the data
+(:data:`PASSWORD_FILE`).  Clusters made by an earlier version (0755 directory, ``trust``
+on TCP) are fixed up by :func:`start` in place, with a configuration reload, even while
+in use.
 
 The server binaries come from the system (Debian's ``postgresql-15``, see
 ``etc/ensure-pg.sh``). ``initdb`` and ``pg_ctl`` refuse to run as root, so as root they run
@@ -25,6 +32,8 @@ import hashlib
 import json
 import os
 import pwd
+import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -33,6 +42,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .conninfo import mask
 
 #: Default TCP port of the private cluster: never the system server's 5432.
 DEFAULT_PORT = 54329
@@ -49,6 +60,12 @@ CONFIG_ENV = ("SPECPROD_DB_DSN", "PGHOST", "PGPORT", "PGDATABASE", "PGSERVICE")
 RECORD = "specprod-db-cluster.json"
 #: Unix sockets paths are limited to 107 bytes (sun_path); keep a margin.
 MAX_SOCKET_PATH = 100
+#: The superuser's password (TCP connections need it), in the server's directory, 0600.
+PASSWORD_FILE = "superuser.password"
+#: Mode of the directory holding the socket (and of the cluster directory): owner only.
+DIR_MODE = 0o700
+#: Authentication on TCP (pg_hba ``host*`` lines); the socket keeps ``trust``.
+HOST_AUTH = "scram-sha-256"
 
 FIX_INSTALL = (f"install the server and q3c: `make pg`, or as root "
                f"`apt-get update && apt-get install -y postgresql-{PG_MAJOR} "
@@ -118,6 +135,7 @@ def start(cluster_dir=None, port=None, dbname=DEFAULT_DBNAME, timeout=120):
             if not (c.datadir / "PG_VERSION").exists():
                 c.initdb(bindir, timeout)
             c.start(bindir, port, timeout)
+        c.secure()
         c.create_database(dbname, timeout)
         c.write_record(dbname=dbname)
         dsn = c.dsn(dbname)
@@ -151,6 +169,7 @@ def status(cluster_dir=None):
         "running": running,
         "pid": c.postmaster_pid() if running else None,
         "port": info.get("port"),
+        "password_file": str(c.password_file),
         "dsn": c.dsn(info.get("dbname", DEFAULT_DBNAME)) if running else None,
     }
 
@@ -173,9 +192,10 @@ def ensure_q3c(conninfo, where="the database", timeout=30):
         conn = psycopg2.connect(conninfo, connect_timeout=min(timeout, 30),
                                 options=f"-c statement_timeout={int(timeout * 1000)}")
     except psycopg2.OperationalError as e:
-        raise ClusterError(f"cannot connect to {where} with conninfo {conninfo!r}: "
-                           f"{str(e).strip()}. Fix the server or unset SPECPROD_DB_DSN "
-                           f"and PG* to use the private cluster") from e
+        from .conninfo import scrub
+        raise ClusterError(f"cannot connect to {where} with conninfo {mask(conninfo)!r}: "
+                           f"{scrub(str(e).strip(), conninfo)}. Fix the server or unset "
+                           f"SPECPROD_DB_DSN and PG* to use the private cluster") from None
     from .db import ExtensionMissing, ensure_q3c as _ensure_q3c
     try:
         conn.autocommit = True
@@ -238,7 +258,11 @@ def _configured_source():
 
 
 def _port_free(port):
+    """Whether the server could listen on ``port``: like the server, with SO_REUSEADDR,
+    so connections of a stopped server in TIME_WAIT (the server closes the connections
+    it refuses, e.g. a wrong password) do not make its port look taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -262,6 +286,10 @@ class _Cluster:
         self.serverdir = self._pick_serverdir()
         self.datadir = self.serverdir / "data"
         self.logfile = self.serverdir / "server.log"
+
+    @property
+    def password_file(self):
+        return self.serverdir / PASSWORD_FILE
 
     # --- who runs the server -------------------------------------------------------
     @staticmethod
@@ -315,14 +343,14 @@ class _Cluster:
 
     def _place(self):
         """Create the directories of a new cluster, owned by the server user."""
-        self.cluster_dir.mkdir(parents=True, exist_ok=True)
-        self.cluster_dir.chmod(0o755)
+        self.cluster_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        self.cluster_dir.chmod(DIR_MODE)
         self._chown(self.cluster_dir)
         sock = self.cluster_dir / f".s.PGSQL.{max(PORT_RANGE)}"
         if len(str(sock)) > MAX_SOCKET_PATH or not self._server_can_use(self.cluster_dir):
             fb = self._fallback_dir()
-            fb.mkdir(mode=0o755, exist_ok=True)
-            fb.chmod(0o755)
+            fb.mkdir(mode=DIR_MODE, exist_ok=True)
+            fb.chmod(DIR_MODE)
             self._chown(fb)
             if not self._server_can_use(fb):
                 raise ClusterError(
@@ -350,7 +378,7 @@ class _Cluster:
     @contextlib.contextmanager
     def lock(self):
         """Serialise start/stop across processes (pytest-xdist workers, make, ...)."""
-        self.cluster_dir.mkdir(parents=True, exist_ok=True)
+        self.cluster_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         with open(self.cluster_dir / ".lock", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -369,12 +397,77 @@ class _Cluster:
         if self.datadir.exists() and any(self.datadir.iterdir()):
             raise ClusterError(f"{self.datadir} exists, is not empty and holds no cluster "
                                f"(no PG_VERSION); remove it or run `make clean-db`")
+        self._write_password()
         _run(self.as_server([str(bindir / "initdb"), "-D", str(self.datadir),
-                             "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8",
-                             "--locale=C", "--no-instructions"]),
+                             "-U", SUPERUSER, "--auth-local=trust",
+                             f"--auth-host={HOST_AUTH}", f"--pwfile={self.password_file}",
+                             "--encoding=UTF8", "--locale=C", "--no-instructions"]),
              timeout=timeout, cwd=self.serverdir,
              what=f"initdb of the private cluster in {self.datadir}")
         self.write_record(pg_bindir=str(bindir))
+
+    # --- not open to other local users -----------------------------------------------
+    def _write_password(self):
+        """A new random superuser password in :attr:`password_file` (0600, server user's)."""
+        path = self.password_file
+        tmp = path.with_name(path.name + ".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+        self._chown(tmp)
+        tmp.replace(path)
+        return self.password()
+
+    def password(self):
+        return self.password_file.read_text().strip()
+
+    def secure(self):
+        """Make a running cluster private, whatever version created it (idempotent, safe
+        while in use): directories 0700, a superuser password (kept in
+        :attr:`password_file`), no ``trust`` on TCP in pg_hba.conf (then a reload)."""
+        for d in {self.cluster_dir, self.serverdir}:
+            if d.exists() and (d.stat().st_mode & 0o777) != DIR_MODE:
+                d.chmod(DIR_MODE)
+        if self.password_file.exists() and (self.password_file.stat().st_mode & 0o077):
+            self.password_file.chmod(0o600)
+        from psycopg2 import sql
+        from psycopg2.extensions import encrypt_password
+        conn = self.superuser_connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT rolpassword IS NULL FROM pg_authid "
+                            "WHERE rolname = current_user")
+                no_password = cur.fetchone()[0]
+                if no_password or not self.password_file.exists():
+                    password = (self.password() if self.password_file.exists()
+                                else self._write_password())
+                    # the verifier is computed here: the password itself is never sent
+                    verifier = encrypt_password(password, SUPERUSER, conn, HOST_AUTH)
+                    cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(
+                        sql.Identifier(SUPERUSER)), (verifier,))
+                if self._fix_hba():
+                    cur.execute("SELECT pg_reload_conf()")
+        finally:
+            conn.close()
+
+    def _fix_hba(self):
+        """Rewrite ``trust`` on pg_hba.conf's TCP lines as :data:`HOST_AUTH`; True if
+        the file changed (owner and mode kept: the server must still read it)."""
+        path = self.datadir / "pg_hba.conf"
+        text = path.read_text()
+        fixed = hba_without_host_trust(text)
+        if fixed == text:
+            return False
+        st = path.stat()
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, st.st_mode & 0o777)
+        with os.fdopen(fd, "w") as f:
+            f.write(fixed)
+        os.chown(tmp, st.st_uid, st.st_gid)
+        tmp.replace(path)
+        return True
 
     def start(self, bindir, port, timeout):
         rec = self.read_record()
@@ -386,7 +479,7 @@ class _Cluster:
         self.write_record(port=port)
         # Throwaway data: durability settings off for speed.
         opts = ["-p", str(port), "-k", str(self.serverdir),
-                "-c", "listen_addresses=localhost", "-c", "unix_socket_permissions=0777",
+                "-c", "listen_addresses=localhost", "-c", "unix_socket_permissions=0700",
                 "-c", "fsync=off", "-c", "synchronous_commit=off",
                 "-c", "full_page_writes=off", "-c", "max_connections=200"]
         self.logfile.touch()
@@ -413,17 +506,22 @@ class _Cluster:
         raise ClusterError(f"no free localhost port in {PORT_RANGE.start}-"
                            f"{PORT_RANGE.stop - 1}; set SPECPROD_DB_CLUSTER_PORT")
 
-    def create_database(self, dbname, timeout):
+    def superuser_connection(self):
+        """An autocommit connection to database ``postgres`` over the socket."""
         import psycopg2
-        from psycopg2 import sql
         try:
             conn = psycopg2.connect(self.dsn("postgres"), connect_timeout=30)
         except psycopg2.OperationalError as e:
             raise ClusterError(f"the private cluster in {self.datadir} runs but refuses "
-                               f"{self.dsn('postgres')!r}: {str(e).strip()}; see "
-                               f"{self.logfile}") from e
+                               f"{mask(self.dsn('postgres'))!r}: {mask(str(e).strip())}; "
+                               f"see {self.logfile}") from e
+        conn.autocommit = True
+        return conn
+
+    def create_database(self, dbname, timeout):
+        from psycopg2 import sql
+        conn = self.superuser_connection()
         try:
-            conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
                 if cur.fetchone() is None:
@@ -512,6 +610,27 @@ class _Cluster:
             return f"(cannot read: {e})"
 
 
+_HOST_TYPES = ("host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc")
+
+
+def hba_without_host_trust(text):
+    """pg_hba.conf ``text`` with ``trust`` replaced by :data:`HOST_AUTH` on every TCP
+    (``host*``) line; comments, ``local`` lines and layout are kept."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        body = line.split("#", 1)[0]
+        fields = body.split()
+        if fields and fields[0] in _HOST_TYPES:
+            # the method is the last field that is not an option (name=value)
+            methods = [i for i, f in enumerate(fields) if "=" not in f]
+            if len(methods) >= 5 and fields[methods[-1]] == "trust":
+                spans = [m.span() for m in re.finditer(r"\S+", body)]
+                start, end = spans[methods[-1]]
+                line = line[:start] + HOST_AUTH + line[end:]
+        out.append(line)
+    return "".join(out)
+
+
 def _run(argv, timeout, what, cwd=None):
     """Run an external command; raise ClusterError saying what failed and how."""
     try:
@@ -555,11 +674,13 @@ def add_arguments(parser):
 
 def run(args):
     try:
+        # a configured conninfo may hold a password: never print it
         if args.action == "start":
-            print(start(args.dir, port=args.port, dbname=args.dbname, timeout=args.timeout))
+            print(mask(start(args.dir, port=args.port, dbname=args.dbname,
+                             timeout=args.timeout)))
         elif args.action == "ensure":
-            print(ensure_server(args.dir, port=args.port, dbname=args.dbname,
-                                timeout=args.timeout))
+            print(mask(ensure_server(args.dir, port=args.port, dbname=args.dbname,
+                                     timeout=args.timeout)))
         elif args.action == "stop":
             stop(args.dir, remove=args.remove, timeout=args.timeout)
         elif args.action == "status":
@@ -570,7 +691,7 @@ def run(args):
         elif args.action == "dsn":
             print(dsn(args.dir, None if args.dbname == DEFAULT_DBNAME else args.dbname))
     except ClusterError as e:
-        print(f"specprod-db cluster {args.action}: {e}", file=sys.stderr)
+        print(f"specprod-db cluster {args.action}: {mask(e)}", file=sys.stderr)
         return 2
     return 0
 
