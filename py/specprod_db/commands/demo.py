@@ -10,7 +10,10 @@ import shutil
 import subprocess
 import sys
 
+from psycopg2 import sql
+
 from .. import db, pgcluster
+from ..conninfo import mask, mask_argv
 from ..log import get_logger
 from .common import report_errors
 
@@ -44,7 +47,7 @@ def _command(ranks):
 
 def _run(argv, env):
     log = get_logger()
-    log.info("$ %s", " ".join(argv))
+    log.info("$ %s", " ".join(mask_argv(argv)))
     return subprocess.run(argv, env=env).returncode
 
 
@@ -56,6 +59,7 @@ def run(args):
     prod = os.path.join(args.outdir, "production")
     if os.path.exists(prod):
         shutil.rmtree(prod)
+    log.info("database: %s", mask(dsn))
     log.info("writing a mock daily production (%d tiles) under %s", args.tiles, prod)
     first = make_production(prod, tiles=args.tiles, seed=args.seed)
     env = dict(os.environ, **environment(prod), SPECPROD_DB_DSN=dsn,
@@ -83,26 +87,30 @@ def run(args):
 
 def _show(dsn, schema_name, summary):
     conn = db.connect(dsn)
+
+    def table(name):
+        return db.qualified(schema_name, name)
     with conn.cursor() as cur:
         print(f"\nschema {schema_name}:")
         for t in ("tile", "exposure", "frame", "photometry", "target", "fiberassign",
                   "potential", "ztile"):
-            cur.execute(f'SELECT count(*) FROM "{schema_name}".{t}')
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(table(t)))
             print(f"  {t:<12} {cur.fetchone()[0]:>9} rows")
-        cur.execute(f'SELECT tileid, tilera, tiledec FROM "{schema_name}".tile '
-                    "ORDER BY tileid LIMIT 1")
+        cur.execute(sql.SQL("SELECT tileid, tilera, tiledec FROM {} "
+                            "ORDER BY tileid LIMIT 1").format(table("tile")))
         row = cur.fetchone()
         if row:
             tileid, ra, dec = row
-            cur.execute(f'SELECT count(*), count(DISTINCT f.targetid) FROM '
-                        f'"{schema_name}".fiberassign f WHERE '
-                        "q3c_radial_query(f.target_ra, f.target_dec, %s, %s, 0.5)", (ra, dec))
+            cur.execute(sql.SQL("SELECT count(*), count(DISTINCT f.targetid) FROM {} f "
+                                "WHERE q3c_radial_query(f.target_ra, f.target_dec, "
+                                "%s, %s, 0.5)").format(table("fiberassign")), (ra, dec))
             n, nt = cur.fetchone()
             print(f"  q3c cone search, 0.5 deg around tile {tileid} ({ra:.3f}, {dec:.3f}): "
                   f"{n} fiberassign rows, {nt} targets")
-            cur.execute(f'SELECT z.targetid, z.desiname, z.z, z.spectype, z.zcat_nspec, '
-                        f'z.zcat_primary FROM "{schema_name}".ztile z '
-                        "WHERE z.zcat_nspec > 1 ORDER BY z.targetid, z.tileid LIMIT 4")
+            cur.execute(sql.SQL("SELECT z.targetid, z.desiname, z.z, z.spectype, "
+                                "z.zcat_nspec, z.zcat_primary FROM {} z "
+                                "WHERE z.zcat_nspec > 1 ORDER BY z.targetid, z.tileid "
+                                "LIMIT 4").format(table("ztile")))
             rows = cur.fetchall()
             if rows:
                 print("  targets observed on several tiles (primary flags):")
