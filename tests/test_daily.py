@@ -5,8 +5,9 @@
   column, primary flags included) of a fresh load of day 4;
 * idempotence: a second run changes nothing and says so; ``plan`` / ``--dry-run`` print
   the actions with their reasons and touch nothing; REFRESH when only UPDATED moved;
-* deletes: a tile that left tiles-daily is deleted, guarded by ``--no-delete`` and the
-  mass-delete fraction;
+* deletes: a tile that left tiles-daily is deleted without a flag (one withdrawn tile is
+  not a mass delete), guarded by ``--no-delete`` and the mass-delete fraction and floor;
+  a damaged tiles file (cut mid-line) deletes nothing, the next whole file deletes;
 * concurrency: a second load of the same schema refuses to start, naming the first.
 
 The helpers here are shared with ``test_bad_input.py`` and ``test_crash.py``.
@@ -196,20 +197,22 @@ def test_delete_guards(pg_dsn, schemas, copy_production, mpirun, tmp_path):
     photometry = {r[0] for r in query(pg_dsn, f'SELECT targetid FROM "{name}".target '
                                               "WHERE tileid = %s", (gone,))}
     edit_tiles_csv(prod, lambda h, rows: [r for r in rows if int(r[0]) != gone])
-    plan = plan_lines(load(mpirun, 1, pg_dsn, name, prod, stage, "--dry-run",
-                           "--allow-mass-delete").stdout)
+    plan = plan_lines(load(mpirun, 1, pg_dsn, name, prod, stage, "--dry-run").stdout)
     assert plan[gone] == ("DELETE", "no longer in the tiles file")
-    # one of five tiles is more than 10 %: refused, nothing written
-    r = load(mpirun, 1, pg_dsn, name, prod, stage, check=False)
+    # the guard still works: 1 delete > --max-delete-count 0 and >= 10 % of 5 loaded
+    r = load(mpirun, 1, pg_dsn, name, prod, stage, "--max-delete-count", "0", check=False)
     assert r.returncode == 2 and "--allow-mass-delete" in r.stderr and str(gone) in r.stderr
+    assert "1 of 5 loaded tiles" in r.stderr
     assert dump_schema(pg_dsn, name) == before
     # --no-delete: refused and reported
     r = load(mpirun, 1, pg_dsn, name, prod, stage, "--no-delete")
     assert re.search(rf"DELETE tile {gone}", r.stdout + r.stderr)
     assert "--no-delete" in r.stdout + r.stderr
     assert dump_schema(pg_dsn, name) == before
-    # allowed: every row of the tile goes, and the photometry only it referenced
-    r = load(mpirun, 1, pg_dsn, name, prod, stage, "--allow-mass-delete")
+    # no flag: one withdrawn tile of five is not a mass delete (--max-delete-count 3);
+    # every row of the tile goes, and the photometry only it referenced
+    r = load(mpirun, 1, pg_dsn, name, prod, stage)
+    assert r.returncode == 0 and last_run(pg_dsn, name)[0] == "ok"
     assert f"tile {gone} DELETED" in r.stdout + r.stderr
     assert gone not in tiles_of(pg_dsn, name)
     for table in ("exposure", "frame", "ztile", "fiberassign", "potential", "target"):
@@ -224,6 +227,104 @@ def test_delete_guards(pg_dsn, schemas, copy_production, mpirun, tmp_path):
     fresh = schemas()
     load(mpirun, 1, pg_dsn, fresh, prod, tmp_path / "fresh")
     assert dump_schema(pg_dsn, name) == dump_schema(pg_dsn, fresh)
+
+
+DAMAGED = "tiles file damaged (1 bad lines): deletes suspended"
+_damaged = {}
+
+
+def _set_field(tileid, column, value):
+    def edit(header, rows):
+        i, k = header.index("TILEID"), header.index(column)
+        for r in rows:
+            if int(r[i]) == tileid:
+                r[k] = value
+        return rows
+    return edit
+
+
+def _cut_tiles_csv(prod, tileid):
+    """Cut tiles-daily.csv one character into the line of ``tileid`` (no newline): that
+    line and every later one are lost, and the TILEID of the cut line is unreadable."""
+    path = tiles_csv(prod)
+    with open(path) as f:
+        text = f.read()
+    start = text.index(f"\n{tileid},") + 1
+    with open(path, "w") as f:
+        f.write(text[:start + 1])
+    return text[start + 1:]
+
+
+def _damaged_load(pg_dsn, schemas, copy_production, mpirun, tmp_path):
+    """Load the small production, then withdraw 1001 (EFFTIME_SPEC 0), change a column
+    of 60000's line and cut the file inside the line of 40000 (40000 and 20000 lost).
+    Returns the state before, the damaged run and the dry-run plan of the damaged file."""
+    prod = copy_production()
+    name = schemas()
+    stage = tmp_path / "stage"
+    load(mpirun, 1, pg_dsn, name, prod, stage)
+    loaded = tiles_of(pg_dsn, name)
+    edit_tiles_csv(prod, _set_field(1001, "EFFTIME_SPEC", "0.0"))
+    edit_tiles_csv(prod, _set_field(60000, "GOALTIME", "1234.5"))
+    with open(tiles_csv(prod)) as f:
+        whole = f.read()
+    _cut_tiles_csv(prod, 40000)
+    with open(tiles_csv(prod)) as f:
+        lost = {int(ln.split(",")[0]) for ln in whole.splitlines()[1:]} - {
+            int(ln.split(",")[0]) for ln in f.read().splitlines()[1:-1]}
+    before = dump_schema(pg_dsn, name)
+    plan = plan_lines(load(mpirun, 1, pg_dsn, name, prod, stage, command="plan").stdout)
+    r = load(mpirun, 1, pg_dsn, name, prod, stage, check=False)
+    _damaged["returncode"] = r.returncode
+    return dict(prod=prod, name=name, stage=stage, loaded=loaded, whole=whole, lost=lost,
+                before=before, plan=plan, run=r)
+
+
+def test_damaged_tiles_file_never_deletes(pg_dsn, schemas, copy_production, mpirun,
+                                          tmp_path):
+    d = _damaged_load(pg_dsn, schemas, copy_production, mpirun, tmp_path)
+    prod, name, stage, r = d["prod"], d["name"], d["stage"], d["run"]
+    out = r.stdout + r.stderr
+    # what the damaged file would have deleted: the withdrawn tile and the loaded tiles
+    # after the cut; each is SKIP with the reason, in the plan and in the load
+    would_delete = {1001} | (set(d["lost"]) & set(d["loaded"]))
+    assert {1001, 40000} <= would_delete and 1001 in d["loaded"]
+    for tid in would_delete:
+        assert d["plan"][tid] == ("SKIP", DAMAGED), d["plan"]
+        assert f"tile {tid} not deleted" in out
+    assert d["plan"][60000] == ("UPDATE", "changed: GOALTIME")
+    assert "1 line(s) cannot be used" in out
+    assert r.returncode != 2, out                 # not refused: the rest loads
+    # nothing deleted; the well-formed changed line was loaded
+    assert tiles_of(pg_dsn, name) == d["loaded"]
+    after = dump_schema(pg_dsn, name)
+    for table in after:
+        if table != "tile":
+            assert after[table] == d["before"][table], table
+    assert query(pg_dsn, f'SELECT goaltime FROM "{name}".tile WHERE tileid = 60000'
+                 )[0][0] == 1234.5
+    assert {t: s[0] for t, s in tile_state(pg_dsn, name).items()} == {
+        t: "loaded" for t in d["loaded"]}
+    # the whole file again: the withdrawn tile is deleted, no flag needed
+    with open(tiles_csv(prod), "w") as f:
+        f.write(d["whole"])
+    plan = plan_lines(load(mpirun, 1, pg_dsn, name, prod, stage, command="plan").stdout)
+    assert plan[1001] == ("DELETE", "EFFTIME_SPEC = 0.0")
+    assert not [t for t, (a, _) in plan.items() if a not in ("DELETE", "SKIP")
+                and t != 1001 and a != "UNCHANGED"], plan
+    r = load(mpirun, 1, pg_dsn, name, prod, stage)
+    assert r.returncode == 0 and last_run(pg_dsn, name)[0] == "ok"
+    assert "tile 1001 DELETED" in r.stdout + r.stderr
+    assert tiles_of(pg_dsn, name) == sorted(set(d["loaded"]) - {1001})
+    assert tile_state(pg_dsn, name)[1001][0] == "deleted"
+
+
+@pytest.mark.xfail(strict=False, reason="pipeline wiring pending: exit 1 when the tiles "
+                   "file has bad lines (pipeline.py)")
+def test_damaged_tiles_file_exits_1(pg_dsn, schemas, copy_production, mpirun, tmp_path):
+    if "returncode" not in _damaged:  # run alone: make the damaged run here
+        _damaged_load(pg_dsn, schemas, copy_production, mpirun, tmp_path)
+    assert _damaged["returncode"] == 1
 
 
 def test_second_load_refused_while_one_runs(pg_dsn, schemas, small_production, mpiexec,
