@@ -38,15 +38,16 @@ def _get_dsn():
 
 def pytest_report_header(config):
     dsn = _get_dsn()
+    from specprod_db.conninfo import mask
     if dsn is None:
-        return [f"database: unavailable: {_server['error']}"]
+        return [f"database: unavailable: {mask(_server['error'])}"]
     import psycopg2
     with psycopg2.connect(dsn, connect_timeout=30) as conn, conn.cursor() as cur:
         cur.execute("SELECT current_setting('server_version'), "
                     "(SELECT extversion FROM pg_extension WHERE extname = 'q3c')")
         version, q3c = cur.fetchone()
     conn.close()
-    return [f"database: PostgreSQL {version}, q3c {q3c}: {dsn}"]
+    return [f"database: PostgreSQL {version}, q3c {q3c}: {mask(dsn)}"]
 
 
 # --- database --------------------------------------------------------------------------
