@@ -1,11 +1,16 @@
 """Bad input, for 1 and 3 ranks (doc/daily.md "When something fails").
 
 Fatal for a tile: the message names the tile, the file and the problem; the other tiles
-load; the failure is recorded in tile_state; the run exits 1; the next run (inputs
+load; the failure is recorded in tile_state; the run exits 1; no row of a failed tile is
+anywhere (the tables equal a fresh load of the other tiles); the next run (inputs
 repaired) retries it and reaches the state of a fresh load.  The tile-fatal cases are
 injected together, on disjoint tiles, in two damaged copies of the mock production
 (scenario "files": tile-local files; scenario "shared": catalogs shared between tiles),
 and each case is asserted by its own test.
+
+Not fatal (decision 11): a targeting catalog named in a fiberassign header that does not
+exist is skipped with a warning naming tile, keyword and path, counted in
+load_run.counts; the tile fails only when none of its named catalogs exists.
 
 Fatal for the run (exit 2, nothing written): tiles file missing or empty, a database
 user without write permission, a stage directory unwritable or too small.
@@ -58,6 +63,43 @@ def truncate(path):
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.truncate(size // 3)
+
+
+def copy_prod(src, dest):
+    """A copy of the mock production ``src`` at ``dest`` (its env.sh names the copy)."""
+    dest = str(dest)
+    shutil.copytree(src, dest, symlinks=True)
+    env_sh = os.path.join(dest, "env.sh")
+    with open(env_sh) as f:
+        text = f.read().replace(src, dest)
+    with open(env_sh, "w") as f:
+        f.write(text)
+    return dest
+
+
+def fresh_load_dump_of(dsn, mpiexec, prod, tileids, base):
+    """The tables of a fresh load of a copy of ``prod`` whose tiles file keeps only the
+    lines of ``tileids``: what a run that loaded just those tiles must hold."""
+    copy = copy_prod(prod, os.path.join(str(base), "production"))
+    keep = {int(t) for t in tileids}
+    edit_tiles_csv(copy, lambda header, rows: [
+        r for r in rows if int(r[header.index("TILEID")]) in keep])
+    return fresh_load_dump(dsn, mpiexec, copy, os.path.join(str(base), "stage"))
+
+
+def targetids_of_tiles(dump, tileids):
+    """TARGETIDs the rows of ``tileids`` reference, in a dump's per-tile tables."""
+    from specprod_db import schema
+    out = set()
+    for name in ("fiberassign", "potential", "target", "ztile"):
+        names = schema.table(name).names
+        t, k = names.index("tileid"), names.index("targetid")
+        out |= {r[k] for r in dump[name] if r[t] in tileids}
+    return out
+
+
+#: Per-tile tables: a failed or interrupted tile has no row in any of them.
+TILE_TABLES = ("tile", "exposure", "frame", "fiberassign", "potential", "target", "ztile")
 
 
 def paths_of(prod):
@@ -119,17 +161,27 @@ def damage_files(prod):
                                                    "NEXP not an integer"])}
 
 
+#: The catalog named in the header of 60000 that does not exist (scenario "shared"):
+#: skipped with a warning, the tile loads.
+MISSING_ONE = (60000, "SCND2", "DESIROOT/target/catalogs/nowhere/scnd2.fits")
+
+
 def damage_shared(prod):
-    """Damages of catalogs: sv3 targets (tile 100 only), a missing catalog named in the
-    header of 60000, a tractor brick only tile 50001 needs."""
+    """Damages of catalogs: sv3 targets (tile 100 only), every catalog named in the
+    header of 40000 missing, one more (missing) catalog named in the header of 60000
+    (not fatal: MISSING_ONE), a tractor brick only tile 50001 needs."""
     from specprod_db.extract.tractorphot import bricknames
     p = paths_of(prod)
     sv3 = os.path.join(p.target, "catalogs", "dr9", "0.57.0", "targets", "sv3",
                        "resolve", "dark")
     for name in os.listdir(sv3):
         truncate(os.path.join(sv3, name))
-    rewrite_fits(p.fiberassign_file(60000),
-                 lambda i, n, h, d: (_set(h, "TARG", "DESIROOT/target/catalogs/nowhere")
+    tid, key, value = MISSING_ONE
+    rewrite_fits(p.fiberassign_file(tid),
+                 lambda i, n, h, d: (_set(h, key, value) if i == 0 else h, d))
+    rewrite_fits(p.fiberassign_file(40000),
+                 lambda i, n, h, d: (_set(_set(h, "TARG", "DESIROOT/target/nowhere-targ"),
+                                          "TOO", "DESIROOT/survey/nowhere/ToO.ecsv")
                                      if i == 0 else h, d))
     bricks = {}
     for tid in (100, 1000, 1001, 1002, 40000, 50000, 50001, 60000):
@@ -142,8 +194,9 @@ def damage_shared(prod):
         if os.path.exists(p.tractor_file(region, brick)):
             truncate(p.tractor_file(region, brick))
     return {100: ("corrupt targets file", ["sv3targets-dark", "cannot read targeting"]),
-            60000: ("missing targeting catalog", ["fiberassign-060000.fits.gz",
-                                                  "catalogs/nowhere", "do not exist"]),
+            40000: ("no named targeting catalog exists", [
+                "fiberassign-040000.fits.gz", "target/nowhere-targ", "survey/nowhere/ToO",
+                "no targeting catalog named in the header"]),
             50001: ("corrupt tractor file", [f"tractor-{brick}.fits", "cannot read tractor"])}
 
 
@@ -166,13 +219,7 @@ def scenario(pg_dsn, pristine, mpiexec, tmp_path_factory):
             return _results[name, ranks]
         import secrets
         base = tmp_path_factory.mktemp(f"{name}{ranks}")
-        prod = str(base / "production")
-        shutil.copytree(pristine, prod, symlinks=True)
-        env_sh = os.path.join(prod, "env.sh")
-        with open(env_sh) as f:
-            text = f.read().replace(pristine, prod)
-        with open(env_sh, "w") as f:
-            f.write(text)
+        prod = copy_prod(pristine, base / "production")
         cases = SCENARIOS[name](prod)
         schema_name = "test_" + secrets.token_hex(4)
         made.append(schema_name)
@@ -184,15 +231,36 @@ def scenario(pg_dsn, pristine, mpiexec, tmp_path_factory):
             prod=prod, stage=str(base / "stage"), schema=schema_name, cases=cases,
             returncode=r.returncode, log=r.stdout + r.stderr,
             state=tile_state(pg_dsn, schema_name), tiles=tiles_of(pg_dsn, schema_name),
-            run=last_run(pg_dsn, schema_name))
+            run=last_run(pg_dsn, schema_name), dump=dump_schema(pg_dsn, schema_name))
         return _results[name, ranks]
     yield run
     for schema_name in made:
         query(pg_dsn, f'DROP SCHEMA IF EXISTS "{schema_name}" CASCADE')
 
 
+@pytest.fixture(scope="module")
+def good_reference(pg_dsn, pristine, mpiexec, tmp_path_factory):
+    """``good_reference(name, failed)`` -> the tables of a fresh load of the pristine
+    production without the tiles ``failed`` (memoised per scenario)."""
+    made = {}
+
+    def get(name, failed):
+        if name not in made:
+            loadable = {t for t in _tileids(pristine) if t not in failed}
+            made[name] = fresh_load_dump_of(pg_dsn, mpiexec, pristine, loadable,
+                                            tmp_path_factory.mktemp(f"good-{name}"))
+        return made[name]
+    return get
+
+
+def _tileids(prod):
+    import csv
+    with open(tiles_csv(prod)) as f:
+        return {int(r["TILEID"]) for r in csv.DictReader(f)}
+
+
 CASES = [("files", 100), ("files", 40000), ("files", 60000), ("files", 1001),
-         ("files", 50000), ("files", 50001), ("shared", 100), ("shared", 60000),
+         ("files", 50000), ("files", 50001), ("shared", 100), ("shared", 40000),
          ("shared", 50001)]
 
 
@@ -218,22 +286,66 @@ def test_tile_fatal(name, tileid, ranks, scenario):
 
 @pytest.mark.parametrize("ranks", [1, 3])
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_no_row_of_failed_tiles(name, ranks, scenario, reference, good_reference):
+    """The failed tiles' own rows are in no table (their photometry: the rows of
+    TARGETIDs no loaded tile references), and the tables are those of a fresh load of
+    the other tiles."""
+    from specprod_db import schema
+    res = scenario(name, ranks)
+    failed, loaded = set(res["cases"]), set(res["tiles"])
+    assert failed and not failed & loaded
+    got = res["dump"]
+    for table in TILE_TABLES:
+        k = schema.table(table).names.index("tileid")
+        assert not [r for r in got[table] if r[k] in failed], table
+    only_failed = targetids_of_tiles(reference, failed) - targetids_of_tiles(reference,
+                                                                             loaded)
+    assert only_failed                        # the check below has something to find
+    k = schema.table("photometry").names.index("targetid")
+    assert not only_failed & {r[k] for r in got["photometry"]}
+    good = good_reference(name, failed)
+    assert set(good) == set(got)
+    for table in good:
+        assert got[table] == good[table], table
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_missing_catalog_skipped(ranks, scenario, good_reference):
+    """One of a tile's named catalogs missing: the tile loads, its rows those of the
+    pristine tile (in a fresh load of the same tiles: primary flags depend on them), with
+    a warning naming tile, keyword and path."""
+    from specprod_db import schema
+    res = scenario("shared", ranks)
+    tid, key, value = MISSING_ONE
+    assert tid in res["tiles"] and res["state"][tid][0] == "loaded"
+    path = value.replace("DESIROOT", "")
+    assert re.search(rf"tile {tid}: targeting catalog {key} = \S*{re.escape(path)} "
+                     r".*does not exist", res["log"]), res["log"][-3000:]
+    good = good_reference("shared", set(res["cases"]))
+    for table in TILE_TABLES:
+        k = schema.table(table).names.index("tileid")
+        mine = [r for r in res["dump"][table] if r[k] == tid]
+        assert mine and mine == [r for r in good[table] if r[k] == tid], table
+
+
+@pytest.mark.xfail(strict=False, reason="warning count pending (pipeline.py)")
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_missing_catalog_counted(ranks, scenario):
+    res = scenario("shared", ranks)
+    warned = re.findall(r"tile \d+: targeting catalog \S+ = \S+ .*does not exist",
+                        res["log"])
+    assert warned
+    assert res["run"][1]["warnings"]["missing_catalogs"] == len(warned)
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_next_run_retries(name, ranks, scenario, pg_dsn, pristine, reference, mpirun):
     res = scenario(name, ranks)
     failed = set(res["cases"])
-    loaded = set(res["tiles"])
-    assert not failed & loaded
-    # no row of a failed tile anywhere (photometry of failed tiles removed too)
-    got = dump_schema(pg_dsn, res["schema"])
-    for table in ("photometry",):
-        assert set(got[table]) <= set(reference[table])
     # repair the inputs: the next run retries the failed tiles and converges
     shutil.rmtree(res["prod"])
-    shutil.copytree(pristine, res["prod"], symlinks=True)
-    with open(os.path.join(res["prod"], "env.sh")) as f:
-        text = f.read().replace(pristine, res["prod"])
-    with open(os.path.join(res["prod"], "env.sh"), "w") as f:
-        f.write(text)
+    copy_prod(pristine, res["prod"])
     r = load(mpirun, ranks, pg_dsn, res["schema"], res["prod"], res["stage"])
     for tid in failed:
         assert re.search(rf"tile {tid} (INSERT|UPDATE)", r.stdout + r.stderr)
