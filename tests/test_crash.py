@@ -2,8 +2,9 @@
 mid-COPY, the PostgreSQL server restarted mid-run.
 
 Each time the run fails (non-zero exit), the interrupted tile has no row anywhere, the
-tiles committed before it are whole, and a plain rerun reaches exactly the state of an
-uninterrupted run.  Stale stage files are reused only when complete and made for the
+tiles committed before it are whole (every table, photometry and ztile with its primary
+flags included, is that of a fresh load of just those tiles), and a plain rerun reaches
+exactly the state of an uninterrupted run.  Stale stage files are reused only when complete and made for the
 current plan.  Faults are injected with ``SPECPROD_DB_FAULT`` (``specprod_db.faults``).
 """
 import os
@@ -16,10 +17,10 @@ import pytest
 
 from conftest import (CLI, LOAD_TIMEOUT, dump_schema, fresh_load_dump, init, load, mock_env,
                       query)
+from test_bad_input import TILE_TABLES, fresh_load_dump_of, targetids_of_tiles
 
 VICTIM = 1001          # third tile in write order (100, 1000, 1001, 40000, 60000)
 BEFORE = [100, 1000]   # committed before it
-TILE_TABLES = ("exposure", "frame", "ztile", "fiberassign", "potential", "target")
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +30,55 @@ def reference(pg_dsn, small_production, mpiexec, tmp_path_factory):
                            tmp_path_factory.mktemp("refstage"))
 
 
-def _assert_interrupted_cleanly(dsn, name, committed, reference):
+@pytest.fixture(scope="module")
+def committed_reference(pg_dsn, small_production, mpiexec, tmp_path_factory):
+    """``committed_reference(tiles)`` -> the tables of a fresh load of just ``tiles``."""
+    made = {}
+
+    def get(tiles):
+        if tuple(tiles) not in made:
+            made[tuple(tiles)] = fresh_load_dump_of(
+                pg_dsn, mpiexec, small_production[0], tiles,
+                tmp_path_factory.mktemp("committed")) if tiles else None
+        return made[tuple(tiles)]
+    return get
+
+
+def _assert_interrupted_cleanly(dsn, name, committed, reference, committed_reference):
+    from specprod_db import schema
     assert query(dsn, f'SELECT tileid FROM "{name}".tile ORDER BY 1') == \
         [(t,) for t in committed]
     for table in TILE_TABLES:
         assert query(dsn, f'SELECT count(*) FROM "{name}".{table} WHERE tileid = %s',
                      (VICTIM,))[0][0] == 0, table
     assert VICTIM not in {r[0] for r in query(dsn, f'SELECT tileid FROM "{name}".tile_state')}
-    got = dump_schema(dsn, name, ["tile", "exposure", "frame", "target", "fiberassign",
-                                  "potential"])
-    for table, rows in got.items():  # committed tiles are whole
-        assert rows == [r for r in reference[table] if _tileid(table, r) in committed], table
+    got = dump_schema(dsn, name)
+    # committed tiles are whole: every table as a fresh load of just them (photometry:
+    # the rows of the TARGETIDs they reference)
+    expected = committed_reference(committed) or {t: [] for t in got}
+    assert set(got) == set(expected)
+    k = schema.table("photometry").names.index("targetid")
+    mine = targetids_of_tiles(expected, set(committed))
+    for table in got:
+        rows = [r for r in got[table] if table != "photometry" or r[k] in mine]
+        assert rows == expected[table], table
+    # photometry of TARGETIDs only the victim (or a later tile) references: the caller
+    # checks it last (_photometry_of_victim)
+    only_later = targetids_of_tiles(reference, {VICTIM}) - mine
+    assert only_later
+    return sorted(only_later & {r[k] for r in got["photometry"]})
 
 
-def _tileid(table, row):
-    from specprod_db import schema
-    return row[schema.table(table).names.index("tileid")]
+def _photometry_of_victim(orphans):
+    """No photometry row of a TARGETID only the interrupted tile (or a later one)
+    references.  Known gap, reported: Legacy Surveys photometry is committed in batches
+    before the tile transactions, and orphans are removed only after the writes of a run
+    that ends; a crash in between leaves them (a rerun that loads the tile adopts them,
+    one that never loads it keeps them)."""
+    if orphans:
+        pytest.xfail(f"{len(orphans)} photometry row(s) of TARGETIDs only the interrupted "
+                     f"tile (or a later one) references stay after the crash, e.g. "
+                     f"{orphans[:3]}")
 
 
 def _rerun_converges(mpirun, ranks, dsn, name, prod, stage, reference):
@@ -58,40 +92,47 @@ def _rerun_converges(mpirun, ranks, dsn, name, prod, stage, reference):
 
 @pytest.mark.parametrize("ranks", [1, 3])
 def test_worker_killed_mid_extraction(ranks, pg_dsn, schemas, small_production, mpirun,
-                                      tmp_path, reference):
+                                      tmp_path, reference, committed_reference):
     prod = small_production[0]
     name = schemas()
     stage = tmp_path / "stage"
     r = load(mpirun, ranks, pg_dsn, name, prod, stage, check=False,
              env={"SPECPROD_DB_FAULT": f"extract:{VICTIM}"})
     assert r.returncode != 0
-    _assert_interrupted_cleanly(pg_dsn, name, [], reference)
+    orphans = _assert_interrupted_cleanly(pg_dsn, name, [], reference, committed_reference)
     left = os.listdir(stage)
     assert any(f.startswith(f"tile-{VICTIM}.h5.tmp-") for f in left), left
     assert f"tile-{VICTIM}.h5" not in left
     # stale files: a complete file of another plan (tile 100's rows under tile 1000's
     # name) and a truncated file under a final name must not be used
-    if "tile-100.h5" in left:
+    # (with 3 ranks tile 100 may not have been staged, and tile 1000 may have been,
+    # for the same plan: then reusing it is right)
+    stale = "tile-100.h5" in left
+    if stale:
         shutil.copy(stage / "tile-100.h5", stage / "tile-1000.h5")
     (stage / "tile-40000.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
     log = _rerun_converges(mpirun, ranks, pg_dsn, name, prod, stage, reference)
     if ranks == 1:  # tile 100 was staged before the crash, for the same plan
         assert "tile 100: reusing complete stage file" in log
-    assert "tile 1000: reusing" not in log and "tile 40000: reusing" not in log
+    assert not stale or "tile 1000: reusing" not in log, left
+    assert "tile 40000: reusing" not in log
+    _photometry_of_victim(orphans)
 
 
 @pytest.mark.parametrize("ranks", [1, 3])
 def test_writer_killed_mid_copy(ranks, pg_dsn, schemas, small_production, mpirun, tmp_path,
-                                reference):
+                                reference, committed_reference):
     prod = small_production[0]
     name = schemas()
     stage = tmp_path / "stage"
     r = load(mpirun, ranks, pg_dsn, name, prod, stage, check=False,
              env={"SPECPROD_DB_FAULT": f"copy:{VICTIM}"})
     assert r.returncode != 0
-    _assert_interrupted_cleanly(pg_dsn, name, BEFORE, reference)
+    orphans = _assert_interrupted_cleanly(pg_dsn, name, BEFORE, reference,
+                                          committed_reference)
     log = _rerun_converges(mpirun, ranks, pg_dsn, name, prod, stage, reference)
     assert f"tile {VICTIM}: reusing complete stage file" in log
+    _photometry_of_victim(orphans)
 
 
 def _free_port():
@@ -102,7 +143,7 @@ def _free_port():
 
 @pytest.mark.parametrize("ranks", [1, 3])
 def test_database_restarted_mid_run(ranks, small_production, mpiexec, mpirun, tmp_path,
-                                    reference):
+                                    reference, committed_reference):
     """A separate private cluster, restarted while the writer holds an open transaction
     (paused after the COPY of the victim tile's rows)."""
     from specprod_db import pgcluster
@@ -133,10 +174,12 @@ def test_database_restarted_mid_run(ranks, small_production, mpiexec, mpirun, tm
         assert proc.returncode == 3, err
         assert f"database connection lost while writing tile {VICTIM}" in err
         assert "rerun the load" in err
-        _assert_interrupted_cleanly(dsn, name, BEFORE, reference)
+        orphans = _assert_interrupted_cleanly(dsn, name, BEFORE, reference,
+                                              committed_reference)
         _rerun_converges(mpirun, ranks, dsn, name, prod, stage, reference)
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, 9)
             proc.communicate()
         pgcluster.stop(cdir, remove=True)
+    _photometry_of_victim(orphans)
