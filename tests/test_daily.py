@@ -319,8 +319,6 @@ def test_damaged_tiles_file_never_deletes(pg_dsn, schemas, copy_production, mpir
     assert tile_state(pg_dsn, name)[1001][0] == "deleted"
 
 
-@pytest.mark.xfail(strict=False, reason="pipeline wiring pending: exit 1 when the tiles "
-                   "file has bad lines (pipeline.py)")
 def test_damaged_tiles_file_exits_1(pg_dsn, schemas, copy_production, mpirun, tmp_path):
     if "returncode" not in _damaged:  # run alone: make the damaged run here
         _damaged_load(pg_dsn, schemas, copy_production, mpirun, tmp_path)

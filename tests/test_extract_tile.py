@@ -329,21 +329,6 @@ def test_fiberassign_errors(tmp_path):
         tile.fiberassign_rows(bad, 1001)
 
 
-def test_fingerprint(tmp_path):
-    p = tmp_path / "f.fits"
-    p.write_bytes(b"abc")
-    fp = tile.fingerprint(str(p))
-    size, mtime, digest = fp.split(":")
-    assert size == "3" and len(digest) == 64
-    assert not tile.fingerprint_changed(fp, str(p))
-    os.utime(p, ns=(1, 1))                     # touched, same bytes: not a change
-    assert not tile.fingerprint_changed(fp, str(p))
-    p.write_bytes(b"abd")
-    assert tile.fingerprint_changed(fp, str(p))
-    assert tile.fingerprint(str(tmp_path / "none")) == "missing"
-    assert tile.fingerprint_changed(fp, str(tmp_path / "none"))
-
-
 # --- on a mock production -------------------------------------------------------------
 
 def test_mock_production(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from desispec.scripts.zcatalog import read_redrock
 from desiutil.names import radec_to_desiname
 
-from specprod_db import ids, rows, schema
+from specprod_db import fingerprints, ids, rows, schema
 from specprod_db.extract import redshift, tile
 from specprod_db.mock import make_production
 from specprod_db.paths import InputError, Paths
@@ -107,7 +107,7 @@ def test_missing_petal_is_reported(production):
     # no file at all (a LASTNIGHT without a directory): empty, every petal missing
     got, info = redshift.ztile_rows(paths, tileid, 20991231, "main", "dark")
     assert len(got) == 0 and info["missing_petals"] == list(range(10))
-    assert "missing" in redshift.redrock_fingerprint(paths, tileid, 20991231)
+    assert all(p is None for _, p in redshift.redrock_files(paths, tileid, 20991231))
 
 
 # --- edited copies of one petal ------------------------------------------------------
@@ -213,7 +213,7 @@ def test_zbest_fallback(production, tmp_path):
     got, info = _run(mine, tileid, night, survey, program)
     assert info["zbest_petals"] == [petal] and info["files"][petal] == zbest
     _assert_same(got, expected)
-    assert "zbest" in redshift.redrock_fingerprint(mine, tileid, night)
+    assert dict(redshift.redrock_files(mine, tileid, night))[os.path.basename(zbest)] == zbest
 
 
 @pytest.mark.parametrize("case, message", [
@@ -253,8 +253,12 @@ def test_bad_petal_file_fails_the_tile(production, tmp_path, case, message):
 
 def test_redrock_fingerprint_changes_with_a_file(production, tmp_path):
     mine, tileid, night, petal, survey, program = _one_petal(production, tmp_path)
-    before = redshift.redrock_fingerprint(mine, tileid, night)
-    assert before.count("missing") == 9 and f"redrock-{petal}-" in before
-    assert redshift.redrock_fingerprint(mine, tileid, night) == before
+    files = redshift.redrock_files(mine, tileid, night)
+    before = fingerprints.hashed(files)
+    assert sum(f.missing for f in before.files) == 9
+    assert [f.name for f in before.files if not f.missing] == [
+        os.path.basename(mine.redrock_file(tileid, night, petal))]
+    assert fingerprints.hashed(redshift.redrock_files(mine, tileid, night)) == before
     _rewrite(mine.redrock_file(tileid, night, petal), header={"RRVER": "9.9"})
-    assert redshift.redrock_fingerprint(mine, tileid, night) != before
+    after = fingerprints.hashed(redshift.redrock_files(mine, tileid, night))
+    assert not after.same_content(before)

@@ -1,14 +1,14 @@
 """Brick tasks: which targets still need Legacy Surveys photometry, grouped by brick.
 
-After the tile tasks, rank 0 gathers the brick inputs staged by every tile whose
-fiberassign data is new (``tasks.brick_input``), keeps one row per TARGETID (a row with
-the Legacy Surveys ID columns wins, decision 10), drops the TARGETIDs the database
-already holds, and groups the rest by brick into tasks of ``BRICKS_PER_TASK`` bricks.
+After the tile tasks, rank 0 gathers the brick inputs of every tile whose fiberassign
+data is new (``TileResult.brick_input``), keeps one row per TARGETID (a row with the
+Legacy Surveys ID columns wins, decision 10), drops the TARGETIDs the database already
+holds, and groups the rest by brick into tasks of ``BRICKS_PER_TASK`` bricks.
 """
 import numpy as np
 from psycopg2 import sql
 
-from . import stage
+from . import tempids
 from .db import qualified
 
 #: Bricks per brick task: fewer stage files and messages than one per brick (a brick
@@ -16,32 +16,13 @@ from .db import qualified
 BRICKS_PER_TASK = 16
 
 
-def run_targetids(staged):
-    """TARGETIDs the staged tiles of this run reference (target and ztile rows).
-
-    Their photometry must survive a DELETE or full UPDATE of another tile earlier in the
-    write order: the brick tasks were planned while it was present.
-    """
-    out = set()
-    for result in staged.values():
-        tables = stage.read(result["file"], names=("target", "ztile"))
-        for name in ("target", "ztile"):
-            if name in tables:
-                out.update(np.unique(tables[name]["targetid"]).tolist())
-    return out
-
-
-def brick_jobs(conn, opts, staged, actions):
+def brick_jobs(conn, schema_name, paths, stage_dir, results):
     """Brick tasks for this run's new fiberassign data, and brick -> TILEIDs needing it.
 
-    A failed brick fails the tiles that need it (the second return value).
+    ``results``: the TileResults of the run.  A failed brick fails the tiles that need
+    it (the second return value).
     """
-    pieces = []
-    for a in actions:
-        if a.tileid in staged and a.full:
-            aux = stage.read(staged[a.tileid]["file"], names=()).get("aux", {})
-            if "brick_input" in aux:
-                pieces.append(aux["brick_input"])
+    pieces = [r.brick_input for r in results if r.brick_input is not None]
     if not pieces:
         return [], {}
     allrows = np.concatenate(pieces)
@@ -56,9 +37,10 @@ def brick_jobs(conn, opts, staged, actions):
     first[1:] = allrows["TARGETID"][1:] != allrows["TARGETID"][:-1]
     unique = allrows[first]
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT targetid FROM {} WHERE targetid = ANY(%s)").format(
-            qualified(opts.schema, "photometry")), (unique["TARGETID"].tolist(),))
-        present = np.array([r[0] for r in cur.fetchall()], dtype=np.int64)
+        ids = tempids.create(cur, unique["TARGETID"])
+        present = tempids.fetch(cur, sql.SQL(
+            "SELECT p.targetid FROM {} p JOIN {} i ON i.targetid = p.targetid").format(
+            qualified(schema_name, "photometry"), ids))
     conn.rollback()
     need = unique[~np.isin(unique["TARGETID"], present) & (unique["BRICKNAME"] != b"")]
     # which tiles depend on which brick (a failed brick fails those tiles)
@@ -74,5 +56,5 @@ def brick_jobs(conn, opts, staged, actions):
         last = min(g + BRICKS_PER_TASK, len(bricks))
         name = f"{bricks[g].decode()}+{last - g}"
         jobs.append({"group": name, "targets": need[bounds[g]: bounds[last]],
-                     "paths": opts.paths, "stage_dir": opts.stage_dir})
+                     "paths": paths, "stage_dir": stage_dir})
     return jobs, tiles_of

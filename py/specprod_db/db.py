@@ -275,7 +275,3 @@ def grant_read(conn, schema_name, roles):
 def qualified(schema_name, table_name):
     """``schema.table`` as a composable SQL identifier."""
     return _qualified(schema_name, table_name)
-
-
-def data_table_names():
-    return [t.name for t in DATA_TABLES]

@@ -17,15 +17,14 @@ their own rows):
 * ``zcat_*`` over all rows, ``sv_*`` over rows with survey sv1/sv2/sv3, ``main_*`` over
   rows with survey main; a row outside a subset has ``nspec = 0`` and ``primary = false``.
 
-Functions take an open psycopg2 connection and do not commit: the caller owns the
-transaction (in autocommit mode each statement commits by itself).
+Functions take an open psycopg2 connection (not in autocommit mode: the temporary
+TARGETID tables live until the transaction ends) and do not commit: the caller owns the
+transaction.
 """
-import io
-import secrets
-
 import numpy as np
 from psycopg2 import sql
-from psycopg2.extensions import TRANSACTION_STATUS_INERROR
+
+from . import tempids
 
 #: ``primary`` flag pairs: column prefix -> SQL condition selecting the subset (or None).
 SUBSETS = {
@@ -33,10 +32,6 @@ SUBSETS = {
     "sv": sql.SQL("survey IN ('sv1', 'sv2', 'sv3')"),
     "main": sql.SQL("survey = 'main'"),
 }
-
-#: Rows per COPY into the temporary TARGETID table.
-_COPY_CHUNK = 1_000_000
-
 
 def _flags_sql(schema_name, source):
     """UPDATE of the six flag columns for the ztile rows selected by ``source``."""
@@ -73,7 +68,7 @@ def _flags_sql(schema_name, source):
         values=sql.SQL(", ").join(sql.SQL("f.{}").format(n) for n in names))
 
 
-def update_primary(conn, schema_name, targetids=None):
+def update_primary(conn, schema_name, targetids=None, table=None):
     """Recompute the ``*_nspec``/``*_primary`` flags of ``ztile``; rows changed.
 
     Parameters
@@ -81,32 +76,24 @@ def update_primary(conn, schema_name, targetids=None):
     conn : psycopg2 connection
     schema_name : str
     targetids : array-like of int, optional
-        Only the rows of these TARGETIDs (all their rows, on every tile) are recomputed;
-        all rows when None.  Large lists go through a temporary table.
+        Only the rows of these TARGETIDs (all their rows, on every tile) are recomputed
+        (through a temporary table, :mod:`specprod_db.tempids`).
+    table : psycopg2.sql.Identifier, optional
+        Or: only the rows of the TARGETIDs in this temporary table.
+        All rows when neither is given.
     """
     with conn.cursor() as cur:
-        if targetids is None:
+        if targetids is None and table is None:
             cur.execute(_flags_sql(schema_name, sql.SQL("")))
             return cur.rowcount
-        targetids = np.unique(np.asarray(targetids, dtype=np.int64))
-        if len(targetids) == 0:
-            return 0
-        tmp = sql.Identifier(f"primary_targetids_{secrets.token_hex(4)}")
-        cur.execute(sql.SQL("CREATE TEMPORARY TABLE {} (targetid bigint PRIMARY KEY)")
-                    .format(tmp))
-        try:
-            for start in range(0, len(targetids), _COPY_CHUNK):
-                chunk = targetids[start:start + _COPY_CHUNK]
-                buf = io.StringIO("\n".join(map(str, chunk.tolist())) + "\n")
-                cur.copy_expert(sql.SQL("COPY {} (targetid) FROM STDIN").format(tmp), buf)
-            cur.execute(sql.SQL("ANALYZE {}").format(tmp))
-            cur.execute(_flags_sql(schema_name, sql.SQL(
-                "JOIN {} AS s ON s.targetid = z.targetid").format(tmp)))
-            changed = cur.rowcount
-        finally:
-            if not conn.closed and conn.get_transaction_status() != TRANSACTION_STATUS_INERROR:
-                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tmp))
-    return changed
+        if table is None:
+            targetids = np.asarray(targetids, dtype=np.int64)
+            if len(targetids) == 0:
+                return 0
+            table = tempids.create(cur, targetids)
+        cur.execute(_flags_sql(schema_name, sql.SQL(
+            "JOIN {} AS s ON s.targetid = z.targetid").format(table)))
+        return cur.rowcount
 
 
 def analyze(conn, schema_name, tables):

@@ -1,63 +1,65 @@
 """Rank roles and dynamic task distribution over MPI, with one rank as the size-1 case.
 
-Rank 0 plans, hands out tasks and writes; ranks 1..N-1 extract.  ``run_tasks`` is called
-by every rank with the same function: rank 0 sends the next task to whichever worker is
-idle (so a slow tile does not idle the others) and collects results from ``ANY_SOURCE``;
-a worker loops receive -> call -> send until it receives ``None``.  A task that raises is
-data, not a crash: the worker sends back a :class:`TaskFailure` with the error message,
-and rank 0 decides.  On one rank (or without mpi4py) the tasks run in order on rank 0.
+Rank 0 is the *root*: it plans, hands out tasks through a :class:`Dispatcher` and
+writes.  Every other rank is a *worker* and runs :func:`serve`: receive a task, run it,
+send the result, until the root says stop (with the run's exit status).  Tasks go to
+whichever worker is idle, so a slow tile does not idle the others.
+
+Failures never hang the job:
+
+* a task that raises is data, not a crash (:class:`TaskFailure`): an
+  :class:`~specprod_db.errors.InputError` is bad input (one line); any other exception is
+  an internal error, logged with its full traceback by the worker that raised it;
+* an exception on a worker *between* tasks (a bug in the loop itself) aborts the job
+  (``MPI_Abort``) after logging it: the root would otherwise wait for that worker forever;
+* when the root fails, :meth:`Dispatcher.stop` collects the results of tasks still
+  running (at most :data:`DRAIN_TIMEOUT` seconds, else ``MPI_Abort``) and stops every
+  worker with the status;
+* a rank killed by a signal makes ``mpiexec``/``srun`` end the whole job.
+
+On one rank (or without mpi4py) the tasks run in order on rank 0.
 """
 import os
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass
 
+from . import faults
+from .errors import EXIT_INTERNAL, InputError, one_line
 from .log import get_logger
 
 _TAG_TASK, _TAG_RESULT = 11, 12
+_STOP = "stop"
 
 #: Seconds an idle rank sleeps between polls.  MPICH's blocking calls spin at 100% CPU;
 #: on a node where ranks share cores a spinning idle rank starves the busy ones (the
 #: writer ran 2x slower with 4 ranks than with 1 on 2 cores, doc/benchmarks.md).
 POLL_INTERVAL = 0.005
 
+#: Seconds the root waits for running tasks to finish when it stops early.
+DRAIN_TIMEOUT = 60.0
+
+#: Seconds between two progress lines of one stage (also one line per 10 %).
+PROGRESS_INTERVAL = 10.0
+
 
 @dataclass
 class TaskFailure:
-    """A task that raised: what failed, where, and the one-line reason."""
+    """A task that raised: what failed, where, the one-line reason, and whether it was
+    bad input (``internal=False``) or a bug (``internal=True``, with its traceback)."""
     task: object
     message: str
     where: str
     traceback: str
-
-
-class _DoneRequest:
-    def Test(self):
-        return True
+    internal: bool = False
 
 
 class SerialComm:
     """The one-rank communicator used when mpi4py is absent or not wanted."""
     rank = 0
     size = 1
-
-    def bcast(self, obj, root=0):
-        return obj
-
-    def gather(self, obj, root=0):
-        return [obj]
-
-    def allreduce(self, value, op=None):
-        return value
-
-    def Barrier(self):
-        pass
-
-    barrier = Barrier
-
-    def Ibarrier(self):
-        return _DoneRequest()
 
     def Abort(self, code=1):  # pragma: no cover - only on fatal paths
         os._exit(code)
@@ -77,13 +79,33 @@ def world():
     return MPI.COMM_WORLD
 
 
-def wait_quietly(comm, interval=POLL_INTERVAL):
-    """A barrier that sleeps instead of spinning while other ranks work."""
-    if comm.size == 1:
-        return
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(interval)
+def where(comm):
+    return f"rank {comm.rank} of {comm.size} on {socket.gethostname()}"
+
+
+def call_task(func, task, comm):
+    """``func(task)``, or a :class:`TaskFailure` when it raises."""
+    try:
+        return func(task)
+    except InputError as err:
+        return TaskFailure(task, one_line(err), where(comm), "", internal=False)
+    except Exception as err:  # a bug inside a task fails the task, loudly
+        tb = traceback.format_exc()
+        get_logger().error("internal error in task %s (%s): %s\n%s", describe(task),
+                           where(comm), one_line(err), tb)
+        return TaskFailure(task, f"internal error: {one_line(err)}", where(comm), tb,
+                           internal=True)
+
+
+def describe(task):
+    """A short name of a task for messages: ``tile 1234``, ``bricks 0001m002+16``."""
+    if isinstance(task, dict):
+        for key, label in (("tileid", "tile"), ("group", "bricks")):
+            if key in task:
+                return f"{label} {task[key]}"
+        if "action" in task:
+            return f"tile {task['action'].get('tileid')}"
+    return str(task)[:60]
 
 
 def _recv_quietly(comm, source, tag, status, interval=POLL_INTERVAL):
@@ -92,77 +114,122 @@ def _recv_quietly(comm, source, tag, status, interval=POLL_INTERVAL):
     return comm.recv(source=status.Get_source(), tag=tag, status=status)
 
 
-def _call(func, task, comm):
-    try:
-        return func(task)
-    except Exception as err:  # a failed task is reported, not raised
-        where = f"rank {comm.rank} of {comm.size} on {socket.gethostname()}"
-        return TaskFailure(task, f"{type(err).__name__}: {err}" if not str(err).startswith(
-            type(err).__name__) else str(err), where, traceback.format_exc())
+def serve(comm, handlers):
+    """A worker's life: run the root's tasks until it says stop; returns the exit status.
 
-
-def run_tasks(comm, tasks, func, progress=None):
-    """Run ``func`` on every task; rank 0 returns ``[(task, result)]`` in completion order.
-
-    Every rank must call this (workers pass ``tasks=None``); workers return ``None``.
-    ``progress(done, total, task, result)`` is called on rank 0 after each task.
+    ``handlers`` maps a task kind to the function that runs it.  An exception outside
+    a task ends the job (``MPI_Abort``) after logging it with its traceback.
     """
-    if comm.size == 1:
-        out = []
-        for i, task in enumerate(tasks):
-            result = _call(func, task, comm)
-            out.append((task, result))
-            if progress:
-                progress(i + 1, len(tasks), task, result)
-        return out
     from mpi4py import MPI
-    if comm.rank != 0:
-        status = MPI.Status()
-        while True:
-            task = _recv_quietly(comm, 0, _TAG_TASK, status)
-            if task is None:
-                return None
-            comm.send(_call(func, task, comm), dest=0, tag=_TAG_RESULT)
-    queue = list(enumerate(tasks))
-    pending = {}
-    out = []
     status = MPI.Status()
-    workers = list(range(1, comm.size))
-    for w in workers:
-        if queue:
-            i, task = queue.pop(0)
-            pending[w] = task
-            comm.send(task, dest=w, tag=_TAG_TASK)
-    while pending:
-        result = _recv_quietly(comm, MPI.ANY_SOURCE, _TAG_RESULT, status)
-        w = status.Get_source()
-        task = pending.pop(w)
-        out.append((task, result))
-        if progress:
-            progress(len(out), len(tasks), task, result)
-        if queue:
-            i, nxt = queue.pop(0)
-            pending[w] = nxt
-            comm.send(nxt, dest=w, tag=_TAG_TASK)
-    for w in workers:
-        comm.send(None, dest=w, tag=_TAG_TASK)
-    return out
+    try:
+        while True:
+            message = _recv_quietly(comm, 0, _TAG_TASK, status)
+            if message[0] == _STOP:
+                return message[1]
+            kind, task = message
+            faults.hit("serve")  # failure tests only (faults.py)
+            comm.send(call_task(handlers[kind], task, comm), dest=0, tag=_TAG_RESULT)
+    except Exception as err:
+        abort(comm, f"internal error on worker {where(comm)}: {one_line(err)}",
+              traceback.format_exc())
+
+
+def abort(comm, message, tb=""):
+    """Say why on stderr (with the traceback) and end the whole job (every rank)."""
+    print(f"specprod-db: {message}; the job is aborted (exit {EXIT_INTERNAL}); every "
+          f"committed tile is whole, rerun the load", file=sys.stderr, flush=True)
+    if tb:
+        print(tb, file=sys.stderr, flush=True)
+    comm.Abort(EXIT_INTERNAL)
+
+
+class Dispatcher:
+    """The root's side of the task queue.
+
+    ``map(kind, tasks)`` runs every task on the workers (on rank 0 itself when there
+    are none) and returns ``[(task, result)]`` in completion order; ``stop(status)``
+    ends every worker's :func:`serve` loop.
+    """
+
+    def __init__(self, comm, handlers):
+        self.comm = comm
+        self.handlers = handlers
+        self.busy = {}  # worker rank -> task
+        self.stopped = comm.size == 1
+
+    def map(self, kind, tasks, progress=None):
+        tasks = list(tasks)
+        progress = progress or Progress(kind, len(tasks))
+        out = []
+        if self.comm.size == 1:
+            for task in tasks:
+                out.append((task, call_task(self.handlers[kind], task, self.comm)))
+                progress(*out[-1])
+            return out
+        from mpi4py import MPI
+        status = MPI.Status()
+        queue = list(reversed(tasks))
+        for w in range(1, self.comm.size):
+            if queue:
+                self._send(w, kind, queue.pop())
+        while self.busy:
+            result = _recv_quietly(self.comm, MPI.ANY_SOURCE, _TAG_RESULT, status)
+            w = status.Get_source()
+            out.append((self.busy.pop(w), result))
+            progress(*out[-1])
+            if queue:
+                self._send(w, kind, queue.pop())
+        return out
+
+    def _send(self, worker, kind, task):
+        self.busy[worker] = task
+        self.comm.send((kind, task), dest=worker, tag=_TAG_TASK)
+
+    def stop(self, status, drain_timeout=DRAIN_TIMEOUT):
+        """Stop every worker with ``status`` (after the tasks they still run)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        from mpi4py import MPI
+        st = MPI.Status()
+        end = time.time() + drain_timeout
+        while self.busy:
+            if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG_RESULT, status=st):
+                self.comm.recv(source=st.Get_source(), tag=_TAG_RESULT)
+                self.busy.pop(st.Get_source(), None)
+            elif time.time() > end:
+                abort(self.comm, f"{len(self.busy)} worker(s) still busy "
+                                 f"{drain_timeout:.0f} s after the run stopped")
+            else:
+                time.sleep(POLL_INTERVAL)
+        for w in range(1, self.comm.size):
+            self.comm.send((_STOP, status), dest=w, tag=_TAG_TASK)
 
 
 class Progress:
-    """Rank 0's progress line: tasks done / total, rate, failures."""
+    """Rank 0's progress of one stage: a line every :data:`PROGRESS_INTERVAL` seconds or
+    10 % (done/total, rate, ETA, failures), and every failure as it happens."""
 
-    def __init__(self, what):
-        self.what = what
-        self.start = time.time()
-        self.failed = 0
+    def __init__(self, what, total):
+        self.what, self.total = what, total
+        self.start = self.last = time.time()
+        self.done = self.failed = self.last_tenth = 0
         self.log = get_logger()
 
-    def __call__(self, done, total, task, result):
+    def __call__(self, task, result):
+        self.done += 1
         if isinstance(result, TaskFailure):
             self.failed += 1
-            self.log.error("%s %s failed (%s): %s", self.what, task, result.where,
+            self.log.error("%s failed (%s): %s", describe(task), result.where,
                            result.message)
-        elapsed = max(time.time() - self.start, 1e-9)
-        self.log.info("%s %d/%d done (%.1f/s)%s", self.what, done, total, done / elapsed,
-                      f", {self.failed} failed" if self.failed else "")
+        now = time.time()
+        tenth = self.done * 10 // max(self.total, 1)
+        if self.done == self.total or tenth > self.last_tenth \
+                or now - self.last >= PROGRESS_INTERVAL:
+            self.last, self.last_tenth = now, tenth
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate else 0
+            self.log.info("%s tasks: %d/%d done (%.1f/s%s)%s", self.what, self.done,
+                          self.total, rate, f", ETA {eta:.0f} s" if self.done < self.total
+                          else "", f", {self.failed} failed" if self.failed else "")

@@ -14,7 +14,7 @@ own tools resolve them (``desispec.io.meta.findfile``), each overridable:
 =====================  ==========================================================
 """
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from .errors import InputError  # noqa: F401  (raised here; defined in errors.py)
 
@@ -78,9 +78,6 @@ class Paths:
 
     def as_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def with_overrides(self, **kw):
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
     # --- templates (findfile types) -------------------------------------------------
 

@@ -1,33 +1,51 @@
-"""The load, rank by rank: plan (rank 0) -> extract (workers) -> stage -> write (rank 0).
+"""The load: plan -> tile tasks -> brick tasks -> write -> finalize.
 
-``load(comm, options)`` is called by every rank with the same options.  Rank 0 plans and
-broadcasts the plan, hands out tile tasks then brick tasks dynamically (``mpi.run_tasks``),
-and is the single writer: bricks' photometry first, then one transaction per tile (its
-rows, its state and the primary flags of its TARGETIDs), deletes likewise, then ANALYZE.
-Every rank returns the same exit status: 0 when every planned tile loaded, 1 when some tile failed (recorded
-in ``tile_state``), 2 when the run could not start.
+``load(comm, options)`` is called by every rank with the same options.  Rank 0 is the
+root (:func:`root`): it runs the stages below, one after the other, on a :class:`Run`;
+every other rank serves tasks (:func:`specprod_db.mpi.serve`) until the root stops it
+with the run's exit status, which every rank returns:
+
+1. **plan** — connect, check, take the schema's lock, read the tiles file, the exposures
+   file and the load state, and diff them (:mod:`specprod_db.plan`).  Files are only
+   ``stat``-ed here; no transaction stays open.
+2. **tile tasks** — every INSERT/UPDATE tile is extracted and staged by a worker
+   (:func:`specprod_db.tasks.extract_tile`), which also fingerprints what it read.
+3. **brick tasks** — the targets of new fiberassign data that the database lacks
+   photometry for, grouped by brick (:mod:`specprod_db.bricks`), matched to the Legacy
+   Surveys by workers (:func:`specprod_db.tasks.extract_brick`).
+4. **write** — one transaction per tile (:mod:`specprod_db.writer`): its rows, the
+   photometry its targets need, its state and its TARGETIDs' primary flags; deletes and
+   refreshes likewise; failures recorded.
+5. **finalize** — after a bulk load, every primary flag and the secondary indexes; then
+   ANALYZE (:mod:`specprod_db.finalize`).
+
+Exit statuses are those of :mod:`specprod_db.errors`.  Expected errors end the run with
+their status and one line; any other exception on the root ends the job with
+:data:`~specprod_db.errors.EXIT_INTERNAL` and its traceback, after the workers' running
+tasks finish (:meth:`specprod_db.mpi.Dispatcher.stop`).
 """
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import psycopg2
 from psycopg2 import sql
 
-from . import bricks, db, finalize, mpi, stage, tasks, writer
+from . import bricks, conninfo, db, faults, finalize, fingerprints, mpi, stage, tasks, writer
 from .db import qualified
+from .errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DatabaseLost, InputError,
+                     RunRefused, SpecprodDBError, one_line)
 from .extract import redshift, tile
 from .log import get_logger, set_rank
-from .runlock import RunRefused, acquire_lock, check_write_access, read_state
 from .plan import (DELETE, FAIL, INSERT, REFRESH, UNCHANGED, UPDATE, MassDeleteRefused,
                    TileAction, format_plan, make_plan, summary)
-
-#: Legacy Surveys photometry rows written per transaction (bricks hold ~50 rows each;
-#: one transaction per brick cost 9 ms each, doc/benchmarks.md); ~40 MB of rows.
-PHOTOMETRY_BATCH_ROWS = 100_000
+from .runlock import acquire_lock, check_write_access, database_identity, read_state
+from .schema import table as schema_table
 
 
 @dataclass
@@ -46,368 +64,430 @@ class Options:
     initial: bool = False  # bulk mode: secondary indexes and primary flags built at the end
     stage_min_free: int = 0  # bytes the stage directory must have free to start
     command: str = "load"
-    extra: dict = field(default_factory=dict)
 
 
-class DatabaseLost(RuntimeError):
-    """The connection broke while writing (server restarted or killed): stop the run."""
-
-
-def exposures_hash(exposures, frames, tileid):
-    """Fingerprint of the qualifying exposures of a tile and their frames."""
-    import hashlib
-    sel = (exposures["TILEID"] == tileid) & (exposures["EFFTIME_SPEC"] > 0)
-    e = np.sort(exposures[sel], order="EXPID")
-    f = frames[np.isin(frames["EXPID"], e["EXPID"])]
-    f = f[np.lexsort((f["CAMERA"], f["EXPID"]))]
-    return hashlib.sha256(e.tobytes() + f.tobytes()).hexdigest()
-
-
-def fiberassign_fingerprint(paths, tileid, old):
-    """size:mtime:sha256 of the fiberassign file; hashed again only if size/mtime moved."""
-    path = paths.fiberassign_file(tileid)
-    return tile.current_fingerprint((old or {}).get("fiberassign_fingerprint"),
-                                    tile.fingerprint(path, content=False),
-                                    lambda: tile.fingerprint(path))
-
-
-def redrock_fingerprint(paths, tileid, lastnight, old):
-    """The redrock files' fingerprint; hashed again only if a name, size or mtime moved,
-    so an unchanged tile costs ``stat`` calls only."""
-    return tile.current_fingerprint(
-        (old or {}).get("redrock_fingerprint"),
-        redshift.redrock_fingerprint(paths, tileid, lastnight, content=False),
-        lambda: redshift.redrock_fingerprint(paths, tileid, lastnight))
-
-
-def plan_run(conn, opts):
-    """Rank 0: read the tiles and exposures files and the load state; make the plan."""
-    log = get_logger()
-    paths = opts.paths
-    tiles_path = paths.tiles()
-    if not os.path.exists(tiles_path):
-        raise RunRefused(f"tiles file {tiles_path} does not exist")
-    table, problems, bad_lines = tile.read_tiles_file(tiles_path)
-    if len(table) == 0 and not problems:
-        raise RunRefused(f"tiles file {tiles_path} has no tiles")
-    exposures, frames = tile.read_exposures_file(paths.exposures())
-    known = set(np.asarray(table["TILEID"]).tolist())
-    orphans = sorted(set(exposures["TILEID"].tolist()) - known)
-    if orphans:
-        log.warning("%d exposure row(s) of %d tile(s) not in the tiles file are ignored: %s",
-                    int(np.isin(exposures["TILEID"], orphans).sum()), len(orphans),
-                    ", ".join(map(str, orphans[:10])))
-    state = read_state(conn, opts.schema)
-
-    def fingerprints(tileid, line, old):
-        return {"exposures_hash": exposures_hash(exposures, frames, tileid),
-                "redrock_fingerprint": redrock_fingerprint(paths, tileid,
-                                                           line["LASTNIGHT"], old),
-                "fiberassign_fingerprint": fiberassign_fingerprint(paths, tileid, old)}
-
-    def plan(allow_mass_delete):
-        return make_plan(table, problems, state, fingerprints, tiles=opts.tiles,
-                         no_delete=opts.no_delete,
-                         max_delete_fraction=opts.max_delete_fraction,
-                         max_delete_count=opts.max_delete_count, bad_lines=bad_lines,
-                         allow_mass_delete=allow_mass_delete)
-    try:
-        return plan(opts.allow_mass_delete)
-    except MassDeleteRefused as err:
-        if not opts.dry_run:
-            raise
-        log.warning("the load would refuse to start: %s", err)  # the plan is still shown
-        return plan(True)
-
-
-def _start_run(conn, opts, comm):
-    with conn.cursor() as cur:
-        # we hold the schema's lock: an unfinished run is one that crashed
-        cur.execute(sql.SQL("UPDATE {} SET outcome = 'interrupted' WHERE finished IS NULL "
-                            "AND outcome IS NULL").format(qualified(opts.schema, "load_run")))
-        cur.execute(sql.SQL("INSERT INTO {} (started, ranks, command, options) "
-                            "VALUES (now(), %s, %s, %s) RETURNING id").format(
-            qualified(opts.schema, "load_run")),
-            (comm.size, " ".join(sys.argv) or opts.command,
-             json.dumps({"tiles": opts.tiles, "stage_dir": opts.stage_dir,
-                         "no_delete": opts.no_delete, **opts.paths.as_dict()})))
-        run_id = cur.fetchone()[0]
-    conn.commit()
-    return run_id
-
-
-def _finish_run(conn, opts, run_id, outcome, counts):
-    conn.rollback()
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("UPDATE {} SET finished = now(), outcome = %s, counts = %s "
-                            "WHERE id = %s").format(qualified(opts.schema, "load_run")),
-                    (outcome, json.dumps(counts, default=str), run_id))
-    conn.commit()
+@dataclass
+class Failure:
+    """Why a tile failed: bad input (``internal=False``) or a bug (``internal=True``)."""
+    message: str
+    internal: bool = False
 
 
 def load(comm, opts):
     """Run the whole pipeline on every rank; returns the common exit status."""
     set_rank(comm.rank, comm.size)
-    t0 = time.time()
-    conn = None
-    header = None
-    if comm.rank == 0:
-        try:
-            conn = db.connect(opts.dsn)
-            if not db.schema_exists(conn, opts.schema):
-                raise RunRefused(f"schema {opts.schema} does not exist; run "
-                                 f"'specprod-db init --schema {opts.schema}' first")
-            if not opts.dry_run:
-                check_write_access(conn, opts.schema)
-            acquire_lock(conn, opts.schema)
-            actions = plan_run(conn, opts)
-            if not opts.dry_run:
-                stage.check_directory(opts.stage_dir, opts.stage_min_free)
-                stage.cleanup_temporaries(opts.stage_dir)
-                stage.remove_stale_tiles(opts.stage_dir, [
-                    a.tileid for a in actions if a.action in (INSERT, UPDATE)])
-            header = {"actions": [a.as_dict() for a in actions]}
-        except (RunRefused, MassDeleteRefused, db.ConnectionFailed, stage.StageError,
-                OSError, psycopg2.Error) as err:
-            header = {"error": f"{type(err).__name__ if isinstance(err, psycopg2.Error) else ''}"
-                               f"{' ' if isinstance(err, psycopg2.Error) else ''}"
-                               f"{' '.join(str(err).split())}"}
-        except tile.InputError as err:
-            header = {"error": str(err)}
-    mpi.wait_quietly(comm)  # workers sleep while rank 0 plans
-    header = comm.bcast(header, root=0)
-    if "error" in header:
-        if comm.rank == 0:
-            print(f"specprod-db: {header['error']}", file=sys.stderr)
-            if conn is not None:
-                conn.close()
-        return 2
-    actions = [TileAction(**a) for a in header["actions"]]
-    if opts.dry_run:
-        if comm.rank == 0:
-            print(format_plan(actions, opts.show_unchanged))
-            conn.close()
-        return 0
+    if comm.rank != 0:
+        return mpi.serve(comm, tasks.HANDLERS)
+    return root(comm, opts)
+
+
+def root(comm, opts):
+    """Rank 0: the run, stage after stage; stops the workers with its exit status."""
+    dispatcher = mpi.Dispatcher(comm, tasks.HANDLERS)
+    run = Run(opts, comm.size)
+    status = EXIT_INTERNAL
     try:
-        status = _run(comm, conn, opts, actions, t0)
-    except Exception as err:  # rank 0 only: workers return from _run by themselves
-        status = _failed_run(comm, opts, err)
-    mpi.wait_quietly(comm)  # workers sleep while rank 0 writes
-    status = comm.bcast(status, root=0)
-    if conn is not None:
-        conn.close()
+        status = run.execute(dispatcher)
+    except SpecprodDBError as err:
+        status = err.exit_code
+        print(f"specprod-db: {run.describe_stop(err)}", file=sys.stderr, flush=True)
+        run.abandon("interrupted" if isinstance(err, DatabaseLost) else "refused")
+    except Exception as err:  # a bug outside any task: the job ends, loudly
+        print(f"specprod-db: internal error ({one_line(err)}); the load stopped; every "
+              f"committed tile is whole; rerun the load once the cause is fixed\n"
+              f"{traceback.format_exc()}", file=sys.stderr, flush=True)
+        run.abandon("internal_error")
+    finally:
+        dispatcher.stop(status)
+        run.close()
     return status
 
 
-def _failed_run(comm, opts, err):
-    """Rank 0 could not go on (e.g. the database went away): say so and stop.
+class Run:
+    """One load run on the root: its plan, results, failures, counts and timers."""
 
-    Every tile is one transaction, so what was committed is whole and the interrupted
-    tile was rolled back by the server; a rerun completes the work.  While the workers
-    still wait for tasks there is no clean way back: the job is aborted.
-    """
-    import traceback
-    message = " ".join(str(err).split())
-    print(f"specprod-db: load interrupted: {type(err).__name__}: {message}; tiles "
-          f"committed before are complete, the interrupted one was rolled back; rerun "
-          f"the load", file=sys.stderr)
-    get_logger().debug("%s", traceback.format_exc())
-    if comm.size > 1 and opts.extra.get("phase") != "write":
-        comm.Abort(3)
-    return 3
+    def __init__(self, opts, ranks=1):
+        self.opts = opts
+        self.ranks = ranks
+        self.log = get_logger()
+        self.t0 = time.time()
+        self.conn = None
+        self.run_id = None
+        self.stage_dir = None
+        self.actions = []
+        self.state = {}
+        self.bad_lines = 0
+        self.results = {}        # tileid -> TileResult
+        self.brick_results = []  # BrickResult
+        self.tiles_of_brick = {}
+        self.failures = {}       # tileid -> Failure
+        self.written = []        # StageFiles whose rows are committed
+        self.wrote = False       # something was written (ANALYZE)
+        self.counts = {"tables": {}, "warnings": {}}
+        self.timers = {}
 
+    # --- the stages -----------------------------------------------------------------
 
-def _run(comm, conn, opts, actions, t0):
-    """Extraction on every rank, writing on rank 0; returns the status on rank 0."""
-    log = get_logger()
-    timers = {}
-    run_id = _start_run(conn, opts, comm) if comm.rank == 0 else None
-    failures = {}   # tileid -> message
-    counts = {"tables": {}, "plan": summary(actions)}
+    def execute(self, dispatcher):
+        with self.timed("plan"):
+            self.plan()
+        if self.opts.dry_run:
+            print(format_plan(self.actions, self.opts.show_unchanged))
+            return EXIT_OK
+        self.begin()
+        with self.timed("extract tiles"):
+            self.extract_tiles(dispatcher)
+        with self.timed("extract bricks"):
+            self.extract_bricks(dispatcher)
+        with self.timed("write"):
+            self.write()
+        with self.timed("finalize"):
+            self.finalize()
+        return self.finish()
 
-    # --- tile tasks ---------------------------------------------------------------
-    t = time.time()
-    jobs = [{"action": a.as_dict(), "paths": opts.paths, "stage_dir": opts.stage_dir}
-            for a in actions if a.action in (INSERT, UPDATE)] if comm.rank == 0 else None
-    tile_results = mpi.run_tasks(comm, jobs, tasks.extract_tile,
-                                 progress=mpi.Progress("tile") if comm.rank == 0 else None)
-    timers["extract tiles"] = time.time() - t
-    brick_jobs = None
-    staged = {}
-    if comm.rank == 0:
-        for job, result in tile_results:
-            tid = job["action"]["tileid"]
-            if isinstance(result, mpi.TaskFailure):
-                failures[tid] = result.message
-            else:
-                staged[tid] = result
-                _warn_stats(tid, result.get("stats") or {}, counts)
-                if result.get("missing_petals"):
-                    log.warning("tile %d: no redrock file for petal(s) %s", tid,
-                                ", ".join(map(str, result["missing_petals"])))
-        brick_jobs, tiles_of_brick = bricks.brick_jobs(conn, opts, staged, actions)
-        keep = bricks.run_targetids(staged)
-    # --- brick tasks --------------------------------------------------------------
-    t = time.time()
-    brick_results = mpi.run_tasks(comm, brick_jobs, tasks.extract_brick,
-                                  progress=mpi.Progress("brick") if comm.rank == 0 else None)
-    timers["extract bricks"] = time.time() - t
-    if comm.rank != 0:
-        return None
-    # --- write (rank 0) -----------------------------------------------------------
-    opts.extra["phase"] = "write"  # the workers now wait for the final status only
-    t = time.time()
-    stage.write_manifest(opts.stage_dir, {
-        "run_id": run_id, "schema": opts.schema,
-        "plan": [{"tileid": a.tileid, "action": a.action, "reason": a.reason}
-                 for a in actions],
-        "tiles": {str(k): v["file"] for k, v in staged.items()},
-        "bricks": [r["file"] for _, r in brick_results
-                   if not isinstance(r, mpi.TaskFailure)],
-        "failed": {str(k): v for k, v in failures.items()}})
-    rebuild, written = _write(conn, opts, actions, staged, brick_results, tiles_of_brick,
-                              keep, failures, counts["tables"], run_id)
-    timers["write"] = time.time() - t
-    t = time.time()
-    _finalize(conn, opts, actions, rebuild, failures, brick_results, keep)
-    timers["finalize"] = time.time() - t
-    for path in written:
-        tasks.remove_stage_file(path)
-    if not failures:  # bricks of a crashed run too; kept for a rerun after failures
-        stage.remove_bricks(opts.stage_dir)
-    counts["failed"] = {str(k): v for k, v in failures.items()}
-    counts["timers"] = timers
-    outcome = "failed" if failures else "ok"
-    _finish_run(conn, opts, run_id, outcome, counts)
-    _report(actions, failures, counts["tables"], timers, time.time() - t0, run_id)
-    return 1 if failures else 0
-
-
-def _write(conn, opts, actions, staged, brick_results, tiles_of_brick, keep, failures,
-           tcounts, run_id):
-    """Rank 0: Legacy Surveys photometry in batches, then one transaction per tile.
-
-    Fills ``failures`` and ``tcounts``; returns ``(rebuild, written stage files)``.
-    """
-    log = get_logger()
-    pending, npending = [], 0
-    for job, result in brick_results:
-        if isinstance(result, mpi.TaskFailure):
-            failed = {b.decode(): result.message
-                      for b in np.unique(job["targets"]["BRICKNAME"])}
-        else:
-            failed = result.get("failed") or {}
-        for brick, message in failed.items():
-            for tid in tiles_of_brick.get(brick, ()):
-                failures.setdefault(tid, f"tile {tid}: brick {brick}: {message}")
-        if isinstance(result, mpi.TaskFailure):
-            continue
-        pending.append(stage.read(result["file"], ["photometry"])["photometry"])
-        npending += len(pending[-1])
-        if npending >= PHOTOMETRY_BATCH_ROWS:
-            tcounts["photometry (Legacy Surveys)"] = tcounts.get(
-                "photometry (Legacy Surveys)", 0) + writer.write_photometry(
-                conn, opts.schema, np.concatenate(pending))
-            pending, npending = [], 0
-    if pending:
-        tcounts["photometry (Legacy Surveys)"] = tcounts.get(
-            "photometry (Legacy Surveys)", 0) + writer.write_photometry(
-            conn, opts.schema, np.concatenate(pending))
-    rebuild = opts.initial or bool(db.missing_indexes(conn, opts.schema))
-    if opts.initial:
-        log.info("initial load: dropping secondary indexes until the end: %s",
-                 ", ".join(db.drop_secondary_indexes(conn, opts.schema)))
-    written = []
-    for a in actions:
+    def plan(self):
+        """Connect, check, lock, and diff the tiles file with the load state."""
+        opts = self.opts
         try:
-            if a.tileid in failures or a.action == FAIL:
-                message = failures.get(a.tileid) or a.reason
-                failures[a.tileid] = message
-                writer.record_failure(conn, opts.schema, a.tileid, message, run_id)
-            elif a.action in (INSERT, UPDATE):
-                tables = stage.read(staged[a.tileid]["file"])
-                c, _ = writer.write_tile(conn, opts.schema, a, tables, run_id, keep,
-                                         primary=not rebuild)
-                for k, v in c.items():
-                    tcounts[k] = tcounts.get(k, 0) + v
-                written.append(staged[a.tileid]["file"])
-                log.info("tile %d %s: %s", a.tileid, a.action,
-                         ", ".join(f"{k} {v}" for k, v in c.items()))
-            elif a.action == DELETE:
-                c, _ = writer.delete_tile(conn, opts.schema, a, run_id, keep)
-                log.warning("tile %d DELETED (%s): %s", a.tileid, a.reason,
-                            ", ".join(f"{k} {v}" for k, v in c.items()))
-            elif a.action == REFRESH:
-                writer.refresh_state(conn, opts.schema, a, run_id)
-        except (psycopg2.Error, OSError, KeyError, ValueError) as err:
-            message = f"tile {a.tileid}: {type(err).__name__}: {' '.join(str(err).split())}"
-            if conn.closed:
-                raise DatabaseLost(f"database connection lost while writing {message}") \
-                    from None
-            log.error(message)
-            failures[a.tileid] = message
-            writer.record_failure(conn, opts.schema, a.tileid, message, run_id)
-    return rebuild, written
+            self.conn = db.connect(opts.dsn)
+            if not db.schema_exists(self.conn, opts.schema):
+                raise RunRefused(f"schema {opts.schema} does not exist; run "
+                                 f"'specprod-db init --schema {opts.schema}' first")
+            if not opts.dry_run:
+                check_write_access(self.conn, opts.schema)
+            acquire_lock(self.conn, opts.schema)
+            self.state = read_state(self.conn, opts.schema)
+            self.conn.rollback()  # no transaction stays open while planning
+            faults.hit("plan")  # failure tests only (faults.py)
+            self.actions = self._plan_actions()
+        except (InputError, OSError, psycopg2.Error) as err:
+            raise RunRefused(one_line(err)) from None
+
+    def _plan_actions(self):
+        opts, paths = self.opts, self.opts.paths
+        tiles_path = paths.tiles()
+        if not os.path.exists(tiles_path):
+            raise RunRefused(f"tiles file {tiles_path} does not exist")
+        table, problems, self.bad_lines = tile.read_tiles_file(tiles_path)
+        if len(table) == 0 and not problems:
+            raise RunRefused(f"tiles file {tiles_path} has no tiles")
+        exposures, frames = tile.read_exposures_file(paths.exposures())
+        orphans = sorted(set(exposures["TILEID"].tolist()) - set(table["TILEID"].tolist()))
+        if orphans:
+            self.warn("orphan_exposures", int(np.isin(exposures["TILEID"], orphans).sum()),
+                      "%d exposure row(s) of %d tile(s) not in the tiles file are ignored: "
+                      "%s", int(np.isin(exposures["TILEID"], orphans).sum()), len(orphans),
+                      ", ".join(map(str, orphans[:10])))
+
+        def planned(tileid, line, old):
+            old = old or {}
+            fa = paths.fiberassign_file(tileid)
+            return {
+                "exposures_hash": fingerprints.exposures_digest(exposures, frames, tileid),
+                "redrock_fingerprint": fingerprints.planned(
+                    old.get("redrock_fingerprint"), fingerprints.stat(
+                        redshift.redrock_files(paths, tileid, line["LASTNIGHT"]))),
+                "fiberassign_fingerprint": fingerprints.planned(
+                    old.get("fiberassign_fingerprint"),
+                    fingerprints.stat([(os.path.basename(fa), fa)]))}
+
+        def plan(allow_mass_delete):
+            return make_plan(table, problems, self.state, planned, tiles=opts.tiles,
+                             no_delete=opts.no_delete,
+                             max_delete_fraction=opts.max_delete_fraction,
+                             max_delete_count=opts.max_delete_count,
+                             bad_lines=self.bad_lines, allow_mass_delete=allow_mass_delete)
+        try:
+            return plan(opts.allow_mass_delete)
+        except MassDeleteRefused as err:
+            if not opts.dry_run:
+                raise
+            self.log.warning("the load would refuse to start: %s", err)  # plan still shown
+            return plan(True)
+
+    def begin(self):
+        """The stage directory (checked, claimed, cleaned) and the ``load_run`` row."""
+        opts = self.opts
+        identity = database_identity(self.conn)
+        self.stage_dir = opts.stage_dir or stage.default_directory(identity, opts.schema)
+        stage.check_directory(self.stage_dir, opts.stage_min_free)
+        stage.claim(self.stage_dir, identity, opts.schema)
+        stage.cleanup_temporaries(self.stage_dir)
+        stage.remove_stale_tiles(self.stage_dir, [a.tileid for a in self.actions
+                                                  if a.action in (INSERT, UPDATE)])
+        with writer.transaction(self.conn) as cur:
+            # we hold the schema's lock: an unfinished run is one that crashed
+            cur.execute(sql.SQL("UPDATE {} SET outcome = 'interrupted' WHERE finished IS "
+                                "NULL AND outcome IS NULL").format(self._load_run))
+            cur.execute(sql.SQL("INSERT INTO {} (started, ranks, command, options) VALUES "
+                                "(now(), %s, %s, %s) RETURNING id").format(self._load_run),
+                        (self.ranks, " ".join(conninfo.mask_argv(sys.argv)) or opts.command,
+                         conninfo.mask(json.dumps({
+                             "tiles": opts.tiles, "stage_dir": self.stage_dir,
+                             "no_delete": opts.no_delete, "initial": opts.initial,
+                             **opts.paths.as_dict()}))))
+            self.run_id = cur.fetchone()[0]
+
+    def extract_tiles(self, dispatcher):
+        jobs = [self._tile_job(a) for a in self.actions if a.action in (INSERT, UPDATE)]
+        for job, result in dispatcher.map("tile", jobs):
+            tileid = job["action"]["tileid"]
+            if isinstance(result, mpi.TaskFailure):
+                self.fail(tileid, result.message, result.internal)
+                continue
+            self.results[tileid] = result
+            self._warn_stats(tileid, result.stats)
+            if result.missing_petals:
+                self.log.warning("tile %d: no redrock file for petal(s) %s", tileid,
+                                 ", ".join(map(str, result.missing_petals)))
+
+    def _tile_job(self, action):
+        job = {"action": action.as_dict(), "paths": self.opts.paths,
+               "stage_dir": self.stage_dir}
+        old = self.state.get(action.tileid) or {}
+        # an UPDATE planned only because files' sizes/mtimes moved: the worker compares
+        # their contents with the recorded ones and refreshes the state if they are equal
+        if action.action == UPDATE and old.get("status") == "loaded" and all(
+                old.get(k) == action.state.get(k) for k in ("tile_hash", "exposures_hash")):
+            job["recorded"] = {k: old.get(k) for k in ("redrock_fingerprint",
+                                                       "fiberassign_fingerprint")}
+        return job
+
+    def extract_bricks(self, dispatcher):
+        faults.hit("bricks")  # failure tests only (faults.py)
+        order = {a.tileid: i for i, a in enumerate(self.actions)}
+        staged = sorted((r for t, r in self.results.items() if t not in self.failures),
+                        key=lambda r: order[r.tileid])
+        jobs, self.tiles_of_brick = bricks.brick_jobs(
+            self.conn, self.opts.schema, self.opts.paths, self.stage_dir, staged)
+        for job, result in dispatcher.map("brick", jobs):
+            if isinstance(result, mpi.TaskFailure):
+                failed = {b.decode(): result.message
+                          for b in np.unique(job["targets"]["BRICKNAME"])}
+            else:
+                failed = result.failed
+                self.brick_results.append(result)
+            for brick, message in failed.items():
+                for tileid in self.tiles_of_brick.get(brick, ()):
+                    self.fail(tileid, f"tile {tileid}: brick {brick}: {message}",
+                              getattr(result, "internal", False))
+
+    def write(self):
+        """One transaction per tile, in plan order; a failure is recorded and the run
+        goes on, unless the database went away (:class:`DatabaseLost`)."""
+        opts, conn = self.opts, self.conn
+        stage.write_manifest(self.stage_dir, self._manifest())
+        legacy = LegacyPhotometry(self.brick_results)
+        self.rebuild = opts.initial or bool(db.missing_indexes(conn, opts.schema))
+        if opts.initial:
+            self.log.info("initial load: dropping secondary indexes until the end: %s",
+                          ", ".join(db.drop_secondary_indexes(conn, opts.schema)))
+        keep = writer.keep_targetids(conn, np.concatenate(
+            [r.targetids for r in self.results.values() if r.targetids is not None]
+            + [np.zeros(0, np.int64)]))
+        for a in self.actions:
+            try:
+                self._write_one(a, legacy, keep)
+            except psycopg2.Error as err:
+                message = f"tile {a.tileid}: the database refused its rows: {one_line(err)}"
+                if conn.closed:
+                    raise DatabaseLost(f"database connection lost while writing {message}") \
+                        from None
+                self.fail(a.tileid, message)
+                writer.record_failure(conn, opts.schema, a.tileid, message, self.run_id)
+
+    def _write_one(self, a, legacy, keep):
+        opts, conn, tc = self.opts, self.conn, self.counts["tables"]
+        if a.tileid in self.failures or a.action == FAIL:
+            failure = self.failures.setdefault(a.tileid, Failure(a.reason))
+            writer.record_failure(conn, opts.schema, a.tileid, failure.message, self.run_id,
+                                  failure.internal)
+            return
+        if a.action in (INSERT, UPDATE):
+            result = self.results[a.tileid]
+            if result.refresh:
+                writer.refresh_state(conn, opts.schema, a, self.run_id, result.state)
+                self.log.info("tile %d: inputs touched, same contents: state refreshed",
+                              a.tileid)
+                return
+            tables = result.stage.tables()
+            photometry = [legacy.rows_for(result.targetids),
+                          tables.pop("photometry", schema_table("photometry").empty())]
+            c = writer.write_tile(conn, opts.schema, a, tables, result.state, self.run_id,
+                                  photometry, keep, primary=not self.rebuild)
+            self.written.append(result.stage)
+            self.log.info("tile %d %s: %s", a.tileid, a.action,
+                          ", ".join(f"{k} {v}" for k, v in c.items()))
+        elif a.action == DELETE:
+            c = writer.delete_tile(conn, opts.schema, a, self.run_id, keep)
+            self.log.warning("tile %d DELETED (%s): %s", a.tileid, a.reason,
+                             ", ".join(f"{k} {v}" for k, v in c.items()))
+        elif a.action == REFRESH:
+            c = {}
+            writer.refresh_state(conn, opts.schema, a, self.run_id)
+        else:
+            return
+        self.wrote = True
+        for k, v in c.items():
+            tc[k] = tc.get(k, 0) + v
+        faults.hit("write")  # failure tests only (faults.py): after a committed tile
+
+    def finalize(self):
+        """After a bulk load, every primary flag and the secondary indexes; ANALYZE."""
+        faults.hit("finalize")  # failure tests only (faults.py)
+        conn, schema_name = self.conn, self.opts.schema
+        if self.rebuild:
+            # after an initial bulk load, or a rerun of an interrupted one: flags of every
+            # TARGETID at once, then the secondary indexes, built once not row by row
+            self.log.info("primary flags of all ztile rows: %d rows changed",
+                          finalize.update_primary(conn, schema_name))
+            db.create_indexes(conn, schema_name)
+            conn.commit()
+        if self.rebuild or self.wrote:
+            finalize.analyze(conn, schema_name, ("tile", "exposure", "frame", "photometry",
+                                                 "target", "fiberassign", "potential",
+                                                 "ztile"))
+            conn.commit()
+
+    def finish(self):
+        """Stage files of committed tiles removed, the run recorded and reported."""
+        for f in self.written:
+            f.remove()
+        if not self.failures:  # bricks of a crashed run too; kept for a rerun after failures
+            stage.remove_bricks(self.stage_dir)
+        outcome = "failed" if self.failures or self.bad_lines else "ok"
+        self._record_run(outcome)
+        self.report()
+        return EXIT_FAILED if self.failures or self.bad_lines else EXIT_OK
+
+    # --- bookkeeping ----------------------------------------------------------------
+
+    def fail(self, tileid, message, internal=False):
+        """Record that a tile failed (the first reason wins)."""
+        self.failures.setdefault(tileid, Failure(message, internal))
+
+    def warn(self, kind, n, message, *args):
+        """Log a warning and count ``n`` of ``kind`` in the run's counts."""
+        self.counts["warnings"][kind] = self.counts["warnings"].get(kind, 0) + n
+        self.log.warning(message, *args)
+
+    def _warn_stats(self, tileid, stats):
+        """Warnings that count values loaded despite being odd (the run still succeeds)."""
+        fin = stats.get("finitized") or {}
+        if fin:
+            self.warn("finitized", sum(fin.values()),
+                      "tile %d: %d non-finite value(s) (NaN/Inf) stored as -9999 in %d "
+                      "column(s): %s", tileid, sum(fin.values()), len(fin),
+                      ", ".join(f"{k} {v}" for k, v in sorted(fin.items())))
+        bad = stats.get("targetid_mismatch", 0)
+        if bad:
+            self.warn("targetid_mismatch", bad,
+                      "tile %d: %d targeting row(s) whose TARGETID does not encode their own "
+                      "RELEASE/BRICKID/BRICK_OBJID; loaded with the rows' columns, as "
+                      "desispec reads them", tileid, bad)
+        missing = stats.get("missing_catalogs") or []
+        if missing:  # each was logged by the worker, naming tile, keyword and path
+            self.counts["warnings"]["missing_catalogs"] = \
+                self.counts["warnings"].get("missing_catalogs", 0) + len(missing)
+
+    @contextmanager
+    def timed(self, name):
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.timers[name] = self.timers.get(name, 0.0) + time.time() - t
+
+    @property
+    def _load_run(self):
+        return qualified(self.opts.schema, "load_run")
+
+    def _manifest(self):
+        return {"run_id": self.run_id, "schema": self.opts.schema,
+                "plan": [{"tileid": a.tileid, "action": a.action, "reason": a.reason}
+                         for a in self.actions],
+                "tiles": {str(t): r.stage.path for t, r in self.results.items()
+                          if r.stage is not None},
+                "bricks": [r.stage.path for r in self.brick_results],
+                "failed": {str(t): f.message for t, f in self.failures.items()}}
+
+    def _summary_counts(self):
+        return dict(self.counts, plan=summary(self.actions), timers=self.timers,
+                    failed={str(t): f.message for t, f in self.failures.items()
+                            if not f.internal},
+                    internal_errors={str(t): f.message for t, f in self.failures.items()
+                                     if f.internal},
+                    bad_lines=self.bad_lines)
+
+    def _record_run(self, outcome):
+        self.conn.rollback()
+        with writer.transaction(self.conn) as cur:
+            cur.execute(sql.SQL("UPDATE {} SET finished = now(), outcome = %s, counts = %s "
+                                "WHERE id = %s").format(self._load_run),
+                        (outcome, json.dumps(self._summary_counts(), default=str),
+                         self.run_id))
+
+    def describe_stop(self, err):
+        if isinstance(err, DatabaseLost):
+            return (f"load interrupted: {one_line(err)}; tiles committed before are "
+                    f"complete, the interrupted one was rolled back; rerun the load")
+        return one_line(err)
+
+    def abandon(self, outcome):
+        """Best effort after a failure that stops the run: record it as ``outcome``."""
+        if self.run_id is None or self.conn is None or self.conn.closed:
+            return
+        try:
+            self._record_run(outcome)
+        except psycopg2.Error:
+            pass  # the next run marks an unfinished row 'interrupted'
+
+    def close(self):
+        if self.conn is not None and not self.conn.closed:
+            self.conn.close()
+
+    def report(self):
+        plan_counts = summary(self.actions)
+        lines = [f"load run {self.run_id} finished in {time.time() - self.t0:.1f} s",
+                 "  plan: " + ", ".join(f"{k} {v}" for k, v in sorted(plan_counts.items())),
+                 "  rows written:"]
+        lines += [f"    {k:<28} {v:>10}" for k, v in sorted(self.counts["tables"].items())]
+        lines += ["  timing:"] + [f"    {k:<28} {v:>9.2f} s" for k, v in self.timers.items()]
+        if self.counts["warnings"]:
+            lines.append("  warnings: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(self.counts["warnings"].items())))
+        if not any(plan_counts.get(k) for k in (INSERT, UPDATE, DELETE, REFRESH)) \
+                and not self.failures:
+            lines.append(f"  nothing to do: {plan_counts.get(UNCHANGED, 0)} tile(s) "
+                         f"unchanged, the database is not changed")
+        if self.bad_lines:
+            lines.append(f"  tiles file damaged: {self.bad_lines} bad line(s); deletes "
+                         f"suspended")
+        for internal, title in ((False, "FAILED tiles (bad input)"),
+                                (True, "INTERNAL ERRORS (a bug: see the traceback logged "
+                                       "by the rank that raised)")):
+            failed = sorted((t, f) for t, f in self.failures.items()
+                            if f.internal == internal)
+            if failed:
+                lines.append(f"  {title} ({len(failed)}):")
+                lines += [f"    {t}: {f.message}" for t, f in failed]
+        self.log.info("\n".join(lines))
 
 
-def _finalize(conn, opts, actions, rebuild, failures, brick_results, keep):
-    """Rank 0 after the writes: orphaned photometry of failed tiles, the flags and
-    indexes of a bulk load, ANALYZE."""
-    log = get_logger()
-    # photometry staged by bricks whose tiles all failed is not kept
-    if failures:
-        cand = np.concatenate([job["targets"]["TARGETID"] for job, _ in brick_results]
-                              + [np.fromiter(keep, dtype=np.int64, count=len(keep))])
-        with conn.cursor() as cur:
-            n = writer.delete_orphan_photometry(cur, opts.schema, cand)
-        conn.commit()
-        if n:
-            log.info("removed %d photometry row(s) of failed tiles", n)
-    if rebuild:
-        # after an initial bulk load, or a rerun of an interrupted one: flags of every
-        # TARGETID at once, then the secondary indexes, built once rather than row by row
-        log.info("primary flags of all ztile rows: %d rows changed",
-                 finalize.update_primary(conn, opts.schema))
-        db.create_indexes(conn, opts.schema)
-        conn.commit()
-    if rebuild or any(a.action in (INSERT, UPDATE, DELETE) for a in actions):
-        finalize.analyze(conn, opts.schema, ("tile", "exposure", "frame", "photometry",
-                                             "target", "fiberassign", "potential", "ztile"))
-        conn.commit()
+class LegacyPhotometry:
+    """The Legacy Surveys photometry rows of the run's brick tasks, sorted by TARGETID,
+    from which each tile takes the rows its targets need."""
 
+    def __init__(self, brick_results):
+        parts = [r.stage.tables(("photometry",))["photometry"] for r in brick_results]
+        table = np.concatenate(parts) if parts else schema_table("photometry").empty()
+        self.table = table[np.argsort(table["targetid"], kind="stable")]
 
-def _warn_stats(tileid, stats, counts):
-    """Warnings that count values loaded despite being odd (the run still succeeds)."""
-    log = get_logger()
-    warnings = counts.setdefault("warnings", {})
-    fin = stats.get("finitized") or {}
-    if fin:
-        n = sum(fin.values())
-        warnings["finitized"] = warnings.get("finitized", 0) + n
-        log.warning("tile %d: %d non-finite value(s) (NaN/Inf) stored as -9999 in %d "
-                    "column(s): %s", tileid, n, len(fin),
-                    ", ".join(f"{k} {v}" for k, v in sorted(fin.items())))
-    bad = stats.get("targetid_mismatch", 0)
-    if bad:
-        warnings["targetid_mismatch"] = warnings.get("targetid_mismatch", 0) + bad
-        log.warning("tile %d: %d targeting row(s) whose TARGETID does not encode their own "
-                    "RELEASE/BRICKID/BRICK_OBJID; loaded with the rows' columns, as "
-                    "desispec reads them", tileid, bad)
-
-
-def _report(actions, failures, tcounts, timers, elapsed, run_id):
-    log = get_logger()
-    plan_counts = summary(actions)
-    lines = [f"load run {run_id} finished in {elapsed:.1f} s",
-             "  plan: " + ", ".join(f"{k} {v}" for k, v in sorted(plan_counts.items())),
-             "  rows written:"]
-    lines += [f"    {k:<28} {v:>10}" for k, v in sorted(tcounts.items())]
-    lines += ["  timing:"] + [f"    {k:<28} {v:>9.2f} s" for k, v in timers.items()]
-    if not any(plan_counts.get(k) for k in (INSERT, UPDATE, DELETE, REFRESH)) \
-            and not failures:
-        lines.append(f"  nothing to do: {plan_counts.get(UNCHANGED, 0)} tile(s) unchanged, "
-                     f"the database is not changed")
-    if failures:
-        lines.append(f"  FAILED tiles ({len(failures)}):")
-        lines += [f"    {k}: {v}" for k, v in sorted(failures.items())]
-    log.info("\n".join(lines))
+    def rows_for(self, targetids):
+        """The rows of ``targetids`` (sorted unique int64)."""
+        if targetids is None or not len(self.table):
+            return self.table[:0]
+        i = np.searchsorted(self.table["targetid"], targetids)
+        inside = i < len(self.table)
+        i = i[inside]
+        return self.table[i[self.table["targetid"][i] == targetids[inside]]]

@@ -30,8 +30,6 @@ from .log import get_logger
 
 INSERT, UPDATE, DELETE, REFRESH, SKIP, UNCHANGED, FAIL = (
     "INSERT", "UPDATE", "DELETE", "REFRESH", "SKIP", "UNCHANGED", "FAIL")
-#: Actions that write the database.
-WRITES = (INSERT, UPDATE, DELETE, REFRESH)
 
 _OLDEST = datetime.min.replace(tzinfo=timezone.utc)
 

@@ -4,6 +4,9 @@
 and names the running one); ``check_write_access`` refuses a database user that cannot
 write every table; ``read_state`` reads ``tile_state`` joined with ``tile``.
 """
+import re
+
+import psycopg2
 from psycopg2 import sql
 
 from .db import qualified
@@ -63,6 +66,22 @@ def acquire_lock(conn, schema_name):
     what = f"load run {run[0]} started {run[1]:%Y-%m-%d %H:%M:%S %Z}: {run[2]}" if run else ""
     raise RunRefused(f"another load of schema {schema_name} is running ({who}"
                      f"{'; ' + what if what else ''}); not starting")
+
+
+def database_identity(conn):
+    """``SYSTEMID-DBNAME``: which database this is, whatever host name reached it (the
+    cluster's system identifier and the database name); keys the stage directory."""
+    with conn.cursor() as cur:
+        try:
+            cur.execute("SELECT (SELECT system_identifier FROM pg_control_system()), "
+                        "current_database()")
+            system, name = cur.fetchone()
+        except psycopg2.Error:  # no right to read the control data: host and port
+            conn.rollback()
+            cur.execute("SELECT current_database()")
+            system, name = f"{conn.info.host}:{conn.info.port}", cur.fetchone()[0]
+    conn.rollback()
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{system}-{name}")
 
 
 def read_state(conn, schema_name):

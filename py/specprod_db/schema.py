@@ -93,6 +93,12 @@ class Table:
         Columns allowed to be NULL (bookkeeping tables only).
     bookkeeping : bool
         True for our own tables (not part of the specprod-db 1.3 layout).
+    tile_input : str
+        For the tables whose rows belong to one tile: the input they are made from
+        (``tiles``, ``exposures``, ``fiberassign``, ``redrock``).  A tile's UPDATE that
+        keeps its fiberassign file replaces every such table but the ``fiberassign``
+        ones; which rows belong to a tile, and the order of deletes and inserts, follow
+        from ``tileid`` columns and ``foreign_keys`` (:func:`tile_tables`).
     """
     name: str
     spec: str
@@ -104,6 +110,7 @@ class Table:
     unique_columns: tuple = ()
     nullable: tuple = ()
     bookkeeping: bool = False
+    tile_input: str = None
 
     @cached_property
     def columns(self):
@@ -198,7 +205,7 @@ double: lrg_efftime_dark elg_efftime_dark bgs_efftime_bright lya_efftime_dark
 varchar(20): goaltype
 double: mintfrac
 integer: lastnight
-""", primary_key=("tileid",), q3c=("tilera", "tiledec"))
+""", primary_key=("tileid",), q3c=("tilera", "tiledec"), tile_input="tiles")
 
 VERSION = Table("version", """
 serial: id
@@ -230,7 +237,8 @@ double: fiber_fracflux_bgs_gfa fiberfac_gfa fiberfac_elg_gfa fiberfac_bgs_gfa
 double: airmass_gfa sky_mag_ab_gfa sky_mag_g_spec sky_mag_r_spec sky_mag_z_spec
 double: efftime_gfa efftime_dark_gfa efftime_bright_gfa efftime_backup_gfa
 """, primary_key=("expid",), indexes=("night", "tileid"),
-    foreign_keys={"tileid": "tile.tileid"}, q3c=("tilera", "tiledec"))
+    foreign_keys={"tileid": "tile.tileid"}, q3c=("tilera", "tiledec"),
+    tile_input="exposures")
 
 FIBERASSIGN = Table("fiberassign", """
 numeric39: id
@@ -249,7 +257,7 @@ real: parallax
 """, primary_key=("id",), unique=("tileid", "targetid", "location"),
     indexes=("tileid", "targetid", "location"),
     foreign_keys={"tileid": "tile.tileid", "targetid": "photometry.targetid"},
-    q3c=("target_ra", "target_dec"))
+    q3c=("target_ra", "target_dec"), tile_input="fiberassign")
 
 POTENTIAL = Table("potential", """
 numeric39: id
@@ -258,7 +266,8 @@ bigint: targetid
 integer: fiber location
 """, primary_key=("id",), unique=("tileid", "targetid", "location"),
     indexes=("tileid", "targetid", "location"),
-    foreign_keys={"tileid": "tile.tileid", "targetid": "photometry.targetid"})
+    foreign_keys={"tileid": "tile.tileid", "targetid": "photometry.targetid"},
+    tile_input="fiberassign")
 
 TARGET = Table("target", """
 numeric39: id
@@ -276,7 +285,8 @@ varchar(8): program
 integer: tileid
 """, primary_key=("id",), unique=("targetid", "survey", "tileid"),
     indexes=("targetid", "hpxpixel", "survey", "program", "tileid"),
-    foreign_keys={"targetid": "photometry.targetid", "tileid": "tile.tileid"})
+    foreign_keys={"targetid": "photometry.targetid", "tileid": "tile.tileid"},
+    tile_input="fiberassign")
 
 ZPIX = Table("zpix", f"""
 numeric39: id
@@ -322,7 +332,7 @@ real: tsnr2_gpbdark tsnr2_elg tsnr2_gpbbright
 double: tsnr2_lya
 real: tsnr2_bgs tsnr2_gpbbackup tsnr2_qso tsnr2_lrg
 """, primary_key=("frameid",), indexes=("night", "tileid"),
-    foreign_keys={"expid": "exposure.expid"})
+    foreign_keys={"expid": "exposure.expid"}, tile_input="exposures")
 
 ZTILE = Table("ztile", f"""
 numeric39: id targetphotid
@@ -358,7 +368,7 @@ double: min_mjd mean_mjd max_mjd
     indexes=("targetphotid", "targetid", "desiname", "survey", "program", "spgrp",
              "spgrpval", "tileid", "z", "zwarn", "spectype", "subtype"),
     foreign_keys={"targetphotid": "target.id", "targetid": "photometry.targetid",
-                  "tileid": "tile.tileid"})
+                  "tileid": "tile.tileid"}, tile_input="redrock")
 
 # --- bookkeeping (ours) -------------------------------------------------------------
 
@@ -390,12 +400,33 @@ BY_NAME = {t.name: t for t in TABLES}
 #: Tables the old tool created (the compatibility contract).
 DATA_TABLES = tuple(t for t in TABLES if not t.bookkeeping)
 
-#: The per-tile tables, in the order a tile's rows are deleted (children first).
-TILE_TABLES_DELETE_ORDER = ("ztile", "fiberassign", "potential", "target", "frame",
-                            "exposure", "tile")
 
 #: The one intended difference from the specprod-db 1.3 catalog (decision 5).
 WIDENED_PROGRAM_COLUMNS = {(t.name, "program") for t in DATA_TABLES if "program" in t.names}
+
+
+def tile_tables(full=True):
+    """The tables holding a tile's rows, parents before children (the insert order; the
+    delete order is its reverse).  Without ``full``: those an UPDATE that keeps the
+    fiberassign file replaces (all but the ``fiberassign`` ones)."""
+    owned = [t for t in TABLES if t.tile_input and (full or t.tile_input != "fiberassign")]
+    names = {t.name for t in owned}
+    ordered, placed = [], set()
+    while len(ordered) < len(owned):
+        ready = [t for t in owned if t.name not in placed and
+                 ({ref.split(".")[0] for ref in t.foreign_keys.values()} & names)
+                 - {t.name} <= placed]
+        if not ready:
+            raise ValueError("foreign keys between per-tile tables form a cycle")
+        ordered.extend(ready)
+        placed.update(t.name for t in ready)
+    return tuple(ordered)
+
+
+def referencing(name):
+    """``[(table, column)]`` of every foreign key that references table ``name``."""
+    return [(t, col) for t in TABLES for col, ref in t.foreign_keys.items()
+            if ref.split(".")[0] == name]
 
 
 def table(name):

@@ -41,73 +41,134 @@ def check_directory(path, need_bytes=0):
     return free
 
 
-def tile_file(stage_dir, tileid):
-    return os.path.join(stage_dir, f"tile-{int(tileid)}.h5")
+#: The file recording which database and schema a stage directory belongs to.
+OWNER_FILE = "owner.json"
 
 
-def brick_file(stage_dir, brickname):
-    return os.path.join(stage_dir, f"brick-{brickname}.h5")
+def default_directory(database, schema_name):
+    """``BASE/DATABASE/SCHEMA``: BASE is ``$SPECPROD_DB_STAGE_DIR``, else
+    ``$SCRATCH/specprod-db-stage``, else ``./specprod-db-stage``."""
+    base = (os.environ.get("SPECPROD_DB_STAGE_DIR")
+            or (os.path.join(os.environ["SCRATCH"], "specprod-db-stage")
+                if os.environ.get("SCRATCH") else None)
+            or os.path.abspath("specprod-db-stage"))
+    return os.path.join(base, database, schema_name)
 
 
-def write(path, tables, key, extra=None, info=None):
-    """Write ``tables`` (name -> structured array, or name -> array for ``extra``).
-
-    Arrays under schema table names must have that table's dtype exactly.  ``extra``
-    holds auxiliary arrays (e.g. the brick inputs) stored under ``aux/``; ``info`` is a
-    small JSON-able dict kept as an attribute (read back under ``'info'``).
-    """
-    tmp = f"{path}.tmp-{os.getpid()}"
+def claim(stage_dir, database, schema_name):
+    """Record that ``stage_dir`` belongs to ``database`` and ``schema_name``, or refuse
+    it (:class:`StageError`) when it belongs to another: two loads never share or clean
+    each other's stage files."""
+    path = os.path.join(stage_dir, OWNER_FILE)
+    mine = {"database": database, "schema": schema_name}
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["key"] = key
-            f.attrs["format"] = FORMAT_VERSION
-            if info:
-                f.attrs["info"] = json.dumps(info, sort_keys=True, default=_jsonable)
-            for name, rows in tables.items():
-                expected = schema_table(name).dtype
-                if rows.dtype != expected:
-                    raise TypeError(f"stage {name}: dtype differs from the schema")
-                f.create_dataset(name, data=rows)
-            for name, arr in (extra or {}).items():
-                f.create_dataset(f"aux/{name}", data=arr)
-            f.attrs["complete"] = True
+        with open(path) as f:
+            owner = json.load(f)
+    except FileNotFoundError:
+        owner = None
+    except (OSError, ValueError) as err:
+        raise StageError(f"stage directory {stage_dir}: unreadable {OWNER_FILE}: {err}") \
+            from None
+    if owner is None:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(mine, f)
         os.replace(tmp, path)
-    except OSError as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise StageError(f"cannot write stage file {path}: {err}") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    elif owner != mine:
+        raise StageError(f"stage directory {stage_dir} belongs to schema "
+                         f"{owner.get('schema')} of database {owner.get('database')}, not "
+                         f"to schema {schema_name} of database {database}; give this load "
+                         f"its own --stage-dir")
 
 
-def is_complete(path, key):
-    """True when ``path`` is a whole stage file made for ``key``."""
-    if not os.path.exists(path):
-        return False
+def tile_file(stage_dir, tileid):
+    return StageFile(os.path.join(stage_dir, f"tile-{int(tileid)}.h5"))
+
+
+def brick_file(stage_dir, group):
+    return StageFile(os.path.join(stage_dir, f"brick-{group}.h5"))
+
+
+class StageFile:
+    """One task's stage file: its tables (schema dtypes), auxiliary arrays under
+    ``aux/`` (e.g. the brick input), a small JSON ``info`` and the task ``key``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __repr__(self):
+        return f"StageFile({self.path!r})"
+
+    def __reduce__(self):  # sent between ranks as its path only
+        return (StageFile, (self.path,))
+
+    def write(self, tables, key, extra=None, info=None):
+        """Write ``tables`` (name -> structured array of that table's dtype), ``extra``
+        arrays (``aux/NAME``) and ``info``; complete only once renamed into place."""
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["key"] = key
+                f.attrs["format"] = FORMAT_VERSION
+                f.attrs["info"] = json.dumps(info or {}, sort_keys=True, default=_jsonable)
+                for name, rows in tables.items():
+                    if rows.dtype != schema_table(name).dtype:
+                        raise TypeError(f"stage {name}: dtype differs from the schema")
+                    f.create_dataset(name, data=rows)
+                for name, arr in (extra or {}).items():
+                    f.create_dataset(f"aux/{name}", data=arr)
+                f.attrs["complete"] = True
+            os.replace(tmp, self.path)
+        except OSError as err:
+            _remove_quietly(tmp)
+            raise StageError(f"cannot write stage file {self.path}: {err}") from None
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+        return self
+
+    def is_complete(self, key):
+        """True when the file is whole, of this format, and made for ``key``."""
+        if not os.path.exists(self.path):
+            return False
+        try:
+            with h5py.File(self.path, "r") as f:
+                return bool(f.attrs.get("complete")) and f.attrs.get("key") == key \
+                    and f.attrs.get("format") == FORMAT_VERSION
+        except (OSError, KeyError):
+            return False
+
+    def tables(self, names=None):
+        """Table name -> structured array (every table, or those of ``names``)."""
+        with h5py.File(self.path, "r") as f:
+            return {name: f[name][()] for name in f
+                    if name != "aux" and (names is None or name in names)}
+
+    def brick_input(self):
+        """The brick-task input staged with a tile (None when there is none)."""
+        with h5py.File(self.path, "r") as f:
+            return f["aux/brick_input"][()] if "aux/brick_input" in f else None
+
+    def targetids(self):
+        """Sorted unique TARGETIDs referenced by the file's tables."""
+        with h5py.File(self.path, "r") as f:
+            parts = [f[name]["targetid"] for name in f
+                     if name != "aux" and "targetid" in f[name].dtype.names]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def info(self):
+        with h5py.File(self.path, "r") as f:
+            return json.loads(f.attrs.get("info", "{}"))
+
+    def remove(self):
+        _remove_quietly(self.path)
+
+
+def _remove_quietly(path):
     try:
-        with h5py.File(path, "r") as f:
-            return bool(f.attrs.get("complete")) and f.attrs.get("key") == key \
-                and f.attrs.get("format") == FORMAT_VERSION
-    except (OSError, KeyError):
-        return False
-
-
-def read(path, names=None):
-    """Tables of a stage file: name -> structured array (``aux/...`` under 'aux',
-    the ``info`` attribute under 'info')."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        if "info" in f.attrs:
-            out["info"] = json.loads(f.attrs["info"])
-        for name in f:
-            if name == "aux":
-                out["aux"] = {k: f["aux"][k][()] for k in f["aux"]}
-            elif names is None or name in names:
-                out[name] = f[name][()]
-    return out
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def write_manifest(stage_dir, manifest):
@@ -136,7 +197,7 @@ def cleanup_temporaries(stage_dir):
 def remove_stale_tiles(stage_dir, tileids):
     """Remove tile stage files of tiles this run does not extract (left by a crashed run
     for tiles since committed or no longer planned); returns how many."""
-    keep = {os.path.basename(tile_file(stage_dir, t)) for t in tileids}
+    keep = {os.path.basename(tile_file(stage_dir, t).path) for t in tileids}
     return _remove(stage_dir, lambda n: n.startswith("tile-") and n.endswith(".h5")
                    and n not in keep)
 

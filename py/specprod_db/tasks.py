@@ -1,26 +1,33 @@
 """What a worker rank does with one task: extract, then stage to HDF5.
 
-*Tile task*: the tile row, its qualifying exposures and frames, and — for a new tile or a
-changed fiberassign file (``full``) — fiberassign, potential, targetphot (target rows and
-targeting-data photometry) and the brick inputs; always its redshifts (ztile).
-*Brick task*: ``tractorphot_onebrick`` for the targets of one brick that still need
-Legacy Surveys photometry.
+*Tile task* (:func:`extract_tile`): the tile row, its qualifying exposures and frames,
+and — for a new tile or a changed fiberassign file (``full``) — fiberassign, potential,
+targetphot (target rows and targeting-data photometry) and the brick inputs; always its
+redshifts (ztile).  The files read are hashed by the worker, right before reading them,
+and checked unchanged after (:mod:`specprod_db.fingerprints`): the fingerprints recorded
+for the tile are those of what was loaded.  An UPDATE planned only because files were
+touched (same bytes) comes back as a refresh, with nothing extracted.
+*Brick task* (:func:`extract_brick`): ``tractorphot_onebrick`` for the targets of a
+group of bricks that still need Legacy Surveys photometry.
 
-Each task writes one stage file and returns a small summary; a stage file already
-complete for the same inputs (same key) is reused, so a rerun after a crash redoes only
-what is missing.
+Each task writes one stage file and returns a small typed result (:class:`TileResult`,
+:class:`BrickResult`); a stage file already complete for the same inputs (same key) is
+reused, so a rerun after a crash redoes only what is missing.  A brick group in which a
+brick failed is never reused: the next run reads its tractor files again.
 """
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import faults, ids, stage
+from . import faults, fingerprints, ids, stage
+from .errors import InputError
 from .extract import redshift, targetphot, tile, tractorphot
 from .log import get_logger
-from .paths import InputError
 from .schema import table as schema_table
+from .stage import StageFile
 
 #: Columns of the brick-task input (the targets that may need LS photometry).
 BRICK_INPUT_DTYPE = np.dtype([("TARGETID", "i8"), ("RA", "f8"), ("DEC", "f8"),
@@ -30,8 +37,40 @@ BRICK_INPUT_DTYPE = np.dtype([("TARGETID", "i8"), ("RA", "f8"), ("DEC", "f8"),
 _exposures_cache = {}
 
 
-class TileTaskError(RuntimeError):
-    """A tile cannot be extracted; the message names the tile, the file and the problem."""
+@dataclass
+class TileResult:
+    """A tile task's outcome.
+
+    ``stage`` holds the rows to load (None for a ``refresh``: inputs touched with the
+    same bytes, nothing to reload); ``state`` the fingerprints of what was read (to be
+    recorded in ``tile_state``); ``brick_input`` the targets that may need Legacy
+    Surveys photometry (full extractions only); ``targetids`` every TARGETID the
+    staged rows reference.
+    """
+    tileid: int
+    stage: StageFile = None
+    state: dict = field(default_factory=dict)
+    reused: bool = False
+    refresh: bool = False
+    rows: dict = field(default_factory=dict)
+    missing_petals: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    brick_input: np.ndarray = None
+    targetids: np.ndarray = None
+
+
+@dataclass
+class BrickResult:
+    """A brick task's outcome: its stage file (photometry rows), the bricks that failed
+    (brick -> message), and counts."""
+    group: str
+    stage: StageFile
+    failed: dict = field(default_factory=dict)
+    reused: bool = False
+    bricks: int = 0
+    matched: int = 0
+    inputs: int = 0
+    stats: dict = field(default_factory=dict)
 
 
 def task_key(*parts):
@@ -67,29 +106,45 @@ def brick_input(targetphot_rows, targets, tileid):
 
 
 def extract_tile(job):
-    """Worker side of a tile task. ``job`` = dict(action=TileAction dict, paths, stage_dir)."""
-    action, paths, stage_dir = job["action"], job["paths"], job["stage_dir"]
-    tileid = action["tileid"]
-    key = task_key("tile", action["line"], action["state"], action["full"])
-    path = stage.tile_file(stage_dir, tileid)
-    if stage.is_complete(path, key):
-        get_logger().info("tile %d: reusing complete stage file %s", tileid, path)
-        return {"tileid": tileid, "file": path, "reused": True}
-    line = action["line"]
+    """Worker side of a tile task.
+
+    ``job``: ``action`` (a TileAction as a dict), ``paths``, ``stage_dir``, and
+    ``recorded`` (the fingerprints recorded for the tile, given when the plan's only
+    reason to UPDATE it is that its files' sizes or mtimes moved).
+    """
+    action, paths = job["action"], job["paths"]
+    tileid, line, full = action["tileid"], action["line"], action["full"]
+    faults.hit("task", tileid)  # failure tests only (faults.py)
+    key = task_key("tile", line, action["state"], full)
+    out = stage.tile_file(job["stage_dir"], tileid)
+    if out.is_complete(key):
+        get_logger().info("tile %d: reusing complete stage file %s", tileid, out.path)
+        return _tile_result(tileid, out, out.info(), reused=True)
     night_dir = paths.cumulative_dir(tileid, line["LASTNIGHT"])
     if not os.path.isdir(night_dir):
-        raise TileTaskError(f"tile {tileid}: cumulative directory of LASTNIGHT "
-                            f"{line['LASTNIGHT']} {night_dir}: does not exist")
+        raise InputError(f"tile {tileid}: cumulative directory of LASTNIGHT "
+                         f"{line['LASTNIGHT']} {night_dir}: does not exist")
+    files = {"redrock_fingerprint": redshift.redrock_files(paths, tileid, line["LASTNIGHT"])}
+    if full:
+        fa_path = paths.fiberassign_file(tileid)
+        files["fiberassign_fingerprint"] = [(os.path.basename(fa_path), fa_path)]
+    read = {k: fingerprints.hashed(v) for k, v in files.items()}
+    state = dict(action["state"], **{k: fp.to_text() for k, fp in read.items()})
+    recorded = job.get("recorded")
+    if recorded and all(fp.same_content(fingerprints.Fingerprint.from_text(recorded.get(k)))
+                        for k, fp in read.items()):
+        return TileResult(tileid, state=state, refresh=True)
+
     stats = {}
     tables = {"tile": tile.tile_rows(line, stats=stats)}
     exposures, frames = exposures_for(paths)
+    state["exposures_hash"] = fingerprints.exposures_digest(exposures, frames, tileid)
     tables["exposure"] = tile.exposure_rows(exposures, tileid, stats=stats)
     tables["frame"] = tile.frame_rows(frames, tables["exposure"]["expid"], stats=stats,
                                       tileid=tileid)
     extra = {}
     survey, program = line["SURVEY"], line["PROGRAM"]
-    if action["full"]:
-        fa_path = paths.fiberassign_file(tileid)
+    if full:
         fa, pot, targets, header = tile.fiberassign_rows(fa_path, tileid, stats=stats)
         tables["fiberassign"], tables["potential"] = fa, pot
         # a named catalog that does not exist is skipped and listed in
@@ -99,15 +154,30 @@ def extract_tile(job):
         tables["target"] = targetphot.target_rows(tp, tileid, survey, program, stats=stats)
         tables["photometry"] = targetphot.photometry_from_targetphot(tp, stats=stats)
         extra["brick_input"] = brick_input(tp, targets, tileid)
-    z, info = redshift.ztile_rows(paths, tileid, line["LASTNIGHT"], survey, program,
-                                  stats=stats)
+    z, zinfo = redshift.ztile_rows(paths, tileid, line["LASTNIGHT"], survey, program,
+                                   stats=stats)
     tables["ztile"] = z
-    faults.hit("extract", tileid, leftover=path)  # crash tests only (faults.py)
-    stage.write(path, tables, key, extra)
-    return {"tileid": tileid, "file": path, "reused": False,
-            "rows": {k: len(v) for k, v in tables.items()},
-            "missing_petals": list(info.get("missing_petals", [])),
-            "stats": _plain(stats)}
+    for k, fp in read.items():
+        fingerprints.check_unchanged(fp, files[k], tileid)
+    faults.hit("extract", tileid, leftover=out.path)  # crash tests only (faults.py)
+    info = {"state": state, "rows": {k: len(v) for k, v in tables.items()},
+            "missing_petals": list(zinfo.get("missing_petals", [])), "stats": _plain(stats)}
+    out.write(tables, key, extra, info)
+    return _tile_result(tileid, out, info, brick_input=extra.get("brick_input"),
+                        targetids=_targetids(tables))
+
+
+def _tile_result(tileid, out, info, reused=False, brick_input=None, targetids=None):
+    if reused:
+        brick_input, targetids = out.brick_input(), out.targetids()
+    return TileResult(tileid, out, info["state"], reused=reused, rows=info["rows"],
+                      missing_petals=info["missing_petals"], stats=info["stats"],
+                      brick_input=brick_input, targetids=targetids)
+
+
+def _targetids(tables):
+    parts = [t["targetid"] for t in tables.values() if "targetid" in t.dtype.names]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
 def targetid_mismatches(tp):
@@ -127,33 +197,38 @@ def extract_brick(job):
 
     ``job`` = dict(group, targets (sorted by BRICKNAME), paths, stage_dir).  A brick whose
     tractor file is bad is reported in ``failed`` (brick -> message) and the others are
-    staged: only the tiles that need the bad brick fail.
+    staged: only the tiles that need the bad brick fail.  The key covers the tractor
+    files' sizes and mtimes, and a group with a failed brick is written with its
+    failures but never reused, so a repaired file is read by the next run.
     """
-    group, targets = job["group"], job["targets"]
-    key = task_key("bricks", group, targets["BRICKNAME"].tolist(),
-                   targets["TARGETID"].tolist())
-    path = stage.brick_file(job["stage_dir"], group)
-    if stage.is_complete(path, key):
-        return {"group": group, "file": path, "reused": True,
-                "failed": stage.read(path, names=()).get("info", {}).get("failed", {})}
-    stats, parts, failed, matched = {}, [], {}, 0
+    group, targets, paths = job["group"], job["targets"], job["paths"]
     bricks, starts = np.unique(targets["BRICKNAME"], return_index=True)
+    names = [b.decode() for b in bricks]
+    tractor = fingerprints.stat([(f"{region}/{b}", paths.tractor_file(region, b))
+                                 for b in names for region in ("north", "south")])
+    key = task_key("bricks", group, targets["BRICKNAME"].tolist(),
+                   targets["TARGETID"].tolist(), tractor.to_text())
+    out = stage.brick_file(job["stage_dir"], group)
+    if out.is_complete(key):
+        info = out.info()
+        if not info.get("failed"):
+            return BrickResult(group, out, reused=True, bricks=len(bricks),
+                               inputs=len(targets))
+    stats, parts, failed, matched = {}, [], {}, 0
     bounds = list(starts) + [len(targets)]
-    for i, brick in enumerate(bricks):
+    for i, brick in enumerate(names):
         sel = targets[bounds[i]: bounds[i + 1]]
         try:
-            rows, ok = tractorphot.tractorphot_onebrick(brick.decode(), sel, job["paths"],
-                                                        stats=stats)
+            rows, ok = tractorphot.tractorphot_onebrick(brick, sel, paths, stats=stats)
         except InputError as err:
-            failed[brick.decode()] = str(err)
+            failed[brick] = str(err)
             continue
         parts.append(rows)
         matched += int(np.count_nonzero(ok))
     rows = np.concatenate(parts) if parts else schema_table("photometry").empty()
-    stage.write(path, {"photometry": rows}, key, info={"failed": failed})
-    return {"group": group, "file": path, "reused": False, "failed": failed,
-            "bricks": len(bricks), "matched": matched, "inputs": len(targets),
-            "stats": _plain(stats)}
+    out.write({"photometry": rows}, key, info={"failed": failed})
+    return BrickResult(group, out, failed=failed, bricks=len(bricks), matched=matched,
+                       inputs=len(targets), stats=_plain(stats))
 
 
 def _plain(stats):
@@ -161,8 +236,5 @@ def _plain(stats):
                                  if isinstance(v, np.generic) else str(v)))
 
 
-def remove_stage_file(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+#: The task kinds a worker serves (:func:`specprod_db.mpi.serve`).
+HANDLERS = {"tile": extract_tile, "brick": extract_brick}

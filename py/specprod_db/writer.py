@@ -1,10 +1,17 @@
 """The single writer: one transaction per tile, binary COPY, shared-table upserts.
 
 Per tile (``write_tile``), in one transaction: remove the tile's old rows (UPDATE), COPY
-the new ones, insert the photometry its targets still lack (first writer wins, as in the
-old tool), recompute the primary-spectrum flags of every TARGETID whose ztile rows
-changed (on every tile), and upsert its ``tile_state`` row.  A tile is either fully loaded or not at
-all.  Deletes follow the foreign keys children-first (there are no cascades).
+the new ones, insert the photometry its targets lack (Legacy Surveys rows first, then
+targeting-data rows; first writer wins, as in the old tool), remove photometry that no
+table references any more, recompute the primary-spectrum flags of every TARGETID
+whose ztile rows changed (on every tile), and upsert its ``tile_state`` row.  A tile is
+either fully loaded or not at all, photometry included: a crash or a bad value leaves
+no photometry row that nothing references.
+
+Which tables hold a tile's rows, which of them an UPDATE keeps, and the order of
+deletes (children first) and inserts (parents first) come from :mod:`specprod_db.schema`
+(``tile_input`` and the foreign keys); TARGETID sets go to SQL as temporary tables
+(:mod:`specprod_db.tempids`).
 """
 import json
 from contextlib import contextmanager
@@ -13,7 +20,7 @@ from datetime import datetime, timezone
 import numpy as np
 from psycopg2 import sql
 
-from . import faults
+from . import faults, schema, tempids
 from .db import qualified
 from .finalize import update_primary
 from .pgcopy import Encoder, StreamReader, prefetch
@@ -22,12 +29,11 @@ from .schema import table as schema_table
 #: psycopg2 reads the COPY source in blocks of this size.
 COPY_READ_SIZE = 1 << 20
 
-#: Tables a tile owns, children first (the delete order).
-_TILE_CHILDREN_FULL = ("ztile", "fiberassign", "potential", "target")
-_TILE_CHILDREN_PARTIAL = ("ztile",)
+#: Status of a tile in ``tile_state`` after a failure: bad input / a bug.
+FAILED, INTERNAL_ERROR = "failed", "internal_error"
 
-#: Where a tile's rows are staged -> loaded, parents first (the insert order).
-INSERT_ORDER = ("tile", "exposure", "frame", "target", "fiberassign", "potential", "ztile")
+#: Name of the session's temporary table of TARGETIDs the run's tiles reference.
+KEEP_TABLE = "run_targetids"
 
 
 @contextmanager
@@ -82,52 +88,68 @@ def copy_upsert(cur, schema_name, table_name, rows, conflict, update=False):
     return cur.rowcount
 
 
-def _ids(values):
-    return [int(v) for v in np.unique(np.asarray(values, dtype=np.int64))]
+def _tile_condition(schema_name, table, owned):
+    """WHERE clause selecting a tile's rows of ``table`` (parameter ``%(t)s``): its
+    ``tileid``, and rows whose parent row (a foreign key to another of the ``owned``
+    tables) belongs to the tile."""
+    conds = [sql.SQL("tileid = %(t)s")] if "tileid" in table.names else []
+    for col, ref in table.foreign_keys.items():
+        parent, pcol = ref.split(".")
+        if col != "tileid" and parent in owned and "tileid" in schema_table(parent).names:
+            conds.append(sql.SQL("{} IN (SELECT {} FROM {} WHERE tileid = %(t)s)").format(
+                sql.Identifier(col), sql.Identifier(pcol), qualified(schema_name, parent)))
+    return sql.SQL(" OR ").join(conds)
 
 
-def tile_targetids(cur, schema_name, tileid, tables=("target", "fiberassign", "potential",
-                                                      "ztile")):
-    """TARGETIDs referenced by the tile's rows in ``tables``."""
-    parts = [sql.SQL("SELECT targetid FROM {} WHERE tileid = %(t)s").format(
-        qualified(schema_name, t)) for t in tables]
-    cur.execute(sql.SQL(" UNION ").join(parts), {"t": int(tileid)})
-    return [r[0] for r in cur.fetchall()]
+def _referenced_targetids(schema_name, tables):
+    """SELECT of the TARGETIDs a tile's rows of ``tables`` reference (``%(t)s``)."""
+    return sql.SQL(" UNION ").join(
+        sql.SQL("SELECT targetid FROM {} WHERE tileid = %(t)s").format(
+            qualified(schema_name, t.name)) for t in tables if "targetid" in t.names)
 
 
 def delete_tile_rows(cur, schema_name, tileid, full=True, tile_row=False):
-    """Remove a tile's rows children-first; returns {table: rows deleted}."""
+    """Remove a tile's rows children-first; returns {table: rows deleted}.
+
+    The tile row itself only with ``tile_row`` (an UPDATE upserts it instead).
+    """
+    tables = schema.tile_tables(full)
+    owned = {t.name for t in tables}
     counts = {}
-    t = {"t": int(tileid)}
-    for name in (_TILE_CHILDREN_FULL if full else _TILE_CHILDREN_PARTIAL):
-        cur.execute(sql.SQL("DELETE FROM {} WHERE tileid = %(t)s").format(
-            qualified(schema_name, name)), t)
-        counts[name] = cur.rowcount
-    cur.execute(sql.SQL("DELETE FROM {} WHERE tileid = %(t)s OR expid IN "
-                        "(SELECT expid FROM {} WHERE tileid = %(t)s)").format(
-        qualified(schema_name, "frame"), qualified(schema_name, "exposure")), t)
-    counts["frame"] = cur.rowcount
-    cur.execute(sql.SQL("DELETE FROM {} WHERE tileid = %(t)s").format(
-        qualified(schema_name, "exposure")), t)
-    counts["exposure"] = cur.rowcount
-    if tile_row:
-        cur.execute(sql.SQL("DELETE FROM {} WHERE tileid = %(t)s").format(
-            qualified(schema_name, "tile")), t)
-        counts["tile"] = cur.rowcount
+    for table in reversed(tables):
+        if table.name == "tile" and not tile_row:
+            continue
+        cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(
+            qualified(schema_name, table.name), _tile_condition(schema_name, table, owned)),
+            {"t": int(tileid)})
+        counts[table.name] = cur.rowcount
     return counts
 
 
-def delete_orphan_photometry(cur, schema_name, targetids):
-    """Delete photometry rows among ``targetids`` that no table references any more."""
-    if not len(targetids):
-        return 0
-    refs = sql.SQL(" AND ").join(
-        sql.SQL("NOT EXISTS (SELECT 1 FROM {} r WHERE r.targetid = p.targetid)").format(
-            qualified(schema_name, t))
-        for t in ("target", "fiberassign", "potential", "ztile", "zpix"))
-    cur.execute(sql.SQL("DELETE FROM {} p WHERE p.targetid = ANY(%s) AND {}").format(
-        qualified(schema_name, "photometry"), refs), (_ids(targetids),))
+def delete_orphan_photometry(cur, schema_name, candidates, keep=None):
+    """Delete the photometry rows of the TARGETIDs in the temporary table ``candidates``
+    that no table references any more (nor the temporary table ``keep``, if given)."""
+    refs = [sql.SQL("NOT EXISTS (SELECT 1 FROM {} r WHERE r.{} = p.targetid)").format(
+        qualified(schema_name, t.name), sql.Identifier(col))
+        for t, col in schema.referencing("photometry")]
+    if keep is not None:
+        refs.append(sql.SQL("NOT EXISTS (SELECT 1 FROM {} k WHERE k.targetid = p.targetid)")
+                    .format(keep))
+    cur.execute(sql.SQL("DELETE FROM {} p USING {} c WHERE p.targetid = c.targetid AND {}")
+                .format(qualified(schema_name, "photometry"), candidates,
+                        sql.SQL(" AND ").join(refs)))
     return cur.rowcount
+
+
+def keep_targetids(conn, targetids):
+    """The session's temporary table of the TARGETIDs this run's tiles reference.
+
+    Their photometry must survive a DELETE or full UPDATE of another tile earlier in the
+    write order: the brick tasks were planned while it was present.
+    """
+    with transaction(conn) as cur:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(KEEP_TABLE)))
+        return tempids.create(cur, targetids, name=KEEP_TABLE, on_commit="PRESERVE ROWS")
 
 
 def upsert_state(cur, schema_name, tileid, status, run_id, state=None, line=None, error=None):
@@ -141,7 +163,7 @@ def upsert_state(cur, schema_name, tileid, status, run_id, state=None, line=None
         "line": json.dumps(line, sort_keys=True, default=str) if line else None,
         "loaded_at": datetime.now(timezone.utc), "error": error,
     }
-    if status == "failed":
+    if status in (FAILED, INTERNAL_ERROR):
         # keep what was loaded before; record only the failure
         keep = ("status", "run_id", "error", "loaded_at")
     else:
@@ -156,79 +178,94 @@ def upsert_state(cur, schema_name, tileid, status, run_id, state=None, line=None
                 values)
 
 
-def write_tile(conn, schema_name, action, staged, run_id, keep=frozenset(), primary=True):
+def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), keep=None,
+               primary=True):
     """Load one tile (INSERT or UPDATE) from its staged tables, in one transaction.
 
-    ``keep``: TARGETIDs other tiles of this run will reference; their photometry is not
-    removed as orphaned (it was found present when the run planned its brick tasks).
-    ``primary``: recompute the primary flags of the touched TARGETIDs here (an initial
-    load recomputes all of them once at the end instead).
+    Parameters
+    ----------
+    action : TileAction
+    tables : dict
+        Table name -> rows (the tile's stage file).
+    state : dict
+        The fingerprints of what was read, recorded in ``tile_state``.
+    photometry : sequence of arrays
+        Photometry rows the tile's targets need, in order of precedence (Legacy Surveys
+        rows, then targeting-data rows); inserted where the TARGETID has none yet.
+    keep : sql.Identifier, optional
+        Temporary table of TARGETIDs other tiles of the run reference
+        (:func:`keep_targetids`): their photometry is never removed as orphaned.
+    primary : bool
+        Recompute the primary flags of the touched TARGETIDs here (an initial load
+        recomputes all of them once at the end instead).
 
-    Returns ``(counts, touched_targetids)``; raises after rolling back on any error.
+    Returns ``counts`` (table -> rows); raises after rolling back on any error.
     """
     counts = {}
-    touched = set()
-    tileid = action.tileid
+    tileid, full = action.tileid, action.full
+    t = {"t": int(tileid)}
     with transaction(conn) as cur:
-        cur.execute(sql.SQL("SELECT 1 FROM {} WHERE tileid = %s").format(
-            qualified(schema_name, "tile")), (tileid,))
-        old_targets = []
-        if cur.fetchone() is not None:
-            touched.update(tile_targetids(cur, schema_name, tileid, ("ztile",)))
-            if action.full:
-                old_targets = tile_targetids(cur, schema_name, tileid)
-            delete_tile_rows(cur, schema_name, tileid, full=action.full)
-        counts["tile"] = copy_upsert(cur, schema_name, "tile", staged["tile"],
-                                     ("tileid",), update=True)
-        if action.full and "photometry" in staged:
-            counts["photometry"] = copy_upsert(cur, schema_name, "photometry",
-                                               staged["photometry"], ("targetid",))
-        for name in INSERT_ORDER[1:]:
-            if name in ("target", "fiberassign", "potential") and not action.full:
-                continue
-            counts[name] = copy_rows(cur, schema_name, name, staged.get(
-                name, schema_table(name).empty()))
-        touched.update(int(t) for t in np.unique(staged["ztile"]["targetid"]))
-        if old_targets:
-            counts["photometry_deleted"] = delete_orphan_photometry(
-                cur, schema_name, sorted(set(old_targets) - set(keep)))
-        upsert_state(cur, schema_name, tileid, "loaded", run_id, action.state,
-                     action.line)
+        cur.execute(sql.SQL("SELECT 1 FROM {} WHERE tileid = %(t)s").format(
+            qualified(schema_name, "tile")), t)
+        present = cur.fetchone() is not None
+        ztile = schema_table("ztile")
+        touched = tempids.create(cur, tables["ztile"]["targetid"], select=(
+            _referenced_targetids(schema_name, [ztile]) if present else None), params=t)
+        old = None
+        if present:
+            if full:
+                old = tempids.create(cur, select=_referenced_targetids(
+                    schema_name, schema.tile_tables(full)), params=t)
+            delete_tile_rows(cur, schema_name, tileid, full=full)
+        counts["tile"] = copy_upsert(cur, schema_name, "tile", tables["tile"], ("tileid",),
+                                     update=True)
+        if full:
+            counts["photometry"] = sum(
+                copy_upsert(cur, schema_name, "photometry", rows, ("targetid",))
+                for rows in photometry)
+        for table in schema.tile_tables(full):
+            if table.name != "tile":
+                counts[table.name] = copy_rows(cur, schema_name, table.name, tables.get(
+                    table.name, table.empty()))
+        if old is not None:
+            counts["photometry_deleted"] = delete_orphan_photometry(cur, schema_name, old,
+                                                                    keep)
+        upsert_state(cur, schema_name, tileid, "loaded", run_id, state, action.line)
         faults.hit("copy", tileid)  # crash tests only (faults.py)
         if primary:
-            counts["primary"] = update_primary(conn, schema_name, sorted(touched))
-    return counts, touched
+            counts["primary"] = update_primary(conn, schema_name, table=touched)
+    faults.hit("commit", tileid)  # crash tests only: between two tiles
+    return counts
 
 
-def delete_tile(conn, schema_name, action, run_id, keep=frozenset()):
+def delete_tile(conn, schema_name, action, run_id, keep=None):
     """DELETE a tile: its rows, then photometry nobody else references (nor ``keep``,
-    see :func:`write_tile`); one transaction."""
+    see :func:`write_tile`), and the flags of its TARGETIDs' other rows; one
+    transaction."""
+    t = {"t": int(action.tileid)}
     with transaction(conn) as cur:
-        targets = tile_targetids(cur, schema_name, action.tileid)
-        touched = set(tile_targetids(cur, schema_name, action.tileid, ("ztile",)))
-        counts = delete_tile_rows(cur, schema_name, action.tileid, full=True,
-                                  tile_row=True)
-        counts["photometry"] = delete_orphan_photometry(
-            cur, schema_name, sorted(set(targets) - set(keep)))
+        touched = tempids.create(cur, select=_referenced_targetids(
+            schema_name, [schema_table("ztile")]), params=t)
+        old = tempids.create(cur, select=_referenced_targetids(
+            schema_name, schema.tile_tables()), params=t)
+        counts = delete_tile_rows(cur, schema_name, action.tileid, full=True, tile_row=True)
+        counts["photometry"] = delete_orphan_photometry(cur, schema_name, old, keep)
         upsert_state(cur, schema_name, action.tileid, "deleted", run_id, {},
                      error=action.reason)
-        counts["primary"] = update_primary(conn, schema_name, sorted(touched))
-    return counts, touched
+        counts["primary"] = update_primary(conn, schema_name, table=touched)
+    return counts
 
 
-def refresh_state(conn, schema_name, action, run_id):
+def refresh_state(conn, schema_name, action, run_id, state=None):
+    """Record the tile's current line and fingerprints; nothing is reloaded."""
     with transaction(conn) as cur:
-        upsert_state(cur, schema_name, action.tileid, "loaded", run_id, action.state,
-                     action.line)
+        upsert_state(cur, schema_name, action.tileid, "loaded", run_id,
+                     state if state is not None else action.state, action.line)
 
 
-def record_failure(conn, schema_name, tileid, message, run_id):
+def record_failure(conn, schema_name, tileid, message, run_id, internal=False):
+    """Record a tile's failure (``failed``: bad input; ``internal_error``: a bug)."""
     conn.rollback()
     with transaction(conn) as cur:
-        upsert_state(cur, schema_name, tileid, "failed", run_id, error=message)
-
-
-def write_photometry(conn, schema_name, rows):
-    """Insert Legacy Surveys photometry rows (first writer wins); one transaction."""
-    with transaction(conn) as cur:
-        return copy_upsert(cur, schema_name, "photometry", rows, ("targetid",))
+        upsert_state(cur, schema_name, tileid, INTERNAL_ERROR if internal else FAILED,
+                     run_id, error=message)

@@ -3,8 +3,6 @@
 Runs alone or under ``mpiexec -n N`` / ``srun``: rank 0 plans, hands out tile and brick
 tasks, and writes; the other ranks extract.  The result is the same for every N >= 1.
 """
-import os
-
 from .. import mpi
 from ..paths import InputError, add_path_arguments, paths_from_args
 from ..pipeline import Options, load
@@ -18,9 +16,12 @@ def add_arguments(parser, dry_run_flag=True):
     parser.add_argument("--tiles", default=None, metavar="ID,ID,..",
                         help="restrict the run to these TILEIDs")
     parser.add_argument("--stage-dir", default=None, metavar="DIR",
-                        help="HDF5 stage directory (default $SPECPROD_DB_STAGE_DIR, else "
-                             "$SCRATCH/specprod-db-stage, else ./specprod-db-stage; a "
-                             "sub-directory per schema)")
+                        help="HDF5 stage directory of this database and schema (default: "
+                             "BASE/DATABASE/SCHEMA, BASE being $SPECPROD_DB_STAGE_DIR, else "
+                             "$SCRATCH/specprod-db-stage, else ./specprod-db-stage, and "
+                             "DATABASE the server's system identifier and the database "
+                             "name). A directory used for one database and schema is "
+                             "refused for another")
     parser.add_argument("--stage-min-free", type=float, default=0, metavar="MIB",
                         help="refuse to start unless the stage directory has this many MiB "
                              "free (default 0: only check that it is writable)")
@@ -74,14 +75,6 @@ def _count(text):
     return value
 
 
-def default_stage_dir(schema):
-    base = (os.environ.get("SPECPROD_DB_STAGE_DIR")
-            or (os.path.join(os.environ["SCRATCH"], "specprod-db-stage")
-                if os.environ.get("SCRATCH") else None)
-            or os.path.abspath("specprod-db-stage"))
-    return os.path.join(base, schema)
-
-
 def options_from_args(args, dry_run=None):
     try:
         paths = paths_from_args(args)
@@ -95,7 +88,7 @@ def options_from_args(args, dry_run=None):
             raise SystemExit(f"specprod-db: --tiles must be a comma-separated list of "
                              f"integers, not {args.tiles!r}")
     return Options(schema=args.schema, paths=paths, dsn=args.db,
-                   stage_dir=args.stage_dir or default_stage_dir(args.schema), tiles=tiles,
+                   stage_dir=args.stage_dir, tiles=tiles,
                    dry_run=args.dry_run if dry_run is None else dry_run,
                    no_delete=args.no_delete, allow_mass_delete=args.allow_mass_delete,
                    max_delete_fraction=args.max_delete_fraction,

@@ -40,7 +40,7 @@ from desiutil.names import radec_to_desiname
 from .. import ids, rows, schema
 from ..log import get_logger
 from ..paths import InputError
-from .tile import _header_dict, fingerprint
+from .tile import _header_dict
 
 PETALS = range(10)
 DUMMY_DESINAME = "-" * 22
@@ -64,19 +64,15 @@ def petal_file(paths, tileid, lastnight, petal):
     return None
 
 
-def redrock_fingerprint(paths, tileid, lastnight, content=True):
-    """``"name=size:mtime_ns:sha256;..."`` of the tile's petal files (``name=missing``).
-
-    Changes when a petal file appears, disappears or changes (design decision 2).
-    """
-    parts = []
+def redrock_files(paths, tileid, lastnight):
+    """``[(name, path or None)]`` of the tile's petal files, for its fingerprint: the
+    file's basename, or ``petal-P`` when the petal has no file (design decision 2: a
+    petal file appearing, disappearing or changing changes the fingerprint)."""
+    out = []
     for petal in PETALS:
         path = petal_file(paths, tileid, lastnight, petal)
-        if path is None:
-            parts.append(f"{petal}=missing")
-        else:
-            parts.append(f"{os.path.basename(path)}={fingerprint(path, content)}")
-    return ";".join(parts)
+        out.append((os.path.basename(path), path) if path else (f"petal-{petal}", None))
+    return out
 
 
 def ztile_rows(paths, tileid, lastnight, survey, program, stats=None):

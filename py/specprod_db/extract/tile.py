@@ -21,7 +21,6 @@ Data quirks handled here (datamodel.md §1, §2, §3, §10.4):
   :func:`specprod_db.ids.no_sky` holds (TARGETID > 0, SKY bit clear): standards stay;
   skies and unassigned positioners go.
 """
-import hashlib
 import os
 import re
 
@@ -402,63 +401,3 @@ def fiberassign_rows(path, tileid, stats=None):
 def _header_dict(hdr):
     return {r["name"]: r["value"] for r in hdr.records()
             if r.get("name") and r["name"] not in ("COMMENT", "HISTORY", "CONTINUE")}
-
-
-# --- fingerprints ---------------------------------------------------------------------
-
-def fingerprint(path, content=True):
-    """``"size:mtime_ns:sha256"`` of a file (``"size:mtime_ns:-"`` without ``content``).
-
-    Used to detect changed inputs (design decision 2).  A missing file is ``"missing"``.
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "missing"
-    digest = "-"
-    if content:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        digest = h.hexdigest()
-    return f"{st.st_size}:{st.st_mtime_ns}:{digest}"
-
-
-def _parts(fp):
-    """``[(name, stat, digest)]`` of a fingerprint: one file (``size:mtime:sha``) or
-    several (``name=size:mtime:sha;...``); a missing file's stat and digest are
-    ``missing``."""
-    out = []
-    for part in fp.split(";"):
-        name, _, value = part.rpartition("=")
-        if value == "missing":
-            out.append((name, "missing", "missing"))
-        else:
-            stat, _, digest = value.rpartition(":")
-            out.append((name, stat, digest))
-    return out
-
-
-def current_fingerprint(recorded, cheap, compute):
-    """``recorded`` when the files it describes did not change, else ``compute()``.
-
-    ``cheap`` is the fingerprint without content (``content=False``): the files are
-    hashed (``compute``) only when a name, size or mtime moved, and a file touched with
-    identical bytes is not a change (design decision 2).
-    """
-    if recorded:
-        old = _parts(recorded)
-        if [p[:2] for p in old] == [p[:2] for p in _parts(cheap)]:
-            return recorded
-    fp = compute()
-    if recorded and [(n, d) for n, _, d in old] == [(n, d) for n, _, d in _parts(fp)]:
-        return recorded
-    return fp
-
-
-def fingerprint_changed(recorded, path):
-    """True when ``path`` differs from a recorded :func:`fingerprint` (see
-    :func:`current_fingerprint`)."""
-    return current_fingerprint(recorded, fingerprint(path, content=False),
-                               lambda: fingerprint(path)) != recorded

@@ -1,0 +1,143 @@
+"""What a tile was loaded from: fingerprints of its input files and exposure rows.
+
+Design decision 2: a tile is UPDATEd when its inputs changed — its qualifying exposure
+rows, the cumulative redrock files of its LASTNIGHT, its fiberassign file.  A file's
+fingerprint is its name, size, mtime and SHA-256; a :class:`Fingerprint` is that of a
+set of files (one fiberassign file, or a tile's ten petal files, a missing one included
+as such).  They are stored in ``tile_state`` as JSON text (:meth:`Fingerprint.to_text`).
+
+Who computes what:
+
+* the **planner** (rank 0) never reads file contents: it compares a :func:`stat` of the
+  files (names, sizes, mtimes) with the recorded fingerprint (:func:`planned`);
+* the **worker** that reads a tile's files hashes them (:func:`hashed`) right before
+  reading them, and checks afterwards that they did not move meanwhile
+  (:func:`check_unchanged`); that fingerprint — of what was actually read — is the one
+  recorded.  A file touched with identical bytes is therefore not a change: the worker
+  finds the same content and the tile's state is only refreshed;
+* the exposure rows are fingerprinted by :func:`exposures_digest` (planner, to detect a
+  change; worker, of the rows it loads).
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+_BLOCK = 1 << 22
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """One file: ``name`` (its basename, or a label when it is missing), ``size`` and
+    ``mtime_ns`` (None when missing), ``sha256`` (None when not hashed)."""
+    name: str
+    size: int = None
+    mtime_ns: int = None
+    sha256: str = None
+
+    @property
+    def missing(self):
+        return self.size is None
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The fingerprint of an ordered set of files."""
+    files: tuple
+
+    def stat_key(self):
+        """What ``stat`` tells: names, sizes and mtimes."""
+        return tuple((f.name, f.size, f.mtime_ns) for f in self.files)
+
+    def content_key(self):
+        """What the bytes tell: names and SHA-256 (None where not hashed)."""
+        return tuple((f.name, "missing" if f.missing else f.sha256) for f in self.files)
+
+    @property
+    def is_hashed(self):
+        return all(f.missing or f.sha256 for f in self.files)
+
+    def same_content(self, other):
+        """True when both are hashed and every file has the same name and bytes."""
+        return (other is not None and self.is_hashed and other.is_hashed
+                and self.content_key() == other.content_key())
+
+    def to_text(self):
+        return json.dumps([[f.name, f.size, f.mtime_ns, f.sha256] for f in self.files],
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_text(cls, text):
+        """The fingerprint stored as ``text``; None for None, '' or an unreadable value
+        (e.g. one recorded by an earlier format: the tile is then seen as changed)."""
+        if not text:
+            return None
+        try:
+            return cls(tuple(FileStamp(*item) for item in json.loads(text)))
+        except (ValueError, TypeError):
+            return None
+
+
+def _stamp(name, path, content):
+    try:
+        st = os.stat(path) if path else None
+    except FileNotFoundError:
+        st = None
+    if st is None:
+        return FileStamp(name)
+    digest = None
+    if content:
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(_BLOCK), b""):
+                    h.update(block)
+        except OSError as err:
+            raise InputError(f"{path}: cannot be read: {err.strerror}") from None
+        digest = h.hexdigest()
+    return FileStamp(name, st.st_size, st.st_mtime_ns, digest)
+
+
+def stat(files):
+    """The fingerprint without contents of ``files``: ``[(name, path or None)]``."""
+    return Fingerprint(tuple(_stamp(n, p, False) for n, p in files))
+
+
+def hashed(files):
+    """The full fingerprint (contents hashed) of ``files``: ``[(name, path or None)]``."""
+    return Fingerprint(tuple(_stamp(n, p, True) for n, p in files))
+
+
+def planned(recorded_text, current):
+    """The planner's value for a file set: the recorded text when ``stat`` shows the same
+    files (names, sizes, mtimes), else the current stat-only fingerprint's text (which
+    differs from anything recorded, so the tile is planned as changed)."""
+    recorded = Fingerprint.from_text(recorded_text)
+    if recorded is not None and recorded.stat_key() == current.stat_key():
+        return recorded_text
+    return current.to_text()
+
+
+def check_unchanged(before, files, tileid):
+    """:class:`InputError` when a file moved while the worker read it (hashed as
+    ``before``): what was loaded would not be what is recorded."""
+    now = stat(files)
+    for old, new in zip(before.files, now.files):
+        if (old.name, old.size, old.mtime_ns) != (new.name, new.size, new.mtime_ns):
+            path = dict(files).get(new.name) or new.name
+            raise InputError(f"tile {tileid}: {path} changed while it was being read; "
+                             f"the next run loads it")
+
+
+def exposures_digest(exposures, frames, tileid):
+    """SHA-256 of the qualifying exposure rows of a tile (EFFTIME_SPEC > 0) and their
+    frames, in EXPID (then CAMERA) order."""
+    sel = (exposures["TILEID"] == tileid) & (exposures["EFFTIME_SPEC"] > 0)
+    e = np.sort(exposures[sel], order="EXPID")
+    f = frames[np.isin(frames["EXPID"], e["EXPID"])]
+    f = f[np.lexsort((f["CAMERA"], f["EXPID"]))]
+    return hashlib.sha256(e.tobytes() + f.tobytes()).hexdigest()

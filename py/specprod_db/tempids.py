@@ -1,0 +1,44 @@
+"""Sets of TARGETIDs handed to SQL as temporary tables filled by COPY.
+
+Never an ``= ANY(%s)`` array literal: its size is unbounded (a whole production's
+TARGETIDs in an initial load), it is parsed as one statement, and the planner cannot
+estimate it.  A temporary table of one ``bigint`` primary-key column is filled by COPY
+in chunks, ANALYZEd, and joined.
+"""
+import io
+import secrets
+
+import numpy as np
+from psycopg2 import sql
+
+#: Rows per COPY into a temporary table.
+COPY_CHUNK = 1_000_000
+
+
+def create(cur, ids=None, name=None, on_commit="DROP", select=None, params=None):
+    """A temporary table ``(targetid bigint PRIMARY KEY)``; returns its identifier.
+
+    Filled with ``ids`` (array-like of int; duplicates removed) and/or the rows of the
+    query ``select`` (``sql.Composable`` returning one bigint column, with ``params``).
+    ``on_commit``: ``DROP`` (the table lives for the transaction) or ``PRESERVE ROWS``
+    (for the session).
+    """
+    ident = sql.Identifier(name or f"ids_{secrets.token_hex(4)}")
+    cur.execute(sql.SQL("CREATE TEMPORARY TABLE {} (targetid bigint PRIMARY KEY) "
+                        "ON COMMIT {}").format(ident, sql.SQL(on_commit)))
+    ids = np.unique(np.asarray([] if ids is None else ids, dtype=np.int64))
+    for start in range(0, len(ids), COPY_CHUNK):
+        buf = io.StringIO("\n".join(map(str, ids[start:start + COPY_CHUNK].tolist())) + "\n")
+        cur.copy_expert(sql.SQL("COPY {} (targetid) FROM STDIN").format(ident)
+                        .as_string(cur.connection), buf)
+    if select is not None:
+        cur.execute(sql.SQL("INSERT INTO {} {} ON CONFLICT DO NOTHING").format(
+            ident, select), params)
+    cur.execute(sql.SQL("ANALYZE {}").format(ident))
+    return ident
+
+
+def fetch(cur, select, params=None):
+    """The int64 array of the one-column query ``select``."""
+    cur.execute(select, params)
+    return np.fromiter((r[0] for r in cur), dtype=np.int64)
