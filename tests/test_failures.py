@@ -1,0 +1,265 @@
+"""Failures never hang or hide, for 1 and 3 ranks (``SPECPROD_DB_FAULT``, faults.py).
+
+* An unexpected exception outside any task (planning, brick planning, writing,
+  finalizing, a worker between tasks) ends the whole job within seconds, non-zero, with a
+  clear message; nothing is half-written; a plain rerun converges.
+* An unexpected exception inside a task fails its tile as an *internal error*: logged
+  with its traceback, recorded as ``internal_error`` (not ``failed``), reported apart.
+* A crash between two tiles leaves no photometry row that nothing references.
+* A brick that failed (corrupt tractor file) is not reused from the stage once repaired;
+  a photometry value the server refuses fails only the tiles that need it.
+* No transaction stays open while the root plans; a stage directory belongs to one
+  database and schema.
+"""
+import json
+import os
+import subprocess
+import time
+
+import fitsio
+import numpy as np
+import pytest
+
+from conftest import CLI, LOAD_TIMEOUT, dump_schema, fresh_load_dump, load, mock_env, query
+from specprod_db import runlock, schema
+
+TILES = [100, 1000, 1001, 40000, 60000]  # write order of the small production
+TILE_TABLES = [t.name for t in schema.tile_tables()]
+
+
+@pytest.fixture(scope="module")
+def reference(pg_dsn, small_production, mpiexec, tmp_path_factory):
+    return fresh_load_dump(pg_dsn, mpiexec, small_production[0],
+                           tmp_path_factory.mktemp("refstage"))
+
+
+def orphan_photometry(dsn, name):
+    """Photometry rows that no table references (must always be 0)."""
+    refs = " AND ".join(f'NOT EXISTS (SELECT 1 FROM "{name}".{t.name} r WHERE '
+                        f'r.{col} = p.targetid)' for t, col in schema.referencing("photometry"))
+    return query(dsn, f'SELECT count(*) FROM "{name}".photometry p WHERE {refs}')[0][0]
+
+
+def rows_per_tile(dsn, name):
+    """{tileid: {table: rows}} over the per-tile tables."""
+    out = {}
+    for table in TILE_TABLES:
+        for tileid, n in query(dsn, f'SELECT tileid, count(*) FROM "{name}".{table} '
+                                    f'GROUP BY 1'):
+            out.setdefault(tileid, {})[table] = n
+    return out
+
+
+def reference_rows_per_tile(reference):
+    out = {}
+    for table in TILE_TABLES:
+        k = schema.table(table).names.index("tileid")
+        for row in reference[table]:
+            out.setdefault(row[k], {}).setdefault(table, 0)
+            out[row[k]][table] += 1
+    return out
+
+
+def assert_whole(dsn, name, reference):
+    """Every tile the database holds has exactly its rows of an uninterrupted load, and
+    no photometry row is unreferenced."""
+    want = reference_rows_per_tile(reference)
+    got = rows_per_tile(dsn, name)
+    for tileid, counts in got.items():
+        assert counts == want[tileid], tileid
+    status = dict(query(dsn, f'SELECT tileid, status FROM "{name}".tile_state'))
+    assert all(status.get(t) == "loaded" for t in got)
+    assert orphan_photometry(dsn, name) == 0
+
+
+def rerun_converges(mpirun, ranks, dsn, name, prod, stage, reference):
+    r = load(mpirun, ranks, dsn, name, prod, stage)
+    assert dump_schema(dsn, name) == reference
+    assert orphan_photometry(dsn, name) == 0
+    return r
+
+
+# --- an unexpected error outside any task ends the job ---------------------------------
+
+CASES = [(p, n) for p in ("plan", "bricks", "write", "finalize") for n in (1, 3)] \
+    + [("serve@1", 3), ("serve@2", 3)]
+
+
+@pytest.mark.parametrize("point, ranks", CASES)
+def test_unexpected_error_ends_the_job(point, ranks, pg_dsn, schemas, small_production,
+                                       mpirun, reference, tmp_path):
+    name, prod, stage = schemas(), small_production[0], tmp_path / "stage"
+    t = time.time()
+    r = load(mpirun, ranks, pg_dsn, name, prod, stage, check=False,
+             env={"SPECPROD_DB_FAULT": f"raise:{point}"})
+    elapsed = time.time() - t
+    assert r.returncode != 0
+    assert elapsed < 90, f"the job took {elapsed:.0f} s to end"
+    assert "injected fault" in r.stderr and "internal error" in r.stderr
+    assert "Traceback" in r.stderr
+    if not point.startswith("serve"):
+        assert r.returncode == 4
+        outcome = query(pg_dsn, f'SELECT outcome FROM "{name}".load_run')
+        assert outcome in ([], [("internal_error",)])
+    assert_whole(pg_dsn, name, reference)
+    loaded = set(rows_per_tile(pg_dsn, name))
+    if point in ("plan", "bricks"):
+        assert loaded == set()
+    elif point == "write":
+        assert loaded == {TILES[0]}  # the fault fires after the first committed tile
+    elif point == "finalize":
+        assert loaded == set(TILES)
+    rerun_converges(mpirun, ranks, pg_dsn, name, prod, stage, reference)
+
+
+# --- an unexpected error inside a task is an internal error of its tile ---------------
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_bug_in_a_task_is_an_internal_error(ranks, pg_dsn, schemas, small_production,
+                                            mpirun, reference, tmp_path):
+    name, prod, stage = schemas(), small_production[0], tmp_path / "stage"
+    r = load(mpirun, ranks, pg_dsn, name, prod, stage, check=False,
+             env={"SPECPROD_DB_FAULT": "raise:task-1000"})
+    assert r.returncode == 1
+    log = r.stdout + r.stderr
+    assert "Traceback" in log and "RuntimeError: injected fault at task-1000" in log
+    assert "INTERNAL ERRORS" in log and "FAILED tiles (bad input)" not in log
+    state = dict(query(pg_dsn, f'SELECT tileid, status FROM "{name}".tile_state'))
+    assert state[1000] == "internal_error"
+    assert {t for t, s in state.items() if s == "loaded"} == set(TILES) - {1000}
+    counts = json.loads(query(pg_dsn, f'SELECT counts FROM "{name}".load_run')[0][0])
+    assert list(counts["internal_errors"]) == ["1000"] and counts["failed"] == {}
+    assert_whole(pg_dsn, name, reference)
+    rerun_converges(mpirun, ranks, pg_dsn, name, prod, stage, reference)
+
+
+# --- photometry belongs to its tile's transaction --------------------------------------
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_writer_killed_between_tiles_leaves_no_orphan_photometry(
+        ranks, pg_dsn, schemas, small_production, mpirun, reference, tmp_path):
+    name, prod, stage = schemas(), small_production[0], tmp_path / "stage"
+    r = load(mpirun, ranks, pg_dsn, name, prod, stage, check=False,
+             env={"SPECPROD_DB_FAULT": "kill:commit-1000"})
+    assert r.returncode != 0
+    assert set(rows_per_tile(pg_dsn, name)) == {100, 1000}
+    assert_whole(pg_dsn, name, reference)
+    rerun_converges(mpirun, ranks, pg_dsn, name, prod, stage, reference)
+
+
+def _tractor_files(prod):
+    root = os.path.join(prod, "external", "legacysurvey", "dr9")
+    out = []
+    for region in ("north", "south"):
+        for dirpath, _, names in os.walk(os.path.join(root, region, "tractor")):
+            out += [os.path.join(dirpath, n) for n in names if n.endswith(".fits")]
+    return sorted(out)
+
+
+def _loaded_photometry_bricks(reference):
+    names = schema.table("photometry").names
+    return {row[names.index("brickname")] for row in reference["photometry"]
+            if row[names.index("ls_id")] > 0}
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_repaired_tractor_file_is_read_again(ranks, pg_dsn, schemas, copy_production,
+                                             mpirun, reference, tmp_path):
+    prod = copy_production()
+    name, stage = schemas(), tmp_path / "stage"
+    brick = sorted(_loaded_photometry_bricks(reference))[0]
+    good = {p: open(p, "rb").read() for p in _tractor_files(prod)
+            if os.path.basename(p)[8:16] == brick}  # north and south
+    for path, data in good.items():
+        open(path, "wb").write(data[: len(data) // 2])
+    r = load(mpirun, ranks, pg_dsn, name, prod, stage, check=False)
+    assert r.returncode == 1
+    failed = [t for t, s in query(pg_dsn, f'SELECT tileid, status FROM "{name}".tile_state')
+              if s == "failed"]
+    assert failed, "a tile needing the corrupt brick must fail"
+    assert_whole(pg_dsn, name, reference)
+    assert any(f.startswith("brick-") for f in os.listdir(stage))  # kept for the rerun
+    for path, data in good.items():  # repaired; the stage files are left as they are
+        open(path, "wb").write(data)
+    rerun_converges(mpirun, ranks, pg_dsn, name, prod, stage, reference)
+
+
+@pytest.mark.parametrize("value, expect", [
+    (b"P\x00S", ["the database refused its rows", "0x00"]),  # PostgreSQL refuses NUL
+    (b"P\xff\xfe", ["tractor", "cannot read", "codec"]),    # not even ASCII: unreadable
+])
+def test_bad_photometry_string_fails_only_its_tiles(value, expect, pg_dsn, schemas,
+                                                    copy_production, mpirun, reference,
+                                                    tmp_path):
+    prod = copy_production()
+    name, stage = schemas(), tmp_path / "stage"
+    brick = sorted(_loaded_photometry_bricks(reference))[0]
+    for path in _tractor_files(prod):
+        if os.path.basename(path)[8:16] == brick:
+            data, header = fitsio.read(path, header=True)
+            dtype = [(n, "S4" if n == "TYPE" else data.dtype[n]) for n in data.dtype.names]
+            raw = np.zeros(len(data), dtype=dtype)
+            for n in data.dtype.names:
+                raw[n] = data[n] if n != "TYPE" else value  # MORPHTYPE
+            fitsio.write(path, raw, header=header, clobber=True)
+    r = load(mpirun, 1, pg_dsn, name, prod, stage, check=False)
+    assert r.returncode == 1
+    state = dict(query(pg_dsn, f'SELECT tileid, status FROM "{name}".tile_state'))
+    failed = {t for t, s in state.items() if s == "failed"}
+    assert failed and failed != set(TILES)
+    errors = [e for (e,) in query(pg_dsn, f'SELECT error FROM "{name}".tile_state '
+                                          f"WHERE status = 'failed'")]
+    assert all(all(x in e for x in expect) for e in errors), errors
+    assert_whole(pg_dsn, name, reference)
+    assert set(rows_per_tile(pg_dsn, name)) == set(TILES) - failed
+
+
+# --- planning and the stage directory --------------------------------------------------
+
+def test_no_transaction_open_while_planning(pg_dsn, schemas, small_production, tmp_path):
+    name, prod = schemas(), small_production[0]
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    env = mock_env(prod, SPECPROD_DB_DSN=pg_dsn, SPECPROD_DB_FAULT="pause:plan",
+                   SPECPROD_DB_FAULT_DIR=str(faults), SPECPROD_DB_NO_MPI="1")
+    proc = subprocess.Popen(CLI + ["load", "--schema", name, "--stage-dir",
+                                   str(tmp_path / "stage")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.time() + 60
+        while not (faults / "paused-plan").exists():
+            assert proc.poll() is None and time.time() < end, proc.communicate()
+            time.sleep(0.05)
+        # the loader's session: the one holding the schema's advisory lock
+        states = query(pg_dsn, "SELECT a.state FROM pg_stat_activity a JOIN pg_locks l "
+                               "ON l.pid = a.pid WHERE l.locktype = 'advisory' AND "
+                               "l.classid = %s AND l.objid = %s AND l.granted",
+                       (runlock.LOCK_NAMESPACE, runlock.lock_key(name)))
+        assert states == [("idle",)], states
+    finally:
+        (faults / "resume-plan").touch()
+        out, err = proc.communicate(timeout=LOAD_TIMEOUT)
+    assert proc.returncode == 0, err
+
+
+def test_stage_directory_belongs_to_one_schema(pg_dsn, schemas, small_production, mpirun,
+                                                tmp_path):
+    prod, stage = small_production[0], tmp_path / "stage"
+    first, second = schemas(), schemas()
+    load(mpirun, 1, pg_dsn, first, prod, stage)
+    r = load(mpirun, 1, pg_dsn, second, prod, stage, check=False)
+    assert r.returncode == 2
+    assert f"belongs to schema {first}" in r.stderr and "--stage-dir" in r.stderr
+    assert query(pg_dsn, f'SELECT count(*) FROM "{second}".tile')[0][0] == 0
+
+
+def test_default_stage_directory_is_keyed_by_database_and_schema(
+        pg_dsn, schemas, small_production, mpirun, tmp_path):
+    name, prod = schemas(), small_production[0]
+    base = tmp_path / "base"
+    e = mock_env(prod, SPECPROD_DB_DSN=pg_dsn, SPECPROD_DB_STAGE_DIR=str(base))
+    mpirun(1, CLI + ["load", "--schema", name], env=e, timeout=LOAD_TIMEOUT)
+    system, db = query(pg_dsn, "SELECT (SELECT system_identifier FROM pg_control_system()),"
+                               " current_database()")[0]
+    assert os.listdir(base) == [f"{system}-{db}"]
+    assert os.listdir(base / f"{system}-{db}") == [name]
