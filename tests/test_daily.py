@@ -185,6 +185,41 @@ def test_idempotent_plan_refresh(pg_dsn, schemas, copy_production, mpirun, tmp_p
     assert "nothing to do" in r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_touched_files_with_the_same_bytes_are_not_reloaded(ranks, pg_dsn, schemas,
+                                                            copy_production, mpirun,
+                                                            tmp_path):
+    """Decision 2 with worker-side hashing: the planner sees new mtimes and plans an
+    UPDATE; the worker finds the recorded contents and only the state is refreshed."""
+    from specprod_db import fingerprints
+    from specprod_db.extract import redshift, tile
+    from specprod_db.mock import environment
+    from specprod_db.paths import Paths
+    prod = copy_production()
+    name, stage = schemas(), tmp_path / "stage"
+    load(mpirun, ranks, pg_dsn, name, prod, stage)
+    before = dump_schema(pg_dsn, name)
+    paths = Paths.from_environment(environment(prod))
+    tid = tiles_of(pg_dsn, name)[0]
+    lastnight = query(pg_dsn, f'SELECT lastnight FROM "{name}".tile WHERE tileid = %s',
+                      (tid,))[0][0]
+    for _, path in tile.fiberassign_files(paths, tid) + \
+            redshift.redrock_files(paths, tid, lastnight):
+        if path:
+            os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
+    actions = plan_lines(load(mpirun, 1, pg_dsn, name, prod, stage, command="plan").stdout)
+    assert actions[tid][0] == "UPDATE" and "fiberassign file changed" in actions[tid][1]
+    r = load(mpirun, ranks, pg_dsn, name, prod, stage)
+    assert f"tile {tid}: inputs touched, same contents: state refreshed" in r.stdout + r.stderr
+    assert dump_schema(pg_dsn, name) == before
+    recorded = fingerprints.Fingerprint.from_text(query(
+        pg_dsn, f'SELECT fiberassign_fingerprint FROM "{name}".tile_state WHERE '
+                f'tileid = %s', (tid,))[0][0])
+    assert {f.mtime_ns for f in recorded.files} == {1_700_000_000_000_000_000}
+    r = load(mpirun, ranks, pg_dsn, name, prod, stage)
+    assert "nothing to do" in r.stdout + r.stderr
+
+
 def test_delete_guards(pg_dsn, schemas, copy_production, mpirun, tmp_path):
     prod = copy_production()
     name = schemas()

@@ -219,7 +219,10 @@ def _ours(targets, paths, stats=None):
     """Photometry rows for all targets (zeros where unmatched) and the matched mask."""
     out = table("photometry").empty(len(targets))
     matched = np.zeros(len(targets), dtype=bool)
-    for brick, idx in tr.group_by_brick(targets):
+    names = tr.brick_names(targets)
+    for brick in np.unique(names[names != b""]):
+        idx = np.flatnonzero(names == brick)
+        brick = brick.decode()
         prow, mask = tr.tractorphot_onebrick(brick, targets[idx], paths, stats)
         assert (prow["targetid"] == targets["TARGETID"][idx][mask]).all()
         out[idx[mask]] = prow
@@ -377,10 +380,10 @@ def test_bricknames_and_grouping():
     t = _targets(5)
     t["RA"], t["DEC"] = ra, dec
     t["BRICKNAME"][3] = b"9999p999"                      # a given BRICKNAME wins
-    groups = dict(tr.group_by_brick(t))
-    assert set(groups) == {"0352p315", "0001m002", "9999p999"}
-    np.testing.assert_array_equal(groups["0352p315"], [0, 2])
-    assert sum(len(v) for v in groups.values()) == 4     # NaN row has no brick
+    names = tr.brick_names(t)
+    assert set(names[names != b""]) == {b"0352p315", b"0001m002", b"9999p999"}
+    np.testing.assert_array_equal(np.flatnonzero(names == b"0352p315"), [0, 2])
+    assert names[4] == b""                               # NaN row has no brick
 
 
 # --- the mock production (specprod_db.mock) -------------------------------------------

@@ -174,14 +174,13 @@ class Run:
         exposures, frames = tile.read_exposures_file(paths.exposures())
         orphans = sorted(set(exposures["TILEID"].tolist()) - set(table["TILEID"].tolist()))
         if orphans:
-            self.warn("orphan_exposures", int(np.isin(exposures["TILEID"], orphans).sum()),
-                      "%d exposure row(s) of %d tile(s) not in the tiles file are ignored: "
-                      "%s", int(np.isin(exposures["TILEID"], orphans).sum()), len(orphans),
+            n = int(np.isin(exposures["TILEID"], orphans).sum())
+            self.warn("orphan_exposures", n, "%d exposure row(s) of %d tile(s) not in the "
+                      "tiles file are ignored: %s", n, len(orphans),
                       ", ".join(map(str, orphans[:10])))
 
         def planned(tileid, line, old):
             old = old or {}
-            fa = paths.fiberassign_file(tileid)
             return {
                 "exposures_hash": fingerprints.exposures_digest(exposures, frames, tileid),
                 "redrock_fingerprint": fingerprints.planned(
@@ -189,7 +188,7 @@ class Run:
                         redshift.redrock_files(paths, tileid, line["LASTNIGHT"]))),
                 "fiberassign_fingerprint": fingerprints.planned(
                     old.get("fiberassign_fingerprint"),
-                    fingerprints.stat([(os.path.basename(fa), fa)]))}
+                    fingerprints.stat(tile.fiberassign_files(paths, tileid)))}
 
         def plan(allow_mass_delete):
             return make_plan(table, problems, self.state, planned, tiles=opts.tiles,

@@ -95,12 +95,12 @@ def brick_input(targetphot_rows, targets, tileid):
     out["DEC"] = targets["DEC"]
     for name in ("RELEASE", "BRICKID", "BRICK_OBJID", "PHOTSYS"):
         out[name] = targetphot_rows[name]
-    # The brick of a row is its targeting BRICKNAME when it has one (as desispec groups
+    # the brick of a row is its targeting BRICKNAME when it has one (as desispec groups
     # them), else the brick of its position; rows with neither (non-finite positions)
-    # get '' and keep their targeting photometry (the planner skips them).
-    named = np.char.strip(np.asarray(targetphot_rows["BRICKNAME"]).astype("S8"))
-    computed = np.asarray(tractorphot.bricknames(out["RA"], out["DEC"])).astype("S8")
-    out["BRICKNAME"] = np.where(named != b"", named, computed)
+    # get '' and keep their targeting photometry (the planner skips them)
+    out["BRICKNAME"] = tractorphot.brick_names(np.rec.fromarrays(
+        [targetphot_rows["BRICKNAME"], out["RA"], out["DEC"]],
+        names=("BRICKNAME", "RA", "DEC")))
     out["TILEID"] = tileid
     return out
 
@@ -126,8 +126,7 @@ def extract_tile(job):
                          f"{line['LASTNIGHT']} {night_dir}: does not exist")
     files = {"redrock_fingerprint": redshift.redrock_files(paths, tileid, line["LASTNIGHT"])}
     if full:
-        fa_path = paths.fiberassign_file(tileid)
-        files["fiberassign_fingerprint"] = [(os.path.basename(fa_path), fa_path)]
+        files["fiberassign_fingerprint"] = tile.fiberassign_files(paths, tileid)
     read = {k: fingerprints.hashed(v) for k, v in files.items()}
     state = dict(action["state"], **{k: fp.to_text() for k, fp in read.items()})
     recorded = job.get("recorded")
@@ -145,7 +144,8 @@ def extract_tile(job):
     extra = {}
     survey, program = line["SURVEY"], line["PROGRAM"]
     if full:
-        fa, pot, targets, header = tile.fiberassign_rows(fa_path, tileid, stats=stats)
+        fa, pot, targets, header = tile.fiberassign_rows(paths.fiberassign_file(tileid),
+                                                         tileid, stats=stats)
         tables["fiberassign"], tables["potential"] = fa, pot
         # a named catalog that does not exist is skipped and listed in
         # stats["missing_catalogs"]; none existing fails the tile (decision 11)

@@ -350,6 +350,12 @@ def _build(table, cols, stats, tileid, path):
 
 # --- fiberassign file -----------------------------------------------------------------
 
+def fiberassign_files(paths, tileid):
+    """``[(name, path)]`` of the tile's fiberassign file, for its fingerprint."""
+    path = paths.fiberassign_file(tileid)
+    return [(os.path.basename(path), path)]
+
+
 def fiberassign_rows(path, tileid, stats=None):
     """The tile's fiberassign file as ``(fiberassign, potential, targets, header)``.
 

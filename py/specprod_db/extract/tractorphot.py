@@ -80,26 +80,19 @@ def bricknames(ra, dec):
     return out
 
 
-def group_by_brick(targets):
-    """``[(brickname, indices)]`` of ``targets``, brick names sorted.
-
-    The brick of a row is its BRICKNAME when the array has a non-blank one (targeting
-    rows: the brick of its BRICKID, as desispec groups them), else the brick containing
-    its RA/Dec.  Rows with non-finite RA/Dec and no BRICKNAME are left out (no brick).
-    """
-    n = len(targets)
-    names = np.zeros(n, dtype="S8")
+def brick_names(targets):
+    """The brick of each row of ``targets`` (``S8``): its BRICKNAME when the array has a
+    non-blank one (targeting rows: the brick of its BRICKID, as desispec groups them),
+    else the brick containing its RA/Dec; ``b''`` for non-finite RA/Dec without one."""
+    names = np.zeros(len(targets), dtype="S8")
     if "BRICKNAME" in (targets.dtype.names or ()):
         given = np.asarray(targets["BRICKNAME"])
-        names[:] = np.char.encode(given, "ascii") if given.dtype.kind == "U" else given
-    blank = np.flatnonzero(np.char.strip(names) == b"")
+        names[:] = np.char.strip(np.char.encode(given, "ascii") if given.dtype.kind == "U"
+                                 else given)
+    blank = np.flatnonzero(names == b"")
     names[blank] = bricknames(np.asarray(targets["RA"])[blank],
                               np.asarray(targets["DEC"])[blank])
-    keep = np.flatnonzero(names != b"")
-    uniq, inverse = np.unique(names[keep], return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
-    return [(b.decode(), keep[idx]) for b, idx in zip(uniq, np.split(order, bounds))]
+    return names
 
 
 def angular_separation(ra1, dec1, ra2, dec2):
