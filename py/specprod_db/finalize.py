@@ -33,25 +33,54 @@ SUBSETS = {
     "main": sql.SQL("survey = 'main'"),
 }
 
-def _flags_sql(schema_name, source):
-    """UPDATE of the six flag columns for the ztile rows selected by ``source``."""
-    order = sql.SQL("ORDER BY (zwarn <> 0), inv, tileid, id")
-    selects = [sql.SQL("id")]
+#: The sort column of desispec's rule (decision 7).
+SORT_COLUMN = "tsnr2_lrg"
+
+#: Columns breaking exact ties, ascending, after ``(zwarn <> 0)`` and ``inv`` (decision 7).
+TIE_BREAK = ("tileid", "id")
+
+#: The flag columns, in table order of each pair.
+FLAG_COLUMNS = tuple(f"{p}_{k}" for p in SUBSETS for k in ("nspec", "primary"))
+
+
+def inv_sql(alias=None):
+    """desispec's ``INV = 1/S`` of :data:`SORT_COLUMN` (``S = 0`` gives ``1e99``), in
+    double precision, as an SQL expression; ``alias`` qualifies the column."""
+    s = sql.Identifier(*((alias, SORT_COLUMN) if alias else (SORT_COLUMN,)))
+    return sql.SQL("CASE WHEN {s} = 0 THEN 1e99::float8 "
+                   "ELSE 1.0::float8 / {s}::float8 END").format(s=s)
+
+
+def flag_expressions(tie_break=TIE_BREAK):
+    """``{flag column: SQL expression}`` of the six flags, as window functions over a
+    relation with columns ``targetid``, ``survey``, ``zwarn``, ``inv`` (:func:`inv_sql`)
+    and ``tie_break``: the rule of this module, used by :func:`update_primary` and by the
+    de-duplicated redshift views of :mod:`specprod_db.combine`."""
+    order = sql.SQL("ORDER BY (zwarn <> 0), inv, {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, tie_break)))
+    out = {}
     for prefix, cond in SUBSETS.items():
         member = sql.SQL("TRUE") if cond is None else cond
         window = sql.SQL("PARTITION BY targetid, ({member})").format(member=member)
-        selects.append(sql.SQL(
-            "CASE WHEN {m} THEN count(*) OVER ({w}) ELSE 0 END::smallint AS {n}").format(
-                m=member, w=window, n=sql.Identifier(f"{prefix}_nspec")))
-        selects.append(sql.SQL(
-            "CASE WHEN {m} THEN row_number() OVER ({w} {o}) = 1 ELSE FALSE END AS {p}"
-        ).format(m=member, w=window, o=order, p=sql.Identifier(f"{prefix}_primary")))
-    names = [sql.Identifier(f"{p}_{k}") for p in SUBSETS for k in ("nspec", "primary")]
+        out[f"{prefix}_nspec"] = sql.SQL(
+            "CASE WHEN {m} THEN count(*) OVER ({w}) ELSE 0 END::smallint").format(
+                m=member, w=window)
+        out[f"{prefix}_primary"] = sql.SQL(
+            "CASE WHEN {m} THEN row_number() OVER ({w} {o}) = 1 ELSE FALSE END").format(
+                m=member, w=window, o=order)
+    return out
+
+
+def _flags_sql(schema_name, source):
+    """UPDATE of the six flag columns for the ztile rows selected by ``source``."""
+    selects = [sql.SQL("id")] + [
+        sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
+        for name, expr in flag_expressions().items()]
+    names = [sql.Identifier(n) for n in FLAG_COLUMNS]
     return sql.SQL("""
         WITH src AS (
             SELECT z.id, z.targetid, z.survey, z.tileid, z.zwarn,
-                   CASE WHEN z.tsnr2_lrg = 0 THEN 1e99::float8
-                        ELSE 1.0::float8 / z.tsnr2_lrg::float8 END AS inv
+                   {inv} AS inv
             FROM {ztile} AS z {source}
         ), flags AS (
             SELECT {selects} FROM src
@@ -61,6 +90,7 @@ def _flags_sql(schema_name, source):
         WHERE t.id = f.id AND ({names_t}) IS DISTINCT FROM ({values})
     """).format(
         ztile=sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier("ztile")),
+        inv=inv_sql("z"),
         source=source,
         selects=sql.SQL(", ").join(selects),
         names=sql.SQL(", ").join(names),
