@@ -11,13 +11,13 @@ PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: env pg db test demo clean-db
+.PHONY: env pg db test docs demo clean-db
 
 env: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --progress-bar off -e '.[test,mpich]'
+	$(VPY) -m pip install --progress-bar off -e '.[test,doc,mpich]'
 	touch $@
 
 pg:
@@ -28,8 +28,12 @@ pg:
 db: env pg
 	$(VPY) -m specprod_db.pgcluster ensure
 
-test: db
+test: db docs
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+# The Sphinx documentation, warnings as errors (doc/index.rst; open doc/_build/html/index.html).
+docs: env
+	$(VENV)/bin/sphinx-build -W --keep-going -n -q -b html doc doc/_build/html
 
 demo: db
 	$(VENV)/bin/specprod-db demo
