@@ -437,3 +437,18 @@ def test_bricknames_non_finite():
     got = tr.bricknames([np.nan, 35.3339, 1.0], [1.0, 31.4965, np.inf])
     assert got.tolist() == [b"", b"0352p315", b""]
     assert tr.bricknames([], []).shape == (0,)
+
+
+def test_bricknames_without_brick_table(monkeypatch):
+    """Naming a few bricks builds no desiutil table of every brick (about a second per
+    process); scalars come back as one-element arrays."""
+    import desiutil.brick
+
+    def no_table(*args, **kwargs):
+        raise AssertionError("desiutil.brick.Bricks built")
+    monkeypatch.setattr(desiutil.brick.Bricks, "__init__", no_table)
+    monkeypatch.setattr(desiutil.brick, "_bricks", None)
+    assert tr.bricknames(35.3339, 31.4965).tolist() == [b"0352p315"]
+    got = tr.bricknames(np.array([0.1, 359.9999, 180.0]), np.float32(-0.2))
+    assert got.dtype == np.dtype("S8") and got.tolist() == [b"0001m002", b"3598m002",
+                                                            b"1801m002"]

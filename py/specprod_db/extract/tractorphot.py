@@ -34,9 +34,8 @@ The caller uses targeting photometry for the rows left unmatched (``matched_mask
 import os
 
 import numpy as np
-from desiutil.brick import brickname as _desiutil_brickname
 
-from .. import ids, rows
+from .. import brickgrid, ids, rows
 from ..log import get_logger
 from ..paths import InputError
 from .targetphot import error_text
@@ -65,19 +64,15 @@ TRACTOR_COLUMNS = tuple(dict.fromkeys(
 
 
 def bricknames(ra, dec):
-    """Legacy Surveys brick names (``desiutil.brick.brickname``) as ``S8`` bytes.
+    """Legacy Surveys brick names (``desiutil.brick.brickname``'s) as ``S8`` bytes, from
+    :mod:`specprod_db.brickgrid` (no table of every brick built).
 
     Non-finite positions (some SV1 targets, desispec issue 1711) get ``b''``: desiutil
     would fail on them.
     """
     ra, dec = np.broadcast_arrays(np.atleast_1d(np.asarray(ra, dtype=np.float64)),
                                   np.atleast_1d(np.asarray(dec, dtype=np.float64)))
-    out = np.zeros(ra.shape, dtype="S8")
-    ok = np.isfinite(ra) & np.isfinite(dec)
-    if ok.any():
-        names = np.atleast_1d(_desiutil_brickname(ra[ok], dec[ok])).astype("U8")
-        out[ok] = np.char.encode(names, "ascii")
-    return out
+    return brickgrid.brickname(ra, dec)
 
 
 def brick_names(targets):

@@ -16,22 +16,18 @@ regenerated (day after day). Kinds of object:
 TARGETIDs follow desitarget's bit layout (datamodel.md §6.1).
 """
 import numpy as np
-from desiutil.brick import Bricks
+
+from .. import brickgrid
 
 KINDS = ("LS", "LSX", "SCND", "TOO", "SKY", "GAIA")
 LS, LSX, SCND, TOO, SKY, GAIA = range(6)
 NORTH_DEC = 32.375          # desitarget_resolve_dec()
-BRICKSIZE = 0.25
-
-_bricks = Bricks(bricksize=BRICKSIZE)
+BRICKSIZE = brickgrid.BRICKSIZE
 
 # brick grid (desiutil.brick conventions, datamodel.md §5.2)
-_DEC_C = np.arange(721) * BRICKSIZE - 90.0
-_NCOL = np.where((np.arange(721) == 0) | (np.arange(721) == 720), 1,
-                 2 * np.ceil(360.0 / BRICKSIZE *
-                             np.cos(np.radians(np.maximum(0, np.abs(_DEC_C) - BRICKSIZE / 2))) / 2)
-                 ).astype(np.int64)
-_FIRST = np.concatenate([[1], 1 + np.cumsum(_NCOL)[:-1]])
+_DEC_C = brickgrid.ROW_DEC
+_NCOL = brickgrid.NCOL
+_FIRST = brickgrid.FIRST_ID
 
 
 def encode_targetid(objid=0, brickid=0, release=0, mock=0, sky=0, gaiadr=0):
@@ -69,8 +65,8 @@ def bricks_in_disk(ra0, dec0, radius):
     decc = np.clip(dec0, out["dec1"], out["dec2"])
     keep = angdist(ra0, dec0, rac, decc) < radius
     out = {k: v[keep] for k, v in out.items()}
-    out["name"] = np.asarray(_bricks.brickname((out["ra1"] + out["ra2"]) / 2,
-                                               (out["dec1"] + out["dec2"]) / 2)).astype("U8")
+    out["name"] = brickgrid.brickname((out["ra1"] + out["ra2"]) / 2,
+                                      (out["dec1"] + out["dec2"]) / 2).astype("U8")
     return out
 
 
