@@ -3,6 +3,11 @@
 Each sub-command lives in the module that owns it and exposes ``add_arguments(parser)``
 and ``run(args) -> int``; this module only wires them together, so ``--help`` is always
 the truth about what exists.
+
+A sub-command's module is imported only when that sub-command is parsed (it runs, or its
+own ``--help`` is asked): ``specprod-db --help`` lists every command from
+:data:`COMMANDS` alone, and no command pays for importing the others (the mock's, for
+one, is heavy).
 """
 import argparse
 import importlib
@@ -19,19 +24,45 @@ COMMANDS = {
 }
 
 
-def parse(options=None):
-    parser = argparse.ArgumentParser(
+class _LazyCommand(argparse.ArgumentParser):
+    """The parser of one sub-command: imports the sub-command's module and adds its
+    options (``add_arguments``, ``run``) the first time it parses, i.e. only once
+    argparse has chosen this sub-command."""
+
+    def __init__(self, *args, module, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._module = module
+
+    def load(self):
+        if self._module is not None:
+            mod = importlib.import_module(self._module)
+            self._module = None
+            mod.add_arguments(self)
+            self.set_defaults(_run=mod.run)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.load()
+        return super().parse_known_args(args, namespace)
+
+
+def parser():
+    """The ``specprod-db`` parser; a sub-command's options are added when it parses
+    (``.load()`` on its sub-parser adds them without parsing)."""
+    from . import __version__
+    top = argparse.ArgumentParser(
         prog="specprod-db",
         description="Load DESI spectroscopic productions into PostgreSQL.")
-    from . import __version__
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                             parser_class=_LazyCommand)
     for name, (modname, helptext) in COMMANDS.items():
-        p = sub.add_parser(name, help=helptext, description=helptext)
-        mod = importlib.import_module(modname)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
-    return parser.parse_args(options)
+        sub.add_parser(name, help=helptext, description=helptext, module=modname)
+    return top
+
+
+def parse(options=None):
+    return parser().parse_args(options)
 
 
 def main(options=None):
