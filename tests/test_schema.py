@@ -54,7 +54,7 @@ def test_columns_match_reference(created, schema_name):
     assert {(k[0], "program") for k, _, _ in differences} == schema.WIDENED_PROGRAM_COLUMNS
     assert widened  # the difference exists and is exactly the listed one
     # Everything left is ours: the bookkeeping tables.
-    assert {k[0] for k in got} == {"load_run", "tile_state"}
+    assert {k[0] for k in got} == {t.name for t in schema.TABLES if t.bookkeeping}
 
 
 def test_indexes_match_reference(created, schema_name):
@@ -68,7 +68,7 @@ def test_indexes_match_reference(created, schema_name):
     assert set(q3c) == {"ix_tile_q3c_ang2ipix", "ix_exposure_q3c_ang2ipix",
                         "ix_photometry_q3c_ang2ipix", "ix_fiberassign_q3c_ang2ipix"}
     assert "q3c_ang2ipix(target_ra, target_dec)" in q3c["ix_fiberassign_q3c_ang2ipix"]
-    assert set(got) - set(q3c) == {"load_run_pkey", "tile_state_pkey"}
+    assert set(got) - set(q3c) == {f"{t.name}_pkey" for t in schema.TABLES if t.bookkeeping}
 
 
 def test_constraints_match_reference(created, schema_name):
@@ -80,7 +80,8 @@ def test_constraints_match_reference(created, schema_name):
         got = {r[1]: (r[2], r[3].replace(f"{schema_name}.", "SCHEMA.")) for r in cur.fetchall()}
     for ref in _reference("specprod-db-1.3-constraints.psv", "|"):
         assert got.pop(ref["conname"]) == (ref["contype"], ref["definition"])
-    assert set(got) == {"load_run_pkey", "tile_state_pkey", "tile_state_run_id_fkey"}
+    assert set(got) == ({f"{t.name}_pkey" for t in schema.TABLES if t.bookkeeping}
+                        | {"tile_state_run_id_fkey", "tile_history_run_id_fkey"})
 
 
 def test_init_is_idempotent(pg_dsn, schema_name, caplog):

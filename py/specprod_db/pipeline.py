@@ -293,14 +293,15 @@ class Run:
                     raise DatabaseLost(f"database connection lost while writing {message}") \
                         from None
                 self.fail(a.tileid, message)
-                writer.record_failure(conn, opts.schema, a.tileid, message, self.run_id)
+                writer.record_failure(conn, opts.schema, a.tileid, message, self.run_id,
+                                      action=a)
 
     def _write_one(self, a, legacy, keep):
         opts, conn, tc = self.opts, self.conn, self.counts["tables"]
         if a.tileid in self.failures or a.action == FAIL:
             failure = self.failures.setdefault(a.tileid, Failure(a.reason))
             writer.record_failure(conn, opts.schema, a.tileid, failure.message, self.run_id,
-                                  failure.internal)
+                                  failure.internal, action=a)
             return
         if a.action in (INSERT, UPDATE):
             result = self.results[a.tileid]
@@ -325,6 +326,7 @@ class Run:
             c = {}
             writer.refresh_state(conn, opts.schema, a, self.run_id)
         else:
+            writer.record_skip(conn, opts.schema, a, self.run_id, self.state.get(a.tileid))
             return
         self.wrote = True
         for k, v in c.items():

@@ -10,8 +10,8 @@ drives:
 The layout is that of specprod-db 1.3 (the tables people already query: same names,
 order, types, nullability, keys and indexes), with one intended difference: every
 ``program`` column is ``VARCHAR(8)`` instead of ``VARCHAR(6)``, so that the ``dark1b``
-and ``bright1b`` programs of desispec >= 0.70 fit (see ``doc/decisions.md``).  Two
-bookkeeping tables, ``load_run`` and ``tile_state``, are ours.
+and ``bright1b`` programs of desispec >= 0.70 fit (see ``doc/decisions.md``).  The
+bookkeeping tables ``load_run``, ``tile_state`` and ``tile_history`` are ours.
 
 The name is ``schema`` in the sense of "the database layout"; the PostgreSQL namespace
 (``daily``, ``loa`` ...) is always called *the schema name* in this package.
@@ -392,9 +392,25 @@ text: error
               "fiberassign_fingerprint", "line", "loaded_at", "error"),
     foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
 
+#: One row per tile and run that did something to the tile (or refused to), written in
+#: the tile's own transaction (:mod:`specprod_db.writer`): ``action`` and ``reason`` are
+#: the plan's; ``outcome`` is ``loaded``, ``refreshed``, ``deleted``, ``failed``,
+#: ``internal_error`` or ``skipped``; ``error`` the failure's message; ``counts`` (JSON)
+#: the rows written, deleted or re-flagged; ``tile_rows`` (JSON ``{table: rows}``) what
+#: the tile holds after a load or delete (NULL when the action left its rows as they
+#: were), which ``specprod-db verify`` compares with the tables.
+TILE_HISTORY = Table("tile_history", """
+serial: id
+integer: run_id tileid
+text: action reason outcome error
+timestamptz: at
+text: counts tile_rows
+""", primary_key=("id",), nullable=("reason", "error", "counts", "tile_rows"),
+    foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
+
 #: Every table, in creation (foreign-key) order, as the old tool creates them.
 TABLES = (PHOTOMETRY, TILE, VERSION, EXPOSURE, FIBERASSIGN, POTENTIAL, TARGET, ZPIX,
-          FRAME, ZTILE, LOAD_RUN, TILE_STATE)
+          FRAME, ZTILE, LOAD_RUN, TILE_STATE, TILE_HISTORY)
 BY_NAME = {t.name: t for t in TABLES}
 
 #: Tables the old tool created (the compatibility contract).

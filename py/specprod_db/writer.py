@@ -4,9 +4,17 @@ Per tile (``write_tile``), in one transaction: remove the tile's old rows (UPDAT
 the new ones, insert the photometry its targets lack (Legacy Surveys rows first, then
 targeting-data rows; first writer wins, as in the old tool), remove photometry that no
 table references any more, recompute the primary-spectrum flags of every TARGETID
-whose ztile rows changed (on every tile), and upsert its ``tile_state`` row.  A tile is
-either fully loaded or not at all, photometry included: a crash or a bad value leaves
-no photometry row that nothing references.
+whose ztile rows changed (on every tile), upsert its ``tile_state`` row and add its
+``tile_history`` row.  A tile is either fully loaded or not at all, photometry and
+history included: a crash or a bad value leaves no photometry row that nothing
+references, and the history never says a tile was loaded when it was not.
+
+``tile_history`` (:func:`record_history`): one row per tile and run that wrote,
+deleted, refreshed or failed it, or refused to delete it (a SKIP of a tile the
+database holds); plain SKIPs and UNCHANGED tiles are not recorded.  Each row carries
+the plan's action and reason, the outcome, the rows written (``counts``) and, after a
+load or delete, the rows the tile holds per table (``tile_rows``) that
+``specprod-db verify`` checks.
 
 Which tables hold a tile's rows, which of them an UPDATE keeps, and the order of
 deletes (children first) and inserts (parents first) come from :mod:`specprod_db.schema`
@@ -31,6 +39,9 @@ COPY_READ_SIZE = 1 << 20
 
 #: Status of a tile in ``tile_state`` after a failure: bad input / a bug.
 FAILED, INTERNAL_ERROR = "failed", "internal_error"
+
+#: Outcomes in ``tile_history`` besides FAILED and INTERNAL_ERROR.
+LOADED, REFRESHED, DELETED, SKIPPED = "loaded", "refreshed", "deleted", "skipped"
 
 #: Name of the session's temporary table of TARGETIDs the run's tiles reference.
 KEEP_TABLE = "run_targetids"
@@ -178,6 +189,45 @@ def upsert_state(cur, schema_name, tileid, status, run_id, state=None, line=None
                 values)
 
 
+def record_history(cur, schema_name, run_id, tileid, action, reason, outcome, error=None,
+                   counts=None, tile_rows=None):
+    """Add a ``tile_history`` row, in the caller's (the tile's) transaction."""
+    cur.execute(sql.SQL("INSERT INTO {} (run_id, tileid, action, reason, outcome, error, at, "
+                        "counts, tile_rows) VALUES (%s, %s, %s, %s, %s, %s, now(), %s, %s)")
+                .format(qualified(schema_name, "tile_history")),
+                (run_id, int(tileid), action, reason or None, outcome, error,
+                 None if counts is None else json.dumps(counts, sort_keys=True),
+                 None if tile_rows is None else json.dumps(tile_rows, sort_keys=True)))
+
+
+def recorded_tile_rows(cur, schema_name, tileid):
+    """``{table: rows}`` the tile held after its last recorded load or delete, or None."""
+    cur.execute(sql.SQL("SELECT tile_rows FROM {} WHERE tileid = %s AND tile_rows IS NOT "
+                        "NULL ORDER BY id DESC LIMIT 1").format(
+        qualified(schema_name, "tile_history")), (int(tileid),))
+    row = cur.fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def _tile_rows(cur, schema_name, tileid, counts, full):
+    """The rows the tile holds per table after :func:`write_tile`: those it copied; for
+    an UPDATE that kept the fiberassign file, the kept tables' counts as last recorded
+    (counted when nothing was recorded, e.g. a tile loaded by an older version)."""
+    rows = {t.name: counts[t.name] for t in schema.tile_tables(full)}
+    kept = [t for t in schema.tile_tables() if t.name not in rows]
+    if kept:
+        before = recorded_tile_rows(cur, schema_name, tileid) or {}
+        owned = {t.name for t in schema.tile_tables()}
+        for t in kept:
+            if t.name not in before:
+                cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                    qualified(schema_name, t.name), _tile_condition(schema_name, t, owned)),
+                    {"t": int(tileid)})
+                before[t.name] = cur.fetchone()[0]
+            rows[t.name] = before[t.name]
+    return rows
+
+
 def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), keep=None,
                primary=True):
     """Load one tile (INSERT or UPDATE) from its staged tables, in one transaction.
@@ -234,6 +284,9 @@ def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), 
         faults.hit("copy", tileid)  # crash tests only (faults.py)
         if primary:
             counts["primary"] = update_primary(conn, schema_name, table=touched)
+        record_history(cur, schema_name, run_id, tileid, action.action, action.reason, LOADED,
+                       counts=counts, tile_rows=_tile_rows(cur, schema_name, tileid, counts,
+                                                           full))
     faults.hit("commit", tileid)  # crash tests only: between two tiles
     return counts
 
@@ -253,19 +306,42 @@ def delete_tile(conn, schema_name, action, run_id, keep=None):
         upsert_state(cur, schema_name, action.tileid, "deleted", run_id, {},
                      error=action.reason)
         counts["primary"] = update_primary(conn, schema_name, table=touched)
+        record_history(cur, schema_name, run_id, action.tileid, action.action, action.reason,
+                       DELETED, counts=counts,
+                       tile_rows={t.name: 0 for t in schema.tile_tables()})
     return counts
 
 
 def refresh_state(conn, schema_name, action, run_id, state=None):
-    """Record the tile's current line and fingerprints; nothing is reloaded."""
+    """Record the tile's current line and fingerprints; nothing is reloaded.  Without
+    ``state`` a REFRESH (only UPDATED moved); with it, an UPDATE whose files were touched
+    with the same contents (history: the UPDATE, outcome ``refreshed``)."""
     with transaction(conn) as cur:
         upsert_state(cur, schema_name, action.tileid, "loaded", run_id,
                      state if state is not None else action.state, action.line)
+        record_history(cur, schema_name, run_id, action.tileid, action.action,
+                       action.reason, REFRESHED)
 
 
-def record_failure(conn, schema_name, tileid, message, run_id, internal=False):
-    """Record a tile's failure (``failed``: bad input; ``internal_error``: a bug)."""
+def record_failure(conn, schema_name, tileid, message, run_id, internal=False, action=None):
+    """Record a tile's failure (``failed``: bad input; ``internal_error``: a bug), and in
+    its history the planned ``action`` (a TileAction; FAIL when not given)."""
     conn.rollback()
+    status = INTERNAL_ERROR if internal else FAILED
     with transaction(conn) as cur:
-        upsert_state(cur, schema_name, tileid, INTERNAL_ERROR if internal else FAILED,
-                     run_id, error=message)
+        upsert_state(cur, schema_name, tileid, status, run_id, error=message)
+        record_history(cur, schema_name, run_id, tileid,
+                       action.action if action is not None else "FAIL",
+                       action.reason if action is not None else None, status, error=message)
+
+
+def record_skip(conn, schema_name, action, run_id, state=None):
+    """History of a SKIP of a tile the database holds (``state``: its ``tile_state`` as
+    the planner read it, status ``loaded``): a delete refused (``--no-delete``) or
+    suspended (damaged tiles file).  Any other action, or a SKIP of a tile not loaded
+    (EFFTIME_SPEC <= 0, never loaded), records nothing and costs nothing."""
+    if action.action != "SKIP" or not state or state.get("status") != "loaded":
+        return
+    with transaction(conn) as cur:
+        record_history(cur, schema_name, run_id, action.tileid, action.action, action.reason,
+                       SKIPPED)
