@@ -5,7 +5,6 @@ tasks, and writes; the other ranks extract.  The result is the same for every N 
 """
 from .. import mpi
 from ..paths import InputError, add_path_arguments, paths_from_args
-from ..pipeline import Options, load
 from .common import add_db_arguments, add_schema_argument, report_errors
 
 
@@ -76,6 +75,7 @@ def _count(text):
 
 
 def options_from_args(args, dry_run=None):
+    from ..pipeline import Options      # here: 'load --help' needs no pipeline
     try:
         paths = paths_from_args(args)
     except InputError as err:
@@ -99,4 +99,5 @@ def options_from_args(args, dry_run=None):
 
 @report_errors
 def run(args):
+    from ..pipeline import load
     return load(mpi.world(), options_from_args(args))

@@ -3,7 +3,6 @@
 The same as ``specprod-db load --dry-run`` (one rank, no MPI needed).
 """
 from .. import mpi
-from ..pipeline import load
 from . import load as load_command
 from .common import report_errors
 
@@ -14,4 +13,5 @@ def add_arguments(parser):
 
 @report_errors
 def run(args):
+    from ..pipeline import load     # here: 'plan --help' needs no pipeline
     return load(mpi.SerialComm(), load_command.options_from_args(args, dry_run=True))
