@@ -18,6 +18,7 @@ COMMANDS = {
     "init": ("specprod_db.commands.init", "create the schema, tables and indexes of a production"),
     "plan": ("specprod_db.commands.plan", "print what a load would insert, update and delete"),
     "load": ("specprod_db.commands.load", "load tiles into the database (MPI-aware)"),
+    "combine": ("specprod_db.commands.combine", "create a schema of views combining loaded productions"),
     "demo": ("specprod_db.commands.demo", "run the main job end to end on a mock production"),
     "mock": ("specprod_db.mock.cli", "write or advance a mock DESI daily production"),
     "cluster": ("specprod_db.pgcluster", "start, stop or show a private throwaway PostgreSQL cluster"),

@@ -1,0 +1,49 @@
+"""``specprod-db combine``: a schema of views over two or more loaded production schemas.
+
+``specprod-db combine --schema fujilupe fuji guadalupe`` creates ``fujilupe`` with, per
+data table, ``{table}_all`` (UNION ALL of the sources, ``specprod`` column added) and
+``{table}`` (each tile and object once, from the last source listed that holds it;
+primary flags of ``ztile`` and ``zpix`` recomputed over the combination).  Nothing is
+copied.  Rules and costs: :mod:`specprod_db.combine`, doc/combine.md.
+"""
+from .. import combine, db
+from ..log import get_logger
+from .common import add_db_arguments, report_errors
+
+
+def add_arguments(parser):
+    parser.add_argument("--schema", required=True,
+                        help="the combined schema to create (views only)")
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="loaded production schemas, oldest first: where they overlap "
+                             "(a tile, a TARGETID), the last one listed wins")
+    add_db_arguments(parser)
+    parser.add_argument("--replace", action="store_true",
+                        help="drop and recreate --schema if it is a combination made by "
+                             "this command (never a production schema)")
+    parser.add_argument("--grant", action="append", default=None, metavar="ROLE",
+                        help="grant read access to ROLE (repeatable; default: desi)")
+    parser.add_argument("--public", action="store_true",
+                        help="also grant read access to desi_public")
+    parser.add_argument("--no-grant", action="store_true", help="grant nothing")
+
+
+@report_errors
+def run(args):
+    log = get_logger()
+    conn = db.connect(args.db)
+    try:
+        sources = combine.create(conn, args.schema, args.sources, replace=args.replace)
+        roles = [] if args.no_grant else (args.grant or ["desi"])
+        if args.public:
+            roles.append("desi_public")
+        granted = db.grant_read(conn, args.schema, roles)
+    finally:
+        conn.close()
+    for s in sources:
+        log.info("source %d: schema %s, specprod %r (from the %s)%s", s.rank, s.schema,
+                 s.specprod, s.specprod_from,
+                 ", preferred where sources overlap" if s.rank == len(sources) else "")
+    log.info("schema %s: %d views (sources, {table}_all, {table}); read access: %s",
+             args.schema, len(combine.views()), ", ".join(granted) or "none")
+    return 0
