@@ -22,6 +22,9 @@ COMMANDS = {
     "demo": ("specprod_db.commands.demo", "run the main job end to end on a mock production"),
     "mock": ("specprod_db.mock.cli", "write or advance a mock DESI daily production"),
     "cluster": ("specprod_db.pgcluster", "start, stop or show a private throwaway PostgreSQL cluster"),
+    "status": ("specprod_db.commands.status", "tiles loaded, failed and pending, last runs, table sizes"),
+    "verify": ("specprod_db.commands.verify", "check that the database holds what was loaded; touch nothing"),
+    "history": ("specprod_db.commands.history", "what each load did to each tile, and why"),
 }
 
 

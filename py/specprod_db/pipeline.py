@@ -472,7 +472,7 @@ class Run:
             if failed:
                 lines.append(f"  {title} ({len(failed)}):")
                 lines += [f"    {t}: {f.message}" for t, f in failed]
-        self.log.info("\n".join(lines))
+        print("\n".join(lines), flush=True)  # the command's result: visible with -q too
 
 
 class LegacyPhotometry:

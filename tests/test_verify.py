@@ -1,0 +1,207 @@
+"""``specprod-db verify``: touching nothing, it finds what was changed by hand.
+
+One load of the small production (module scope); each test damages the tables, runs
+verify, and repairs them (in ``finally``), so the next starts from a clean load.
+"""
+import json
+import os
+
+import psycopg2
+import pytest
+
+from conftest import query
+from test_history import copy_prod, drop_schema, load_in_process, new_schema
+
+from specprod_db import cli, schema
+from specprod_db.mock import environment
+
+
+@pytest.fixture(scope="module")
+def loaded(pg_dsn, small_production, tmp_path_factory):
+    base = tmp_path_factory.mktemp("verify")
+    prod = copy_prod(small_production, base / "production")
+    name = new_schema(pg_dsn)
+    try:
+        assert load_in_process(pg_dsn, name, prod, base / "stage") == 0
+        yield name, prod
+    finally:
+        drop_schema(pg_dsn, name)
+
+
+@pytest.fixture
+def verify(loaded, pg_dsn, monkeypatch, capsys):
+    """``verify(*options) -> (exit status, JSON report)`` through the CLI, in process."""
+    name, prod = loaded
+    for k, v in environment(prod).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("DESI_LOGLEVEL", "INFO")
+
+    def run(*options):
+        capsys.readouterr()
+        status = cli.main(["verify", "--schema", name, "--db", pg_dsn, "--json", *options])
+        return status, json.loads(capsys.readouterr().out)
+    return run
+
+
+def drifts(report, check):
+    return [d for d in report["drift"] if d["check"] == check]
+
+
+def test_a_fresh_load_verifies(verify, loaded, pg_dsn, capsys):
+    status, report = verify()
+    assert status == 0 and report["ok"] and report["drift"] == []
+    assert set(report["checks"]) == {"tile_rows", "inputs", "photometry", "primary",
+                                     "constraints", "ids"}
+    assert all(c["checked"] > 0 and c["skipped"] is None for c in report["checks"].values())
+    assert report["checks"]["tile_rows"]["checked"] == 5
+    # the text report
+    assert cli.main(["verify", "--schema", loaded[0], "--db", pg_dsn, "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "no drift" in text and max(map(len, text.splitlines())) <= 80
+
+
+def test_a_deleted_ztile_row(verify, loaded, pg_dsn):
+    name = loaded[0]
+    query(pg_dsn, f'CREATE TABLE "{name}".bak AS SELECT * FROM "{name}".ztile WHERE id = '
+                  f'(SELECT min(id) FROM "{name}".ztile WHERE tileid = 1000)')
+    try:
+        n = query(pg_dsn, f'SELECT count(*) FROM "{name}".ztile WHERE tileid = 1000')[0][0]
+        query(pg_dsn, f'DELETE FROM "{name}".ztile WHERE id IN (SELECT id FROM "{name}".bak)')
+        status, report = verify()
+        assert status == 1 and not report["ok"]
+        [d] = drifts(report, "tile_rows")
+        assert (d["tile"], d["table"], d["expected"], d["found"]) == (1000, "ztile", n, n - 1)
+        assert "tile 1000: ztile: %d row(s) recorded by run 1, %d found" % (n, n - 1) \
+            in d["message"]
+        # with --tiles: only those tiles
+        assert verify("--tiles", "1001,100")[0] == 0
+        assert verify("--tiles", "1000")[0] == 1
+    finally:
+        query(pg_dsn, f'INSERT INTO "{name}".ztile SELECT * FROM "{name}".bak; '
+                      f'DROP TABLE "{name}".bak')
+    assert verify()[0] == 0
+
+
+def test_photometry_rows_by_hand(verify, loaded, pg_dsn):
+    """An unreferenced photometry row is drift.  A referenced one cannot be deleted while
+    the foreign keys stand; once they are dropped, it can, and both the missing keys and
+    the TARGETIDs left without photometry are reported, per tile."""
+    name = loaded[0]
+    s = f'"{name}"'
+    # an unreferenced row: a copy of a loaded one under a TARGETID nothing references
+    targetid = query(pg_dsn, f"SELECT min(targetid) FROM {s}.ztile WHERE tileid = 1000")[0][0]
+    query(pg_dsn, f"CREATE TABLE {s}.bak AS SELECT * FROM {s}.photometry WHERE targetid = "
+                  f"%s; UPDATE {s}.bak SET targetid = 123456789; "
+                  f"INSERT INTO {s}.photometry SELECT * FROM {s}.bak; DROP TABLE {s}.bak",
+          (targetid,))
+    try:
+        status, report = verify()
+        assert status == 1
+        [d] = drifts(report, "photometry")
+        assert (d["table"], d["found"], d["rows"]) == ("photometry", 1, [123456789])
+    finally:
+        query(pg_dsn, f"DELETE FROM {s}.photometry WHERE targetid = 123456789")
+    # a referenced row: the database refuses
+    with pytest.raises(psycopg2.errors.ForeignKeyViolation):
+        query(pg_dsn, f"DELETE FROM {s}.photometry WHERE targetid = %s", (targetid,))
+    # unless someone drops the foreign keys first
+    keys = query(pg_dsn, """SELECT conrelid::regclass::text, conname,
+                                   pg_get_constraintdef(oid)
+                            FROM pg_constraint WHERE contype = 'f'
+                              AND confrelid = %s::regclass""", (f"{s}.photometry",))
+    referencing = {t.name for t, _ in schema.referencing("photometry")}
+    assert {k[0].split(".")[-1] for k in keys} == referencing  # zpix, ztile, target ...
+    query(pg_dsn, f"CREATE TABLE {s}.bak2 AS SELECT * FROM {s}.photometry WHERE "
+                  f"targetid = %s", (targetid,))
+    for table, con, _ in keys:
+        query(pg_dsn, f'ALTER TABLE {table} DROP CONSTRAINT "{con}"')
+    try:
+        query(pg_dsn, f"DELETE FROM {s}.photometry WHERE targetid = %s", (targetid,))
+        status, report = verify()
+        assert status == 1
+        missing = drifts(report, "constraints")
+        assert {d["table"] for d in missing} == referencing
+        assert all("foreign key targetid -> photometry.targetid is missing" in d["message"]
+                   for d in missing)
+        lost = drifts(report, "photometry")
+        tiles = {r[0] for r in query(pg_dsn, f"SELECT tileid FROM {s}.ztile WHERE "
+                                             f"targetid = %s", (targetid,))}
+        assert 1000 in tiles
+        assert {d["tile"] for d in lost if d["table"] == "ztile"} == tiles
+        assert all(d["rows"] == [targetid] for d in lost)
+    finally:
+        query(pg_dsn, f"INSERT INTO {s}.photometry SELECT * FROM {s}.bak2; "
+                      f"DROP TABLE {s}.bak2")
+        for table, con, definition in keys:
+            query(pg_dsn, f'ALTER TABLE {table} ADD CONSTRAINT "{con}" {definition}')
+    assert verify()[0] == 0
+
+
+def test_a_flipped_primary_flag(verify, loaded, pg_dsn):
+    name = loaded[0]
+    # a TARGETID observed on two tiles: both are reported
+    targetid, tiles = query(pg_dsn, f'SELECT targetid, array_agg(tileid ORDER BY tileid) '
+                                    f'FROM "{name}".ztile GROUP BY targetid HAVING '
+                                    f'count(DISTINCT tileid) > 1 ORDER BY targetid LIMIT 1')[0]
+    flip = (f'UPDATE "{name}".ztile SET zcat_primary = NOT zcat_primary WHERE targetid = '
+            f'{targetid} AND tileid = {tiles[0]}')
+    query(pg_dsn, flip)
+    try:
+        status, report = verify()
+        assert status == 1
+        found = drifts(report, "primary")
+        assert sorted(d["tile"] for d in found) == tiles
+        for d in found:
+            [row] = d["rows"]
+            assert row["targetid"] == targetid and row["zcat"]["expected"] == 1
+            assert row["zcat"]["primary"] in (0, 2)
+    finally:
+        query(pg_dsn, flip)
+    assert verify()[0] == 0
+
+
+def test_a_composite_id_that_does_not_decode(verify, loaded, pg_dsn):
+    name = loaded[0]
+    original = int(query(pg_dsn, f'SELECT min(id) FROM "{name}".fiberassign WHERE tileid = '
+                                 f'1001')[0][0])
+    change = f'UPDATE "{name}".fiberassign SET id = %s WHERE id = %s'
+    query(pg_dsn, change, (original + (1 << 64), original))  # the TILEID bits: 1002
+    try:
+        status, report = verify()
+        assert status == 1
+        [d] = drifts(report, "ids")
+        assert (d["tile"], d["table"], d["found"]) == (1001, "fiberassign", 1)
+        assert d["rows"] == [str(original + (1 << 64))]
+    finally:
+        query(pg_dsn, change, (original, original + (1 << 64)))
+    assert verify()[0] == 0
+
+
+def test_input_files(verify, loaded, pg_dsn):
+    """A touched file is drift by stat; with --hash, same contents is only a note."""
+    from specprod_db.extract import redshift
+    from specprod_db.paths import Paths
+    name, prod = loaded
+    lastnight = query(pg_dsn, f'SELECT lastnight FROM "{name}".tile WHERE tileid = 1001')[0][0]
+    paths = Paths.from_environment(environment(prod))
+    path = next(p for _, p in redshift.redrock_files(paths, 1001, lastnight) if p)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        status, report = verify()
+        assert status == 1
+        [d] = drifts(report, "inputs")
+        assert d["tile"] == 1001 and os.path.basename(path) + " modified" in d["message"]
+        status, report = verify("--hash")
+        assert status == 0
+        assert any("same contents" in n for n in report["checks"]["inputs"]["notes"])
+        with open(path, "ab") as f:
+            f.write(b"\0")
+        status, report = verify("--hash")
+        assert status == 1
+        assert "contents changed" in drifts(report, "inputs")[0]["message"]
+    finally:
+        with open(path, "r+b") as f:
+            f.truncate(st.st_size)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert verify()[0] == 0
