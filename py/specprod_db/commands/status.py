@@ -10,7 +10,6 @@ import json
 from .. import db, status
 from ..errors import EXIT_FAILED, EXIT_OK, InputError, RunRefused, one_line
 from ..paths import add_path_arguments, paths_from_args
-from ..pipeline import Options
 from .common import add_db_arguments, add_schema_argument, report_errors
 
 
@@ -24,6 +23,7 @@ def add_arguments(parser):
 
 @report_errors
 def run(args):
+    from ..pipeline import Options  # not for --help (the pipeline's imports are heavy)
     plan_options, plan_error = None, None
     try:
         plan_options = Options(schema=args.schema, paths=paths_from_args(args), dsn=args.db,
