@@ -3,6 +3,8 @@
 Same contents for 1, 2 and 3 ranks; loading tiles over several runs equals one run;
 overlapping tiles share photometry; q3c cone searches work; a second run is a no-op.
 """
+import os
+
 import psycopg2
 
 from conftest import dump_schema, load
@@ -104,3 +106,28 @@ def test_initial_load_equals_normalload(pg_dsn, schemas, small_production, mpiru
     assert db.missing_indexes(conn, initial) == []
     assert dump_schema(pg_dsn, initial) == dump_schema(pg_dsn, normal)
     conn.close()
+
+
+def test_waves_equal_one_wave(pg_dsn, schemas, small_production, mpirun, tmp_path):
+    """Tiles extracted, matched and written in waves of 1 or 2 (the next wave extracted
+    while one is written) give the tables of one wave; the run reports each rank's busy
+    time, the load balance and the write time overlapped by extraction."""
+    import json
+    from conftest import query
+    prod = small_production[0]
+    one = schemas()
+    load(mpirun, 1, pg_dsn, one, prod, tmp_path / "one")
+    reference = dump_schema(pg_dsn, one)
+    for ranks, wave in ((1, 1), (3, 1), (3, 2)):
+        name = schemas()
+        r = load(mpirun, ranks, pg_dsn, name, prod, tmp_path / f"w{ranks}{wave}",
+                 "--wave-tiles", str(wave))
+        assert dump_schema(pg_dsn, name) == reference, (ranks, wave)
+        assert "ranks busy (s)" in r.stdout + r.stderr
+        counts = json.loads(query(pg_dsn, f'SELECT counts FROM "{name}".load_run')[0][0])
+        busy = counts["ranks"]["busy_seconds"]
+        assert set(busy) == ({"0"} if ranks == 1 else {"1", "2"})
+        assert counts["ranks"]["balance_max_over_mean"] >= 1.0
+        assert 0 <= counts["ranks"]["write_seconds_with_workers_busy"] \
+            <= counts["ranks"]["write_seconds"]
+        assert not [f for f in os.listdir(tmp_path / f"w{ranks}{wave}") if f.endswith(".h5")]

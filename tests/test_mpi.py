@@ -34,8 +34,8 @@ SCRIPT = textwrap.dedent("""
     tasks = json.loads(sys.argv[1])
     out = dispatcher.map("double", tasks)
     if sys.argv[2] == "stop-early":
-        for w in range(1, comm.size):  # tasks running when the root stops
-            dispatcher._send(w, "double", "slow")
+        # tasks running (and one queued) when the root stops
+        dispatcher.submit("double", ["slow"] * comm.size)
         dispatcher.stop(5)
         sys.exit(5)
     summary = sorted([t, r if not isinstance(r, mpi.TaskFailure) else
@@ -84,6 +84,18 @@ def test_stop_waits_for_running_tasks_and_gives_the_status(ranks, script, mpirun
     r = mpirun(ranks, [sys.executable, script, json.dumps(["a"]), "stop-early"],
                timeout=120, check=False)
     assert r.returncode == 5, r.stderr
+
+
+def test_largest_first_and_polling_in_process():
+    comm = mpi.SerialComm()
+    order = []
+    d = mpi.Dispatcher(comm, {"rec": lambda t: order.append(t) or t})
+    batch = d.submit("rec", [1, 5, 3], size=lambda t: t)
+    d.poll()  # without block nothing runs on one rank: the root decides when
+    assert order == [] and not batch.done
+    assert [t for t, _ in d.wait(batch)] == [5, 3, 1] == order
+    busy, balance = d.balance()
+    assert list(busy) == [0] and balance == 1.0
 
 
 def test_one_rank_in_process():

@@ -88,7 +88,9 @@ def test_keep_protects_photometry_of_the_runs_other_tiles(run, pg_dsn):
     tables = result.stage.tables()
     targeting = tables.pop("photometry")
     writer.write_tile(conn, name, action, tables, result.state, run.run_id, [targeting])
-    keep = writer.keep_targetids(conn, result.targetids[:10])
+    keep = writer.keep_targetids(conn)
+    writer.keep_more(conn, keep, result.targetids[:5])
+    writer.keep_more(conn, keep, result.targetids[3:10])  # overlapping: no duplicate
     counts = writer.delete_tile(conn, name, action, run.run_id, keep)
     assert _count(conn, name, "photometry") == 10
     assert counts["photometry"] == len(np.unique(targeting["targetid"])) - 10

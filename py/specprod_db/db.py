@@ -272,6 +272,36 @@ def grant_read(conn, schema_name, roles):
     return granted
 
 
+#: Session settings of the writer of a bulk (initial) load, never set server-wide:
+#: no wait for the WAL flush at each commit (a crash loses at most the last commits,
+#: which a rerun redoes: every tile is one transaction and the load state says what is
+#: committed), and memory for the index builds at the end.
+BULK_SESSION = {"synchronous_commit": "off", "maintenance_work_mem": "1GB"}
+
+
+def bulk_session(conn):
+    """Apply :data:`BULK_SESSION` to this connection's session."""
+    with conn.cursor() as cur:
+        for name, value in BULK_SESSION.items():
+            cur.execute("SELECT set_config(%s, %s, false)", (name, value))
+    conn.commit()
+
+
+def cluster_q3c(conn, schema_name):
+    """``CLUSTER`` each table on its q3c index (as the old tool did after loading), then
+    nothing else: the caller ANALYZEs.  Returns the tables clustered."""
+    done = []
+    with conn.cursor() as cur:
+        for table in TABLES:
+            if table.q3c:
+                cur.execute(sql.SQL("CLUSTER {} USING {}").format(
+                    _qualified(schema_name, table.name),
+                    sql.Identifier(f"ix_{table.name}_q3c_ang2ipix")))
+                done.append(table.name)
+    conn.commit()
+    return done
+
+
 def qualified(schema_name, table_name):
     """``schema.table`` as a composable SQL identifier."""
     return _qualified(schema_name, table_name)

@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass
 
 from . import faults
@@ -129,7 +130,9 @@ def serve(comm, handlers):
                 return message[1]
             kind, task = message
             faults.hit("serve")  # failure tests only (faults.py)
-            comm.send(call_task(handlers[kind], task, comm), dest=0, tag=_TAG_RESULT)
+            t = time.time()
+            result = call_task(handlers[kind], task, comm)
+            comm.send((result, time.time() - t), dest=0, tag=_TAG_RESULT)
     except Exception as err:
         abort(comm, f"internal error on worker {where(comm)}: {one_line(err)}",
               traceback.format_exc())
@@ -144,67 +147,123 @@ def abort(comm, message, tb=""):
     comm.Abort(EXIT_INTERNAL)
 
 
+class Batch:
+    """Tasks submitted together: their results as they complete, and their progress."""
+
+    def __init__(self, kind, n, progress=None):
+        self.kind, self.n = kind, n
+        self.results = []  # [(task, result)] in completion order
+        self.progress = progress or Progress(kind, n)
+
+    @property
+    def done(self):
+        return len(self.results) == self.n
+
+    def add(self, task, result):
+        self.results.append((task, result))
+        self.progress(task, result)
+
+
 class Dispatcher:
     """The root's side of the task queue.
 
-    ``map(kind, tasks)`` runs every task on the workers (on rank 0 itself when there
-    are none) and returns ``[(task, result)]`` in completion order; ``stop(status)``
-    ends every worker's :func:`serve` loop.
+    ``submit(kind, tasks)`` queues tasks (largest first when ``size`` is given) and hands
+    them to idle workers; ``poll()`` collects finished results and keeps every worker
+    fed — the root calls it between its own pieces of work (e.g. between two tiles it
+    writes), so extraction goes on while it writes; ``wait(batch)`` returns a batch's
+    ``[(task, result)]`` once complete; ``map`` is submit + wait.  On one rank the
+    queued tasks run on rank 0 itself, in ``wait``.  ``stop(status)`` ends every
+    worker's :func:`serve` loop.  ``busy`` holds each rank's seconds spent in tasks.
     """
 
     def __init__(self, comm, handlers):
         self.comm = comm
         self.handlers = handlers
-        self.busy = {}  # worker rank -> task
+        self.queue = deque()  # (kind, task, batch)
+        self.running = {}     # worker rank -> (kind, task, batch, started)
+        self.busy = {r: 0.0 for r in range(comm.size)}
         self.stopped = comm.size == 1
 
-    def map(self, kind, tasks, progress=None):
+    def submit(self, kind, tasks, size=None, progress=None):
         tasks = list(tasks)
-        progress = progress or Progress(kind, len(tasks))
-        out = []
+        if size is not None:
+            tasks.sort(key=size, reverse=True)
+        batch = Batch(kind, len(tasks), progress)
+        self.queue.extend((kind, t, batch) for t in tasks)
+        self.poll()
+        return batch
+
+    def map(self, kind, tasks, size=None, progress=None):
+        return self.wait(self.submit(kind, tasks, size, progress))
+
+    def wait(self, batch):
+        while not batch.done:
+            self.poll(block=True)
+        return batch.results
+
+    def poll(self, block=False):
+        """Hand queued tasks to idle workers and collect finished ones; with ``block``,
+        wait until at least one task finishes (on one rank: run the next one)."""
         if self.comm.size == 1:
-            for task in tasks:
-                out.append((task, call_task(self.handlers[kind], task, self.comm)))
-                progress(*out[-1])
-            return out
+            if block and self.queue:
+                kind, task, batch = self.queue.popleft()
+                t = time.time()
+                result = call_task(self.handlers[kind], task, self.comm)
+                self.busy[0] += time.time() - t
+                batch.add(task, result)
+            return
         from mpi4py import MPI
         status = MPI.Status()
-        queue = list(reversed(tasks))
-        for w in range(1, self.comm.size):
-            if queue:
-                self._send(w, kind, queue.pop())
-        while self.busy:
-            result = _recv_quietly(self.comm, MPI.ANY_SOURCE, _TAG_RESULT, status)
+        self._fill()
+        while self.running:
+            if not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG_RESULT, status=status):
+                if not block:
+                    return
+                time.sleep(POLL_INTERVAL)
+                continue
             w = status.Get_source()
-            out.append((self.busy.pop(w), result))
-            progress(*out[-1])
-            if queue:
-                self._send(w, kind, queue.pop())
-        return out
+            result, seconds = self.comm.recv(source=w, tag=_TAG_RESULT)
+            kind, task, batch, _ = self.running.pop(w)
+            self.busy[w] += seconds
+            batch.add(task, result)
+            self._fill()
+            block = False
 
-    def _send(self, worker, kind, task):
-        self.busy[worker] = task
-        self.comm.send((kind, task), dest=worker, tag=_TAG_TASK)
+    def _fill(self):
+        for w in range(1, self.comm.size):
+            if w not in self.running and self.queue:
+                kind, task, batch = self.queue.popleft()
+                self.running[w] = (kind, task, batch, time.time())
+                self.comm.send((kind, task), dest=w, tag=_TAG_TASK)
 
     def stop(self, status, drain_timeout=DRAIN_TIMEOUT):
-        """Stop every worker with ``status`` (after the tasks they still run)."""
+        """Stop every worker with ``status`` (after the tasks they still run; queued
+        tasks are dropped)."""
         if self.stopped:
             return
         self.stopped = True
+        self.queue.clear()
         from mpi4py import MPI
         st = MPI.Status()
         end = time.time() + drain_timeout
-        while self.busy:
+        while self.running:
             if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG_RESULT, status=st):
                 self.comm.recv(source=st.Get_source(), tag=_TAG_RESULT)
-                self.busy.pop(st.Get_source(), None)
+                self.running.pop(st.Get_source(), None)
             elif time.time() > end:
-                abort(self.comm, f"{len(self.busy)} worker(s) still busy "
+                abort(self.comm, f"{len(self.running)} worker(s) still busy "
                                  f"{drain_timeout:.0f} s after the run stopped")
             else:
                 time.sleep(POLL_INTERVAL)
         for w in range(1, self.comm.size):
             self.comm.send((_STOP, status), dest=w, tag=_TAG_TASK)
+
+    def balance(self):
+        """``(busy seconds per worker rank, max/mean)`` (rank 0 alone on one rank)."""
+        ranks = range(1, self.comm.size) if self.comm.size > 1 else [0]
+        busy = {r: self.busy[r] for r in ranks}
+        mean = sum(busy.values()) / len(busy)
+        return busy, (max(busy.values()) / mean if mean else 1.0)
 
 
 class Progress:

@@ -62,6 +62,7 @@ class Options:
     max_delete_count: int = 3
     show_unchanged: bool = False
     initial: bool = False  # bulk mode: secondary indexes and primary flags built at the end
+    wave_tiles: int = 64   # tiles extracted, matched and written together (memory bound)
     stage_min_free: int = 0  # bytes the stage directory must have free to start
     command: str = "load"
 
@@ -123,6 +124,11 @@ class Run:
         self.failures = {}       # tileid -> Failure
         self.written = []        # StageFiles whose rows are committed
         self.wrote = False       # something was written (ANALYZE)
+        self.keep = None         # temporary table of the run's TARGETIDs (writer.keep_more)
+        self.rebuild = False     # secondary indexes and every flag built at the end
+        self.overlap = Overlap()
+        self.progress = {}
+        self.staged_files = {"tiles": {}, "bricks": []}  # for the manifest
         self.counts = {"tables": {}, "warnings": {}}
         self.timers = {}
 
@@ -135,15 +141,32 @@ class Run:
             print(format_plan(self.actions, self.opts.show_unchanged))
             return EXIT_OK
         self.begin()
-        with self.timed("extract tiles"):
-            self.extract_tiles(dispatcher)
-        with self.timed("extract bricks"):
-            self.extract_bricks(dispatcher)
+        self.prepare_write()
+        extract = [a for a in self.actions if a.action in (INSERT, UPDATE)]
+        n = max(1, self.opts.wave_tiles)
+        waves = [extract[i:i + n] for i in range(0, len(extract), n)]
+        self.progress = {"tile": mpi.Progress("tile", len(extract)),
+                         "brick": mpi.Progress("brick", 0)}
+        tiles = self.submit_tiles(dispatcher, waves[0]) if waves else None
+        for k, wave in enumerate(waves):
+            # wave k: its tiles' results, its brick tasks; the next wave's tiles are
+            # extracted while this one's bricks run and its tiles are written
+            with self.timed("extract tiles"):
+                self.collect_tiles(dispatcher, tiles)
+            with self.timed("plan bricks"):
+                bricks_batch = self.submit_bricks(dispatcher, wave)
+            if k + 1 < len(waves):
+                tiles = self.submit_tiles(dispatcher, waves[k + 1])
+            with self.timed("extract bricks"):
+                self.collect_bricks(dispatcher, bricks_batch)
+            with self.timed("write"):
+                self.write(wave, dispatcher)
+            self.end_wave(wave)
         with self.timed("write"):
-            self.write()
+            self.write([a for a in self.actions if a.action not in (INSERT, UPDATE)])
         with self.timed("finalize"):
             self.finalize()
-        return self.finish()
+        return self.finish(dispatcher)
 
     def plan(self):
         """Connect, check, lock, and diff the tiles file with the load state."""
@@ -227,18 +250,26 @@ class Run:
                              **opts.paths.as_dict()}))))
             self.run_id = cur.fetchone()[0]
 
-    def extract_tiles(self, dispatcher):
-        jobs = [self._tile_job(a) for a in self.actions if a.action in (INSERT, UPDATE)]
-        for job, result in dispatcher.map("tile", jobs):
+    def submit_tiles(self, dispatcher, wave):
+        """Queue a wave's tile tasks, largest fiberassign file first."""
+        jobs = [self._tile_job(a) for a in wave]
+        return dispatcher.submit("tile", jobs, size=_tile_size,
+                                 progress=self.progress["tile"])
+
+    def collect_tiles(self, dispatcher, batch):
+        for job, result in dispatcher.wait(batch):
             tileid = job["action"]["tileid"]
             if isinstance(result, mpi.TaskFailure):
                 self.fail(tileid, result.message, result.internal)
                 continue
             self.results[tileid] = result
+            if result.stage is not None:
+                self.staged_files["tiles"][str(tileid)] = result.stage.path
             self._warn_stats(tileid, result.stats)
             if result.missing_petals:
                 self.log.warning("tile %d: no redrock file for petal(s) %s", tileid,
                                  ", ".join(map(str, result.missing_petals)))
+        batch.results.clear()
 
     def _tile_job(self, action):
         job = {"action": action.as_dict(), "paths": self.opts.paths,
@@ -252,41 +283,61 @@ class Run:
                                                        "fiberassign_fingerprint")}
         return job
 
-    def extract_bricks(self, dispatcher):
+    def submit_bricks(self, dispatcher, wave):
+        """The wave's TARGETIDs join the run's ``keep`` table, then its brick tasks (for
+        targets the database still lacks photometry for) are queued, largest first."""
         faults.hit("bricks")  # failure tests only (faults.py)
-        order = {a.tileid: i for i, a in enumerate(self.actions)}
-        staged = sorted((r for t, r in self.results.items() if t not in self.failures),
-                        key=lambda r: order[r.tileid])
+        staged = [self.results[a.tileid] for a in wave
+                  if a.tileid in self.results and a.tileid not in self.failures]
+        writer.keep_more(self.conn, self.keep, np.concatenate(
+            [r.targetids for r in staged if r.targetids is not None]
+            + [np.zeros(0, np.int64)]))
         jobs, self.tiles_of_brick = bricks.brick_jobs(
             self.conn, self.opts.schema, self.opts.paths, self.stage_dir, staged)
-        for job, result in dispatcher.map("brick", jobs):
+        self.progress["brick"].total += len(jobs)
+        return dispatcher.submit("brick", jobs, size=lambda job: len(job["targets"]),
+                                 progress=self.progress["brick"])
+
+    def collect_bricks(self, dispatcher, batch):
+        self.brick_results = []
+        for job, result in dispatcher.wait(batch):
             if isinstance(result, mpi.TaskFailure):
                 failed = {b.decode(): result.message
                           for b in np.unique(job["targets"]["BRICKNAME"])}
             else:
                 failed = result.failed
                 self.brick_results.append(result)
+                self.staged_files["bricks"].append(result.stage.path)
             for brick, message in failed.items():
                 for tileid in self.tiles_of_brick.get(brick, ()):
                     self.fail(tileid, f"tile {tileid}: brick {brick}: {message}",
                               getattr(result, "internal", False))
+        batch.results.clear()
 
-    def write(self):
-        """One transaction per tile, in plan order; a failure is recorded and the run
-        goes on, unless the database went away (:class:`DatabaseLost`)."""
+    def prepare_write(self):
+        """Before the first write: the indexes of a bulk load, the run's ``keep``
+        table, the writer session's settings."""
         opts, conn = self.opts, self.conn
-        stage.write_manifest(self.stage_dir, self._manifest())
-        legacy = LegacyPhotometry(self.brick_results)
         self.rebuild = opts.initial or bool(db.missing_indexes(conn, opts.schema))
         if opts.initial:
             self.log.info("initial load: dropping secondary indexes until the end: %s",
                           ", ".join(db.drop_secondary_indexes(conn, opts.schema)))
-        keep = writer.keep_targetids(conn, np.concatenate(
-            [r.targetids for r in self.results.values() if r.targetids is not None]
-            + [np.zeros(0, np.int64)]))
-        for a in self.actions:
+            db.bulk_session(conn)
+        self.keep = writer.keep_targetids(conn)
+
+    def write(self, actions, dispatcher=None):
+        """One transaction per tile, in plan order; a failure is recorded and the run
+        goes on, unless the database went away (:class:`DatabaseLost`).  Between two
+        tiles the dispatcher is polled, so workers extract the next wave meanwhile."""
+        opts, conn = self.opts, self.conn
+        stage.write_manifest(self.stage_dir, self._manifest())
+        legacy = LegacyPhotometry(self.brick_results)
+        for a in actions:
+            if dispatcher is not None:
+                dispatcher.poll()
+                self.overlap.sample(dispatcher)
             try:
-                self._write_one(a, legacy, keep)
+                self._write_one(a, legacy, self.keep)
             except psycopg2.Error as err:
                 message = f"tile {a.tileid}: the database refused its rows: {one_line(err)}"
                 if conn.closed:
@@ -295,6 +346,21 @@ class Run:
                 self.fail(a.tileid, message)
                 writer.record_failure(conn, opts.schema, a.tileid, message, self.run_id,
                                       action=a)
+        if dispatcher is not None:
+            self.overlap.sample(dispatcher, end=True)
+
+    def end_wave(self, wave):
+        """A written wave: its stage files go (kept for a rerun where a tile failed),
+        its results are dropped (the root's memory follows one wave)."""
+        for f in self.written:
+            f.remove()
+        self.written = []
+        if not any(a.tileid in self.failures for a in wave):
+            for r in self.brick_results:
+                r.stage.remove()
+        self.brick_results = []
+        for a in wave:
+            self.results.pop(a.tileid, None)
 
     def _write_one(self, a, legacy, keep):
         opts, conn, tc = self.opts, self.conn, self.counts["tables"]
@@ -344,18 +410,23 @@ class Run:
                           finalize.update_primary(conn, schema_name))
             db.create_indexes(conn, schema_name)
             conn.commit()
+            self.log.info("tables clustered on their q3c index: %s",
+                          ", ".join(db.cluster_q3c(conn, schema_name)))
         if self.rebuild or self.wrote:
             finalize.analyze(conn, schema_name, ("tile", "exposure", "frame", "photometry",
                                                  "target", "fiberassign", "potential",
                                                  "ztile"))
             conn.commit()
 
-    def finish(self):
-        """Stage files of committed tiles removed, the run recorded and reported."""
-        for f in self.written:
-            f.remove()
+    def finish(self, dispatcher):
+        """The run recorded and reported (with each rank's busy time)."""
         if not self.failures:  # bricks of a crashed run too; kept for a rerun after failures
             stage.remove_bricks(self.stage_dir)
+        busy, balance = dispatcher.balance()
+        self.counts["ranks"] = {"busy_seconds": {str(r): round(t, 2) for r, t in busy.items()},
+                                "balance_max_over_mean": round(balance, 3),
+                                "write_seconds": round(self.overlap.total, 2),
+                                "write_seconds_with_workers_busy": round(self.overlap.hidden, 2)}
         outcome = "failed" if self.failures or self.bad_lines else "ok"
         self._record_run(outcome)
         self.report()
@@ -407,9 +478,7 @@ class Run:
         return {"run_id": self.run_id, "schema": self.opts.schema,
                 "plan": [{"tileid": a.tileid, "action": a.action, "reason": a.reason}
                          for a in self.actions],
-                "tiles": {str(t): r.stage.path for t, r in self.results.items()
-                          if r.stage is not None},
-                "bricks": [r.stage.path for r in self.brick_results],
+                "tiles": self.staged_files["tiles"], "bricks": self.staged_files["bricks"],
                 "failed": {str(t): f.message for t, f in self.failures.items()}}
 
     def _summary_counts(self):
@@ -454,6 +523,16 @@ class Run:
                  "  rows written:"]
         lines += [f"    {k:<28} {v:>10}" for k, v in sorted(self.counts["tables"].items())]
         lines += ["  timing:"] + [f"    {k:<28} {v:>9.2f} s" for k, v in self.timers.items()]
+        ranks = self.counts.get("ranks")
+        if ranks:
+            busy = ranks["busy_seconds"]
+            lines.append("  ranks busy (s): " + ", ".join(f"{r}: {t:.1f}" for r, t in
+                                                          busy.items())
+                         + f"; balance max/mean {ranks['balance_max_over_mean']:.2f}")
+            if ranks["write_seconds"]:
+                lines.append(f"  write time with workers extracting: "
+                             f"{ranks['write_seconds_with_workers_busy']:.1f} of "
+                             f"{ranks['write_seconds']:.1f} s")
         if self.counts["warnings"]:
             lines.append("  warnings: " + ", ".join(
                 f"{k} {v}" for k, v in sorted(self.counts["warnings"].items())))
@@ -473,6 +552,32 @@ class Run:
                 lines.append(f"  {title} ({len(failed)}):")
                 lines += [f"    {t}: {f.message}" for t, f in failed]
         print("\n".join(lines), flush=True)  # the command's result: visible with -q too
+
+
+def _tile_size(job):
+    """The expected cost of a tile task: its fiberassign file's size for a full
+    extraction (0 otherwise), from the planner's stat."""
+    if not job["action"]["full"]:
+        return 0
+    fp = fingerprints.Fingerprint.from_text(job["action"]["state"].get(
+        "fiberassign_fingerprint"))
+    return sum(f.size or 0 for f in fp.files) if fp else 0
+
+
+class Overlap:
+    """How much of the root's write time had workers busy extracting (hidden time)."""
+
+    def __init__(self):
+        self.total = self.hidden = 0.0
+        self.last = None
+
+    def sample(self, dispatcher, end=False):
+        now = time.time()
+        if self.last is not None:
+            self.total += now - self.last
+            if dispatcher.running:
+                self.hidden += now - self.last
+        self.last = None if end else now
 
 
 class LegacyPhotometry:

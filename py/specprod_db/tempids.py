@@ -38,6 +38,14 @@ def create(cur, ids=None, name=None, on_commit="DROP", select=None, params=None)
     return ident
 
 
+def extend(cur, ident, ids):
+    """Add ``ids`` to the existing temporary table ``ident`` (duplicates ignored)."""
+    new = create(cur, ids)
+    cur.execute(sql.SQL("INSERT INTO {} SELECT targetid FROM {} ON CONFLICT DO NOTHING")
+                .format(ident, new))
+    cur.execute(sql.SQL("DROP TABLE {}").format(new))
+
+
 def fetch(cur, select, params=None):
     """The int64 array of the one-column query ``select``."""
     cur.execute(select, params)

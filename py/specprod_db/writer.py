@@ -152,15 +152,22 @@ def delete_orphan_photometry(cur, schema_name, candidates, keep=None):
     return cur.rowcount
 
 
-def keep_targetids(conn, targetids):
-    """The session's temporary table of the TARGETIDs this run's tiles reference.
+def keep_targetids(conn):
+    """The session's temporary table of the TARGETIDs this run's tiles reference
+    (empty; :func:`keep_more` adds each wave's).
 
     Their photometry must survive a DELETE or full UPDATE of another tile earlier in the
     write order: the brick tasks were planned while it was present.
     """
     with transaction(conn) as cur:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(KEEP_TABLE)))
-        return tempids.create(cur, targetids, name=KEEP_TABLE, on_commit="PRESERVE ROWS")
+        return tempids.create(cur, name=KEEP_TABLE, on_commit="PRESERVE ROWS")
+
+
+def keep_more(conn, keep, targetids):
+    """Add ``targetids`` to the run's :func:`keep_targetids` table."""
+    with transaction(conn) as cur:
+        tempids.extend(cur, keep, targetids)
 
 
 def upsert_state(cur, schema_name, tileid, status, run_id, state=None, line=None, error=None):

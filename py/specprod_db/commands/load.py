@@ -48,6 +48,11 @@ def add_arguments(parser, dry_run_flag=True):
                              "indexes dropped during the COPY and rebuilt at the end, "
                              "primary flags computed once; rerun the same command after "
                              "an interruption")
+    parser.add_argument("--wave-tiles", type=_count, default=64, metavar="N",
+                        help="tiles extracted, matched to the Legacy Surveys and written "
+                             "together (default 64): rank 0 holds one wave's brick inputs "
+                             "and Legacy Surveys rows (about 10 MB per full-size tile), "
+                             "and the next wave is extracted while this one is written")
     parser.add_argument("--show-unchanged", action="store_true",
                         help="list unchanged tiles in the plan too")
 
@@ -94,6 +99,7 @@ def options_from_args(args, dry_run=None):
                    max_delete_fraction=args.max_delete_fraction,
                    max_delete_count=args.max_delete_count,
                    show_unchanged=args.show_unchanged, initial=args.initial,
+                   wave_tiles=max(1, args.wave_tiles),
                    stage_min_free=int(args.stage_min_free * 2**20))
 
 
