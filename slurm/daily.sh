@@ -6,8 +6,14 @@
 # Every morning, from scrontab (scrontab -e; times are UTC; #SCRON lines replace the
 # #SBATCH lines below, which scrontab does not read):
 #
-#   #SCRON -q regular -C cpu -A desi -N 1 -t 01:00:00 -J specprod-db-daily
-#   #SCRON -o /global/homes/U/USER/specprod-db-logs/daily-%j.log --open-mode=append
+#   #SCRON -q regular
+#   #SCRON -C cpu
+#   #SCRON -A desi
+#   #SCRON -N 1
+#   #SCRON -t 01:00:00
+#   #SCRON -J specprod-db-daily
+#   #SCRON -o /global/homes/U/USER/specprod-db-logs/daily-%j.log
+#   #SCRON --open-mode=append
 #   30 15 * * * /path/to/specprod-db/slurm/daily.sh
 #
 # Exit status: that of `specprod-db load` (0 loaded, 1 some tile failed, 2 refused,
