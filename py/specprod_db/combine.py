@@ -113,8 +113,8 @@ def inspect_source(cur, schema_name, rank):
                          f"schema: {'; '.join(problems)}; nothing created")
     denied = []
     for t in DATA_TABLES:
-        cur.execute("SELECT has_table_privilege(%s, 'SELECT')",
-                    (f'"{schema_name}"."{t.name}"',))
+        cur.execute("SELECT has_table_privilege(format('%%I.%%I', %s, %s), 'SELECT')",
+                    (schema_name, t.name))
         if not cur.fetchone()[0]:
             denied.append(t.name)
     if denied:
@@ -258,8 +258,8 @@ def _drop(cur, target):
         cur.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(target)))
     except psycopg2.errors.DependentObjectsStillExist as err:
         detail = " ".join((err.diag.message_detail or str(err)).split())
-        raise RunRefused(f"--replace refused, {target} left as it is: objects outside it "
-                         f"depend on its views ({detail})") from None
+        raise RunRefused(f"--replace refused, {target} left as it is: other objects depend "
+                         f"on it or its views ({detail})") from None
 
 
 def create(conn, target, schema_names, replace=False):
