@@ -29,6 +29,7 @@ db: env pg
 	$(VPY) -m specprod_db.pgcluster ensure
 
 test: db docs
+	bash etc/ensure-chromium.sh
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 # The Sphinx documentation, warnings as errors (doc/index.rst; open doc/_build/html/index.html).
