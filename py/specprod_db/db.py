@@ -233,17 +233,49 @@ def package_versions(specprod):
 
 
 def record_versions(conn, schema_name, specprod):
-    """Fill ``version`` once; an existing table is left as it is."""
+    """Fill ``version`` once (an existing table is left as it is), and record the
+    schema's layout version (:mod:`specprod_db.migrate`) when it is the current one and
+    not recorded yet.  Returns True when the package rows were written."""
+    from . import migrate
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(
             _qualified(schema_name, "version")))
-        if cur.fetchone()[0]:
-            return False
-        for package, version in package_versions(specprod):
-            cur.execute(sql.SQL("INSERT INTO {} (package, version) VALUES (%s, %s)").format(
-                _qualified(schema_name, "version")), (package, version[:20]))
+        filled = not cur.fetchone()[0]
+        if filled:
+            for package, version in package_versions(specprod):
+                cur.execute(sql.SQL("INSERT INTO {} (package, version) VALUES (%s, %s)")
+                            .format(_qualified(schema_name, "version")),
+                            (package, version[:20]))
+        layout = migrate.recorded_layout(cur, schema_name)
+        if layout is None:
+            # init on an older schema creates the tables it lacks but widens, rebuilds
+            # nothing: its layout is recorded by 'specprod-db migrate', not here
+            layout = migrate.inspect_layout(cur, schema_name)
+            if layout == migrate.CURRENT_LAYOUT:
+                record_layout(cur, schema_name, layout)
     conn.commit()
-    return True
+    if layout != migrate.CURRENT_LAYOUT:
+        get_logger().warning("schema %s has layout %s, not %s: run 'specprod-db migrate "
+                             "--schema %s'", schema_name, layout, migrate.CURRENT_LAYOUT,
+                             schema_name)
+    return filled
+
+
+def record_layout(cur, schema_name, layout):
+    """Set the ``version`` row of the schema's layout (:data:`migrate.LAYOUT_PACKAGE`).
+
+    The id is given explicitly and the sequence moved past it: the old tool assigned the
+    ids of its rows explicitly, leaving ``version_id_seq`` behind them."""
+    from .migrate import LAYOUT_PACKAGE
+    table = _qualified(schema_name, "version")
+    cur.execute(sql.SQL("UPDATE {} SET version = %s WHERE package = %s").format(table),
+                (layout, LAYOUT_PACKAGE))
+    if cur.rowcount:
+        return
+    cur.execute(sql.SQL("INSERT INTO {} (id, package, version) SELECT coalesce(max(id), 0) "
+                        "+ 1, %s, %s FROM {}").format(table, table), (LAYOUT_PACKAGE, layout))
+    cur.execute(sql.SQL("SELECT setval(pg_get_serial_sequence(quote_ident(%s) || '.version', "
+                        "'id'), max(id)) FROM {}").format(table), (schema_name,))
 
 
 def grant_read(conn, schema_name, roles):

@@ -176,6 +176,8 @@ class Run:
             if not db.schema_exists(self.conn, opts.schema):
                 raise RunRefused(f"schema {opts.schema} does not exist; run "
                                  f"'specprod-db init --schema {opts.schema}' first")
+            from .migrate import check_layout  # another layout: exit 2, how to migrate
+            check_layout(self.conn, opts.schema)
             if not opts.dry_run:
                 check_write_access(self.conn, opts.schema)
             acquire_lock(self.conn, opts.schema)

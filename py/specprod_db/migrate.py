@@ -1,0 +1,438 @@
+"""Schema layout versions, and the migrations from each older layout to the current one.
+
+A production schema records its *layout version* (the tables, columns, keys and indexes
+this package creates, not the package version) in its ``version`` table, as the row
+``package = 'specprod-db-schema'`` (:data:`LAYOUT_PACKAGE`).  This module is the one
+place that defines the layouts: :data:`MIGRATIONS`, in order, each from one layout to the
+next; :data:`CURRENT_LAYOUT` is the last one's target, the layout ``specprod-db init``
+creates.  Layouts:
+
+======  ==================================================================================
+1.3     the old tool's catalog (specprod-db 1.3, ``tests/data/specprod-db-1.3-*``):
+        ``program`` columns ``VARCHAR(6)``, q3c indexes only once data was loaded, no
+        bookkeeping tables
+2.0     this project's first layout (e3d2b8f): ``program`` ``VARCHAR(8)`` (decision 5),
+        q3c indexes from the start, ``load_run`` and ``tile_state``
+2.1     ``tile_state.line``, the tiles-file line loaded (83fb4b3)
+2.2     ``tile_history``, what each run did to each tile (2bad66b)
+======  ==================================================================================
+
+A schema without the row (made before the row existed) is identified by inspection
+(:func:`inspect_layout`); every schema created from now on records its layout, so
+inspection never has to learn a new layout.
+
+A loader refuses a schema of another layout (:func:`check_layout`, exit 2) and names
+``specprod-db migrate --schema S``, which applies the missing migrations in order, each
+in one transaction that also records its target layout: an interrupted migrate leaves
+the schema at a layout it names, and running it again goes on from there.  Every step
+checks what is already there (``IF NOT EXISTS``, a column's width, a column's
+presence), because ``specprod-db init`` on an older schema creates the tables it lacks
+(``CREATE TABLE IF NOT EXISTS``) and so may have done part of a migration already.
+
+Adding a layout: change :mod:`specprod_db.schema`, append a :class:`Migration` here
+whose steps turn the previous layout into the new one; ``tests/test_migrate.py`` fails
+until the migrated catalog equals the one ``init`` creates.  Steps declare the tables
+as they were at their layout (the ``_V2_0`` ... tables below), never from
+:mod:`specprod_db.schema`, which moves on.
+"""
+import json
+from dataclasses import dataclass
+
+from psycopg2 import sql
+
+from . import db
+from .errors import RunRefused, SpecprodDBError
+from .schema import Table
+
+#: ``version.package`` of the row recording the layout (``version.version``).
+LAYOUT_PACKAGE = "specprod-db-schema"
+
+#: The old tool's layout.
+OLD_TOOL_LAYOUT = "1.3"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a migration: what it does (for ``--dry-run`` and the report) and
+    ``apply(cur, schema_name) -> str or None`` (a note on what it found or did)."""
+    description: str
+    apply: object
+
+
+@dataclass(frozen=True)
+class Migration:
+    source: str
+    target: str
+    summary: str
+    steps: tuple
+
+
+# --- tables as they were at their layout ------------------------------------------------
+
+_LOAD_RUN_V2_0 = Table("load_run", """
+serial: id
+timestamptz: started finished
+integer: ranks
+text: command options outcome counts
+""", primary_key=("id",), nullable=("finished", "outcome", "counts"), bookkeeping=True)
+
+_TILE_STATE_V2_0 = Table("tile_state", """
+integer: tileid
+text: updated
+integer: lastnight
+text: status tile_hash exposures_hash redrock_fingerprint fiberassign_fingerprint
+integer: run_id
+timestamptz: loaded_at
+text: error
+""", primary_key=("tileid",),
+    nullable=("updated", "lastnight", "tile_hash", "exposures_hash", "redrock_fingerprint",
+              "fiberassign_fingerprint", "loaded_at", "error"),
+    foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
+
+_TILE_STATE_V2_1 = Table("tile_state", """
+integer: tileid
+text: updated
+integer: lastnight
+text: status tile_hash exposures_hash redrock_fingerprint fiberassign_fingerprint line
+integer: run_id
+timestamptz: loaded_at
+text: error
+""", primary_key=("tileid",),
+    nullable=("updated", "lastnight", "tile_hash", "exposures_hash", "redrock_fingerprint",
+              "fiberassign_fingerprint", "line", "loaded_at", "error"),
+    foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
+
+_TILE_HISTORY_V2_2 = Table("tile_history", """
+serial: id
+integer: run_id tileid
+text: action reason outcome error
+timestamptz: at
+text: counts tile_rows
+""", primary_key=("id",), nullable=("reason", "error", "counts", "tile_rows"),
+    foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
+
+#: The ``program`` columns of the 1.3 catalog (``VARCHAR(6)`` there).
+_PROGRAM_TABLES = ("tile", "exposure", "target", "zpix", "ztile")
+
+#: q3c indexes: table -> (ra, dec); the old tool created them only after loading.
+_Q3C = {"tile": ("tilera", "tiledec"), "exposure": ("tilera", "tiledec"),
+        "photometry": ("ra", "dec"), "fiberassign": ("target_ra", "target_dec")}
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+def _q(schema_name, name):
+    return db.qualified(schema_name, name)
+
+
+def _tables(cur, schema_name):
+    cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema_name,))
+    return {r[0] for r in cur.fetchall()}
+
+
+def _columns(cur, schema_name, table_name):
+    """{column: character_maximum_length} of a table, in no order."""
+    cur.execute("SELECT column_name, character_maximum_length FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = %s", (schema_name, table_name))
+    return dict(cur.fetchall())
+
+
+def _readers(cur, schema_name, table_name):
+    """Roles other than the owner with SELECT on a table (to give the same on the tables
+    a migration creates: the old tool's GRANTs covered only the tables of its time)."""
+    cur.execute("""SELECT DISTINCT g.grantee FROM information_schema.role_table_grants g
+                   JOIN pg_class c ON c.relname = g.table_name
+                   JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = g.table_schema
+                   WHERE g.table_schema = %s AND g.table_name = %s
+                     AND g.privilege_type = 'SELECT'
+                     AND g.grantee <> pg_get_userbyid(c.relowner)""",
+                (schema_name, table_name))
+    return sorted(r[0] for r in cur.fetchall())
+
+
+def _grant_like(cur, schema_name, model, table_names):
+    """SELECT on ``table_names`` (and their sequences) to the readers of ``model``."""
+    roles = _readers(cur, schema_name, model)
+    for role in roles:
+        for name in table_names:
+            cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
+                _q(schema_name, name), sql.Identifier(role)))
+        cur.execute(sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
+            sql.Identifier(schema_name), sql.Identifier(role)))
+    return roles
+
+
+def _create(cur, schema_name, *tables):
+    """CREATE TABLE IF NOT EXISTS; the names of the tables that were missing."""
+    present = _tables(cur, schema_name)
+    for t in tables:
+        cur.execute(db.create_table_sql(t, schema_name))
+    created = [t.name for t in tables if t.name not in present]
+    _grant_like(cur, schema_name, "tile", created)
+    return f"created {', '.join(created)}" if created else "already there"
+
+
+# --- 1.3 -> 2.0 -------------------------------------------------------------------------
+
+def _widen_program(cur, schema_name):
+    widened = []
+    for name in _PROGRAM_TABLES:
+        if (_columns(cur, schema_name, name).get("program") or 8) < 8:
+            # binary-compatible: no table rewrite, no index rebuild; ACCESS EXCLUSIVE lock
+            # for the catalog update only
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN program TYPE "
+                                "character varying(8)").format(_q(schema_name, name)))
+            widened.append(name)
+    return f"widened in {', '.join(widened)}" if widened else "already VARCHAR(8)"
+
+
+def _q3c_indexes(cur, schema_name):
+    cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema_name,))
+    present = {r[0] for r in cur.fetchall()}
+    built = []
+    for name, (ra, dec) in _Q3C.items():
+        index = f"ix_{name}_q3c_ang2ipix"
+        if index not in present:
+            cur.execute(sql.SQL("CREATE INDEX {} ON {} (q3c_ang2ipix({}, {}))").format(
+                sql.Identifier(index), _q(schema_name, name), sql.Identifier(ra),
+                sql.Identifier(dec)))
+            built.append(index)
+    return f"built {', '.join(built)}" if built else "already there"
+
+
+def _bookkeeping_2_0(cur, schema_name):
+    return _create(cur, schema_name, _LOAD_RUN_V2_0, _TILE_STATE_V2_0)
+
+
+def _seed_tile_state(cur, schema_name):
+    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(_q(schema_name, "tile_state")))
+    if cur.fetchone()[0]:
+        return "tile_state not empty: left as it is"
+    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(_q(schema_name, "tile")))
+    n = cur.fetchone()[0]
+    if not n:
+        return "no tiles loaded"
+    cur.execute(sql.SQL("INSERT INTO {} (started, finished, ranks, command, options, outcome, "
+                        "counts) VALUES (now(), now(), 1, %s, %s, 'migrated', %s) "
+                        "RETURNING id").format(_q(schema_name, "load_run")),
+                (f"specprod-db migrate --schema {schema_name}",
+                 json.dumps({"from": OLD_TOOL_LAYOUT, "to": "2.0"}),
+                 json.dumps({"tiles_seeded": n})))
+    run_id = cur.fetchone()[0]
+    cur.execute(sql.SQL("INSERT INTO {} (tileid, lastnight, status, run_id) SELECT tileid, "
+                        "lastnight, 'loaded', %s FROM {}").format(
+        _q(schema_name, "tile_state"), _q(schema_name, "tile")), (run_id,))
+    return f"{n} tiles recorded as loaded by load_run {run_id}"
+
+
+# --- 2.0 -> 2.1 -------------------------------------------------------------------------
+
+def _tile_state_line(cur, schema_name):
+    if "line" in _columns(cur, schema_name, "tile_state"):
+        return "already there"
+    old = "tile_state_layout_2_0"
+    readers = _readers(cur, schema_name, "tile_state")
+    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+        _q(schema_name, "tile_state"), sql.Identifier(old)))
+    for constraint in ("pkey", "run_id_fkey"):  # the new table's names
+        cur.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+            _q(schema_name, old), sql.Identifier(f"tile_state_{constraint}"),
+            sql.Identifier(f"{old}_{constraint}")))
+    cur.execute(db.create_table_sql(_TILE_STATE_V2_1, schema_name))
+    names = [n for n in _TILE_STATE_V2_1.names if n != "line"]
+    columns = sql.SQL(", ").join(map(sql.Identifier, names))
+    cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+        _q(schema_name, "tile_state"), columns, columns, _q(schema_name, old)))
+    rows = cur.rowcount
+    cur.execute(sql.SQL("DROP TABLE {}").format(_q(schema_name, old)))
+    for role in readers:
+        cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
+            _q(schema_name, "tile_state"), sql.Identifier(role)))
+    return f"tile_state rebuilt, {rows} rows copied"
+
+
+# --- 2.1 -> 2.2 -------------------------------------------------------------------------
+
+def _tile_history(cur, schema_name):
+    return _create(cur, schema_name, _TILE_HISTORY_V2_2)
+
+
+#: Every migration, in order; the last target is the current layout.
+MIGRATIONS = (
+    Migration(OLD_TOOL_LAYOUT, "2.0", "the old tool's catalog to this project's first layout", (
+        Step("widen every program column (tile, exposure, target, zpix, ztile) from "
+             "VARCHAR(6) to VARCHAR(8), for dark1b/bright1b (decision 5); no rewrite",
+             _widen_program),
+        Step("create the q3c indexes ix_{tile,exposure,photometry,fiberassign}_q3c_ang2ipix "
+             "where missing (the old tool created them only after loading); a build on a "
+             "loaded table blocks writes, not reads", _q3c_indexes),
+        Step("create the bookkeeping tables load_run and tile_state, readable by the "
+             "roles that can read tile", _bookkeeping_2_0),
+        Step("record every tile of the tile table as loaded (fingerprints unknown) by a "
+             "load_run row of this migration: the next load reloads each tile still in "
+             "the tiles file (UPDATE) and deletes those that left it, as for any loaded "
+             "tile", _seed_tile_state),
+    )),
+    Migration("2.0", "2.1", "tile_state records the tiles-file line loaded", (
+        Step("rebuild tile_state with the column line (text, JSON of the tiles-file line) "
+             "between fiberassign_fingerprint and run_id, rows copied (line NULL: a later "
+             "change of such a tile is reported as 'changed: tiles-file line', not column "
+             "by column); one row per tile, so the rebuild is short, under an ACCESS "
+             "EXCLUSIVE lock of tile_state", _tile_state_line),
+    )),
+    Migration("2.1", "2.2", "tile_history: what each run did to each tile", (
+        Step("create tile_history (one row per tile and run: action, reason, outcome, "
+             "error, counts, tile_rows), readable by the roles that can read tile; empty: "
+             "history starts with the next load", _tile_history),
+    )),
+)
+
+#: Every layout, oldest first.
+LAYOUTS = (MIGRATIONS[0].source,) + tuple(m.target for m in MIGRATIONS)
+
+#: The layout ``specprod-db init`` creates and a load writes into.
+CURRENT_LAYOUT = LAYOUTS[-1]
+
+
+# --- which layout a schema has ------------------------------------------------------------
+
+def recorded_layout(cur, schema_name):
+    """The layout recorded in the schema's ``version`` table, or None."""
+    if "version" not in _tables(cur, schema_name):
+        return None
+    cur.execute(sql.SQL("SELECT version FROM {} WHERE package = %s").format(
+        _q(schema_name, "version")), (LAYOUT_PACKAGE,))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def inspect_layout(cur, schema_name):
+    """The layout of a schema that does not record it, from its catalog; None when it
+    is not a production schema (no ``tile``, ``photometry`` and ``version`` tables)."""
+    tables = _tables(cur, schema_name)
+    if not {"tile", "photometry", "version"} <= tables:
+        return None
+    if (_columns(cur, schema_name, "tile").get("program") or 0) < 8 \
+            or not {"load_run", "tile_state"} <= tables:
+        return OLD_TOOL_LAYOUT
+    if "line" not in _columns(cur, schema_name, "tile_state"):
+        return "2.0"
+    if "tile_history" not in tables:
+        return "2.1"
+    return "2.2"
+
+
+def layout_version(conn, schema_name):
+    """``(layout, how)``: how is ``'recorded'`` or ``'inspected'``; ``(None, None)`` for
+    a schema that is not a production schema.  Leaves no transaction open."""
+    try:
+        with conn.cursor() as cur:
+            layout = recorded_layout(cur, schema_name)
+            if layout is not None:
+                return layout, "recorded"
+            layout = inspect_layout(cur, schema_name)
+            return layout, (None if layout is None else "inspected")
+    finally:
+        conn.rollback()
+
+
+def pending(layout):
+    """The migrations that take ``layout`` to :data:`CURRENT_LAYOUT`, in order."""
+    if layout not in LAYOUTS:
+        raise RunRefused(f"layout {layout!r} is unknown to this specprod-db (it knows "
+                         f"{', '.join(LAYOUTS)}): use a newer specprod-db")
+    return MIGRATIONS[LAYOUTS.index(layout):]
+
+
+def check_layout(conn, schema_name):
+    """RunRefused (exit 2) unless the schema has the current layout; the message says
+    how to migrate.  Called by a load and a plan before anything else reads the schema."""
+    layout, how = layout_version(conn, schema_name)
+    if layout == CURRENT_LAYOUT:
+        return layout
+    if layout is None:
+        raise RunRefused(f"schema {schema_name} is not a production schema (no tile, "
+                         "photometry and version tables); run "
+                         f"'specprod-db init --schema {schema_name}' for a new one")
+    if layout not in LAYOUTS:
+        raise RunRefused(f"schema {schema_name} has layout {layout} ({how}), newer than "
+                         f"this specprod-db knows ({CURRENT_LAYOUT}): use a newer "
+                         "specprod-db")
+    raise RunRefused(f"schema {schema_name} has layout {layout} ({how}); this specprod-db "
+                     f"writes layout {CURRENT_LAYOUT}: run 'specprod-db migrate --schema "
+                     f"{schema_name}' first ('--dry-run' lists the steps)")
+
+
+# --- migrating ------------------------------------------------------------------------------
+
+class MigrationFailed(SpecprodDBError):
+    """A migration's transaction failed and was rolled back (exit 1); the schema is at
+    the layout the message names."""
+
+
+def migrate(conn, schema_name, dry_run=False):
+    """Apply the pending migrations, each in one transaction that records its target
+    layout.  Returns the report: ``{"schema", "from", "how", "to", "migrations": [{"from",
+    "to", "summary", "steps": [{"description", "result"}]}], "recorded"}`` (``result``
+    None in a dry run; ``recorded`` True when a current layout found by inspection was
+    just recorded)."""
+    layout, how = layout_version(conn, schema_name)
+    if layout is None:
+        raise RunRefused(f"schema {schema_name} is not a production schema (no tile, "
+                         "photometry and version tables): nothing to migrate")
+    todo = pending(layout)
+    report = {"schema": schema_name, "from": layout, "how": how, "to": CURRENT_LAYOUT,
+              "dry_run": dry_run, "migrations": [], "recorded": False}
+    for m in todo:
+        entry = {"from": m.source, "to": m.target, "summary": m.summary, "steps": []}
+        report["migrations"].append(entry)
+        if dry_run:
+            entry["steps"] = [{"description": s.description, "result": None}
+                              for s in m.steps]
+            continue
+        try:
+            with conn.cursor() as cur:
+                for s in m.steps:
+                    entry["steps"].append({"description": s.description,
+                                           "result": s.apply(cur, schema_name)})
+                db.record_layout(cur, schema_name, m.target)
+            conn.commit()
+        except Exception as err:
+            conn.rollback()
+            from .errors import one_line
+            raise MigrationFailed(
+                f"migration of schema {schema_name} from layout {m.source} to {m.target} "
+                f"failed and was rolled back (the schema is at layout {m.source}): "
+                f"{one_line(err)}") from None
+    if not todo and how == "inspected":
+        report["recorded"] = True
+        if not dry_run:
+            with conn.cursor() as cur:
+                db.record_layout(cur, schema_name, CURRENT_LAYOUT)
+            conn.commit()
+    return report
+
+
+def format_report(report):
+    """The report of :func:`migrate` as text."""
+    s = report["schema"]
+    lines = [f"schema {s}: layout {report['from']} ({report['how']}), current layout "
+             f"{report['to']}"]
+    if not report["migrations"]:
+        if report["recorded"]:
+            lines.append(f"nothing to migrate; layout {report['to']} "
+                         f"{'would be' if report['dry_run'] else 'is now'} recorded in "
+                         "the version table")
+        else:
+            lines.append("nothing to migrate")
+        return "\n".join(lines)
+    for m in report["migrations"]:
+        lines.append(f"{m['from']} -> {m['to']}: {m['summary']} "
+                     f"({'dry run: not applied' if report['dry_run'] else 'one transaction, committed'})")
+        for i, step in enumerate(m["steps"], 1):
+            lines.append(f"  {i}. {step['description']}")
+            if step["result"]:
+                lines.append(f"     -> {step['result']}")
+    lines.append(f"{'would migrate' if report['dry_run'] else 'migrated'} schema {s} to "
+                 f"layout {report['to']}")
+    return "\n".join(lines)

@@ -1,0 +1,344 @@
+"""Schema layout versions and ``specprod-db migrate``: a schema built exactly as the old
+tool's 1.3 catalog, and one of this project's first layout, each with rows, migrate to
+the catalog ``init`` creates today with their rows intact; a load into an un-migrated
+schema is refused (exit 2) naming the command; migrating twice changes nothing."""
+import json
+import subprocess
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from conftest import CLI, dump_schema, mock_env, query
+from test_history import load_in_process
+from test_schema import _reference
+
+from specprod_db import db, migrate, schema
+from specprod_db.cli import main
+
+# --- catalogs ---------------------------------------------------------------------------
+
+
+def catalog(dsn, name):
+    """Columns, indexes and constraints of schema ``name`` as the server shows them, the
+    schema name replaced by ``SCHEMA`` (the three views test_schema compares)."""
+    def norm(text):
+        return (text or "").replace(f'"{name}".', "SCHEMA.").replace(f"{name}.", "SCHEMA.")
+    columns = query(dsn, """SELECT table_name, ordinal_position, column_name, data_type,
+                                   character_maximum_length, numeric_precision, is_nullable,
+                                   column_default
+                            FROM information_schema.columns WHERE table_schema = %s""",
+                    (name,))
+    indexes = query(dsn, "SELECT tablename, indexname, indexdef FROM pg_indexes "
+                         "WHERE schemaname = %s", (name,))
+    constraints = query(dsn, """SELECT c.conrelid::regclass::text, c.conname, c.contype,
+                                       pg_get_constraintdef(c.oid)
+                                FROM pg_constraint c
+                                JOIN pg_namespace n ON n.oid = c.connamespace
+                                WHERE n.nspname = %s""", (name,))
+    return {
+        "columns": {(r[0], r[1]): (r[2], r[3], "" if r[4] is None else str(r[4]),
+                                   "" if r[5] is None else str(r[5]), r[6], norm(r[7]))
+                    for r in columns},
+        "indexes": {r[1]: (r[0], norm(r[2])) for r in indexes},
+        "constraints": {r[1]: (norm(r[0]).removeprefix("SCHEMA."), r[2], norm(r[3]))
+                        for r in constraints},
+    }
+
+
+def assert_same(got, expected):
+    """Catalogs equal; else the entries that differ, by view."""
+    diff = {view: {k: (got[view].get(k), expected[view].get(k))
+                   for k in set(got[view]) | set(expected[view])
+                   if got[view].get(k) != expected[view].get(k)} for view in expected}
+    assert not any(diff.values()), {v: d for v, d in diff.items() if d}
+
+
+def reference_catalog():
+    """The old tool's catalog from tests/data, in :func:`catalog`'s form."""
+    return {
+        "columns": {(r["table_name"], int(r["ordinal_position"])): (
+            r["column_name"], r["data_type"], r["char_len"], r["num_precision"],
+            r["is_nullable"], r["column_default"].replace("ref13.", "SCHEMA."))
+            for r in _reference("specprod-db-1.3-columns.csv", ",")},
+        "indexes": {r["indexname"]: (r["tablename"], r["indexdef"])
+                    for r in _reference("specprod-db-1.3-indexes.psv", "|")},
+        "constraints": {r["conname"]: (r["table_name"], r["contype"], r["definition"])
+                        for r in _reference("specprod-db-1.3-constraints.psv", "|")},
+    }
+
+
+def _pgtype(data_type, char_len, precision, default):
+    if default.startswith("nextval("):
+        return "serial"
+    if data_type == "character varying":
+        return f"varchar({char_len})" if char_len else "varchar"
+    if data_type == "numeric":
+        return f"numeric({precision})"
+    return data_type
+
+
+def build_old_tool_schema(dsn, name):
+    """Schema ``name`` exactly as specprod-db 1.3 creates it (tests/data): tables in
+    the old tool's order, then keys, unique constraints, foreign keys and indexes."""
+    ref = reference_catalog()
+    tables = {}
+    for (table, pos), (col, data_type, char_len, precision, _, default) in sorted(
+            ref["columns"].items(), key=lambda kv: kv[0][1]):
+        tables.setdefault(table, []).append(
+            sql.SQL("{} {} NOT NULL").format(sql.Identifier(col), sql.SQL(
+                _pgtype(data_type, char_len, precision, default))))
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        for t in schema.DATA_TABLES:  # the old tool's creation order
+            cur.execute(sql.SQL("CREATE TABLE {} ({})").format(
+                db.qualified(name, t.name), sql.SQL(", ").join(tables[t.name])))
+        here = sql.Identifier(name).as_string(conn) + "."
+        constraints = sorted(ref["constraints"].items(), key=lambda kv: kv[1][1] == "f")
+        for conname, (table, _, definition) in constraints:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                db.qualified(name, table), sql.Identifier(conname),
+                sql.SQL(definition.replace("SCHEMA.", here))))
+        for indexname, (_, indexdef) in ref["indexes"].items():
+            if indexname not in ref["constraints"]:
+                cur.execute(indexdef.replace("SCHEMA.", here))
+    conn.commit()
+    conn.close()
+
+
+def fill(dsn, name, tables, n=3):
+    """``n`` rows in each of ``tables``: every integer (and numeric id) of row k is k, so
+    every foreign key holds; the version table as the old tool fills it (explicit ids)."""
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        for t in tables:
+            if t.name == "version":
+                for i, package in enumerate(("astropy", "desiutil", "lsd9-photometry",
+                                             "numpy", "redshift", "release", "specprod",
+                                             "specprod-db", "sqlalchemy", "tiles"), 1):
+                    cur.execute(sql.SQL("INSERT INTO {} (id, package, version) VALUES "
+                                        "(%s, %s, %s)").format(db.qualified(name, "version")),
+                                (i, package, "1.3.0" if package == "specprod-db" else "x"))
+                continue
+            for k in range(1, n + 1):
+                values = []
+                for c in t.columns:
+                    if c.pgtype in ("smallint", "integer", "bigint", "serial", "numeric(39)"):
+                        values.append(k)
+                    elif c.pgtype in ("real", "double precision"):
+                        values.append(k + 0.25)
+                    elif c.pgtype == "boolean":
+                        values.append(k == 1)
+                    elif c.pgtype.startswith("timestamp"):
+                        values.append(f"2026-01-0{k}T12:00:00+00")
+                    elif c.name == "program":
+                        values.append(("dark", "bright", "backup")[k - 1])
+                    else:
+                        values.append(str(k))
+                cur.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                    db.qualified(name, t.name),
+                    sql.SQL(", ").join(map(sql.Identifier, t.names)),
+                    sql.SQL(", ").join(sql.Placeholder() * len(values))), values)
+    conn.commit()
+    conn.close()
+
+
+def migrate_cli(dsn, name, *extra):
+    return subprocess.run(CLI + ["migrate", "--schema", name, "--db", dsn, *extra],
+                          capture_output=True, text=True, timeout=120)
+
+
+def version_rows(dsn, name):
+    return query(dsn, f'SELECT id, package, version FROM "{name}".version ORDER BY id')
+
+
+def layout(dsn, name):
+    conn = psycopg2.connect(dsn)
+    try:
+        return migrate.layout_version(conn, name)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def fresh_catalog(pg_dsn, schemas):
+    """The catalog ``specprod-db init`` creates today."""
+    return catalog(pg_dsn, schemas())
+
+
+# --- the old tool's schema ----------------------------------------------------------------
+
+def test_the_built_schema_is_the_old_tools_catalog(pg_dsn, schema_name):
+    build_old_tool_schema(pg_dsn, schema_name)
+    assert_same(catalog(pg_dsn, schema_name), reference_catalog())
+    assert layout(pg_dsn, schema_name) == ("1.3", "inspected")
+
+
+def test_migrate_from_the_old_tool(pg_dsn, schema_name, fresh_catalog):
+    build_old_tool_schema(pg_dsn, schema_name)
+    fill(pg_dsn, schema_name, schema.DATA_TABLES)
+    rows, versions = dump_schema(pg_dsn, schema_name), version_rows(pg_dsn, schema_name)
+
+    dry = migrate_cli(pg_dsn, schema_name, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "1.3 -> 2.0" in dry.stdout and "2.1 -> 2.2" in dry.stdout
+    assert "dry run: not applied" in dry.stdout
+    assert_same(catalog(pg_dsn, schema_name), reference_catalog())
+
+    r = migrate_cli(pg_dsn, schema_name)
+    assert r.returncode == 0, r.stderr
+    assert "widened in tile, exposure, target, zpix, ztile" in r.stdout
+    assert_same(catalog(pg_dsn, schema_name), fresh_catalog)
+    assert dump_schema(pg_dsn, schema_name) == rows
+    after = version_rows(pg_dsn, schema_name)
+    assert after[:-1] == versions
+    assert after[-1] == (11, migrate.LAYOUT_PACKAGE, migrate.CURRENT_LAYOUT)
+    assert layout(pg_dsn, schema_name) == (migrate.CURRENT_LAYOUT, "recorded")
+    # every tile the old tool loaded is known to the loader, as loaded by the migration
+    runs = query(pg_dsn, f'SELECT id, command, outcome FROM "{schema_name}".load_run')
+    assert runs == [(1, f"specprod-db migrate --schema {schema_name}", "migrated")]
+    assert query(pg_dsn, f'SELECT tileid, status, run_id, line FROM "{schema_name}".tile_state '
+                         "ORDER BY tileid") == [(k, "loaded", 1, None) for k in (1, 2, 3)]
+    # the serial moved past the old tool's explicit ids
+    query(pg_dsn, f"INSERT INTO \"{schema_name}\".version (package, version) VALUES ('x', 'y')")
+
+    # twice: a no-op
+    before = catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)
+    r = migrate_cli(pg_dsn, schema_name)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to migrate" in r.stdout
+    assert (catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)) == before
+
+
+# --- this project's first layout ------------------------------------------------------------
+
+#: tile_state as the first commit (e3d2b8f) declared it: no ``line``.
+FIRST_TILE_STATE = schema.Table("tile_state", """
+integer: tileid
+text: updated
+integer: lastnight
+text: status tile_hash exposures_hash redrock_fingerprint fiberassign_fingerprint
+integer: run_id
+timestamptz: loaded_at
+text: error
+""", primary_key=("tileid",),
+    nullable=("updated", "lastnight", "tile_hash", "exposures_hash", "redrock_fingerprint",
+              "fiberassign_fingerprint", "loaded_at", "error"),
+    foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
+
+FIRST_LAYOUT = tuple(FIRST_TILE_STATE if t.name == "tile_state" else t
+                     for t in schema.TABLES if t.name != "tile_history")
+
+
+def build_first_layout(dsn, name):
+    """The schema ``init`` created at e3d2b8f: today's DDL without tile_history, and
+    tile_state without line (the bookkeeping changes since, ``git log -- schema.py``)."""
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        for t in FIRST_LAYOUT:
+            cur.execute(db.create_table_sql(t, name))
+            for statement in db.index_sql(t, name):
+                cur.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+def test_migrate_from_the_first_layout(pg_dsn, schema_name, fresh_catalog):
+    build_first_layout(pg_dsn, schema_name)
+    fill(pg_dsn, schema_name, [t for t in FIRST_LAYOUT if t.name != "tile_state"])
+    query(pg_dsn, f"""INSERT INTO "{schema_name}".tile_state (tileid, updated, lastnight,
+                          status, tile_hash, run_id, error)
+                      VALUES (1, '2026-01-01', 20260101, 'loaded', 'h1', 1, NULL),
+                             (2, '', 20260102, 'failed', 'h2', 2, 'bad file')""")
+    assert layout(pg_dsn, schema_name) == ("2.0", "inspected")
+    rows = dump_schema(pg_dsn, schema_name)
+    bookkeeping = query(pg_dsn, f'SELECT * FROM "{schema_name}".load_run ORDER BY id')
+    state = query(pg_dsn, f'SELECT tileid, updated, lastnight, status, tile_hash, run_id, '
+                          f'error FROM "{schema_name}".tile_state ORDER BY tileid')
+
+    r = migrate_cli(pg_dsn, schema_name)
+    assert r.returncode == 0, r.stderr
+    assert "2.0 -> 2.1" in r.stdout and "1.3 -> 2.0" not in r.stdout
+    assert "tile_state rebuilt, 2 rows copied" in r.stdout
+    assert_same(catalog(pg_dsn, schema_name), fresh_catalog)
+    assert dump_schema(pg_dsn, schema_name) == rows
+    assert query(pg_dsn, f'SELECT * FROM "{schema_name}".load_run ORDER BY id') == bookkeeping
+    assert query(pg_dsn, f'SELECT tileid, updated, lastnight, status, tile_hash, run_id, '
+                         f'error FROM "{schema_name}".tile_state ORDER BY tileid') == state
+    assert query(pg_dsn, f'SELECT count(*) FROM "{schema_name}".tile_history') == [(0,)]
+    assert layout(pg_dsn, schema_name) == (migrate.CURRENT_LAYOUT, "recorded")
+
+    before = catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)
+    r = migrate_cli(pg_dsn, schema_name, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["migrations"] == []
+    assert (catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)) == before
+
+
+def test_init_records_the_layout_and_migrate_leaves_it(pg_dsn, schemas):
+    name = schemas()
+    assert layout(pg_dsn, name) == (migrate.CURRENT_LAYOUT, "recorded")
+    versions = version_rows(pg_dsn, name)
+    r = migrate_cli(pg_dsn, name)
+    assert r.returncode == 0 and "nothing to migrate" in r.stdout, r.stderr
+    assert version_rows(pg_dsn, name) == versions
+
+
+def test_an_unrecorded_current_layout_is_recorded(pg_dsn, schema_name):
+    """A schema init made before layouts were recorded: identified, then recorded."""
+    conn = psycopg2.connect(pg_dsn)
+    db.create_schema(conn, schema_name)
+    conn.close()
+    assert layout(pg_dsn, schema_name) == (migrate.CURRENT_LAYOUT, "inspected")
+    r = migrate_cli(pg_dsn, schema_name)
+    assert r.returncode == 0 and "is now recorded" in r.stdout, r.stderr
+    assert layout(pg_dsn, schema_name) == (migrate.CURRENT_LAYOUT, "recorded")
+
+
+def test_layouts_are_ordered_and_current_is_what_init_creates():
+    assert migrate.LAYOUTS == ("1.3", "2.0", "2.1", "2.2")
+    assert migrate.CURRENT_LAYOUT == migrate.MIGRATIONS[-1].target
+    assert all(a.target == b.source for a, b in zip(migrate.MIGRATIONS, migrate.MIGRATIONS[1:]))
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("build", [build_old_tool_schema, build_first_layout],
+                         ids=["1.3", "2.0"])
+def test_load_into_an_unmigrated_schema_is_refused(pg_dsn, schema_name, small_production,
+                                                   tmp_path, build):
+    build(pg_dsn, schema_name)
+    before = catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)
+    for command in ("load", "plan"):
+        r = subprocess.run(CLI + [command, "--schema", schema_name, "--stage-dir",
+                                  str(tmp_path / "stage")],
+                           env=mock_env(small_production[0], SPECPROD_DB_DSN=pg_dsn),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"'specprod-db migrate --schema {schema_name}'" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert (catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)) == before
+    # once migrated, the same load goes ahead
+    assert migrate_cli(pg_dsn, schema_name).returncode == 0
+    assert load_in_process(pg_dsn, schema_name, small_production[0], tmp_path / "stage") \
+        in (0, 1)
+    assert query(pg_dsn, f'SELECT count(*) FROM "{schema_name}".ztile')[0][0] > 0
+
+
+def test_a_newer_layout_is_refused(pg_dsn, schemas, capsys):
+    name = schemas()
+    query(pg_dsn, f"UPDATE \"{name}\".version SET version = '9.0' WHERE package = %s",
+          (migrate.LAYOUT_PACKAGE,))
+    assert main(["migrate", "--schema", name, "--db", pg_dsn]) == 2
+    err = capsys.readouterr().err
+    assert "unknown to this specprod-db" in err and "newer specprod-db" in err
+
+
+def test_not_a_production_schema_is_refused(pg_dsn, schema_name, capsys):
+    query(pg_dsn, f'CREATE SCHEMA "{schema_name}"')
+    assert main(["migrate", "--schema", schema_name, "--db", pg_dsn]) == 2
+    assert "not a production schema" in capsys.readouterr().err
+    assert main(["migrate", "--schema", schema_name + "x", "--db", pg_dsn]) == 2
+    assert "does not exist" in capsys.readouterr().err
