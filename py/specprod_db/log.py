@@ -1,4 +1,9 @@
-"""Logging through desiutil's logger, with the MPI rank in every line when there is one."""
+"""Logging through desiutil's logger; a worker rank's lines name the rank.
+
+The root (rank 0) plans, writes and reports: its lines need no tag.  A worker's lines
+(a tile it could not read, a bug's traceback) say which rank and so which node logged
+them, as ``[rank r/n]``.
+"""
 import logging
 
 from desiutil.log import get_logger as _desi_logger
@@ -7,9 +12,9 @@ _rank_prefix = ""
 
 
 def set_rank(rank, size):
-    """Tag subsequent log lines with ``[rank r/n]`` when running on several ranks."""
+    """Tag subsequent log lines of a worker rank with ``[rank r/n]``."""
     global _rank_prefix
-    _rank_prefix = f"[rank {rank}/{size}] " if size > 1 else ""
+    _rank_prefix = f"[rank {rank}/{size}] " if rank > 0 else ""
 
 
 class _RankAdapter(logging.LoggerAdapter):
