@@ -25,6 +25,7 @@ COMMANDS = {
     "status": ("specprod_db.commands.status", "tiles loaded, failed and pending, last runs, table sizes"),
     "verify": ("specprod_db.commands.verify", "check that the database holds what was loaded; touch nothing"),
     "history": ("specprod_db.commands.history", "what each load did to each tile, and why"),
+    "maintain": ("specprod_db.commands.maintain", "VACUUM ANALYZE, and CLUSTER on q3c where it pays"),
     "migrate": ("specprod_db.commands.migrate", "bring a schema to the current layout version"),
     "report": ("specprod_db.commands.report", "a static HTML page of a schema: sky map, nights, runs, tables"),
 }

@@ -319,13 +319,15 @@ def bulk_session(conn):
     conn.commit()
 
 
-def cluster_q3c(conn, schema_name):
-    """``CLUSTER`` each table on its q3c index (as the old tool did after loading), then
-    nothing else: the caller ANALYZEs.  Returns the tables clustered."""
+def cluster_q3c(conn, schema_name, tables=None):
+    """``CLUSTER`` each table (of ``tables``, names, if given) on its q3c index (as the
+    old tool did after loading), then nothing else: the caller ANALYZEs.  Returns the
+    tables clustered.  ``specprod-db maintain`` decides when it pays
+    (:mod:`specprod_db.maintain`)."""
     done = []
     with conn.cursor() as cur:
         for table in TABLES:
-            if table.q3c:
+            if table.q3c and (tables is None or table.name in tables):
                 cur.execute(sql.SQL("CLUSTER {} USING {}").format(
                     _qualified(schema_name, table.name),
                     sql.Identifier(f"ix_{table.name}_q3c_ang2ipix")))
