@@ -263,3 +263,34 @@ def test_default_stage_directory_is_keyed_by_database_and_schema(
                                " current_database()")[0]
     assert os.listdir(base) == [f"{system}-{db}"]
     assert os.listdir(base / f"{system}-{db}") == [name]
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_initial_load_killed_half_way_and_rerun(ranks, pg_dsn, schemas, small_production,
+                                                mpirun, reference, tmp_path):
+    """An initial load in waves, its writer killed after the third tile: the same command
+    again reuses complete stage files, redoes only what is missing, rebuilds the indexes
+    and every flag, and equals an uninterrupted load."""
+    from specprod_db import db
+    name, prod, stage = schemas(), small_production[0], tmp_path / "stage"
+    args = ("--initial", "--wave-tiles", "2")
+    r = load(mpirun, ranks, pg_dsn, name, prod, stage, *args, check=False,
+             env={"SPECPROD_DB_FAULT": f"kill:commit-{TILES[2]}"})
+    assert r.returncode != 0
+    assert set(rows_per_tile(pg_dsn, name)) == set(TILES[:3])
+    conn = db.connect(pg_dsn)
+    try:
+        assert db.missing_indexes(conn, name)  # dropped for the bulk load, not rebuilt
+    finally:
+        conn.close()
+    r = load(mpirun, ranks, pg_dsn, name, prod, stage, *args)
+    plan = json.loads(query(pg_dsn, f'SELECT counts FROM "{name}".load_run ORDER BY id '
+                                    f'DESC LIMIT 1')[0][0])["plan"]
+    assert plan == {"INSERT": len(TILES) - 3, "UNCHANGED": 3, "SKIP": 1}
+    assert dump_schema(pg_dsn, name) == reference
+    assert orphan_photometry(pg_dsn, name) == 0
+    conn = db.connect(pg_dsn)
+    try:
+        assert db.missing_indexes(conn, name) == []
+    finally:
+        conn.close()
