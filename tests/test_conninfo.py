@@ -42,7 +42,7 @@ SECRET = "s3cr3t-Pw"
     (f"postgresql://db/desi?password={SECRET}", "postgresql://db/desi?password=***"),
     (f"postgresql://db/desi?password={SECRET}#frag", "postgresql://db/desi?password=***#frag"),
     # several in one text
-    (f"a password=one b postgresql://u:two@h c password='three'",
+    ("a password=one b postgresql://u:two@h c password='three'",
      "a password=*** b postgresql://u:***@h c password=***"),
 ])
 def test_mask(text, expected):

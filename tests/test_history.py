@@ -17,7 +17,6 @@ import secrets
 import shutil
 import subprocess
 
-import psycopg2
 import pytest
 
 from conftest import CLI, mock_env, query

@@ -6,9 +6,7 @@ environment variables (one JSON line per call) and exit with a chosen status; a 
 ``desi_environment.sh`` (``DESI_ENV_SH``) stands in for DESI's environment.
 """
 import json
-import os
 import signal
-import stat
 import subprocess
 import sys
 import time

@@ -210,7 +210,7 @@ def view_definitions(target, sources):
                                        sql.Literal(s.rank), sql.Literal(s.schema),
                                        sql.Literal(s.specprod), sql.SQL(SPECPROD_TYPE),
                                        sql.Literal(s.specprod_from)) for s in sources)),
-            f"sources of this combination; where they overlap, the highest rank wins")]
+            "sources of this combination; where they overlap, the highest rank wins")]
     for t in DATA_TABLES:
         out.append((f"{t.name}_all", union_sql(t, sources),
                     f"every {t.name} row of {names} (UNION ALL), specprod added"))

@@ -43,7 +43,7 @@ from .errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DatabaseLost, InputErr
 from .extract import redshift, tile
 from .log import get_logger, set_rank
 from .plan import (DELETE, FAIL, INSERT, REFRESH, UNCHANGED, UPDATE, MassDeleteRefused,
-                   TileAction, format_plan, make_plan, summary)
+                   format_plan, make_plan, summary)
 from .runlock import acquire_lock, check_write_access, database_identity, read_state
 from .schema import table as schema_table
 

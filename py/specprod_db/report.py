@@ -303,7 +303,7 @@ def render(r):
     p.append("<h2>Sky</h2>")
     p.append(f'<img id="sky" src="{SKY_PNG}" alt="sky map of the loaded tiles" '
              f'width="1000" height="560">')
-    p.append(f"<h2>Tiles changed in the last run"
+    p.append("<h2>Tiles changed in the last run"
              + (f" (run {e(last)})" if last is not None else "") + "</h2>")
     if last is None:
         p.append('<p class="note">no load run yet</p>')

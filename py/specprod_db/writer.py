@@ -25,7 +25,6 @@ import json
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-import numpy as np
 from psycopg2 import sql
 
 from . import faults, schema, tempids

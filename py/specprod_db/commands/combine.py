@@ -8,7 +8,7 @@ copied.  Rules and costs: :mod:`specprod_db.combine`, doc/combine.md.
 """
 from .. import combine, db
 from ..log import get_logger
-from .common import add_db_arguments, report_errors
+from .common import add_db_arguments, add_grant_arguments, grant_roles, report_errors
 
 
 def add_arguments(parser):
@@ -21,11 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--replace", action="store_true",
                         help="drop and recreate --schema if it is a combination made by "
                              "this command (never a production schema)")
-    parser.add_argument("--grant", action="append", default=None, metavar="ROLE",
-                        help="grant read access to ROLE (repeatable; default: desi)")
-    parser.add_argument("--public", action="store_true",
-                        help="also grant read access to desi_public")
-    parser.add_argument("--no-grant", action="store_true", help="grant nothing")
+    add_grant_arguments(parser)
 
 
 @report_errors
@@ -34,10 +30,7 @@ def run(args):
     conn = db.connect(args.db)
     try:
         sources = combine.create(conn, args.schema, args.sources, replace=args.replace)
-        roles = [] if args.no_grant else (args.grant or ["desi"])
-        if args.public:
-            roles.append("desi_public")
-        granted = db.grant_read(conn, args.schema, roles)
+        granted = db.grant_read(conn, args.schema, grant_roles(args))
     finally:
         conn.close()
     for s in sources:

@@ -30,6 +30,46 @@ def add_log_arguments(parser):
                         "printed")
 
 
+def add_grant_arguments(parser):
+    """``--grant ROLE`` (repeatable), ``--public``, ``--no-grant``; see :func:`grant_roles`."""
+    parser.add_argument("--grant", action="append", default=None, metavar="ROLE",
+                        help="grant read access to ROLE (repeatable; default: desi)")
+    parser.add_argument("--public", action="store_true",
+                        help="also grant read access to desi_public (public productions)")
+    parser.add_argument("--no-grant", action="store_true", help="grant nothing")
+
+
+def grant_roles(args):
+    """The read roles :func:`add_grant_arguments` asked for."""
+    roles = [] if args.no_grant else (args.grant or ["desi"])
+    return roles + (["desi_public"] if args.public else [])
+
+
+def plan_options(args, command):
+    """``(Options for a read-only plan, None)``, or ``(None, why)`` when the input
+    locations are unknown: what ``status`` and ``report`` show as pending tiles."""
+    from ..errors import InputError, one_line
+    from ..paths import paths_from_args
+    from ..pipeline import Options  # not for --help (the pipeline's imports are heavy)
+    try:
+        return Options(schema=args.schema, paths=paths_from_args(args), dsn=args.db,
+                       dry_run=True, command=command), None
+    except InputError as err:
+        return None, f"input locations unknown: {one_line(err)}"
+
+
+def connect_to_schema(args):
+    """A connection to ``--db``, after checking that ``--schema`` exists
+    (:class:`~specprod_db.errors.RunRefused` otherwise)."""
+    from .. import db
+    from ..errors import RunRefused
+    conn = db.connect(args.db)
+    if not db.schema_exists(conn, args.schema):
+        conn.close()
+        raise RunRefused(f"schema {args.schema} does not exist")
+    return conn
+
+
 def tile_list(text):
     """``--tiles 1000,1001`` (argparse type): a list of TILEIDs."""
     import argparse

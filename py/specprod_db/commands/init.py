@@ -11,7 +11,8 @@ from .. import db
 from ..errors import RunRefused
 from ..runlock import acquire_lock
 from ..log import get_logger
-from .common import add_db_arguments, add_schema_argument, report_errors
+from .common import (add_db_arguments, add_grant_arguments, add_schema_argument, grant_roles,
+                     report_errors)
 
 
 def add_arguments(parser):
@@ -24,11 +25,7 @@ def add_arguments(parser):
                         help="drop the schema and everything in it first (needs --yes)")
     parser.add_argument("--yes", action="store_true",
                         help="confirm --overwrite without asking")
-    parser.add_argument("--grant", action="append", default=None, metavar="ROLE",
-                        help="grant read access to ROLE (repeatable; default: desi)")
-    parser.add_argument("--public", action="store_true",
-                        help="also grant read access to desi_public (public productions)")
-    parser.add_argument("--no-grant", action="store_true", help="grant nothing")
+    add_grant_arguments(parser)
 
 
 @report_errors
@@ -46,10 +43,7 @@ def run(args):
             _lock_out_loads(conn, args.schema)
         created = db.create_schema(conn, args.schema, overwrite=args.overwrite)
         db.record_versions(conn, args.schema, specprod)
-        roles = [] if args.no_grant else (args.grant or ["desi"])
-        if args.public:
-            roles.append("desi_public")
-        granted = db.grant_read(conn, args.schema, roles)
+        granted = db.grant_read(conn, args.schema, grant_roles(args))
     finally:
         conn.close()
     log.info("schema %s %s; read access: %s", args.schema,

@@ -5,10 +5,10 @@ Reads only (the pending tiles are planned as ``specprod-db status`` plans them; 
 tiles file is unreachable the page says so).  Exit 0 when the page is written, whatever
 it shows; 2 when the schema does not exist or the database cannot be reached.
 """
-from .. import db
-from ..errors import EXIT_OK, InputError, RunRefused, one_line
-from ..paths import add_path_arguments, paths_from_args
-from .common import add_db_arguments, add_schema_argument, report_errors
+from ..errors import EXIT_OK
+from ..paths import add_path_arguments
+from .common import (add_db_arguments, add_schema_argument, connect_to_schema,
+                     plan_options as plan_options_of, report_errors)
 
 
 def add_arguments(parser):
@@ -25,17 +25,9 @@ def run(args):
     import os
 
     from .. import report  # matplotlib: not for --help
-    from ..pipeline import Options
-    plan_options, plan_error = None, None
+    plan_options, plan_error = plan_options_of(args, "report")
+    conn = connect_to_schema(args)
     try:
-        plan_options = Options(schema=args.schema, paths=paths_from_args(args), dsn=args.db,
-                               dry_run=True, command="report")
-    except InputError as err:
-        plan_error = f"input locations unknown: {one_line(err)}"
-    conn = db.connect(args.db)
-    try:
-        if not db.schema_exists(conn, args.schema):
-            raise RunRefused(f"schema {args.schema} does not exist")
         report.write(conn, args.schema, args.out, plan_options, plan_error)
     finally:
         conn.close()

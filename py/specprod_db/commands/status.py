@@ -7,10 +7,11 @@ schema does not exist or the database cannot be reached.  ``--json``: doc/status
 """
 import json
 
-from .. import db, status
-from ..errors import EXIT_FAILED, EXIT_OK, InputError, RunRefused, one_line
-from ..paths import add_path_arguments, paths_from_args
-from .common import add_db_arguments, add_schema_argument, report_errors
+from .. import status
+from ..errors import EXIT_FAILED, EXIT_OK
+from ..paths import add_path_arguments
+from .common import (add_db_arguments, add_schema_argument, connect_to_schema,
+                     plan_options as plan_options_of, report_errors)
 
 
 def add_arguments(parser):
@@ -23,17 +24,9 @@ def add_arguments(parser):
 
 @report_errors
 def run(args):
-    from ..pipeline import Options  # not for --help (the pipeline's imports are heavy)
-    plan_options, plan_error = None, None
+    plan_options, plan_error = plan_options_of(args, "status")
+    conn = connect_to_schema(args)
     try:
-        plan_options = Options(schema=args.schema, paths=paths_from_args(args), dsn=args.db,
-                               dry_run=True, command="status")
-    except InputError as err:
-        plan_error = f"input locations unknown: {one_line(err)}"
-    conn = db.connect(args.db)
-    try:
-        if not db.schema_exists(conn, args.schema):
-            raise RunRefused(f"schema {args.schema} does not exist")
         report = status.collect(conn, args.schema, plan_options, plan_error)
     finally:
         conn.close()
