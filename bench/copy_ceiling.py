@@ -117,7 +117,7 @@ def concat_stage(paths):
     from specprod_db import stage
     pieces = {}
     for p in paths:
-        for name, rows in stage.read(p).items():
+        for name, rows in stage.StageFile(p).tables().items():
             if name != "aux":
                 pieces.setdefault(name, []).append(rows)
     return {k: np.concatenate(v) for k, v in pieces.items()}

@@ -52,8 +52,9 @@ def _report():
 atexit.register(_report)
 
 if os.environ.get("BENCH_KEEP_STAGE"):
-    from specprod_db import tasks
-    tasks.remove_stage_file = lambda path: None
+    from specprod_db import stage
+    stage.StageFile.remove = lambda self: None
+    stage.remove_bricks = lambda stage_dir: 0
 
 from specprod_db.cli import main  # noqa: E402
 
