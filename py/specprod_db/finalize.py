@@ -1,4 +1,4 @@
-"""After a load: primary-spectrum flags of ``ztile``, ANALYZE.
+"""After a load: primary-spectrum flags of ``ztile`` and ``zpix``, ANALYZE.
 
 The flags follow desispec's ``find_primary_spectra`` (datamodel.md §10.1) with
 ``TSNR2_LRG`` as the sort column (design decision 7), computed in SQL with window
@@ -16,6 +16,11 @@ their own rows):
   unspecified order, are broken by ``tileid`` then ``id`` ascending;
 * ``zcat_*`` over all rows, ``sv_*`` over rows with survey sv1/sv2/sv3, ``main_*`` over
   rows with survey main; a row outside a subset has ``nspec = 0`` and ``primary = false``.
+
+``zpix`` (HEALPix coadds of a static production) gets the same flags over its own rows
+(decision 13): desispec flags a HEALPix catalog with ``EFFTIME_SPEC = 12.15 *
+TSNR2_LRG``, a monotonic function of ``TSNR2_LRG``, so the order is this module's; zpix
+has no ``tileid`` and its ties are broken by ``id`` (:data:`TIE_BREAKS`).
 
 Functions take an open psycopg2 connection (not in autocommit mode: the temporary
 TARGETID tables live until the transaction ends) and do not commit: the caller owns the
@@ -38,6 +43,11 @@ SORT_COLUMN = "tsnr2_lrg"
 
 #: Columns breaking exact ties, ascending, after ``(zwarn <> 0)`` and ``inv`` (decision 7).
 TIE_BREAK = ("tileid", "id")
+
+#: The redshift tables carrying the flags, with their tie-break columns: ``zpix`` has no
+#: ``tileid`` (its rows are unique per TARGETID, SURVEY, PROGRAM), so its ties go by ``id``
+#: (decision 13).
+TIE_BREAKS = {"ztile": TIE_BREAK, "zpix": ("id",)}
 
 #: The flag columns, in table order of each pair.
 FLAG_COLUMNS = tuple(f"{p}_{k}" for p in SUBSETS for k in ("nspec", "primary"))
@@ -71,15 +81,18 @@ def flag_expressions(tie_break=TIE_BREAK):
     return out
 
 
-def _flags_sql(schema_name, source):
-    """UPDATE of the six flag columns for the ztile rows selected by ``source``."""
+def _flags_sql(schema_name, source, redshifts="ztile"):
+    """UPDATE of the six flag columns for the rows of ``redshifts`` (``ztile`` or
+    ``zpix``) selected by ``source``."""
+    tie_break = TIE_BREAKS[redshifts]
     selects = [sql.SQL("id")] + [
         sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
-        for name, expr in flag_expressions().items()]
+        for name, expr in flag_expressions(tie_break).items()]
     names = [sql.Identifier(n) for n in FLAG_COLUMNS]
+    columns = ["targetid", "survey", "zwarn"] + [c for c in tie_break if c != "id"]
     return sql.SQL("""
         WITH src AS (
-            SELECT z.id, z.targetid, z.survey, z.tileid, z.zwarn,
+            SELECT z.id, {columns},
                    {inv} AS inv
             FROM {ztile} AS z {source}
         ), flags AS (
@@ -89,7 +102,8 @@ def _flags_sql(schema_name, source):
         FROM flags AS f
         WHERE t.id = f.id AND ({names_t}) IS DISTINCT FROM ({values})
     """).format(
-        ztile=sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier("ztile")),
+        ztile=sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier(redshifts)),
+        columns=sql.SQL(", ").join(sql.Identifier("z", c) for c in columns),
         inv=inv_sql("z"),
         source=source,
         selects=sql.SQL(", ").join(selects),
@@ -98,8 +112,10 @@ def _flags_sql(schema_name, source):
         values=sql.SQL(", ").join(sql.SQL("f.{}").format(n) for n in names))
 
 
-def update_primary(conn, schema_name, targetids=None, table=None):
-    """Recompute the ``*_nspec``/``*_primary`` flags of ``ztile``; rows changed.
+def update_primary(conn, schema_name, targetids=None, table=None, redshifts="ztile"):
+    """Recompute the ``*_nspec``/``*_primary`` flags of ``ztile`` (or of ``zpix`` with
+    ``redshifts='zpix'``: over the zpix rows alone, as desispec flags a HEALPix
+    catalog); rows changed.
 
     Parameters
     ----------
@@ -114,7 +130,7 @@ def update_primary(conn, schema_name, targetids=None, table=None):
     """
     with conn.cursor() as cur:
         if targetids is None and table is None:
-            cur.execute(_flags_sql(schema_name, sql.SQL("")))
+            cur.execute(_flags_sql(schema_name, sql.SQL(""), redshifts))
             return cur.rowcount
         if table is None:
             targetids = np.asarray(targetids, dtype=np.int64)
@@ -122,7 +138,7 @@ def update_primary(conn, schema_name, targetids=None, table=None):
                 return 0
             table = tempids.create(cur, targetids)
         cur.execute(_flags_sql(schema_name, sql.SQL(
-            "JOIN {} AS s ON s.targetid = z.targetid").format(table)))
+            "JOIN {} AS s ON s.targetid = z.targetid").format(table), redshifts))
         return cur.rowcount
 
 
