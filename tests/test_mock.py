@@ -276,3 +276,90 @@ def test_seed_reproducible(tmp_path):
     advance_production(a)
     advance_production(b)
     assert _digest(a) == _digest(b)
+
+
+# --- a static (named) production: --static NAME ------------------------------------------
+
+@pytest.fixture(scope="module")
+def static_tree(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("static"))
+    s = make_production(root, small=True, seed=9, static="iron")
+    mp = pytest.MonkeyPatch()
+    for k, v in _env(root).items():
+        mp.setenv(k, v)
+    mp.delenv("DESI_ROOT_READONLY", raising=False)
+    import desispec.io.meta
+    mp.setattr(desispec.io.meta, "_desi_root_readonly", None)  # cached by other tests
+    yield dict(root=root, s=s, prod=os.path.join(root, "spectro/redux/iron"))
+    mp.undo()
+
+
+def _healpix(static_tree):
+    """(survey, program, healpix, path) of every HEALPix redrock file, by globbing."""
+    out = []
+    for p in sorted(glob.glob(os.path.join(static_tree["prod"], "healpix/*/*/*/*/redrock-*.fits"))):
+        survey, program, group, pix = os.path.relpath(p, static_tree["prod"]).split(os.sep)[1:5]
+        assert group == str(int(pix) // 100)
+        out.append((survey, program, int(pix), p))
+    return out
+
+
+def test_static_files_found_and_read_by_desispec(static_tree):
+    from desispec.io.meta import findfile
+    from desispec.scripts.zcatalog import read_redrock
+    assert _env(static_tree["root"])["SPECPROD"] == "iron"
+    assert findfile("tiles", readonly=True).endswith("tiles-iron.fits")
+    assert os.path.exists(findfile("tiles", readonly=True))
+    assert not os.path.exists(findfile("tiles_csv", readonly=True))   # FITS only
+    assert os.path.exists(findfile("exposures", readonly=True))
+    files = _healpix(static_tree)
+    assert {(s, p) for s, p, _, _ in files} >= {("main", "dark"), ("sv3", "dark"),
+                                                ("main", "backup")}
+    for survey, program, pix, path in files:
+        for ft in ("redrock", "emline", "qso_mgii", "qso_qn"):
+            p = findfile(f"{ft}_hp", survey=survey, faprogram=program, healpix=pix, readonly=True)
+            assert os.path.exists(p), p
+        assert findfile("redrock_hp", survey=survey, faprogram=program, healpix=pix,
+                        readonly=True) == path
+        data, expfm = read_redrock(path, group="healpix")
+        assert len(data) > 0 and (data["HEALPIX"] == pix).all() and (data["SPGRPVAL"] == pix).all()
+        assert "DESINAME" in data.colnames and "TILEID" not in data.colnames
+        assert len(np.unique(data["TARGETID"])) == len(data)
+        assert set(expfm["TARGETID"].tolist()) == set(data["TARGETID"].tolist())
+
+
+def test_static_healpix_coadds_the_tiles_targets(static_tree):
+    """Each HEALPix row is the coadd of the same target's rows on the production's tiles
+    of its survey and program (those with EFFTIME_SPEC > 0), in its nside-64 pixel."""
+    healpy = require("healpy")
+    tiles = Table.read(os.path.join(static_tree["prod"], "tiles-iron.fits"), hdu="TILES")
+    assert len(np.unique(tiles["TILEID"])) == len(tiles)          # one line per tile
+    rows = {}
+    for t in tiles[tiles["EFFTIME_SPEC"] > 0]:
+        for p in sorted(glob.glob(os.path.join(static_tree["prod"], "tiles/cumulative",
+                                               str(t["TILEID"]), str(t["LASTNIGHT"]),
+                                               "redrock-*.fits"))):
+            fm = fitsio.read(p, "FIBERMAP", columns=["TARGETID", "COADD_NUMEXP"])
+            ts = fitsio.read(p, "TSNR2", columns=["TSNR2_LRG"])
+            for tid, n, lrg in zip(fm["TARGETID"].tolist(), fm["COADD_NUMEXP"].tolist(),
+                                   ts["TSNR2_LRG"].tolist()):
+                rows.setdefault((t["SURVEY"], t["PROGRAM"], tid), []).append((n, lrg))
+    seen = set()
+    for survey, program, pix, path in _healpix(static_tree):
+        fm = fitsio.read(path, "FIBERMAP")
+        ts = fitsio.read(path, "TSNR2")
+        assert np.array_equal(healpy.ang2pix(64, fm["TARGET_RA"], fm["TARGET_DEC"], nest=True,
+                                             lonlat=True), np.full(len(fm), pix))
+        for i, tid in enumerate(fm["TARGETID"].tolist()):
+            mine = rows[(survey, program, tid)]
+            seen.add((survey, program, tid))
+            assert fm["COADD_NUMTILE"][i] == len(mine)
+            assert fm["COADD_NUMEXP"][i] == sum(n for n, _ in mine)
+            assert ts["TSNR2_LRG"][i] == pytest.approx(sum(x for _, x in mine), rel=1e-5)
+    assert seen == set(rows)
+    assert any(len(v) > 1 for v in rows.values())
+
+
+def test_static_cannot_advance(static_tree):
+    with pytest.raises(ValueError, match="static"):
+        advance_production(static_tree["root"])

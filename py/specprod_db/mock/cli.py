@@ -20,6 +20,10 @@ def add_arguments(parser):
     parser.add_argument("--small", action="store_true", help="a small tree for fast tests")
     parser.add_argument("--append-duplicates", action="store_true",
                         help="tiles-daily: append a new line per change instead of rewriting")
+    parser.add_argument("--static", metavar="NAME", default=None,
+                        help="write a static (named) production NAME instead of daily: "
+                             "tiles-NAME.fits, exposures-NAME.fits, cumulative and HEALPix "
+                             "redrock files (cannot be advanced)")
     parser.add_argument("--new-tiles", type=int, default=2,
                         help="with --advance: new tiles observed tonight (default 2)")
     parser.add_argument("--reobserve", type=int, default=2,
@@ -35,7 +39,8 @@ def run(args):
     else:
         s = make_production(args.outdir, tiles=args.tiles, seed=args.seed, small=args.small,
                             fibers_per_tile=args.fibers_per_tile, nights=args.nights,
-                            radius=args.radius, append_duplicates=args.append_duplicates)
+                            radius=args.radius, append_duplicates=args.append_duplicates,
+                            static=args.static)
     print(f"mock: {s['outdir']} night {s['night']}: {len(s['tiles'])} tiles, "
           f"new {s['new_tiles']}, changed {s['changed_tiles']}, withdrawn {s['withdrawn']} "
           f"({time.time() - t0:.1f} s)")

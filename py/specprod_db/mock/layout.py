@@ -6,12 +6,14 @@ The tree under OUTDIR follows the DESI environment-variable conventions::
       env.sh                                  exports the variables below
       mock-state.json, mock-truth.json        mock bookkeeping (not DESI files)
       spectro/redux/daily/                    = $DESI_SPECTRO_REDUX/$SPECPROD
+        healpix/SURVEY/PROGRAM/PIX//100/PIX/  a static production (--static NAME) only
       target/                                 = $DESI_TARGET
         fiberassign/tiles/trunk/TTT/          = $FIBER_ASSIGN_DIR
         catalogs/{dr9,gaiadr2}/VER/targets/...
       survey/ops/surveyops/trunk/             = $DESI_SURVEYOPS
       external/legacysurvey/dr9/{north,south}/tractor/BBB/
 """
+import json
 import os
 
 SPECPROD = "daily"
@@ -47,17 +49,25 @@ def target_prefix(survey, obscon_):
 
 
 class Layout:
-    """Paths of one mock tree rooted at ``outdir``."""
+    """Paths of one mock tree rooted at ``outdir``, of production ``specprod`` (default:
+    the one its ``mock-state.json`` records, else ``daily``)."""
 
-    def __init__(self, outdir):
+    def __init__(self, outdir, specprod=None):
         self.root = os.path.abspath(outdir)
+        if specprod is None:
+            try:
+                with open(self.state_file) as f:
+                    specprod = json.load(f).get("specprod")
+            except (OSError, ValueError):
+                specprod = None
+        self.specprod = specprod or SPECPROD
 
     def env(self):
         r = self.root
         return {
             "DESI_ROOT": r,
             "DESI_SPECTRO_REDUX": os.path.join(r, "spectro", "redux"),
-            "SPECPROD": SPECPROD,
+            "SPECPROD": self.specprod,
             "DESI_TARGET": os.path.join(r, "target"),
             "FIBER_ASSIGN_DIR": os.path.join(r, "target", "fiberassign", "tiles", "trunk"),
             "DESI_SURVEYOPS": os.path.join(r, "survey", "ops", "surveyops", "trunk"),
@@ -68,7 +78,7 @@ class Layout:
 
     @property
     def specprod_dir(self):
-        return os.path.join(self.root, "spectro", "redux", SPECPROD)
+        return os.path.join(self.root, "spectro", "redux", self.specprod)
 
     @property
     def legacysurvey_dir(self):
@@ -83,13 +93,13 @@ class Layout:
         return os.path.join(self.root, "mock-truth.json")
 
     def tiles_csv(self):
-        return os.path.join(self.specprod_dir, f"tiles-{SPECPROD}.csv")
+        return os.path.join(self.specprod_dir, f"tiles-{self.specprod}.csv")
 
     def tiles_fits(self):
-        return os.path.join(self.specprod_dir, f"tiles-{SPECPROD}.fits")
+        return os.path.join(self.specprod_dir, f"tiles-{self.specprod}.fits")
 
     def exposures_fits(self):
-        return os.path.join(self.specprod_dir, f"exposures-{SPECPROD}.fits")
+        return os.path.join(self.specprod_dir, f"exposures-{self.specprod}.fits")
 
     def fiberassign(self, tileid):
         return os.path.join(self.env()["FIBER_ASSIGN_DIR"], f"{tileid // 1000:03d}",
@@ -101,6 +111,13 @@ class Layout:
     def tile_file(self, prefix, petal, tileid, lastnight):
         return os.path.join(self.cumulative_dir(tileid, lastnight),
                             f"{prefix}-{petal}-{tileid}-thru{lastnight}.fits")
+
+    def healpix_file(self, prefix, survey, program, healpix):
+        """findfile ``redrock_hp`` (and ``emline_hp`` ...): ``healpix/SURVEY/PROGRAM/
+        PIX//100/PIX/PREFIX-SURVEY-PROGRAM-PIX.fits``."""
+        return os.path.join(self.specprod_dir, "healpix", survey, program,
+                            str(healpix // 100), str(healpix),
+                            f"{prefix}-{survey}-{program}-{healpix}.fits")
 
     def tractor(self, region, brickname):
         return os.path.join(self.legacysurvey_dir, region, "tractor", brickname[:3],

@@ -32,7 +32,7 @@ class Mock:
     """State + writers of one mock tree."""
 
     def __init__(self, outdir, state):
-        self.layout = Layout(outdir)
+        self.layout = Layout(outdir, state.get("specprod"))
         self.s = state
         self._pops = {}
         self._fa = {}
@@ -138,7 +138,10 @@ class Mock:
             pops.append(pop)
         TG.write_all(self.layout, sky.concat(pops), self.s["seed"])
         X.write_exposures(self.layout, self.s["exposures"], self.s["tiles"])
-        TL.write_tiles(self.layout, self.s["lines"])
+        static = self.s.get("specprod", "daily") != "daily"
+        TL.write_tiles(self.layout, self.s["lines"], csv=not static)
+        if static:
+            self.write_healpix()
         self.layout.write_env()
         self.truth["special"] = self.s["special"]
         self.truth["env"] = self.layout.env()
@@ -147,6 +150,26 @@ class Mock:
             with open(path + ".tmp", "w") as f:
                 json.dump(obj, f, indent=1, sort_keys=True)
             os.replace(path + ".tmp", path)
+
+
+    def write_healpix(self):
+        """A static production's HEALPix coadds, from the cumulative redrock files of
+        its tiles with EFFTIME_SPEC > 0 (those a load keeps), per survey and program."""
+        groups = {}
+        for line in self.s["lines"]:
+            if line["EFFTIME_SPEC"] <= 0:
+                continue
+            t = self.tile(line["TILEID"])
+            files = [self.layout.tile_file("redrock", p, t["tileid"], line["LASTNIGHT"])
+                     for p in range(10)]
+            groups.setdefault((t["survey"], t["program"]), []).extend(
+                f for f in files if os.path.exists(f))
+        pixels = {}
+        for (survey, program), files in sorted(groups.items()):
+            written = RR.write_healpix(self.layout, survey, program, sorted(files),
+                                       self.s["seed"])
+            pixels[f"{survey}/{program}"] = len(written)
+        self.truth["healpix"] = pixels
 
 
 def truth_entry(tile, pop, ut):
@@ -185,8 +208,15 @@ def _options(small, fibers, radius, nights):
 
 
 def make_production(outdir, tiles=None, seed=1, small=False, fibers_per_tile=None,
-                    nights=None, radius=None, append_duplicates=False, first_night=FIRST_NIGHT):
+                    nights=None, radius=None, append_duplicates=False, first_night=FIRST_NIGHT,
+                    static=None):
     """Write a new mock production under ``outdir``; returns a summary dict.
+
+    ``static``: the name of a static (named) production, e.g. ``'fuji'``, instead of
+    ``daily``: ``tiles-NAME.fits`` (no CSV), ``exposures-NAME.fits``, the same tiles'
+    cumulative redrock files and their HEALPix coadd redrock files
+    (``healpix/SURVEY/PROGRAM/PIX//100/PIX/redrock-SURVEY-PROGRAM-PIX.fits``); one line
+    per tile; it cannot be advanced.
 
     Summary keys: ``outdir``, ``tiles`` (TILEIDs in tiles-daily), ``new_tiles``,
     ``changed_tiles`` (TILEIDs with a new line on the last night), ``withdrawn``,
@@ -198,7 +228,10 @@ def make_production(outdir, tiles=None, seed=1, small=False, fibers_per_tile=Non
     state = dict(version=1, seed=int(seed), fibers=o["fibers"], radius=R,
                  density=o["targets_per_fiber"] * o["fibers"] / (np.pi * R * R),
                  append_duplicates=bool(append_duplicates), tiles=[], exposures=[], lines=[],
-                 nights=[], bricks={}, next_expid=100000, special={}, small=bool(small))
+                 nights=[], bricks={}, next_expid=100000, special={}, small=bool(small),
+                 specprod=static or "daily")
+    if static is not None and (not static or static == "daily" or "/" in static):
+        raise ValueError(f"a static production needs a name other than 'daily': {static!r}")
     os.makedirs(outdir, exist_ok=True)
     m = Mock(outdir, state)
     rng = np.random.default_rng([int(seed), 1])
@@ -248,7 +281,7 @@ def make_production(outdir, tiles=None, seed=1, small=False, fibers_per_tile=Non
             again = [t["tileid"] for t in tl if t not in new and not t.get("efftime_zero")
                      and (t is tl[0] or rng.uniform() < 0.2)]
             obs += again
-            if not append_duplicates and tl:
+            if not append_duplicates and tl and not static:
                 dup = (tl[0]["tileid"],)
                 sp["duplicate_lines"] = [tl[0]["tileid"]]
         m.observe(night, obs, new_tiles=new, dup_tiles=dup)
@@ -272,6 +305,9 @@ def advance_production(outdir, new_tiles=2, reobserve=2, withdraw=False):
     """Move the tree in ``outdir`` to the next night; returns a summary dict (see make)."""
     m = Mock.load(outdir)
     s = m.s
+    if s.get("specprod", "daily") != "daily":
+        raise ValueError(f"{outdir} is the static production {s['specprod']}: a static "
+                         f"production is written once and never advanced")
     night = next_night(s["nights"][-1])
     rng = np.random.default_rng([s["seed"], 3, night])
     R = s["radius"]

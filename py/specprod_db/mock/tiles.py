@@ -82,16 +82,20 @@ def _fmt(v):
     return str(v)
 
 
-def write_tiles(layout, lines):
-    """Write tiles-daily.csv and tiles-daily.fits (HDU TILES) from ``lines``."""
-    csv = layout.tiles_csv()
-    makedirs_for(csv)
-    with open(csv + ".tmp", "w") as f:
+def write_tiles(layout, lines, csv=True):
+    """Write tiles-SPECPROD.csv and tiles-SPECPROD.fits (HDU TILES) from ``lines``; the
+    FITS file only without ``csv`` (a static production)."""
+    path = layout.tiles_csv()
+    makedirs_for(path)
+    with open(path + ".tmp", "w") as f:
         f.write(",".join(COLUMNS) + "\n")
         for l in lines:
             f.write(",".join(_fmt(l[c]) for c in COLUMNS) + "\n")
-    os.replace(csv + ".tmp", csv)
-    t = Table.read(csv, format="ascii.csv")
+    t = Table.read(path + ".tmp", format="ascii.csv")
+    if csv:
+        os.replace(path + ".tmp", path)
+    else:
+        os.remove(path + ".tmp")
     t.meta["EXTNAME"] = "TILES"
     fits = layout.tiles_fits()
     t.write(fits + ".tmp", format="fits", overwrite=True)
