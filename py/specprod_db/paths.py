@@ -12,7 +12,14 @@ own tools resolve them (``desispec.io.meta.findfile``), each overridable:
 ``surveyops``          ``$DESI_SURVEYOPS``, else ``{desi_root}/survey/ops/surveyops/trunk``
 ``legacysurvey``       ``{desi_root}/external/legacysurvey/dr9`` (``--legacysurvey-dir``)
 =====================  ==========================================================
+
+The tiles file is ``tiles-{specprod}.csv``, else ``tiles-{specprod}.fits`` (a static
+production such as ``fuji`` may have only the FITS file); the exposures file is
+``exposures-{specprod}.fits``.  HEALPix coadd redshifts (static productions) are
+``healpix/{survey}/{program}/{healpix//100}/{healpix}/redrock-{survey}-{program}-
+{healpix}.fits`` (findfile ``redrock_hp``).
 """
+import glob
 import os
 from dataclasses import dataclass, fields
 
@@ -110,6 +117,37 @@ class Paths:
         """findfile ``redrock_tile`` (cumulative); ``prefix`` 'zbest', 'emline', ..."""
         name = f"{prefix}-{int(petal)}-{int(tileid)}-thru{int(night)}.fits"
         return checkgzip(os.path.join(self.cumulative_dir(tileid, night), name))
+
+    def healpix_dir(self, survey, program, healpix):
+        """``{specprod_dir}/healpix/{survey}/{program}/{healpix//100}/{healpix}`` (findfile's
+        ``hpixdir``, ``desispec.io.util.healpix_subdirectory``)."""
+        healpix = int(healpix)
+        return os.path.join(self.specprod_dir, "healpix", survey, program,
+                            str(healpix // 100), str(healpix))
+
+    def healpix_file(self, survey, program, healpix, prefix="redrock"):
+        """findfile ``redrock_hp``: ``{hpixdir}/redrock-{survey}-{program}-{healpix}.fits``;
+        ``prefix`` 'emline', 'qso_mgii', 'qso_qn' for its afterburners."""
+        return checkgzip(os.path.join(self.healpix_dir(survey, program, healpix),
+                                      f"{prefix}-{survey}-{program}-{int(healpix)}.fits"))
+
+    def healpix_files(self):
+        """``[(survey, program, healpix, path)]`` of every HEALPix redrock file of the
+        production, sorted: what desispec's ``desi_zcatalog --group healpix`` globs
+        (``healpix/SURVEY/PROGRAM/*/*/redrock*.fits``), kept where the name and the
+        directories agree with :meth:`healpix_file`."""
+        pattern = os.path.join(self.specprod_dir, "healpix", "*", "*", "*", "*",
+                               "redrock-*-*-*.fits")
+        out = []
+        for path in glob.glob(pattern):
+            rel = os.path.relpath(path, os.path.join(self.specprod_dir, "healpix"))
+            survey, program, group, pixel, _ = rel.split(os.sep)
+            if not pixel.isdigit() or group != str(int(pixel) // 100):
+                continue
+            if os.path.basename(path) != f"redrock-{survey}-{program}-{pixel}.fits":
+                continue
+            out.append((survey, program, int(pixel), path))
+        return sorted(out)
 
     def tractor_file(self, region, brickname):
         """``{LS}/{north|south}/tractor/{BBB}/tractor-{BRICKNAME}.fits``."""

@@ -16,7 +16,11 @@ with the run's exit status, which every rank returns:
 4. **write** — one transaction per tile (:mod:`specprod_db.writer`): its rows, the
    photometry its targets need, its state and its TARGETIDs' primary flags; deletes and
    refreshes likewise; failures recorded.
-5. **finalize** — after a bulk load, every primary flag and the secondary indexes; then
+5. **HEALPix** — a named (static) production only (:meth:`Run.loads_healpix`): its
+   HEALPix redrock files, one task each (:func:`specprod_db.tasks.extract_healpix`),
+   each written in one transaction into ``zpix`` (:func:`specprod_db.writer.write_healpix`)
+   after every tile, whose photometry their TARGETIDs need.
+6. **finalize** — after a bulk load, every primary flag and the secondary indexes; then
    ANALYZE (:mod:`specprod_db.finalize`).
 
 Exit statuses are those of :mod:`specprod_db.errors`.  Expected errors end the run with
@@ -40,7 +44,7 @@ from . import bricks, conninfo, db, faults, finalize, fingerprints, mpi, stage, 
 from .db import qualified
 from .errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DatabaseLost, InputError,
                      RunRefused, SpecprodDBError, one_line)
-from .extract import redshift, tile
+from .extract import redshift, tile, zpix
 from .log import get_logger, set_rank
 from .plan import (DELETE, FAIL, INSERT, REFRESH, UNCHANGED, UPDATE, MassDeleteRefused,
                    format_plan, make_plan, summary)
@@ -65,6 +69,7 @@ class Options:
     wave_tiles: int = 64   # tiles extracted, matched and written together (memory bound)
     stage_min_free: int = 0  # bytes the stage directory must have free to start
     command: str = "load"
+    healpix: bool = None   # HEALPix redshifts (zpix); None: when the production is not daily
 
 
 @dataclass
@@ -131,6 +136,7 @@ class Run:
         self.staged_files = {"tiles": {}, "bricks": []}  # for the manifest
         self.counts = {"tables": {}, "warnings": {}}
         self.timers = {}
+        self.healpix_failures = {}  # HEALPix file name -> message (static productions)
 
     # --- the stages -----------------------------------------------------------------
 
@@ -164,6 +170,9 @@ class Run:
             self.end_wave(wave)
         with self.timed("write"):
             self.write([a for a in self.actions if a.action not in (INSERT, UPDATE)])
+        if self.loads_healpix():
+            with self.timed("healpix"):
+                self.extract_healpix(dispatcher)
         with self.timed("finalize"):
             self.finalize()
         return self.finish(dispatcher)
@@ -401,6 +410,76 @@ class Run:
             tc[k] = tc.get(k, 0) + v
         faults.hit("write")  # failure tests only (faults.py): after a committed tile
 
+    # --- HEALPix redshifts of a static production (zpix) ------------------------------
+
+    def loads_healpix(self):
+        """``--healpix``/``--no-healpix``, else: a named production (not ``daily``) loaded
+        whole (no ``--tiles``)."""
+        opts = self.opts
+        if opts.healpix is not None:
+            return opts.healpix
+        return opts.paths.specprod != "daily" and not opts.tiles
+
+    def extract_healpix(self, dispatcher):
+        """The production's HEALPix redrock files that ``zpix`` lacks, one task each;
+        each written as it arrives, in one transaction (:func:`writer.write_healpix`),
+        after every tile: their TARGETIDs' photometry comes from the tiles.  A failed
+        file is recorded (the run exits 1) and loads on the next run."""
+        opts, conn = self.opts, self.conn
+        files = opts.paths.healpix_files()
+        loaded = writer.loaded_healpix(conn, opts.schema)
+        todo = [f for f in files if f[:3] not in loaded]
+        self.counts["healpix"] = {"files": len(files), "already_loaded": len(files) - len(todo),
+                                  "written": 0, "failed": self.healpix_failures}
+        names = {os.path.basename(tasks.healpix_stage(self.stage_dir, zpix.healpix_name(
+            *f[:3])).path) for f in todo}
+        for name in os.listdir(self.stage_dir):  # of files since loaded, or gone
+            if name.startswith("healpix-") and name.endswith(".h5") and name not in names:
+                tasks.healpix_stage(self.stage_dir, name[8:-3]).remove()
+        self.log.info("HEALPix redrock files: %d, %d loaded before, %d to load", len(files),
+                      len(files) - len(todo), len(todo))
+        if not todo:
+            return
+        sizes = {f[:3]: os.path.getsize(f[3]) for f in todo}
+        jobs = [{"survey": s, "program": p, "healpix": h, "paths": opts.paths,
+                 "stage_dir": self.stage_dir} for s, p, h, _ in todo]
+        batch = dispatcher.submit("healpix", jobs, progress=mpi.Progress("healpix", len(jobs)),
+                                  size=lambda j: sizes[(j["survey"], j["program"], j["healpix"])])
+        done, tc = 0, self.counts["tables"]
+        while done < batch.n:
+            if done == len(batch.results):
+                dispatcher.poll(block=True)
+                continue
+            job, result = batch.results[done]
+            batch.results[done] = None  # the root keeps one file's rows at a time
+            done += 1
+            name = zpix.healpix_name(job["survey"], job["program"], job["healpix"])
+            if isinstance(result, mpi.TaskFailure):
+                self.healpix_failures[name] = result.message
+                continue
+            try:
+                c = writer.write_healpix(conn, opts.schema, job["survey"], job["program"],
+                                         job["healpix"], result.stage.tables(("zpix",))["zpix"],
+                                         primary=not self.rebuild)
+            except InputError as err:
+                self.healpix_failures[name] = one_line(err)
+                continue
+            except psycopg2.Error as err:
+                message = f"healpix {name}: the database refused its rows: {one_line(err)}"
+                if conn.closed:
+                    raise DatabaseLost(f"database connection lost while writing {message}") \
+                        from None
+                self.healpix_failures[name] = message
+                continue
+            result.stage.remove()
+            self.wrote = True
+            self.counts["healpix"]["written"] += 1
+            for k, v in c.items():
+                tc[k] = tc.get(k, 0) + v
+            dispatcher.poll()
+        for name, message in sorted(self.healpix_failures.items()):
+            self.log.error("healpix %s failed: %s", name, message)
+
     def finalize(self):
         """After a bulk load, every primary flag and the secondary indexes; ANALYZE."""
         faults.hit("finalize")  # failure tests only (faults.py)
@@ -410,6 +489,8 @@ class Run:
             # TARGETID at once, then the secondary indexes, built once not row by row
             self.log.info("primary flags of all ztile rows: %d rows changed",
                           finalize.update_primary(conn, schema_name))
+            self.log.info("primary flags of all zpix rows: %d rows changed",
+                          finalize.update_primary(conn, schema_name, redshifts="zpix"))
             db.create_indexes(conn, schema_name)
             conn.commit()
             self.log.info("tables clustered on their q3c index: %s",
@@ -417,7 +498,7 @@ class Run:
         if self.rebuild or self.wrote:
             finalize.analyze(conn, schema_name, ("tile", "exposure", "frame", "photometry",
                                                  "target", "fiberassign", "potential",
-                                                 "ztile"))
+                                                 "ztile", "zpix"))
             conn.commit()
 
     def finish(self, dispatcher):
@@ -429,10 +510,11 @@ class Run:
                                 "balance_max_over_mean": round(balance, 3),
                                 "write_seconds": round(self.overlap.total, 2),
                                 "write_seconds_with_workers_busy": round(self.overlap.hidden, 2)}
-        outcome = "failed" if self.failures or self.bad_lines else "ok"
+        failed = self.failures or self.bad_lines or self.healpix_failures
+        outcome = "failed" if failed else "ok"
         self._record_run(outcome)
         self.report()
-        return EXIT_FAILED if self.failures or self.bad_lines else EXIT_OK
+        return EXIT_FAILED if failed else EXIT_OK
 
     # --- bookkeeping ----------------------------------------------------------------
 
@@ -538,8 +620,13 @@ class Run:
         if self.counts["warnings"]:
             lines.append("  warnings: " + ", ".join(
                 f"{k} {v}" for k, v in sorted(self.counts["warnings"].items())))
+        healpix = self.counts.get("healpix")
+        if healpix:
+            lines.append(f"  HEALPix files: {healpix['files']}, {healpix['already_loaded']} "
+                         f"loaded before, {healpix['written']} written, "
+                         f"{len(healpix['failed'])} failed")
         if not any(plan_counts.get(k) for k in (INSERT, UPDATE, DELETE, REFRESH)) \
-                and not self.failures:
+                and not self.failures and not (healpix and healpix["written"]):
             lines.append(f"  nothing to do: {plan_counts.get(UNCHANGED, 0)} tile(s) "
                          f"unchanged, the database is not changed")
         if self.bad_lines:
@@ -553,6 +640,9 @@ class Run:
             if failed:
                 lines.append(f"  {title} ({len(failed)}):")
                 lines += [f"    {t}: {f.message}" for t, f in failed]
+        if self.healpix_failures:
+            lines.append(f"  FAILED HEALPix files ({len(self.healpix_failures)}):")
+            lines += [f"    {n}: {m}" for n, m in sorted(self.healpix_failures.items())]
         print("\n".join(lines), flush=True)  # the command's result: visible with -q too
 
 

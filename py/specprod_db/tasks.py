@@ -9,6 +9,8 @@ for the tile are those of what was loaded.  An UPDATE planned only because files
 touched (same bytes) comes back as a refresh, with nothing extracted.
 *Brick task* (:func:`extract_brick`): ``tractorphot_onebrick`` for the targets of a
 group of bricks that still need Legacy Surveys photometry.
+*HEALPix task* (:func:`extract_healpix`, static productions): one HEALPix redrock file
+-> its ``zpix`` rows (:mod:`specprod_db.extract.zpix`).
 
 Each task writes one stage file and returns a small typed result (:class:`TileResult`,
 :class:`BrickResult`); a stage file already complete for the same inputs (same key) is
@@ -24,7 +26,7 @@ import numpy as np
 
 from . import faults, fingerprints, ids, stage
 from .errors import InputError
-from .extract import redshift, targetphot, tile, tractorphot
+from .extract import redshift, targetphot, tile, tractorphot, zpix
 from .log import get_logger
 from .schema import table as schema_table
 from .stage import StageFile
@@ -231,10 +233,56 @@ def extract_brick(job):
                        inputs=len(targets), stats=_plain(stats))
 
 
+@dataclass
+class HealpixResult:
+    """A HEALPix task's outcome: its stage file (``zpix`` rows) and counts."""
+    name: str
+    stage: StageFile
+    rows: int = 0
+    reused: bool = False
+    stats: dict = field(default_factory=dict)
+
+
+def healpix_stage(stage_dir, name):
+    """The stage file of HEALPix file ``name`` (``SURVEY-PROGRAM-HEALPIX``)."""
+    return StageFile(os.path.join(stage_dir, f"healpix-{name}.h5"))
+
+
+def extract_healpix(job):
+    """Worker side of a HEALPix task: one HEALPix redrock file, one stage file.
+
+    ``job`` = dict(survey, program, healpix, paths, stage_dir).  The key covers the
+    file's name, size and mtime (a static production does not change; a file that moves
+    while it is read fails the task, and the next run reads it again).
+    """
+    survey, program, pixel = job["survey"], job["program"], int(job["healpix"])
+    paths = job["paths"]
+    name = zpix.healpix_name(survey, program, pixel)
+    faults.hit("healpix")  # failure tests only (faults.py)
+    files = zpix.files_of(paths, survey, program, pixel)
+    before = fingerprints.stat(files)
+    if before.files[0].missing:
+        raise InputError(f"healpix {name}: {files[0][1]}: does not exist")
+    key = task_key("healpix", name, before.to_text())
+    out = healpix_stage(job["stage_dir"], name)
+    if out.is_complete(key):
+        info = out.info()
+        return HealpixResult(name, out, rows=info.get("rows", 0), reused=True,
+                             stats=info.get("stats", {}))
+    stats = {}
+    rows, info = zpix.zpix_rows(files[0][1], survey, program, pixel, stats=stats)
+    if fingerprints.stat(files).stat_key() != before.stat_key():
+        raise InputError(f"healpix {name}: {files[0][1]} changed while it was being read; "
+                         f"the next run loads it")
+    out.write({"zpix": rows}, key, info={"rows": len(rows), "stats": _plain(stats),
+                                         "file": info["file"]})
+    return HealpixResult(name, out, rows=len(rows), stats=_plain(stats))
+
+
 def _plain(stats):
     return json.loads(json.dumps(stats, default=lambda v: v.item()
                                  if isinstance(v, np.generic) else str(v)))
 
 
 #: The task kinds a worker serves (:func:`specprod_db.mpi.serve`).
-HANDLERS = {"tile": extract_tile, "brick": extract_brick}
+HANDLERS = {"tile": extract_tile, "brick": extract_brick, "healpix": extract_healpix}

@@ -9,6 +9,10 @@ whose ztile rows changed (on every tile), upsert its ``tile_state`` row and add 
 history included: a crash or a bad value leaves no photometry row that nothing
 references, and the history never says a tile was loaded when it was not.
 
+HEALPix files of a static production (:func:`write_healpix`): one transaction per file,
+its ``zpix`` rows replaced and their primary flags recomputed; their TARGETIDs must
+already have photometry (the tiles are written first).
+
 ``tile_history`` (:func:`record_history`): one row per tile and run that wrote,
 deleted, refreshed or failed it, or refused to delete it (a SKIP of a tile the
 database holds); plain SKIPs and UNCHANGED tiles are not recorded.  Each row carries
@@ -30,6 +34,7 @@ from psycopg2 import sql
 
 from . import faults, schema, tempids
 from .db import qualified
+from .errors import InputError
 from .finalize import update_primary
 from .pgcopy import Encoder, StreamReader, prefetch
 from .schema import table as schema_table
@@ -314,6 +319,55 @@ def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), 
                                                            full))
     faults.hit("commit", tileid)  # crash tests only: between two tiles
     return counts
+
+
+def write_healpix(conn, schema_name, survey, program, healpix, rows, primary=True):
+    """Load one HEALPix file's ``zpix`` rows (a static production), in one transaction:
+    the rows of that (survey, program, healpix) are replaced, so a rerun after an
+    interruption, or a second load, gives the same table; then the primary flags of its
+    TARGETIDs over their zpix rows (unless ``primary`` is false: an initial load flags
+    every zpix row once at the end).
+
+    Every TARGETID must have its ``photometry`` row (the foreign key): in a static
+    production each was observed on a tile, and the tiles are written first.  A file
+    with TARGETIDs no loaded tile provides is refused whole (:class:`InputError` naming
+    the count and a few TARGETIDs; nothing written): it loads on the run after its tiles
+    (decision 13).  Returns ``counts`` (``zpix``, ``zpix_deleted``, ``primary``).
+    """
+    counts = {}
+    where = {"s": survey, "p": program, "h": int(healpix)}
+    with transaction(conn) as cur:
+        touched = tempids.create(cur, rows["targetid"])
+        lacking = tempids.fetch(cur, sql.SQL(
+            "SELECT t.targetid FROM {} t WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE "
+            "p.targetid = t.targetid) ORDER BY t.targetid").format(
+                touched, qualified(schema_name, "photometry")))
+        if len(lacking):
+            raise InputError(
+                f"healpix {survey}-{program}-{int(healpix)}: {len(lacking)} TARGETID(s) "
+                f"have no photometry (observed on no loaded tile), e.g. "
+                f"{', '.join(map(str, lacking[:5].tolist()))}; the file is loaded by a "
+                f"run after the tiles that observed them")
+        cur.execute(sql.SQL("INSERT INTO {} SELECT targetid FROM {} WHERE survey = %(s)s "
+                            "AND program = %(p)s AND healpix = %(h)s ON CONFLICT DO NOTHING")
+                    .format(touched, qualified(schema_name, "zpix")), where)
+        cur.execute(sql.SQL("DELETE FROM {} WHERE survey = %(s)s AND program = %(p)s AND "
+                            "healpix = %(h)s").format(qualified(schema_name, "zpix")), where)
+        counts["zpix_deleted"] = cur.rowcount
+        counts["zpix"] = copy_rows(cur, schema_name, "zpix", rows)
+        if primary:
+            counts["primary"] = update_primary(conn, schema_name, table=touched,
+                                               redshifts="zpix")
+    return counts
+
+
+def loaded_healpix(conn, schema_name):
+    """The set of ``(survey, program, healpix)`` that ``zpix`` holds rows of (each was
+    written whole, in one transaction)."""
+    with transaction(conn) as cur:
+        cur.execute(sql.SQL("SELECT DISTINCT survey, program, healpix FROM {}").format(
+            qualified(schema_name, "zpix")))
+        return {(s, p, int(h)) for s, p, h in cur.fetchall()}
 
 
 def delete_tile(conn, schema_name, action, run_id, keep=None):

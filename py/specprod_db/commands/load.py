@@ -3,6 +3,8 @@
 Runs alone or under ``mpiexec -n N`` / ``srun``: rank 0 plans, hands out tile and brick
 tasks, and writes; the other ranks extract.  The result is the same for every N >= 1.
 """
+import argparse
+
 from .. import mpi
 from ..paths import InputError, add_path_arguments, paths_from_args
 from .common import add_db_arguments, add_schema_argument, report_errors
@@ -53,6 +55,10 @@ def add_arguments(parser, dry_run_flag=True):
                              "together (default 64): rank 0 holds one wave's brick inputs "
                              "and Legacy Surveys rows (about 10 MB per full-size tile), "
                              "and the next wave is extracted while this one is written")
+    parser.add_argument("--healpix", action=argparse.BooleanOptionalAction, default=None,
+                        help="load the HEALPix coadd redshifts (zpix) of a static "
+                             "production, after its tiles (default: when --specprod / "
+                             "$SPECPROD is not 'daily' and --tiles is not given)")
     parser.add_argument("--show-unchanged", action="store_true",
                         help="list unchanged tiles in the plan too")
 
@@ -100,7 +106,8 @@ def options_from_args(args, dry_run=None):
                    max_delete_count=args.max_delete_count,
                    show_unchanged=args.show_unchanged, initial=args.initial,
                    wave_tiles=max(1, args.wave_tiles),
-                   stage_min_free=int(args.stage_min_free * 2**20))
+                   stage_min_free=int(args.stage_min_free * 2**20),
+                   healpix=args.healpix)
 
 
 @report_errors
