@@ -9,7 +9,15 @@ Field encodings (PostgreSQL ``*_send`` functions): integers and floats big-endia
 ``boolean`` one byte; ``varchar`` the raw bytes without trailing NULs;
 ``timestamptz`` int64 microseconds since 2000-01-01 UTC; ``numeric(39)`` (our 128-bit
 composite ids, staged as [high, low] uint64 words) as a fixed 10-digit base-10000
-numeric (ndigits=10, weight=9, sign=+, dscale=0); the server strips leading zeros.
+numeric (ndigits=10, weight=9, sign=+, dscale=0); the server strips leading zeros;
+``numeric(20)`` (unsigned 64-bit integers of value-added catalogs, staged as uint64) the
+same way with a zero high word.
+
+Arrays (``TYPE[]``, for value-added catalogs: :mod:`specprod_db.vac`): a column whose
+``dtype`` is a numpy subarray (``('f4', (2, 3))``) is sent as ``array_send`` does: ndim,
+no-NULL flag, the element type's OID, (size, lower bound 1) per dimension, then every
+element as length + value in C order; numeric elements are fixed width, so an array is
+one fixed-width field of the row; ``varchar(n)[]`` elements are trimmed like strings.
 
 Kept apart from where the bytes go (``writer``), so it is tested byte for byte against
 the server's own ``COPY ... TO STDOUT (FORMAT binary)``.
@@ -30,6 +38,13 @@ TRAILER = (-1).to_bytes(2, "big", signed=True)
 CHUNK_ROWS = 5000
 
 _NUMERIC_DIGITS = 10  # ceil(39 / 4) base-10000 digits hold any value < 2**128
+
+#: numeric types sent as 10 base-10000 digits: from [high, low] uint64 words, or uint64
+_NUMERIC_TYPES = ("numeric(39)", "numeric(20)")
+
+#: OID of each array element type (``array_recv`` checks it against the column's)
+_ELEMENT_OID = {"boolean": 16, "smallint": 21, "integer": 23, "bigint": 20, "real": 700,
+                "double precision": 701, "numeric": 1700, "varchar": 1043}
 
 
 def _numeric_digits(words):
@@ -57,6 +72,32 @@ def _numeric_digits(words):
     return digits
 
 
+def _words(values, pgtype):
+    """The [high, low] words of a numeric column's values (uint64 values: high = 0)."""
+    if pgtype == "numeric(20)":
+        values = np.asarray(values, dtype=np.uint64).reshape(-1)
+        return np.stack([np.zeros_like(values), values], axis=1)
+    return values
+
+
+def _array_format(col):
+    """(element kind, element pgtype, shape, field dtype) of an array column."""
+    elem = col.pgtype[:-2]
+    shape, base = col.dtype.shape, col.dtype.base
+    if not shape:
+        raise ValueError(f"array column {col.name} ({col.pgtype}) has no shape")
+    count = int(np.prod(shape))
+    if elem.startswith("varchar"):
+        ekind, efmt = "string", np.dtype(f"S{base.itemsize}")
+    elif elem in _NUMERIC_TYPES:
+        ekind, efmt = "numeric", np.dtype((">i2", (4 + _NUMERIC_DIGITS,)))
+    else:
+        ekind, efmt = "fixed", PG_TO_NUMPY[elem].newbyteorder(">")
+    fmt = np.dtype([("hdr", ">i4", (3 + 2 * len(shape),)),
+                    ("els", [("len", ">i4"), ("v", efmt)], (count,))])
+    return ekind, elem, shape, fmt
+
+
 class Encoder:
     """Encode rows of one schema table (``schema.Table``) as PGCOPY bytes.
 
@@ -72,10 +113,16 @@ class Encoder:
         self.names = [c.name for c in cols]
         formats, names = [">i2"], ["_nfields"]
         self.kinds = []
+        self.pgtypes = [c.pgtype for c in cols]
+        self.arrays = {}  # column index -> (element kind, element pgtype, shape)
         for i, c in enumerate(cols):
-            if c.pgtype.startswith("varchar"):
+            if c.pgtype.endswith("[]"):
+                ekind, elem, shape, fmt = _array_format(c)
+                kind = "array"
+                self.arrays[i] = (ekind, elem, shape)
+            elif c.pgtype.startswith("varchar"):
                 kind, fmt = "string", c.dtype
-            elif c.pgtype == "numeric(39)":
+            elif c.pgtype in _NUMERIC_TYPES:
                 kind, fmt = "numeric", np.dtype((">i2", (4 + _NUMERIC_DIGITS,)))
             else:
                 kind, fmt = "fixed", PG_TO_NUMPY[c.pgtype].newbyteorder(">")
@@ -91,14 +138,36 @@ class Encoder:
             if kind == "numeric":
                 template[f"_val{i}"][:, 0] = _NUMERIC_DIGITS
                 template[f"_val{i}"][:, 1] = _NUMERIC_DIGITS - 1
+            elif kind == "array":
+                ekind, elem, shape = self.arrays[i]
+                base = "varchar" if elem.startswith("varchar") else \
+                    "numeric" if elem in _NUMERIC_TYPES else elem
+                hdr = [len(shape), 0, _ELEMENT_OID[base]]
+                for d in shape:
+                    hdr += [d, 1]
+                val = template[f"_val{i}"]
+                val["hdr"] = hdr
+                els = val["els"]
+                els["len"] = self.row[f"_val{i}"]["els"].base["v"].itemsize
+                if ekind == "numeric":
+                    els["v"][..., 0] = _NUMERIC_DIGITS
+                    els["v"][..., 1] = _NUMERIC_DIGITS - 1
         self.template = template
-        self.strings = [i for i, k in enumerate(self.kinds) if k == "string"]
-        if self.strings:
-            self.string_slots = []
-            for i in self.strings:
-                off = self.row.fields[f"_val{i}"][1]
-                width = self.row[f"_val{i}"].itemsize
-                self.string_slots.append((i, off, width))
+        # variable-length values: (column, [offsets of its strings], width, array header
+        # bytes or None for a plain string)
+        self.string_slots = []
+        for i, kind in enumerate(self.kinds):
+            off = self.row.fields[f"_val{i}"][1]
+            if kind == "string":
+                self.string_slots.append((i, [off], self.row[f"_val{i}"].itemsize, None))
+            elif kind == "array" and self.arrays[i][0] == "string":
+                fmt = self.row[f"_val{i}"]
+                els = fmt["els"]
+                width = els.base["v"].itemsize
+                start = off + fmt.fields["els"][1]
+                offs = [start + j * els.base.itemsize + 4 for j in range(els.shape[0])]
+                self.string_slots.append((i, offs, width, fmt["hdr"].itemsize))
+        self.strings = [slot[0] for slot in self.string_slots]
 
     def _chunk(self, rows):
         n = len(rows)
@@ -106,21 +175,38 @@ class Encoder:
         buf[:] = self.template
         for i, (name, kind) in enumerate(zip(self.names, self.kinds)):
             if kind == "numeric":
-                buf[f"_val{i}"][:, 4:] = _numeric_digits(rows[name])
+                buf[f"_val{i}"][:, 4:] = _numeric_digits(_words(rows[name], self.pgtypes[i]))
+            elif kind == "array":
+                ekind, elem, shape = self.arrays[i]
+                values = rows[name].reshape(n, -1)
+                els = buf[f"_val{i}"]["els"]
+                if ekind == "numeric":
+                    els["v"][..., 4:] = _numeric_digits(_words(values, elem)).reshape(
+                        n, -1, _NUMERIC_DIGITS)
+                else:
+                    els["v"] = values
             else:
                 buf[f"_val{i}"] = rows[name]
-        if not self.strings:
+        if not self.string_slots:
             return buf.tobytes()
         raw = buf.view(np.uint8).reshape(n, self.rowwidth)
         mask = np.ones((n, self.rowwidth), dtype=bool)
-        for i, off, width in self.string_slots:
-            block = raw[:, off: off + width]
-            nonzero = block != 0
-            # length up to the last non-NUL byte (numpy strips trailing NULs likewise)
-            used = np.where(nonzero.any(axis=1),
-                            width - np.argmax(nonzero[:, ::-1], axis=1), 0)
-            buf[f"_len{i}"] = used
-            mask[:, off: off + width] = np.arange(width) < used[:, None]
+        for i, offs, width, header in self.string_slots:
+            total = 0
+            for j, off in enumerate(offs):
+                block = raw[:, off: off + width]
+                nonzero = block != 0
+                # length up to the last non-NUL byte (numpy strips trailing NULs likewise)
+                used = np.where(nonzero.any(axis=1),
+                                width - np.argmax(nonzero[:, ::-1], axis=1), 0)
+                if header is None:
+                    buf[f"_len{i}"] = used
+                else:
+                    buf[f"_val{i}"]["els"]["len"][:, j] = used
+                    total = total + 4 + used
+                mask[:, off: off + width] = np.arange(width) < used[:, None]
+            if header is not None:
+                buf[f"_len{i}"] = header + total
         return raw[mask].tobytes()
 
     def iter_bytes(self, rows, header=True, trailer=True, chunk_rows=CHUNK_ROWS):
