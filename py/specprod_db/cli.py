@@ -28,6 +28,7 @@ COMMANDS = {
     "maintain": ("specprod_db.commands.maintain", "VACUUM ANALYZE, and CLUSTER on q3c where it pays"),
     "migrate": ("specprod_db.commands.migrate", "bring a schema to the current layout version"),
     "report": ("specprod_db.commands.report", "a static HTML page of a schema: sky map, nights, runs, tables"),
+    "vac": ("specprod_db.commands.vac", "load, list or drop value-added catalogs (FITS tables) as S.vac_NAME"),
 }
 
 
