@@ -34,8 +34,12 @@ def run(args):
     from .production import advance_production, make_production
     t0 = time.time()
     if args.advance:
-        s = advance_production(args.outdir, new_tiles=args.new_tiles, reobserve=args.reobserve,
-                               withdraw=args.withdraw)
+        try:
+            s = advance_production(args.outdir, new_tiles=args.new_tiles,
+                                   reobserve=args.reobserve, withdraw=args.withdraw)
+        except ValueError as err:  # a static production
+            print(f"specprod-db mock: {err}")
+            return 2
     else:
         s = make_production(args.outdir, tiles=args.tiles, seed=args.seed, small=args.small,
                             fibers_per_tile=args.fibers_per_tile, nights=args.nights,
