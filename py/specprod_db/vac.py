@@ -45,7 +45,7 @@ from psycopg2 import sql
 
 from . import __version__, mpi, stage
 from .db import ensure_q3c, qualified, schema_exists
-from .errors import InputError, RunRefused, SpecprodDBError
+from .errors import InputError, RunRefused
 from .log import get_logger
 from .pgcopy import Encoder, StreamReader, prefetch
 
@@ -814,7 +814,9 @@ def load(dispatcher, opts):
             message = failures[0].message + (
                 f" (and {len(failures) - 1} other file(s) failed)"
                 if len(failures) > 1 else "") + "; nothing loaded"
-            raise (SpecprodDBError if failures[0].internal else InputError)(message)
+            if failures[0].internal:  # a bug (logged with its traceback): exit 4
+                raise RuntimeError(message)
+            raise InputError(message)
         results = sorted((r for _, r in done), key=lambda r: r["index"])
         log.info("vac %s: %d file(s) converted in %.1f s", opts.name, len(results),
                  time.time() - t)
