@@ -323,7 +323,9 @@ def test_names_and_other_tables(pg_dsn, bare, tmp_path):
 
 # --- atomic reload ---------------------------------------------------------------------
 
-def test_reload_is_atomic_for_readers(pg_dsn, bare, tmp_path):
+def test_reload_is_atomic_for_readers(pg_dsn, bare, tmp_path, monkeypatch, caplog):
+    # attempts shorter than the holder's transactions: the swap must give up and retry
+    monkeypatch.setattr(vac, "SWAP_ATTEMPT", 0.1)
     old, new = 3000, 4500
     load(pg_dsn, bare, "cat", write_fits(tmp_path / "v1.fits", fits_rows(old, seed=1)),
          stage_dir=tmp_path / "stage")
@@ -343,25 +345,28 @@ def test_reload_is_atomic_for_readers(pg_dsn, bare, tmp_path):
         finally:
             conn.close()
 
-    def holder():  # transactions that hold the table: the swap must wait for them
+    holding = threading.Event()
+
+    def holder():  # a long transaction on the table: the swap must wait and retry
         conn = psycopg2.connect(pg_dsn)
         try:
-            while not stop.is_set():
-                with conn.cursor() as cur:
-                    cur.execute(f'SELECT count(*) FROM "{bare}".vac_cat')
-                    seen.append(cur.fetchone() * 2)
-                    time.sleep(0.3)
-                conn.commit()
+            with conn.cursor() as cur:
+                cur.execute(f'SELECT count(*) FROM "{bare}".vac_cat')
+                seen.append(cur.fetchone() * 2)
+                holding.set()
+                time.sleep(1.5)
+            conn.commit()
         except Exception as err:  # noqa: BLE001
             errors.append(err)
         finally:
+            holding.set()
             conn.close()
 
     threads = [threading.Thread(target=f) for f in (counter, counter, holder)]
     for t in threads:
         t.start()
     try:
-        time.sleep(0.3)
+        holding.wait(30)
         load(pg_dsn, bare, "cat", write_fits(tmp_path / "v2.fits", fits_rows(new, seed=2)),
              stage_dir=tmp_path / "stage")
         time.sleep(0.5)
@@ -370,6 +375,7 @@ def test_reload_is_atomic_for_readers(pg_dsn, bare, tmp_path):
         for t in threads:
             t.join(30)
     assert not errors, errors
+    assert "the replacement waits" in caplog.text
     assert {s for s in seen} == {(old, old), (new, new)}, set(seen)
     assert seen[-1] == (new, new) and count(pg_dsn, bare, "cat") == new
     assert tables(pg_dsn, bare) == {"vac_cat"}
@@ -496,3 +502,18 @@ def test_bad_file_over_mpi_fails_cleanly(pg_dsn, bare, tmp_path, mpirun):
     assert r.returncode == 1, r.stderr
     assert f"{bad}" in r.stderr and "column CPLX" in r.stderr
     assert tables(pg_dsn, bare) == set()
+
+
+def test_reload_gives_up_while_the_table_stays_in_use(pg_dsn, bare, tmp_path, monkeypatch,
+                                                      loaded_old):
+    monkeypatch.setattr(vac, "SWAP_ATTEMPT", 0.1)
+    reader = psycopg2.connect(pg_dsn)
+    try:
+        with reader.cursor() as cur:  # holds the old table for the whole reload
+            cur.execute(f'SELECT count(*) FROM "{bare}".vac_cat')
+            with pytest.raises(RunRefused, match=r"stayed in use for 1 s: not replaced"):
+                load(pg_dsn, bare, "cat", write_fits(tmp_path / "v2.fits", fits_rows(20)),
+                     lock_timeout=1.0, stage_dir=tmp_path / "stage")
+    finally:
+        reader.close()
+    _intact(pg_dsn, bare, loaded_old)
