@@ -131,3 +131,24 @@ def test_waves_equal_one_wave(pg_dsn, schemas, small_production, mpirun, tmp_pat
         assert 0 <= counts["ranks"]["write_seconds_with_workers_busy"] \
             <= counts["ranks"]["write_seconds"]
         assert not [f for f in os.listdir(tmp_path / f"w{ranks}{wave}") if f.endswith(".h5")]
+
+
+def test_parallel_writers_equal_one_writer(pg_dsn, schemas, small_production, mpirun,
+                                           tmp_path):
+    """``--writers 2`` on 4 ranks (ranks 1 and 2 write, rank 3 extracts): the tiles share
+    targets, so the writers insert the same TARGETIDs concurrently; the tables equal a
+    one-writer load (flags included), no table of the run is left behind, and a job too
+    small for its writers is refused."""
+    from conftest import query
+    prod = small_production[0]
+    one, two = schemas(), schemas()
+    load(mpirun, 1, pg_dsn, one, prod, tmp_path / "one")
+    for initial in ((), ("--initial",)):
+        name = schemas()
+        load(mpirun, 4, pg_dsn, name, prod, tmp_path / f"two{len(initial)}", "--writers",
+             "2", "--wave-tiles", "3", *initial)
+        assert dump_schema(pg_dsn, name) == dump_schema(pg_dsn, one), initial
+        assert query(pg_dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND "
+                             "tablename LIKE '\\_run\\_%%'", (name,))[0][0] == 0
+    r = load(mpirun, 3, pg_dsn, two, prod, tmp_path / "few", "--writers", "2", check=False)
+    assert r.returncode == 2 and "--writers 2 needs at least 4 ranks" in r.stderr

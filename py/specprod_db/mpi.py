@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from . import faults
-from .errors import EXIT_INTERNAL, InputError, one_line
+from .errors import EXIT_INTERNAL, DatabaseLost, InputError, one_line
 from .log import get_logger
 
 _TAG_TASK, _TAG_RESULT = 11, 12
@@ -55,6 +55,8 @@ class TaskFailure:
     where: str
     traceback: str
     internal: bool = False
+    #: the run cannot go on (the database went away): the root stops with its status
+    fatal: bool = False
 
 
 class SerialComm:
@@ -90,6 +92,8 @@ def call_task(func, task, comm):
         return func(task)
     except InputError as err:
         return TaskFailure(task, one_line(err), where(comm), "", internal=False)
+    except DatabaseLost as err:  # not the task's fault: the root stops the run
+        return TaskFailure(task, one_line(err), where(comm), "", fatal=True)
     except Exception as err:  # a bug inside a task fails the task, loudly
         tb = traceback.format_exc()
         get_logger().error("internal error in task %s (%s): %s\n%s", describe(task),
@@ -171,14 +175,17 @@ class Dispatcher:
     them to idle workers; ``poll()`` collects finished results and keeps every worker
     fed — the root calls it between its own pieces of work (e.g. between two tiles it
     writes), so extraction goes on while it writes; ``wait(batch)`` returns a batch's
-    ``[(task, result)]`` once complete; ``map`` is submit + wait.  On one rank the
+    ``[(task, result)]`` once complete; ``map`` is submit + wait.  ``roles`` reserves
+    ranks for a kind of task (e.g. the writer ranks of ``--writers``).  On one rank the
     queued tasks run on rank 0 itself, in ``wait``.  ``stop(status)`` ends every
     worker's :func:`serve` loop.  ``busy`` holds each rank's seconds spent in tasks.
     """
 
-    def __init__(self, comm, handlers):
+    def __init__(self, comm, handlers, roles=None):
         self.comm = comm
         self.handlers = handlers
+        #: kind -> the ranks that run it; the other kinds run on the remaining workers
+        self.roles = {k: set(v) for k, v in (roles or {}).items()}
         self.queue = deque()  # (kind, task, batch)
         self.running = {}     # worker rank -> (kind, task, batch, started)
         self.busy = {r: 0.0 for r in range(comm.size)}
@@ -229,12 +236,21 @@ class Dispatcher:
             self._fill()
             block = False
 
+    def _eligible(self, kind, worker):
+        if kind in self.roles:
+            return worker in self.roles[kind]
+        return not any(worker in ranks for ranks in self.roles.values())
+
     def _fill(self):
         for w in range(1, self.comm.size):
-            if w not in self.running and self.queue:
-                kind, task, batch = self.queue.popleft()
-                self.running[w] = (kind, task, batch, time.time())
-                self.comm.send((kind, task), dest=w, tag=_TAG_TASK)
+            if w in self.running or not self.queue:
+                continue
+            for i, (kind, task, batch) in enumerate(self.queue):
+                if self._eligible(kind, w):
+                    del self.queue[i]
+                    self.running[w] = (kind, task, batch, time.time())
+                    self.comm.send((kind, task), dest=w, tag=_TAG_TASK)
+                    break
 
     def stop(self, status, drain_timeout=DRAIN_TIMEOUT):
         """Stop every worker with ``status`` (after the tasks they still run; queued

@@ -40,7 +40,8 @@ import numpy as np
 import psycopg2
 from psycopg2 import sql
 
-from . import bricks, conninfo, db, faults, finalize, fingerprints, mpi, stage, tasks, writer
+from . import (bricks, conninfo, db, faults, finalize, fingerprints, mpi, stage, tasks,
+               writer, writers)
 from .db import qualified
 from .errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DatabaseLost, InputError,
                      RunRefused, SpecprodDBError, one_line)
@@ -67,6 +68,7 @@ class Options:
     show_unchanged: bool = False
     initial: bool = False  # bulk mode: secondary indexes and primary flags built at the end
     wave_tiles: int = 64   # tiles extracted, matched and written together (memory bound)
+    writers: int = 1       # >1: ranks 1..writers write tiles concurrently (writers.py)
     stage_min_free: int = 0  # bytes the stage directory must have free to start
     command: str = "load"
     healpix: bool = None   # HEALPix redshifts (zpix); None: when the production is not daily
@@ -89,7 +91,9 @@ def load(comm, opts):
 
 def root(comm, opts):
     """Rank 0: the run, stage after stage; stops the workers with its exit status."""
-    dispatcher = mpi.Dispatcher(comm, tasks.HANDLERS)
+    roles = {"write": range(1, opts.writers + 1)} \
+        if 1 < opts.writers <= comm.size - 2 else None
+    dispatcher = mpi.Dispatcher(comm, tasks.HANDLERS, roles)
     run = Run(opts, comm.size)
     status = EXIT_INTERNAL
     try:
@@ -129,7 +133,8 @@ class Run:
         self.failures = {}       # tileid -> Failure
         self.written = []        # StageFiles whose rows are committed
         self.wrote = False       # something was written (ANALYZE)
-        self.keep = None         # temporary table of the run's TARGETIDs (writer.keep_more)
+        self.keep = None         # table of the run's TARGETIDs (writer.keep_more)
+        self.touched = None      # --writers: TARGETIDs whose flags the root recomputes
         self.rebuild = False     # secondary indexes and every flag built at the end
         self.overlap = Overlap()
         self.progress = {}
@@ -152,7 +157,7 @@ class Run:
         n = max(1, self.opts.wave_tiles)
         waves = [extract[i:i + n] for i in range(0, len(extract), n)]
         self.progress = {"tile": mpi.Progress("tile", len(extract)),
-                         "brick": mpi.Progress("brick", 0)}
+                         "brick": mpi.Progress("brick", 0), "write": mpi.Progress("write", 0)}
         tiles = self.submit_tiles(dispatcher, waves[0]) if waves else None
         for k, wave in enumerate(waves):
             # wave k: its tiles' results, its brick tasks; the next wave's tiles are
@@ -180,6 +185,10 @@ class Run:
     def plan(self):
         """Connect, check, lock, and diff the tiles file with the load state."""
         opts = self.opts
+        if opts.writers > 1 and self.ranks < opts.writers + 2 and not opts.dry_run:
+            raise RunRefused(f"--writers {opts.writers} needs at least {opts.writers + 2} "
+                             f"ranks (the root, the writers and one to extract); this job "
+                             f"has {self.ranks}")
         try:
             self.conn = db.connect(opts.dsn)
             if not db.schema_exists(self.conn, opts.schema):
@@ -334,15 +343,31 @@ class Run:
             self.log.info("initial load: dropping secondary indexes until the end: %s",
                           ", ".join(db.drop_secondary_indexes(conn, opts.schema)))
             db.bulk_session(conn)
-        self.keep = writer.keep_targetids(conn)
+        writers.drop_shared(conn, opts.schema)  # left by a crashed run
+        if opts.writers > 1:
+            self.keep, self.touched = writers.create_shared(conn, opts.schema, self.run_id)
+        else:
+            self.keep = writer.keep_targetids(conn)
 
     def write(self, actions, dispatcher=None):
         """One transaction per tile, in plan order; a failure is recorded and the run
         goes on, unless the database went away (:class:`DatabaseLost`).  Between two
-        tiles the dispatcher is polled, so workers extract the next wave meanwhile."""
+        tiles the dispatcher is polled, so workers extract the next wave meanwhile.
+        With ``--writers K`` the wave's tiles are written by the writer ranks
+        (:mod:`specprod_db.writers`) while the root records the rest."""
         opts, conn = self.opts, self.conn
         stage.write_manifest(self.stage_dir, self._manifest())
-        legacy = LegacyPhotometry(self.brick_results)
+        legacy = WavePhotometry(self.brick_results, [
+            self.results[a.tileid] for a in actions
+            if a.tileid in self.results and a.tileid not in self.failures])
+        remote = None
+        if opts.writers > 1 and dispatcher is not None:
+            sent = [a for a in actions if a.action in (INSERT, UPDATE)
+                    and a.tileid not in self.failures and not self.results[a.tileid].refresh]
+            self.progress["write"].total += len(sent)
+            remote = dispatcher.submit("write", [self._write_job(a, legacy) for a in sent],
+                                       progress=self.progress["write"])
+            actions = [a for a in actions if a not in sent]
         for a in actions:
             if dispatcher is not None:
                 dispatcher.poll()
@@ -357,8 +382,39 @@ class Run:
                 self.fail(a.tileid, message)
                 writer.record_failure(conn, opts.schema, a.tileid, message, self.run_id,
                                       action=a)
+        if remote is not None:
+            for job, result in dispatcher.wait(remote):
+                self._written_remotely(job, result)
         if dispatcher is not None:
             self.overlap.sample(dispatcher, end=True)
+
+    def _write_job(self, a, photometry):
+        result = self.results[a.tileid]
+        return {"dsn": self.opts.dsn, "schema": self.opts.schema, "bulk": self.opts.initial,
+                "run_id": self.run_id, "action": a.as_dict(), "stage": result.stage,
+                "state": result.state, "photometry": photometry.rows_for(result.targetids)}
+
+    def _written_remotely(self, job, result):
+        """The outcome of a writer rank's tile: counted, or its failure recorded."""
+        a = next(x for x in self.actions if x.tileid == job["action"]["tileid"])
+        if isinstance(result, mpi.TaskFailure) and result.fatal:
+            raise DatabaseLost(result.message)
+        message = result.message if isinstance(result, mpi.TaskFailure) \
+            else result.get("error")
+        if message:
+            internal = getattr(result, "internal", False)
+            self.fail(a.tileid, message, internal)
+            writer.record_failure(self.conn, self.opts.schema, a.tileid, message,
+                                  self.run_id, internal, action=a)
+            return
+        c, tc = result["counts"], self.counts["tables"]
+        self.written.append(job["stage"])
+        self.wrote = True
+        for k, v in c.items():
+            tc[k] = tc.get(k, 0) + v
+        self.log.info("tile %d %s: %s", a.tileid, a.action,
+                      ", ".join(f"{k} {v}" for k, v in c.items()))
+        faults.hit("write")  # failure tests only (faults.py): after a committed tile
 
     def end_wave(self, wave):
         """A written wave: its stage files go (kept for a rerun where a tile failed),
@@ -388,10 +444,10 @@ class Run:
                               a.tileid)
                 return
             tables = result.stage.tables()
-            photometry = [legacy.rows_for(result.targetids),
-                          tables.pop("photometry", schema_table("photometry").empty())]
+            tables.pop("photometry", None)  # the wave's rows (WavePhotometry) instead
             c = writer.write_tile(conn, opts.schema, a, tables, result.state, self.run_id,
-                                  photometry, keep, primary=not self.rebuild)
+                                  [legacy.rows_for(result.targetids)], keep,
+                                  primary=not self.rebuild)
             self.written.append(result.stage)
             self.log.info("tile %d %s: %s", a.tileid, a.action,
                           ", ".join(f"{k} {v}" for k, v in c.items()))
@@ -484,6 +540,13 @@ class Run:
         """After a bulk load, every primary flag and the secondary indexes; ANALYZE."""
         faults.hit("finalize")  # failure tests only (faults.py)
         conn, schema_name = self.conn, self.opts.schema
+        if self.touched is not None:
+            if not self.rebuild:  # the writer ranks left the flags to the root
+                self.log.info("primary flags of the TARGETIDs the writers touched: %d "
+                              "rows changed", finalize.update_primary(
+                                  conn, schema_name, table=self.touched))
+                conn.commit()
+            writers.drop_shared(conn, schema_name)
         if self.rebuild:
             # after an initial bulk load, or a rerun of an interrupted one: flags of every
             # TARGETID at once, then the secondary indexes, built once not row by row
@@ -672,14 +735,21 @@ class Overlap:
         self.last = None if end else now
 
 
-class LegacyPhotometry:
-    """The Legacy Surveys photometry rows of the run's brick tasks, sorted by TARGETID,
-    from which each tile takes the rows its targets need."""
+class WavePhotometry:
+    """The photometry rows of a wave's TARGETIDs, one per TARGETID, sorted: the Legacy
+    Surveys row from the wave's brick tasks, else the targeting-data row of the first
+    tile in plan order that has the TARGETID.  Each tile takes the rows its targets need,
+    so every tile of the wave inserts the same row for a TARGETID, whichever commits
+    first (``--writers``), and a tile failing does not change the others' rows."""
 
-    def __init__(self, brick_results):
+    def __init__(self, brick_results, tile_results):
         parts = [r.stage.tables(("photometry",))["photometry"] for r in brick_results]
-        table = np.concatenate(parts) if parts else schema_table("photometry").empty()
-        self.table = table[np.argsort(table["targetid"], kind="stable")]
+        parts += [r.stage.tables(("photometry",)).get(
+            "photometry", schema_table("photometry").empty()) for r in tile_results
+            if r.stage is not None]
+        self.table = writer.first_per_targetid(
+            [np.concatenate(parts[:len(brick_results)]) if brick_results
+             else schema_table("photometry").empty()] + parts[len(brick_results):])
 
     def rows_for(self, targetids):
         """The rows of ``targetids`` (sorted unique int64)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import faults, fingerprints, ids, stage
+from . import faults, fingerprints, ids, stage, writers
 from .errors import InputError
 from .extract import redshift, targetphot, tile, tractorphot, zpix
 from .log import get_logger
@@ -284,5 +284,7 @@ def _plain(stats):
                                  if isinstance(v, np.generic) else str(v)))
 
 
-#: The task kinds a worker serves (:func:`specprod_db.mpi.serve`).
-HANDLERS = {"tile": extract_tile, "brick": extract_brick, "healpix": extract_healpix}
+#: The task kinds a worker serves (:func:`specprod_db.mpi.serve`); ``write`` only on the
+#: writer ranks of ``--writers`` (:mod:`specprod_db.writers`).
+HANDLERS = {"tile": extract_tile, "brick": extract_brick, "healpix": extract_healpix,
+            "write": writers.write_task}

@@ -259,7 +259,7 @@ def _tile_rows(cur, schema_name, tileid, counts, full):
 
 
 def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), keep=None,
-               primary=True):
+               primary=True, touched_into=None):
     """Load one tile (INSERT or UPDATE) from its staged tables, in one transaction.
 
     Parameters
@@ -278,6 +278,9 @@ def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), 
     primary : bool
         Recompute the primary flags of the touched TARGETIDs here (an initial load
         recomputes all of them once at the end instead).
+    touched_into : sql.Identifier, optional
+        Without ``primary``: a table into which the touched TARGETIDs are added, for the
+        caller to recompute their flags later (concurrent writers, :mod:`writers`).
 
     Returns ``counts`` (table -> rows); raises after rolling back on any error.
     """
@@ -314,6 +317,9 @@ def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), 
         faults.hit("copy", tileid)  # crash tests only (faults.py)
         if primary:
             counts["primary"] = update_primary(conn, schema_name, table=touched)
+        elif touched_into is not None:  # flags computed later, by the caller
+            cur.execute(sql.SQL("INSERT INTO {} SELECT targetid FROM {} ON CONFLICT DO "
+                                "NOTHING").format(touched_into, touched))
         record_history(cur, schema_name, run_id, tileid, action.action, action.reason, LOADED,
                        counts=counts, tile_rows=_tile_rows(cur, schema_name, tileid, counts,
                                                            full))

@@ -59,6 +59,10 @@ def add_arguments(parser, dry_run_flag=True):
                         help="load the HEALPix coadd redshifts (zpix) of a static "
                              "production, after its tiles (default: when --specprod / "
                              "$SPECPROD is not 'daily' and --tiles is not given)")
+    parser.add_argument("--writers", type=_count, default=1, metavar="K",
+                        help="ranks writing to the database (default 1: rank 0 writes; "
+                             "K > 1: ranks 1..K write tiles concurrently, each on its own "
+                             "connection, and the job needs at least K + 2 ranks)")
     parser.add_argument("--show-unchanged", action="store_true",
                         help="list unchanged tiles in the plan too")
 
@@ -105,7 +109,7 @@ def options_from_args(args, dry_run=None):
                    max_delete_fraction=args.max_delete_fraction,
                    max_delete_count=args.max_delete_count,
                    show_unchanged=args.show_unchanged, initial=args.initial,
-                   wave_tiles=max(1, args.wave_tiles),
+                   wave_tiles=max(1, args.wave_tiles), writers=max(1, args.writers),
                    stage_min_free=int(args.stage_min_free * 2**20),
                    healpix=args.healpix)
 

@@ -1,0 +1,100 @@
+"""Several writer ranks (``load --writers K``): tiles written concurrently.
+
+By default the root writes every tile itself.  With ``--writers K`` (K > 1), ranks
+1..K only write: the root sends each tile of a wave as a ``write`` task (the tile's
+stage file, its recorded state, and the photometry rows its targets need) and the
+writer rank loads it in one transaction on its own connection, exactly as the root
+would (:func:`specprod_db.writer.write_tile`).  The other ranks go on extracting.
+
+What makes concurrent transactions safe:
+
+* every tile writes disjoint rows (its TILEID) but photometry is shared: each tile's
+  photometry rows are inserted in one ``INSERT ... ORDER BY targetid ON CONFLICT DO
+  NOTHING`` (:func:`specprod_db.writer.first_per_targetid`), so two writers inserting
+  the same TARGETIDs lock them in the same order: one waits for the other, never a
+  deadlock;
+* the photometry rows of a TARGETID are the same in every tile of a wave (the root
+  chooses them once per wave), so which writer commits first does not change the
+  result;
+* the primary-spectrum flags of a TARGETID depend on rows of several tiles: writers
+  do not compute them; each records the TARGETIDs it touched in the run's shared
+  table, and the root recomputes their flags once, after the waves;
+* the run's TARGETIDs protected from orphan deletion (``keep``) and the touched ones
+  are ordinary (unlogged) tables of the schema, visible to every writer's session,
+  dropped at the end of the run (and at the start of the next, after a crash).
+"""
+import psycopg2
+from psycopg2 import sql
+
+from . import db
+from .errors import DatabaseLost, one_line
+from .plan import TileAction
+
+#: This process's connection, per (conninfo, schema, bulk).
+_session = {}
+
+
+def shared_table(schema_name, run_id, what):
+    """The identifier of a run's shared TARGETID table (``keep`` or ``touched``)."""
+    return sql.SQL("{}.{}").format(sql.Identifier(schema_name),
+                                   sql.Identifier(f"_run_{int(run_id)}_{what}"))
+
+
+def create_shared(conn, schema_name, run_id):
+    """The run's ``keep`` and ``touched`` tables (unlogged, empty); returns their
+    identifiers ``(keep, touched)``."""
+    out = []
+    with conn.cursor() as cur:
+        for what in ("keep", "touched"):
+            ident = shared_table(schema_name, run_id, what)
+            cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (targetid bigint PRIMARY KEY)")
+                        .format(ident))
+            out.append(ident)
+    conn.commit()
+    return tuple(out)
+
+
+def drop_shared(conn, schema_name):
+    """Drop every run's shared TARGETID tables in the schema."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND "
+                    "tablename ~ '^_run_[0-9]+_(keep|touched)$'", (schema_name,))
+        for (name,) in cur.fetchall():
+            cur.execute(sql.SQL("DROP TABLE {}.{}").format(sql.Identifier(schema_name),
+                                                           sql.Identifier(name)))
+    conn.commit()
+
+
+def _connection(job):
+    key = (job["dsn"], job["schema"], job["bulk"])
+    conn = _session.get(key)
+    if conn is None or conn.closed:
+        conn = db.connect(job["dsn"])
+        if job["bulk"]:
+            db.bulk_session(conn)
+        _session.clear()
+        _session[key] = conn
+    return conn
+
+
+def write_task(job):
+    """A writer rank's task: load one tile; returns ``{"counts"}`` or ``{"error"}``
+    (the database refused the rows: the tile fails, the run goes on).  A lost
+    connection raises :class:`DatabaseLost`, which stops the run."""
+    from . import writer
+    conn = _connection(job)
+    action = TileAction(**job["action"])
+    tables = job["stage"].tables()
+    tables.pop("photometry", None)  # the wave's rows come with the task
+    try:
+        counts = writer.write_tile(
+            conn, job["schema"], action, tables, job["state"], job["run_id"],
+            [job["photometry"]], keep=shared_table(job["schema"], job["run_id"], "keep"),
+            primary=False, touched_into=shared_table(job["schema"], job["run_id"], "touched"))
+    except psycopg2.Error as err:
+        message = f"tile {action.tileid}: the database refused its rows: {one_line(err)}"
+        if conn.closed:
+            raise DatabaseLost(f"database connection lost while writing {message}") \
+                from None
+        return {"error": message}
+    return {"counts": counts}
