@@ -137,3 +137,42 @@ def test_brick_group_with_a_failed_brick_is_never_reused(run, tmp_path):
             os.rename(path + ".away", path)
     repaired = tasks.extract_brick(job)
     assert not repaired.reused and not repaired.failed
+
+
+def test_concurrent_photometry_upserts_never_deadlock(pg_dsn, schema_name):
+    """Two sessions upserting overlapping TARGETID sets, in opposite orders, each in its
+    own transaction held open for a while: copy_upsert inserts in TARGETID order, so one
+    waits for the other and both succeed, with one row per TARGETID."""
+    import threading
+    conn = db.connect(pg_dsn)
+    db.create_schema(conn, schema_name)
+    conn.close()
+    errors, rounds, n = [], 3, 40_000
+    barrier = threading.Barrier(2)
+
+    def session(flip):
+        c = db.connect(pg_dsn)
+        try:
+            for k in range(rounds):
+                ids = np.arange(k * 2 * n, k * 2 * n + n, dtype=np.int64) + (n // 2 if flip
+                                                                            else 0)
+                rows = schema.table("photometry").empty(n)
+                rows["targetid"] = ids[::-1] if flip else ids  # opposite orders
+                with writer.transaction(c) as cur:
+                    barrier.wait(60)  # both insert at the same time
+                    writer.copy_upsert(cur, schema_name, "photometry", rows, ("targetid",))
+        except psycopg2.Error as err:
+            errors.append(err)
+        finally:
+            c.close()
+    threads = [threading.Thread(target=session, args=(f,)) for f in (False, True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    conn = db.connect(pg_dsn)
+    with conn.cursor() as cur:
+        cur.execute(f'SELECT count(*), count(DISTINCT targetid) FROM "{schema_name}".photometry')
+        assert cur.fetchone() == (rounds * n * 3 // 2, rounds * n * 3 // 2)
+    conn.close()
