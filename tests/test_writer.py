@@ -96,6 +96,24 @@ def test_keep_protects_photometry_of_the_runs_other_tiles(run, pg_dsn):
     assert counts["photometry"] == len(np.unique(targeting["targetid"])) - 10
 
 
+def test_photometry_a_catalog_references_is_kept(run):
+    """A table outside the schema's layout (a VAC) with a foreign key to photometry: a
+    DELETE keeps the photometry rows it references, and goes through."""
+    conn, name = run.conn, run.opts.schema
+    action, result = _extract(run, 100)
+    tables = result.stage.tables()
+    targeting = tables.pop("photometry")
+    writer.write_tile(conn, name, action, tables, result.state, run.run_id, [targeting])
+    with writer.transaction(conn) as cur:
+        cur.execute(f'CREATE TABLE "{name}".vac_x (targetid bigint PRIMARY KEY '
+                    f'REFERENCES "{name}".photometry (targetid))')
+        cur.execute(f'INSERT INTO "{name}".vac_x VALUES (%s), (%s)',
+                    (int(result.targetids[0]), int(result.targetids[1])))
+        assert ("vac_x", "targetid") in writer.photometry_references(cur, name)
+    writer.delete_tile(conn, name, action, run.run_id)
+    assert _count(conn, name, "photometry") == 2
+
+
 def test_tile_stage_file_reused_only_for_the_same_inputs(run):
     action, first = _extract(run, 1000)
     assert not first.reused and os.path.exists(first.stage.path)

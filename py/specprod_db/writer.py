@@ -160,12 +160,29 @@ def delete_tile_rows(cur, schema_name, tileid, full=True, tile_row=False):
     return counts
 
 
+def photometry_references(cur, schema_name):
+    """``[(table, column)]`` of every foreign key to ``photometry(targetid)`` in the
+    database: the schema's own (:func:`schema.referencing`) and any other, e.g. a
+    value-added catalog's (``specprod-db vac``)."""
+    cur.execute("""SELECT c.relname, a.attname
+                   FROM pg_constraint k
+                   JOIN pg_class c ON c.oid = k.conrelid
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+                   WHERE k.contype = 'f' AND array_length(k.conkey, 1) = 1
+                     AND k.confrelid = %s::regclass AND n.nspname = %s""",
+                (f'"{schema_name}".photometry', schema_name))
+    found = set(cur.fetchall())
+    declared = {(t.name, col) for t, col in schema.referencing("photometry")}
+    return sorted(declared | found)
+
+
 def delete_orphan_photometry(cur, schema_name, candidates, keep=None):
     """Delete the photometry rows of the TARGETIDs in the temporary table ``candidates``
     that no table references any more (nor the temporary table ``keep``, if given)."""
     refs = [sql.SQL("NOT EXISTS (SELECT 1 FROM {} r WHERE r.{} = p.targetid)").format(
-        qualified(schema_name, t.name), sql.Identifier(col))
-        for t, col in schema.referencing("photometry")]
+        qualified(schema_name, table), sql.Identifier(col))
+        for table, col in photometry_references(cur, schema_name)]
     if keep is not None:
         refs.append(sql.SQL("NOT EXISTS (SELECT 1 FROM {} k WHERE k.targetid = p.targetid)")
                     .format(keep))
