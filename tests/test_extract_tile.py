@@ -70,6 +70,37 @@ def test_tiles_csv_and_fits_agree(tmp_path):
     assert row["efftime_gfa"][0] == -9999.0 and row["program"][0] == b"dark"
 
 
+def test_tiles_csv_values_as_astropy_reads_them(tmp_path):
+    """Our csv-module reader gives the values astropy's (what desispec writes and reads
+    the tiles file with) gives: quoted fields, integers written as floats, NaN, empty
+    fields, the mock's real file."""
+    from astropy.io import ascii
+    from specprod_db.mock import make_production
+    t = _tiles()
+    t["EFFTIME_GFA"][1] = np.nan
+    t["UPDATED"][2] = ""
+    _write_csv(tmp_path / "tiles.csv", t)
+    lines = open(tmp_path / "tiles.csv").read().splitlines()
+    i = lines[0].split(",").index("OBSSTATUS")
+    fields = lines[1].split(",")
+    fields[i] = '"obs,end"'  # a quoted comma: one field
+    lines[1] = ",".join(fields)
+    open(tmp_path / "tiles.csv", "w").write("\n".join(lines) + "\n")
+    make_production(str(tmp_path / "mock"), small=True, seed=9)
+    mock = str(tmp_path / "mock" / "spectro" / "redux" / "daily" / "tiles-daily.csv")
+    for path in (str(tmp_path / "tiles.csv"), mock):
+        ours, problems, nbad = tile.read_tiles_file(path)
+        assert problems == {} and nbad == 0, problems
+        ref = ascii.read(path, format="csv", guess=False)
+        for name in ref.colnames:
+            want = np.ma.filled(ref[name], np.nan if ref[name].dtype.kind == "f" else "")
+            if ours.dtype[name.upper()].kind == "f":
+                np.testing.assert_array_equal(ours[name.upper()], want.astype(float))
+            else:
+                assert [str(v).strip() for v in ours[name.upper()]] == \
+                    [str(v).strip() for v in want], name
+
+
 def test_tiles_fits_first_table_hdu(tmp_path):
     t = _tiles(2)
     fitsio.write(str(tmp_path / "tiles.fits"), t, extname="TILE_COMPLETENESS")

@@ -149,13 +149,15 @@ def _tiles_from_csv(path):
     short line with masked values, silently for float columns and UPDATED, and read a
     field cut short, e.g. LASTNIGHT ``2024``, as a value); nor is a last line without
     its newline: the file ends mid-line (a writer that did not finish; desispec, through
-    astropy, ends every line).  Blank lines are skipped, as astropy skips them.
+    astropy, ends every line).  Blank lines are skipped, as astropy skips them.  The
+    fields are read with the standard ``csv`` module (quotes as astropy reads them; an
+    empty field is missing, as astropy masks it) and converted per column by
+    :func:`_convert`: importing astropy's table machinery cost 0.6 s of every load.
 
     Returns ``(columns, bad_lines, line_numbers)``: ``bad_lines`` maps a file line number
     to ``(TILEID or None, message)``; ``line_numbers`` gives the file line of each row.
     """
     import csv
-    from astropy.io import ascii
     with open(path, newline="") as f:
         text = f.read()
     lines = text.splitlines()
@@ -163,7 +165,8 @@ def _tiles_from_csv(path):
         raise InputError(f"tiles file {path}: empty (no header line)")
     width = len(next(csv.reader([lines[0]])))
     cut = not text.endswith(("\n", "\r"))
-    keep, bad_lines, numbers = [lines[0]], {}, []
+    header = [h.strip() for h in next(csv.reader([lines[0]]))]
+    keep, bad_lines, numbers = [], {}, []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -179,10 +182,13 @@ def _tiles_from_csv(path):
                 key = None
             bad_lines[number] = (key, problem)
         else:
-            keep.append(line)
+            keep.append(fields)
             numbers.append(number)
-    table = ascii.read(keep, format="csv", guess=False)
-    return {name.upper(): table[name] for name in table.colnames}, bad_lines, numbers
+    columns = {}
+    for i, name in enumerate(header):
+        values = np.array([row[i].strip() for row in keep], dtype=str)
+        columns[name.upper()] = np.ma.array(values, mask=values == "")
+    return columns, bad_lines, numbers
 
 
 def _convert(raw, dtype, name):
@@ -246,7 +252,13 @@ def _parse(values, kind):
         try:
             out[i] = kind(str(v).strip())
         except (ValueError, TypeError, OverflowError):
-            unparsable[i] = True
+            try:  # an integer written as a float: 3.0 is fine, 3.5 is not
+                f = float(str(v).strip())
+                if kind is float or not (np.isfinite(f) and f == round(f)):
+                    raise ValueError
+                out[i] = int(f)
+            except (ValueError, OverflowError):
+                unparsable[i] = True
     return out, unparsable
 
 
