@@ -325,7 +325,7 @@ def test_names_and_other_tables(pg_dsn, bare, tmp_path):
 
 def test_reload_is_atomic_for_readers(pg_dsn, bare, tmp_path, monkeypatch, caplog):
     # attempts shorter than the holder's transactions: the swap must give up and retry
-    monkeypatch.setattr(vac, "SWAP_ATTEMPT", 0.1)
+    monkeypatch.setattr(vac.catalog, "SWAP_ATTEMPT", 0.1)
     old, new = 3000, 4500
     load(pg_dsn, bare, "cat", write_fits(tmp_path / "v1.fits", fits_rows(old, seed=1)),
          stage_dir=tmp_path / "stage")
@@ -506,7 +506,7 @@ def test_bad_file_over_mpi_fails_cleanly(pg_dsn, bare, tmp_path, mpirun):
 
 def test_reload_gives_up_while_the_table_stays_in_use(pg_dsn, bare, tmp_path, monkeypatch,
                                                       loaded_old):
-    monkeypatch.setattr(vac, "SWAP_ATTEMPT", 0.1)
+    monkeypatch.setattr(vac.catalog, "SWAP_ATTEMPT", 0.1)
     reader = psycopg2.connect(pg_dsn)
     try:
         with reader.cursor() as cur:  # holds the old table for the whole reload
