@@ -308,3 +308,19 @@ class Progress:
             self.log.info("%s tasks: %d/%d done (%.1f/s%s)%s", self.what, self.done,
                           self.total, rate, f", ETA {eta:.0f} s" if self.done < self.total
                           else "", f", {self.failed} failed" if self.failed else "")
+
+
+class Overlap:
+    """How much of the root's write time had workers busy extracting (hidden time)."""
+
+    def __init__(self):
+        self.total = self.hidden = 0.0
+        self.last = None
+
+    def sample(self, dispatcher, end=False):
+        now = time.time()
+        if self.last is not None:
+            self.total += now - self.last
+            if dispatcher.running:
+                self.hidden += now - self.last
+        self.last = None if end else now

@@ -28,7 +28,6 @@ their status and one line; any other exception on the root ends the job with
 :data:`~specprod_db.errors.EXIT_INTERNAL` and its traceback, after the workers' running
 tasks finish (:meth:`specprod_db.mpi.Dispatcher.stop`).
 """
-import json
 import os
 import sys
 import time
@@ -38,19 +37,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import psycopg2
-from psycopg2 import sql
 
-from . import (bricks, conninfo, db, faults, finalize, fingerprints, mpi, stage, tasks,
-               writer, writers)
-from .db import qualified
+from . import (bricks, db, faults, finalize, fingerprints, mpi, runrecord, stage, tasks,
+               writer, writers, zpixstage)
 from .errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DatabaseLost, InputError,
                      RunRefused, SpecprodDBError, one_line)
-from .extract import redshift, tile, zpix
+from .extract import redshift, tile
 from .log import get_logger, set_rank
-from .plan import (DELETE, FAIL, INSERT, REFRESH, UNCHANGED, UPDATE, MassDeleteRefused,
-                   format_plan, make_plan, summary)
+from .plan import (DELETE, FAIL, INSERT, REFRESH, UPDATE, MassDeleteRefused, format_plan,
+                   make_plan)
 from .runlock import acquire_lock, check_write_access, database_identity, read_state
-from .schema import table as schema_table
 
 
 @dataclass
@@ -136,7 +132,7 @@ class Run:
         self.keep = None         # table of the run's TARGETIDs (writer.keep_more)
         self.touched = None      # --writers: TARGETIDs whose flags the root recomputes
         self.rebuild = False     # secondary indexes and every flag built at the end
-        self.overlap = Overlap()
+        self.overlap = mpi.Overlap()
         self.progress = {}
         self.staged_files = {"tiles": {}, "bricks": []}  # for the manifest
         self.counts = {"tables": {}, "warnings": {}}
@@ -257,18 +253,9 @@ class Run:
         stage.cleanup_temporaries(self.stage_dir)
         stage.remove_stale_tiles(self.stage_dir, [a.tileid for a in self.actions
                                                   if a.action in (INSERT, UPDATE)])
-        with writer.transaction(self.conn) as cur:
-            # we hold the schema's lock: an unfinished run is one that crashed
-            cur.execute(sql.SQL("UPDATE {} SET outcome = 'interrupted' WHERE finished IS "
-                                "NULL AND outcome IS NULL").format(self._load_run))
-            cur.execute(sql.SQL("INSERT INTO {} (started, ranks, command, options) VALUES "
-                                "(now(), %s, %s, %s) RETURNING id").format(self._load_run),
-                        (self.ranks, " ".join(conninfo.mask_argv(sys.argv)) or opts.command,
-                         conninfo.mask(json.dumps({
-                             "tiles": opts.tiles, "stage_dir": self.stage_dir,
-                             "no_delete": opts.no_delete, "initial": opts.initial,
-                             **opts.paths.as_dict()}))))
-            self.run_id = cur.fetchone()[0]
+        self.run_id = runrecord.start(self.conn, opts.schema, self.ranks, opts.command, {
+            "tiles": opts.tiles, "stage_dir": self.stage_dir, "no_delete": opts.no_delete,
+            "initial": opts.initial, "writers": opts.writers, **opts.paths.as_dict()})
 
     def submit_tiles(self, dispatcher, wave):
         """Queue a wave's tile tasks, largest fiberassign file first."""
@@ -357,7 +344,7 @@ class Run:
         (:mod:`specprod_db.writers`) while the root records the rest."""
         opts, conn = self.opts, self.conn
         stage.write_manifest(self.stage_dir, self._manifest())
-        legacy = WavePhotometry(self.brick_results, [
+        legacy = writer.WavePhotometry(self.brick_results, [
             self.results[a.tileid] for a in actions
             if a.tileid in self.results and a.tileid not in self.failures])
         remote = None
@@ -477,64 +464,8 @@ class Run:
         return opts.paths.specprod != "daily" and not opts.tiles
 
     def extract_healpix(self, dispatcher):
-        """The production's HEALPix redrock files that ``zpix`` lacks, one task each;
-        each written as it arrives, in one transaction (:func:`writer.write_healpix`),
-        after every tile: their TARGETIDs' photometry comes from the tiles.  A failed
-        file is recorded (the run exits 1) and loads on the next run."""
-        opts, conn = self.opts, self.conn
-        files = opts.paths.healpix_files()
-        loaded = writer.loaded_healpix(conn, opts.schema)
-        todo = [f for f in files if f[:3] not in loaded]
-        self.counts["healpix"] = {"files": len(files), "already_loaded": len(files) - len(todo),
-                                  "written": 0, "failed": self.healpix_failures}
-        names = {os.path.basename(tasks.healpix_stage(self.stage_dir, zpix.healpix_name(
-            *f[:3])).path) for f in todo}
-        for name in os.listdir(self.stage_dir):  # of files since loaded, or gone
-            if name.startswith("healpix-") and name.endswith(".h5") and name not in names:
-                tasks.healpix_stage(self.stage_dir, name[8:-3]).remove()
-        self.log.info("HEALPix redrock files: %d, %d loaded before, %d to load", len(files),
-                      len(files) - len(todo), len(todo))
-        if not todo:
-            return
-        sizes = {f[:3]: os.path.getsize(f[3]) for f in todo}
-        jobs = [{"survey": s, "program": p, "healpix": h, "paths": opts.paths,
-                 "stage_dir": self.stage_dir} for s, p, h, _ in todo]
-        batch = dispatcher.submit("healpix", jobs, progress=mpi.Progress("healpix", len(jobs)),
-                                  size=lambda j: sizes[(j["survey"], j["program"], j["healpix"])])
-        done, tc = 0, self.counts["tables"]
-        while done < batch.n:
-            if done == len(batch.results):
-                dispatcher.poll(block=True)
-                continue
-            job, result = batch.results[done]
-            batch.results[done] = None  # the root keeps one file's rows at a time
-            done += 1
-            name = zpix.healpix_name(job["survey"], job["program"], job["healpix"])
-            if isinstance(result, mpi.TaskFailure):
-                self.healpix_failures[name] = result.message
-                continue
-            try:
-                c = writer.write_healpix(conn, opts.schema, job["survey"], job["program"],
-                                         job["healpix"], result.stage.tables(("zpix",))["zpix"],
-                                         primary=not self.rebuild)
-            except InputError as err:
-                self.healpix_failures[name] = one_line(err)
-                continue
-            except psycopg2.Error as err:
-                message = f"healpix {name}: the database refused its rows: {one_line(err)}"
-                if conn.closed:
-                    raise DatabaseLost(f"database connection lost while writing {message}") \
-                        from None
-                self.healpix_failures[name] = message
-                continue
-            result.stage.remove()
-            self.wrote = True
-            self.counts["healpix"]["written"] += 1
-            for k, v in c.items():
-                tc[k] = tc.get(k, 0) + v
-            dispatcher.poll()
-        for name, message in sorted(self.healpix_failures.items()):
-            self.log.error("healpix %s failed: %s", name, message)
+        """The HEALPix stage of a named production (:func:`zpixstage.load`)."""
+        zpixstage.load(self, dispatcher)
 
     def finalize(self):
         """After a bulk load, every primary flag and the secondary indexes; ANALYZE."""
@@ -617,10 +548,6 @@ class Run:
         finally:
             self.timers[name] = self.timers.get(name, 0.0) + time.time() - t
 
-    @property
-    def _load_run(self):
-        return qualified(self.opts.schema, "load_run")
-
     def _manifest(self):
         return {"run_id": self.run_id, "schema": self.opts.schema,
                 "plan": [{"tileid": a.tileid, "action": a.action, "reason": a.reason}
@@ -628,21 +555,9 @@ class Run:
                 "tiles": self.staged_files["tiles"], "bricks": self.staged_files["bricks"],
                 "failed": {str(t): f.message for t, f in self.failures.items()}}
 
-    def _summary_counts(self):
-        return dict(self.counts, plan=summary(self.actions), timers=self.timers,
-                    failed={str(t): f.message for t, f in self.failures.items()
-                            if not f.internal},
-                    internal_errors={str(t): f.message for t, f in self.failures.items()
-                                     if f.internal},
-                    bad_lines=self.bad_lines)
-
     def _record_run(self, outcome):
-        self.conn.rollback()
-        with writer.transaction(self.conn) as cur:
-            cur.execute(sql.SQL("UPDATE {} SET finished = now(), outcome = %s, counts = %s "
-                                "WHERE id = %s").format(self._load_run),
-                        (outcome, json.dumps(self._summary_counts(), default=str),
-                         self.run_id))
+        runrecord.finish(self.conn, self.opts.schema, self.run_id, outcome,
+                         runrecord.summary_counts(self))
 
     def describe_stop(self, err):
         if isinstance(err, DatabaseLost):
@@ -664,49 +579,9 @@ class Run:
             self.conn.close()
 
     def report(self):
-        plan_counts = summary(self.actions)
-        lines = [f"load run {self.run_id} finished in {time.time() - self.t0:.1f} s",
-                 "  plan: " + ", ".join(f"{k} {v}" for k, v in sorted(plan_counts.items())),
-                 "  rows written:"]
-        lines += [f"    {k:<28} {v:>10}" for k, v in sorted(self.counts["tables"].items())]
-        lines += ["  timing:"] + [f"    {k:<28} {v:>9.2f} s" for k, v in self.timers.items()]
-        ranks = self.counts.get("ranks")
-        if ranks:
-            busy = ranks["busy_seconds"]
-            lines.append("  ranks busy (s): " + ", ".join(f"{r}: {t:.1f}" for r, t in
-                                                          busy.items())
-                         + f"; balance max/mean {ranks['balance_max_over_mean']:.2f}")
-            if ranks["write_seconds"]:
-                lines.append(f"  write time with workers extracting: "
-                             f"{ranks['write_seconds_with_workers_busy']:.1f} of "
-                             f"{ranks['write_seconds']:.1f} s")
-        if self.counts["warnings"]:
-            lines.append("  warnings: " + ", ".join(
-                f"{k} {v}" for k, v in sorted(self.counts["warnings"].items())))
-        healpix = self.counts.get("healpix")
-        if healpix:
-            lines.append(f"  HEALPix files: {healpix['files']}, {healpix['already_loaded']} "
-                         f"loaded before, {healpix['written']} written, "
-                         f"{len(healpix['failed'])} failed")
-        if not any(plan_counts.get(k) for k in (INSERT, UPDATE, DELETE, REFRESH)) \
-                and not self.failures and not (healpix and healpix["written"]):
-            lines.append(f"  nothing to do: {plan_counts.get(UNCHANGED, 0)} tile(s) "
-                         f"unchanged, the database is not changed")
-        if self.bad_lines:
-            lines.append(f"  tiles file damaged: {self.bad_lines} bad line(s); deletes "
-                         f"suspended")
-        for internal, title in ((False, "FAILED tiles (bad input)"),
-                                (True, "INTERNAL ERRORS (a bug: see the traceback logged "
-                                       "by the rank that raised)")):
-            failed = sorted((t, f) for t, f in self.failures.items()
-                            if f.internal == internal)
-            if failed:
-                lines.append(f"  {title} ({len(failed)}):")
-                lines += [f"    {t}: {f.message}" for t, f in failed]
-        if self.healpix_failures:
-            lines.append(f"  FAILED HEALPix files ({len(self.healpix_failures)}):")
-            lines += [f"    {n}: {m}" for n, m in sorted(self.healpix_failures.items())]
-        print("\n".join(lines), flush=True)  # the command's result: visible with -q too
+        """The run's report on stdout: the command's result, visible with ``-q`` too."""
+        print("\n".join(runrecord.report_lines(self)), flush=True)
+
 
 
 def _tile_size(job):
@@ -717,45 +592,3 @@ def _tile_size(job):
     fp = fingerprints.Fingerprint.from_text(job["action"]["state"].get(
         "fiberassign_fingerprint"))
     return sum(f.size or 0 for f in fp.files) if fp else 0
-
-
-class Overlap:
-    """How much of the root's write time had workers busy extracting (hidden time)."""
-
-    def __init__(self):
-        self.total = self.hidden = 0.0
-        self.last = None
-
-    def sample(self, dispatcher, end=False):
-        now = time.time()
-        if self.last is not None:
-            self.total += now - self.last
-            if dispatcher.running:
-                self.hidden += now - self.last
-        self.last = None if end else now
-
-
-class WavePhotometry:
-    """The photometry rows of a wave's TARGETIDs, one per TARGETID, sorted: the Legacy
-    Surveys row from the wave's brick tasks, else the targeting-data row of the first
-    tile in plan order that has the TARGETID.  Each tile takes the rows its targets need,
-    so every tile of the wave inserts the same row for a TARGETID, whichever commits
-    first (``--writers``), and a tile failing does not change the others' rows."""
-
-    def __init__(self, brick_results, tile_results):
-        parts = [r.stage.tables(("photometry",))["photometry"] for r in brick_results]
-        parts += [r.stage.tables(("photometry",)).get(
-            "photometry", schema_table("photometry").empty()) for r in tile_results
-            if r.stage is not None]
-        self.table = writer.first_per_targetid(
-            [np.concatenate(parts[:len(brick_results)]) if brick_results
-             else schema_table("photometry").empty()] + parts[len(brick_results):])
-
-    def rows_for(self, targetids):
-        """The rows of ``targetids`` (sorted unique int64)."""
-        if targetids is None or not len(self.table):
-            return self.table[:0]
-        i = np.searchsorted(self.table["targetid"], targetids)
-        inside = i < len(self.table)
-        i = i[inside]
-        return self.table[i[self.table["targetid"][i] == targetids[inside]]]

@@ -447,3 +447,29 @@ def record_skip(conn, schema_name, action, run_id, state=None):
     with transaction(conn) as cur:
         record_history(cur, schema_name, run_id, action.tileid, action.action, action.reason,
                        SKIPPED)
+
+
+class WavePhotometry:
+    """The photometry rows of a wave's TARGETIDs, one per TARGETID, sorted: the Legacy
+    Surveys row from the wave's brick tasks, else the targeting-data row of the first
+    tile in plan order that has the TARGETID.  Each tile takes the rows its targets need,
+    so every tile of the wave inserts the same row for a TARGETID, whichever commits
+    first (``--writers``), and a tile failing does not change the others' rows."""
+
+    def __init__(self, brick_results, tile_results):
+        parts = [r.stage.tables(("photometry",))["photometry"] for r in brick_results]
+        parts += [r.stage.tables(("photometry",)).get(
+            "photometry", schema_table("photometry").empty()) for r in tile_results
+            if r.stage is not None]
+        self.table = first_per_targetid(
+            [np.concatenate(parts[:len(brick_results)]) if brick_results
+             else schema_table("photometry").empty()] + parts[len(brick_results):])
+
+    def rows_for(self, targetids):
+        """The rows of ``targetids`` (sorted unique int64)."""
+        if targetids is None or not len(self.table):
+            return self.table[:0]
+        i = np.searchsorted(self.table["targetid"], targetids)
+        inside = i < len(self.table)
+        i = i[inside]
+        return self.table[i[self.table["targetid"][i] == targetids[inside]]]

@@ -1,0 +1,99 @@
+"""A load run's record: its ``load_run`` row, the counts kept there, its report.
+
+``start`` inserts the row (and marks an unfinished earlier one ``interrupted``: the
+caller holds the schema's lock, so an unfinished run is one that crashed); ``finish``
+fills in the outcome and the counts (:func:`summary_counts`); :func:`report_lines` is
+what the load prints at the end.  Command lines and options are stored with any
+password masked (:mod:`specprod_db.conninfo`).
+"""
+import json
+import sys
+import time
+
+from psycopg2 import sql
+
+from . import conninfo
+from .db import qualified
+from .plan import DELETE, INSERT, REFRESH, UNCHANGED, UPDATE, summary
+from .writer import transaction
+
+
+def start(conn, schema_name, ranks, command, options):
+    """Insert the run's ``load_run`` row; returns its id."""
+    table = qualified(schema_name, "load_run")
+    with transaction(conn) as cur:
+        cur.execute(sql.SQL("UPDATE {} SET outcome = 'interrupted' WHERE finished IS NULL "
+                            "AND outcome IS NULL").format(table))
+        cur.execute(sql.SQL("INSERT INTO {} (started, ranks, command, options) VALUES "
+                            "(now(), %s, %s, %s) RETURNING id").format(table),
+                    (ranks, " ".join(conninfo.mask_argv(sys.argv)) or command,
+                     conninfo.mask(json.dumps(options))))
+        return cur.fetchone()[0]
+
+
+def finish(conn, schema_name, run_id, outcome, counts):
+    """Record the run's end, ``outcome`` and ``counts``."""
+    conn.rollback()
+    with transaction(conn) as cur:
+        cur.execute(sql.SQL("UPDATE {} SET finished = now(), outcome = %s, counts = %s "
+                            "WHERE id = %s").format(qualified(schema_name, "load_run")),
+                    (outcome, json.dumps(counts, default=str), run_id))
+
+
+def summary_counts(run):
+    """``load_run.counts`` of a :class:`specprod_db.pipeline.Run`: plan, tables,
+    warnings, timers, failures (bad input and internal errors apart), bad lines,
+    ranks."""
+    return dict(run.counts, plan=summary(run.actions), timers=run.timers,
+                failed={str(t): f.message for t, f in run.failures.items()
+                        if not f.internal},
+                internal_errors={str(t): f.message for t, f in run.failures.items()
+                                 if f.internal},
+                bad_lines=run.bad_lines)
+
+
+def report_lines(run):
+    """The run's report: plan, rows, timings, ranks, warnings, failures."""
+    plan_counts = summary(run.actions)
+    lines = [f"load run {run.run_id} finished in {time.time() - run.t0:.1f} s",
+             "  plan: " + ", ".join(f"{k} {v}" for k, v in sorted(plan_counts.items())),
+             "  rows written:"]
+    lines += [f"    {k:<28} {v:>10}" for k, v in sorted(run.counts["tables"].items())]
+    lines += ["  timing:"] + [f"    {k:<28} {v:>9.2f} s" for k, v in run.timers.items()]
+    ranks = run.counts.get("ranks")
+    if ranks:
+        busy = ranks["busy_seconds"]
+        lines.append("  ranks busy (s): " + ", ".join(f"{r}: {t:.1f}" for r, t in
+                                                      busy.items())
+                     + f"; balance max/mean {ranks['balance_max_over_mean']:.2f}")
+        if ranks["write_seconds"]:
+            lines.append(f"  write time with workers extracting: "
+                         f"{ranks['write_seconds_with_workers_busy']:.1f} of "
+                         f"{ranks['write_seconds']:.1f} s")
+    if run.counts["warnings"]:
+        lines.append("  warnings: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(run.counts["warnings"].items())))
+    healpix = run.counts.get("healpix")
+    if healpix:
+        lines.append(f"  HEALPix files: {healpix['files']}, {healpix['already_loaded']} "
+                     f"loaded before, {healpix['written']} written, "
+                     f"{len(healpix['failed'])} failed")
+    if not any(plan_counts.get(k) for k in (INSERT, UPDATE, DELETE, REFRESH)) \
+            and not run.failures and not (healpix and healpix["written"]):
+        lines.append(f"  nothing to do: {plan_counts.get(UNCHANGED, 0)} tile(s) "
+                     f"unchanged, the database is not changed")
+    if run.bad_lines:
+        lines.append(f"  tiles file damaged: {run.bad_lines} bad line(s); deletes "
+                     f"suspended")
+    for internal, title in ((False, "FAILED tiles (bad input)"),
+                            (True, "INTERNAL ERRORS (a bug: see the traceback logged "
+                                   "by the rank that raised)")):
+        failed = sorted((t, f) for t, f in run.failures.items()
+                        if f.internal == internal)
+        if failed:
+            lines.append(f"  {title} ({len(failed)}):")
+            lines += [f"    {t}: {f.message}" for t, f in failed]
+    if run.healpix_failures:
+        lines.append(f"  FAILED HEALPix files ({len(run.healpix_failures)}):")
+        lines += [f"    {n}: {m}" for n, m in sorted(run.healpix_failures.items())]
+    return lines

@@ -1,0 +1,76 @@
+"""The HEALPix stage of a named (static) production: ``zpix`` from the per-HEALPix
+redrock files, after every tile (decision 13, doc/initial.rst).
+
+One task per file (:func:`specprod_db.tasks.extract_healpix`), each file written in one
+transaction as its result arrives (:func:`specprod_db.writer.write_healpix`); files the
+schema already holds are skipped, so a rerun completes an interrupted or partly failed
+load.
+"""
+import os
+
+import psycopg2
+
+from . import mpi, tasks, writer
+from .errors import DatabaseLost, InputError, one_line
+from .extract import zpix
+
+
+def load(run, dispatcher):
+    """The production's HEALPix redrock files that ``zpix`` lacks, one task each;
+    each written as it arrives, in one transaction (:func:`writer.write_healpix`),
+    after every tile: their TARGETIDs' photometry comes from the tiles.  A failed
+    file is recorded (the run exits 1) and loads on the next run."""
+    opts, conn = run.opts, run.conn
+    files = opts.paths.healpix_files()
+    loaded = writer.loaded_healpix(conn, opts.schema)
+    todo = [f for f in files if f[:3] not in loaded]
+    run.counts["healpix"] = {"files": len(files), "already_loaded": len(files) - len(todo),
+                              "written": 0, "failed": run.healpix_failures}
+    names = {os.path.basename(tasks.healpix_stage(run.stage_dir, zpix.healpix_name(
+        *f[:3])).path) for f in todo}
+    for name in os.listdir(run.stage_dir):  # of files since loaded, or gone
+        if name.startswith("healpix-") and name.endswith(".h5") and name not in names:
+            tasks.healpix_stage(run.stage_dir, name[8:-3]).remove()
+    run.log.info("HEALPix redrock files: %d, %d loaded before, %d to load", len(files),
+                  len(files) - len(todo), len(todo))
+    if not todo:
+        return
+    sizes = {f[:3]: os.path.getsize(f[3]) for f in todo}
+    jobs = [{"survey": s, "program": p, "healpix": h, "paths": opts.paths,
+             "stage_dir": run.stage_dir} for s, p, h, _ in todo]
+    batch = dispatcher.submit("healpix", jobs, progress=mpi.Progress("healpix", len(jobs)),
+                              size=lambda j: sizes[(j["survey"], j["program"], j["healpix"])])
+    done, tc = 0, run.counts["tables"]
+    while done < batch.n:
+        if done == len(batch.results):
+            dispatcher.poll(block=True)
+            continue
+        job, result = batch.results[done]
+        batch.results[done] = None  # the root keeps one file's rows at a time
+        done += 1
+        name = zpix.healpix_name(job["survey"], job["program"], job["healpix"])
+        if isinstance(result, mpi.TaskFailure):
+            run.healpix_failures[name] = result.message
+            continue
+        try:
+            c = writer.write_healpix(conn, opts.schema, job["survey"], job["program"],
+                                     job["healpix"], result.stage.tables(("zpix",))["zpix"],
+                                     primary=not run.rebuild)
+        except InputError as err:
+            run.healpix_failures[name] = one_line(err)
+            continue
+        except psycopg2.Error as err:
+            message = f"healpix {name}: the database refused its rows: {one_line(err)}"
+            if conn.closed:
+                raise DatabaseLost(f"database connection lost while writing {message}") \
+                    from None
+            run.healpix_failures[name] = message
+            continue
+        result.stage.remove()
+        run.wrote = True
+        run.counts["healpix"]["written"] += 1
+        for k, v in c.items():
+            tc[k] = tc.get(k, 0) + v
+        dispatcher.poll()
+    for name, message in sorted(run.healpix_failures.items()):
+        run.log.error("healpix %s failed: %s", name, message)
