@@ -16,6 +16,12 @@ from test_schema import _reference
 from specprod_db import db, migrate, schema
 from specprod_db.cli import main
 
+#: The tables added by layout 2.3 (the tile afterburners), absent from older layouts.
+AFTERBURNERS = {t.name for t in schema.AFTERBURNER_TABLES}
+
+#: The old tool's data tables, in its creation order.
+OLD_TOOL_TABLES = tuple(t for t in schema.DATA_TABLES if t.name not in AFTERBURNERS)
+
 # --- catalogs ---------------------------------------------------------------------------
 
 
@@ -91,7 +97,7 @@ def build_old_tool_schema(dsn, name):
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-        for t in schema.DATA_TABLES:  # the old tool's creation order
+        for t in OLD_TOOL_TABLES:  # the old tool's creation order
             cur.execute(sql.SQL("CREATE TABLE {} ({})").format(
                 db.qualified(name, t.name), sql.SQL(", ").join(tables[t.name])))
         here = sql.Identifier(name).as_string(conn) + "."
@@ -177,8 +183,10 @@ def test_the_built_schema_is_the_old_tools_catalog(pg_dsn, schema_name):
 
 def test_migrate_from_the_old_tool(pg_dsn, schema_name, fresh_catalog):
     build_old_tool_schema(pg_dsn, schema_name)
-    fill(pg_dsn, schema_name, schema.DATA_TABLES)
-    rows, versions = dump_schema(pg_dsn, schema_name), version_rows(pg_dsn, schema_name)
+    fill(pg_dsn, schema_name, OLD_TOOL_TABLES)
+    old_tables = [t.name for t in OLD_TOOL_TABLES]
+    rows = dump_schema(pg_dsn, schema_name, old_tables)
+    versions = version_rows(pg_dsn, schema_name)
 
     dry = migrate_cli(pg_dsn, schema_name, "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -190,7 +198,7 @@ def test_migrate_from_the_old_tool(pg_dsn, schema_name, fresh_catalog):
     assert r.returncode == 0, r.stderr
     assert "widened in tile, exposure, target, zpix, ztile" in r.stdout
     assert_same(catalog(pg_dsn, schema_name), fresh_catalog)
-    assert dump_schema(pg_dsn, schema_name) == rows
+    assert dump_schema(pg_dsn, schema_name, old_tables) == rows
     after = version_rows(pg_dsn, schema_name)
     assert after[:-1] == versions
     assert after[-1] == (11, migrate.LAYOUT_PACKAGE, migrate.CURRENT_LAYOUT)
@@ -228,7 +236,8 @@ text: error
     foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
 
 FIRST_LAYOUT = tuple(FIRST_TILE_STATE if t.name == "tile_state" else t
-                     for t in schema.TABLES if t.name != "tile_history")
+                     for t in schema.TABLES
+                     if t.name != "tile_history" and t.name not in AFTERBURNERS)
 
 
 def build_first_layout(dsn, name):
@@ -253,7 +262,8 @@ def test_migrate_from_the_first_layout(pg_dsn, schema_name, fresh_catalog):
                       VALUES (1, '2026-01-01', 20260101, 'loaded', 'h1', 1, NULL),
                              (2, '', 20260102, 'failed', 'h2', 2, 'bad file')""")
     assert layout(pg_dsn, schema_name) == ("2.0", "inspected")
-    rows = dump_schema(pg_dsn, schema_name)
+    first_tables = [t.name for t in FIRST_LAYOUT]
+    rows = dump_schema(pg_dsn, schema_name, first_tables)
     bookkeeping = query(pg_dsn, f'SELECT * FROM "{schema_name}".load_run ORDER BY id')
     state = query(pg_dsn, f'SELECT tileid, updated, lastnight, status, tile_hash, run_id, '
                           f'error FROM "{schema_name}".tile_state ORDER BY tileid')
@@ -263,7 +273,7 @@ def test_migrate_from_the_first_layout(pg_dsn, schema_name, fresh_catalog):
     assert "2.0 -> 2.1" in r.stdout and "1.3 -> 2.0" not in r.stdout
     assert "tile_state rebuilt, 2 rows copied" in r.stdout
     assert_same(catalog(pg_dsn, schema_name), fresh_catalog)
-    assert dump_schema(pg_dsn, schema_name) == rows
+    assert dump_schema(pg_dsn, schema_name, first_tables) == rows
     assert query(pg_dsn, f'SELECT * FROM "{schema_name}".load_run ORDER BY id') == bookkeeping
     assert query(pg_dsn, f'SELECT tileid, updated, lastnight, status, tile_hash, run_id, '
                          f'error FROM "{schema_name}".tile_state ORDER BY tileid') == state
@@ -274,6 +284,48 @@ def test_migrate_from_the_first_layout(pg_dsn, schema_name, fresh_catalog):
     r = migrate_cli(pg_dsn, schema_name, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["migrations"] == []
+    assert (catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)) == before
+
+
+def test_migrate_from_layout_2_2_adds_the_afterburner_tables(pg_dsn, schema_name,
+                                                             fresh_catalog):
+    """Layout 2.2 (today's DDL without the tile afterburner tables), with rows and its
+    layout recorded: migrate creates the three tables (empty) and their indexes, and the
+    catalog is init's; the rows are intact; twice is a no-op."""
+    tables = [t for t in schema.TABLES if t.name not in AFTERBURNERS]
+    conn = psycopg2.connect(pg_dsn)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema_name)))
+        for t in tables:
+            cur.execute(db.create_table_sql(t, schema_name))
+            for statement in db.index_sql(t, schema_name):
+                cur.execute(statement)
+    conn.commit()
+    conn.close()
+    fill(pg_dsn, schema_name, [t for t in tables if not t.bookkeeping])
+    assert layout(pg_dsn, schema_name) == ("2.2", "inspected")
+    conn = psycopg2.connect(pg_dsn)
+    with conn.cursor() as cur:
+        db.record_layout(cur, schema_name, "2.2")
+    conn.commit()
+    conn.close()
+    assert layout(pg_dsn, schema_name) == ("2.2", "recorded")
+    names = [t.name for t in tables if not t.bookkeeping]
+    rows = dump_schema(pg_dsn, schema_name, names)
+
+    r = migrate_cli(pg_dsn, schema_name)
+    assert r.returncode == 0, r.stderr
+    assert "2.2 -> 2.3" in r.stdout and "2.1 -> 2.2" not in r.stdout
+    assert "created ztile_emline, ztile_qso_mgii, ztile_qso_qn" in r.stdout
+    assert_same(catalog(pg_dsn, schema_name), fresh_catalog)
+    assert dump_schema(pg_dsn, schema_name, names) == rows
+    for name in sorted(AFTERBURNERS):
+        assert query(pg_dsn, f'SELECT count(*) FROM "{schema_name}".{name}') == [(0,)]
+    assert layout(pg_dsn, schema_name) == ("2.3", "recorded")
+
+    before = catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)
+    r = migrate_cli(pg_dsn, schema_name)
+    assert r.returncode == 0 and "nothing to migrate" in r.stdout, r.stderr
     assert (catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)) == before
 
 
@@ -298,7 +350,7 @@ def test_an_unrecorded_current_layout_is_recorded(pg_dsn, schema_name):
 
 
 def test_layouts_are_ordered_and_current_is_what_init_creates():
-    assert migrate.LAYOUTS == ("1.3", "2.0", "2.1", "2.2")
+    assert migrate.LAYOUTS == ("1.3", "2.0", "2.1", "2.2", "2.3")
     assert migrate.CURRENT_LAYOUT == migrate.MIGRATIONS[-1].target
     assert all(a.target == b.source for a, b in zip(migrate.MIGRATIONS, migrate.MIGRATIONS[1:]))
 
@@ -310,7 +362,8 @@ def test_layouts_are_ordered_and_current_is_what_init_creates():
 def test_load_into_an_unmigrated_schema_is_refused(pg_dsn, schema_name, small_production,
                                                    tmp_path, build):
     build(pg_dsn, schema_name)
-    before = catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)
+    old_tables = [t.name for t in OLD_TOOL_TABLES]  # both layouts lack the afterburners
+    before = catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name, old_tables)
     for command in ("load", "plan"):
         r = subprocess.run(CLI + [command, "--schema", schema_name, "--stage-dir",
                                   str(tmp_path / "stage")],
@@ -319,7 +372,8 @@ def test_load_into_an_unmigrated_schema_is_refused(pg_dsn, schema_name, small_pr
         assert r.returncode == 2, r.stdout + r.stderr
         assert f"'specprod-db migrate --schema {schema_name}'" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
-    assert (catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)) == before
+    assert (catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name, old_tables)) \
+        == before
     # once migrated, the same load goes ahead
     assert migrate_cli(pg_dsn, schema_name).returncode == 0
     assert load_in_process(pg_dsn, schema_name, small_production[0], tmp_path / "stage") \

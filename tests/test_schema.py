@@ -1,5 +1,10 @@
 """The DDL generated from schema.py matches the specprod-db 1.3 catalog, read back from
-the server: column by column, index by index, constraint by constraint."""
+the server: column by column, index by index, constraint by constraint.
+
+Intended differences, and nothing else: the ``program`` columns are VARCHAR(8) (decision
+5); our bookkeeping tables (``load_run``, ``tile_state``, ``tile_history``); the tile
+afterburner tables of layout 2.3 (``ztile_emline``, ``ztile_qso_mgii``, ``ztile_qso_qn``:
+:data:`ADDED` lists their columns, indexes and constraints)."""
 import csv
 import os
 
@@ -10,6 +15,22 @@ from specprod_db import db, schema
 from specprod_db.commands import init
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+#: The tile afterburner tables (layout 2.3): an addition to the old tool's catalog.  Each
+#: has id (primary key, foreign key to ztile.id), targetid, tileid, then the columns
+#: desispec's read_redrock reads from the file, and indexes on targetid and tileid.
+ADDED = {
+    "ztile_emline": ["id", "targetid", "tileid", "oii_flux", "oii_flux_ivar"],
+    "ztile_qso_mgii": ["id", "targetid", "tileid", "is_qso_mgii"],
+    "ztile_qso_qn": ["id", "targetid", "tileid", "is_qso_qn_new_rr", "c_lya", "c_civ",
+                     "c_ciii", "c_mgii", "c_hbeta", "c_halpha", "z_new", "zerr_new",
+                     "zwarn_new", "spectype_new", "subtype_new", "chi2_new",
+                     "deltachi2_new"] + [f"coeff_new_{k}" for k in range(10)],
+}
+ADDED_INDEXES = {f"{t}_pkey" for t in ADDED} | {f"ix_{t}_{c}" for t in ADDED
+                                                for c in ("targetid", "tileid")}
+ADDED_CONSTRAINTS = {f"{t}_pkey" for t in ADDED} | {f"{t}_id_fkey" for t in ADDED}
 
 
 def _reference(name, delimiter):
@@ -53,8 +74,14 @@ def test_columns_match_reference(created, schema_name):
         differences
     assert {(k[0], "program") for k, _, _ in differences} == schema.WIDENED_PROGRAM_COLUMNS
     assert widened  # the difference exists and is exactly the listed one
-    # Everything left is ours: the bookkeeping tables.
-    assert {k[0] for k in got} == {t.name for t in schema.TABLES if t.bookkeeping}
+    # Everything left is ours: the bookkeeping tables and the afterburner tables.
+    assert {k[0] for k in got} == {t.name for t in schema.TABLES if t.bookkeeping} \
+        | set(ADDED)
+    assert {t.name for t in schema.AFTERBURNER_TABLES} == set(ADDED)
+    for name, columns in ADDED.items():
+        assert [got[(name, i)][2] for i in range(1, len(columns) + 1)] == columns
+        assert got[(name, 1)][3] == "numeric" and got[(name, 1)][5] == 39
+        assert all(got[(name, i)][6] == "NO" for i in range(1, len(columns) + 1))
 
 
 def test_indexes_match_reference(created, schema_name):
@@ -68,7 +95,8 @@ def test_indexes_match_reference(created, schema_name):
     assert set(q3c) == {"ix_tile_q3c_ang2ipix", "ix_exposure_q3c_ang2ipix",
                         "ix_photometry_q3c_ang2ipix", "ix_fiberassign_q3c_ang2ipix"}
     assert "q3c_ang2ipix(target_ra, target_dec)" in q3c["ix_fiberassign_q3c_ang2ipix"]
-    assert set(got) - set(q3c) == {f"{t.name}_pkey" for t in schema.TABLES if t.bookkeeping}
+    assert set(got) - set(q3c) == {f"{t.name}_pkey" for t in schema.TABLES if t.bookkeeping} \
+        | ADDED_INDEXES
 
 
 def test_constraints_match_reference(created, schema_name):
@@ -80,8 +108,11 @@ def test_constraints_match_reference(created, schema_name):
         got = {r[1]: (r[2], r[3].replace(f"{schema_name}.", "SCHEMA.")) for r in cur.fetchall()}
     for ref in _reference("specprod-db-1.3-constraints.psv", "|"):
         assert got.pop(ref["conname"]) == (ref["contype"], ref["definition"])
+    for t in ADDED:
+        assert got[f"{t}_id_fkey"] == ("f", "FOREIGN KEY (id) REFERENCES SCHEMA.ztile(id)")
     assert set(got) == ({f"{t.name}_pkey" for t in schema.TABLES if t.bookkeeping}
-                        | {"tile_state_run_id_fkey", "tile_history_run_id_fkey"})
+                        | {"tile_state_run_id_fkey", "tile_history_run_id_fkey"}
+                        | ADDED_CONSTRAINTS)
 
 
 def test_init_is_idempotent(pg_dsn, schema_name, caplog):

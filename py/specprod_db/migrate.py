@@ -15,6 +15,8 @@ creates.  Layouts:
         q3c indexes from the start, ``load_run`` and ``tile_state``
 2.1     ``tile_state.line``, the tiles-file line loaded (83fb4b3)
 2.2     ``tile_history``, what each run did to each tile (2bad66b)
+2.3     the tile afterburner tables ``ztile_emline``, ``ztile_qso_mgii``,
+        ``ztile_qso_qn`` (one row per ztile row, foreign key to ``ztile.id``)
 ======  ==================================================================================
 
 A schema without the row (made before the row existed) is identified by inspection
@@ -110,6 +112,39 @@ timestamptz: at
 text: counts tile_rows
 """, primary_key=("id",), nullable=("reason", "error", "counts", "tile_rows"),
     foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
+
+_ZTILE_EMLINE_V2_3 = Table("ztile_emline", """
+numeric39: id
+bigint: targetid
+integer: tileid
+real: oii_flux oii_flux_ivar
+""", primary_key=("id",), indexes=("targetid", "tileid"),
+    foreign_keys={"id": "ztile.id"}, tile_input="redrock")
+
+_ZTILE_QSO_MGII_V2_3 = Table("ztile_qso_mgii", """
+numeric39: id
+bigint: targetid
+integer: tileid
+boolean: is_qso_mgii
+""", primary_key=("id",), indexes=("targetid", "tileid"),
+    foreign_keys={"id": "ztile.id"}, tile_input="redrock")
+
+_ZTILE_QSO_QN_V2_3 = Table("ztile_qso_qn", """
+numeric39: id
+bigint: targetid
+integer: tileid
+boolean: is_qso_qn_new_rr
+real: c_lya c_civ c_ciii c_mgii c_hbeta c_halpha
+double: z_new
+real: zerr_new
+bigint: zwarn_new
+varchar(6): spectype_new
+varchar(20): subtype_new
+real: chi2_new deltachi2_new
+real: coeff_new_0 coeff_new_1 coeff_new_2 coeff_new_3 coeff_new_4
+real: coeff_new_5 coeff_new_6 coeff_new_7 coeff_new_8 coeff_new_9
+""", primary_key=("id",), indexes=("targetid", "tileid"),
+    foreign_keys={"id": "ztile.id"}, tile_input="redrock")
 
 #: The ``program`` columns of the 1.3 catalog (``VARCHAR(6)`` there).
 _PROGRAM_TABLES = ("tile", "exposure", "target", "zpix", "ztile")
@@ -257,6 +292,17 @@ def _tile_history(cur, schema_name):
     return _create(cur, schema_name, _TILE_HISTORY_V2_2)
 
 
+# --- 2.2 -> 2.3 -------------------------------------------------------------------------
+
+def _afterburners(cur, schema_name):
+    tables = (_ZTILE_EMLINE_V2_3, _ZTILE_QSO_MGII_V2_3, _ZTILE_QSO_QN_V2_3)
+    note = _create(cur, schema_name, *tables)
+    for t in tables:
+        for statement in db.index_sql(t, schema_name):
+            cur.execute(statement)
+    return note
+
+
 #: Every migration, in order; the last target is the current layout.
 MIGRATIONS = (
     Migration(OLD_TOOL_LAYOUT, "2.0", "the old tool's catalog to this project's first layout", (
@@ -284,6 +330,14 @@ MIGRATIONS = (
         Step("create tile_history (one row per tile and run: action, reason, outcome, "
              "error, counts, tile_rows), readable by the roles that can read tile; empty: "
              "history starts with the next load", _tile_history),
+    )),
+    Migration("2.2", "2.3", "the tile afterburner tables", (
+        Step("create ztile_emline, ztile_qso_mgii and ztile_qso_qn (the emline, qso_mgii "
+             "and qso_qn files of each petal: one row per ztile row, id a foreign key to "
+             "ztile.id) with their indexes, readable by the roles that can read tile; "
+             "empty: the tiles' redrock fingerprints now include these files, so the next "
+             "load UPDATEs every loaded tile whose petals have them, which fills them",
+             _afterburners),
     )),
 )
 
@@ -319,7 +373,9 @@ def inspect_layout(cur, schema_name):
         return "2.0"
     if "tile_history" not in tables:
         return "2.1"
-    return "2.2"
+    if "ztile_emline" not in tables:
+        return "2.2"
+    return "2.3"
 
 
 def layout_version(conn, schema_name):

@@ -11,7 +11,9 @@ The layout is that of specprod-db 1.3 (the tables people already query: same nam
 order, types, nullability, keys and indexes), with one intended difference: every
 ``program`` column is ``VARCHAR(8)`` instead of ``VARCHAR(6)``, so that the ``dark1b``
 and ``bright1b`` programs of desispec >= 0.70 fit (see ``doc/decisions.md``).  The
-bookkeeping tables ``load_run``, ``tile_state`` and ``tile_history`` are ours.
+bookkeeping tables ``load_run``, ``tile_state`` and ``tile_history`` are ours, and so are
+the tile afterburner tables ``ztile_emline``, ``ztile_qso_mgii`` and ``ztile_qso_qn``
+(additions to the 1.3 layout: :data:`AFTERBURNER_TABLES`, layout 2.3).
 
 The name is ``schema`` in the sense of "the database layout"; the PostgreSQL namespace
 (``daily``, ``loa`` ...) is always called *the schema name* in this package.
@@ -370,6 +372,52 @@ double: min_mjd mean_mjd max_mjd
     foreign_keys={"targetphotid": "target.id", "targetid": "photometry.targetid",
                   "tileid": "tile.tileid"}, tile_input="redrock")
 
+# --- tile afterburners (additions to the 1.3 layout) ---------------------------------
+#
+# The emline, qso_mgii and qso_qn files the daily production writes next to each petal's
+# cumulative redrock file (datamodel.md §7.8), row-matched to its REDSHIFTS: one row per
+# ztile row, loaded with it.  ``id`` is that ztile row's id (primary key and foreign key
+# to ztile, so a tile's DELETE or UPDATE removes them first).  Named ``ztile_*`` because
+# they extend ztile rows (tile-based cumulative coadds), not zpix ones.  COEFF_NEW is
+# ten ``coeff_new_{k}`` columns, as COEFF is ten ``coeff_{k}`` in ztile (schema columns
+# are scalars).  SPECTYPE_NEW and SUBTYPE_NEW have the widths of ztile's spectype and
+# subtype (the files have 3 characters; redrock's values reach 6).
+
+ZTILE_EMLINE = Table("ztile_emline", """
+numeric39: id
+bigint: targetid
+integer: tileid
+real: oii_flux oii_flux_ivar
+""", primary_key=("id",), indexes=("targetid", "tileid"),
+    foreign_keys={"id": "ztile.id"}, tile_input="redrock")
+
+ZTILE_QSO_MGII = Table("ztile_qso_mgii", """
+numeric39: id
+bigint: targetid
+integer: tileid
+boolean: is_qso_mgii
+""", primary_key=("id",), indexes=("targetid", "tileid"),
+    foreign_keys={"id": "ztile.id"}, tile_input="redrock")
+
+ZTILE_QSO_QN = Table("ztile_qso_qn", f"""
+numeric39: id
+bigint: targetid
+integer: tileid
+boolean: is_qso_qn_new_rr
+real: c_lya c_civ c_ciii c_mgii c_hbeta c_halpha
+double: z_new
+real: zerr_new
+bigint: zwarn_new
+varchar(6): spectype_new
+varchar(20): subtype_new
+real: chi2_new deltachi2_new
+real: {" ".join(f"coeff_new_{k}" for k in range(10))}
+""", primary_key=("id",), indexes=("targetid", "tileid"),
+    foreign_keys={"id": "ztile.id"}, tile_input="redrock")
+
+#: The tile afterburner tables (not in the specprod-db 1.3 layout; layout 2.3).
+AFTERBURNER_TABLES = (ZTILE_EMLINE, ZTILE_QSO_MGII, ZTILE_QSO_QN)
+
 # --- bookkeeping (ours) -------------------------------------------------------------
 
 LOAD_RUN = Table("load_run", """
@@ -408,12 +456,14 @@ text: counts tile_rows
 """, primary_key=("id",), nullable=("reason", "error", "counts", "tile_rows"),
     foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
 
-#: Every table, in creation (foreign-key) order, as the old tool creates them.
+#: Every table, in creation (foreign-key) order: the old tool's, ours, then the tile
+#: afterburners.
 TABLES = (PHOTOMETRY, TILE, VERSION, EXPOSURE, FIBERASSIGN, POTENTIAL, TARGET, ZPIX,
-          FRAME, ZTILE, LOAD_RUN, TILE_STATE, TILE_HISTORY)
+          FRAME, ZTILE, LOAD_RUN, TILE_STATE, TILE_HISTORY) + AFTERBURNER_TABLES
 BY_NAME = {t.name: t for t in TABLES}
 
-#: Tables the old tool created (the compatibility contract).
+#: The production's data tables: the old tool's (the compatibility contract) and the
+#: tile afterburners (:data:`AFTERBURNER_TABLES`).
 DATA_TABLES = tuple(t for t in TABLES if not t.bookkeeping)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import faults, fingerprints, ids, stage, writers
 from .errors import InputError
-from .extract import redshift, targetphot, tile, tractorphot, zpix
+from .extract import afterburner, redshift, targetphot, tile, tractorphot, zpix
 from .log import get_logger
 from .schema import table as schema_table
 from .stage import StageFile
@@ -159,6 +159,9 @@ def extract_tile(job):
     z, zinfo = redshift.ztile_rows(paths, tileid, line["LASTNIGHT"], survey, program,
                                    stats=stats)
     tables["ztile"] = z
+    ab, _ = afterburner.afterburner_rows(paths, tileid, line["LASTNIGHT"],
+                                          zinfo["files"], z, stats=stats)
+    tables.update(ab)  # ztile_emline, ztile_qso_mgii, ztile_qso_qn
     for k, fp in read.items():
         fingerprints.check_unchanged(fp, files[k], tileid)
     faults.hit("extract", tileid, leftover=out.path)  # crash tests only (faults.py)

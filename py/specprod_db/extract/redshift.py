@@ -67,11 +67,17 @@ def petal_file(paths, tileid, lastnight, petal):
 def redrock_files(paths, tileid, lastnight):
     """``[(name, path or None)]`` of the tile's petal files, for its fingerprint: the
     file's basename, or ``petal-P`` when the petal has no file (design decision 2: a
-    petal file appearing, disappearing or changing changes the fingerprint)."""
+    petal file appearing, disappearing or changing changes the fingerprint); after each
+    petal file, its three afterburner files (:mod:`specprod_db.extract.afterburner`),
+    path None where absent, so that an afterburner rewritten, added or removed changes
+    the fingerprint too (an UPDATE of the tile)."""
+    from .afterburner import afterburner_files
     out = []
     for petal in PETALS:
         path = petal_file(paths, tileid, lastnight, petal)
         out.append((os.path.basename(path), path) if path else (f"petal-{petal}", None))
+        if path:
+            out.extend(afterburner_files(paths, tileid, lastnight, petal))
     return out
 
 
