@@ -257,7 +257,8 @@ def test_redrock_fingerprint_changes_with_a_file(production, tmp_path):
     before = fingerprints.hashed(files)
     assert sum(f.missing for f in before.files) == 9
     assert [f.name for f in before.files if not f.missing] == [
-        os.path.basename(mine.redrock_file(tileid, night, petal))]
+        os.path.basename(mine.redrock_file(tileid, night, petal, prefix))
+        for prefix in ("redrock", "emline", "qso_mgii", "qso_qn")]
     assert fingerprints.hashed(redshift.redrock_files(mine, tileid, night)) == before
     _rewrite(mine.redrock_file(tileid, night, petal), header={"RRVER": "9.9"})
     after = fingerprints.hashed(redshift.redrock_files(mine, tileid, night))

@@ -64,12 +64,21 @@ def test_a_deleted_ztile_row(verify, loaded, pg_dsn):
     name = loaded[0]
     query(pg_dsn, f'CREATE TABLE "{name}".bak AS SELECT * FROM "{name}".ztile WHERE id = '
                   f'(SELECT min(id) FROM "{name}".ztile WHERE tileid = 1000)')
+    # its afterburner rows (foreign key to ztile.id) go first, and come back after it
+    children = [t.name for t in schema.AFTERBURNER_TABLES]
+    for t in children:
+        query(pg_dsn, f'CREATE TABLE "{name}".bak_{t} AS SELECT * FROM "{name}".{t} '
+                      f'WHERE id IN (SELECT id FROM "{name}".bak)')
     try:
         n = query(pg_dsn, f'SELECT count(*) FROM "{name}".ztile WHERE tileid = 1000')[0][0]
+        for t in children:
+            query(pg_dsn, f'DELETE FROM "{name}".{t} WHERE id IN (SELECT id FROM "{name}".bak)')
         query(pg_dsn, f'DELETE FROM "{name}".ztile WHERE id IN (SELECT id FROM "{name}".bak)')
         status, report = verify()
         assert status == 1 and not report["ok"]
-        [d] = drifts(report, "tile_rows")
+        found = {d["table"]: d for d in drifts(report, "tile_rows")}
+        assert set(found) == {"ztile"} | set(children)
+        d = found["ztile"]
         assert (d["tile"], d["table"], d["expected"], d["found"]) == (1000, "ztile", n, n - 1)
         assert "tile 1000: ztile: %d row(s) recorded by run 1, %d found" % (n, n - 1) \
             in d["message"]
@@ -79,6 +88,9 @@ def test_a_deleted_ztile_row(verify, loaded, pg_dsn):
     finally:
         query(pg_dsn, f'INSERT INTO "{name}".ztile SELECT * FROM "{name}".bak; '
                       f'DROP TABLE "{name}".bak')
+        for t in children:
+            query(pg_dsn, f'INSERT INTO "{name}".{t} SELECT * FROM "{name}".bak_{t}; '
+                          f'DROP TABLE "{name}".bak_{t}')
     assert verify()[0] == 0
 
 

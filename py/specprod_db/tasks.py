@@ -3,7 +3,8 @@
 *Tile task* (:func:`extract_tile`): the tile row, its qualifying exposures and frames,
 and — for a new tile or a changed fiberassign file (``full``) — fiberassign, potential,
 targetphot (target rows and targeting-data photometry) and the brick inputs; always its
-redshifts (ztile).  The files read are hashed by the worker, right before reading them,
+redshifts (ztile) and their afterburners (``ztile_emline``, ``ztile_qso_mgii``,
+``ztile_qso_qn``).  The files read are hashed by the worker, right before reading them,
 and checked unchanged after (:mod:`specprod_db.fingerprints`): the fingerprints recorded
 for the tile are those of what was loaded.  An UPDATE planned only because files were
 touched (same bytes) comes back as a refresh, with nothing extracted.
