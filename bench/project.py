@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""A projection on paper, from one ``bench/run.py`` result, to a full production.
+
+    .venv/bin/python bench/project.py [bench/results/results.json] [--tiles 25000]
+
+Model (``doc/scale.md`` explains it and its limits): one writer (rank 0) and one
+PostgreSQL server; ``128 N - 1`` extracting ranks on ``N`` nodes.
+
+* per-tile costs from (b)'s 1-rank ``--initial`` run (stages run one after the other
+  there, so each timer is that stage's cost): extraction = extract tiles + extract bricks
+  (+ plan bricks), write = the write timer; scaled from the mock tile's rows to a real
+  tile's (bytes-weighted with (a)'s PGCOPY bytes per row for the write; rows of ztile
+  for extraction);
+* the wall of the tile phase is the larger of the writer's total and the extractors'
+  total divided by their number (the write overlaps the next wave's extraction);
+* the end (index builds, primary flags, CLUSTER, ANALYZE: the finalize timer) scaled
+  with the rows times log(rows);
+* (d)'s growth ratio applied to the write as a linear growth with the tiles held (only
+  when it is above 1.2).
+"""
+import argparse
+import json
+import math
+
+#: rows of a full production, per table (the issue's figures; target and fiberassign
+#: one per fibre like ztile)
+REAL = {"ztile": 125e6, "potential": 375e6, "photometry": 50e6, "target": 125e6,
+        "fiberassign": 125e6}
+
+
+def project(res, tiles=25000, nodes=(1, 2, 4, 8, 16, 32), cores=128):
+    one = res["loads"][0]
+    assert one["ranks"] == 1, "the first load of (b) must be the 1-rank run"
+    nt = one["tiles"]
+    t = one["timers"]
+    copy = res.get("copy") or {}
+    mock_rows = {k: one["tables"].get(k, 0) / nt for k in REAL}
+    real_rows = {k: v / tiles for k, v in REAL.items()}
+    bpr = {k: (copy[k]["bytes"] / copy[k]["rows"]) if k in copy else 100.0 for k in REAL}
+    mock_bytes = sum(mock_rows[k] * bpr[k] for k in REAL)
+    real_bytes = sum(real_rows[k] * bpr[k] for k in REAL)
+    wscale = real_bytes / mock_bytes
+    escale = real_rows["ztile"] / mock_rows["ztile"]
+    extract = (t.get("extract tiles", 0) + t.get("extract bricks", 0)
+               + t.get("plan bricks", 0)) / nt * escale
+    write = t.get("write", 0) / nt * wscale
+    g = res.get("growth") or []
+    growth = g[-1]["s_per_new_tile"] / g[0]["s_per_new_tile"] if len(g) >= 2 else 1.0
+    held = (g[0]["held"], g[-1]["held"]) if len(g) >= 2 else (0, 0)
+    # linear growth of the per-tile write with the tiles held, if measured above 1.2
+    slope = (growth - 1) / (held[1] - held[0]) if growth > 1.2 and held[1] > held[0] else 0
+    write_total = write * tiles * (1 + slope * tiles / 2)
+    mock_all = sum(v for k, v in one["tables"].items() if k != "primary")
+    real_all = sum(REAL.values()) + tiles * (sum(v for k, v in one["tables"].items()
+                                                 if k not in REAL and k != "primary") / nt)
+    fin = t.get("finalize", 0) * (real_all / mock_all) * (
+        math.log(real_all) / math.log(mock_all))
+    allc = copy and (sum(r["rows"] for r in copy.values())
+                     / sum(r["ceiling_s"] for r in copy.values()))
+    allb = copy and (sum(r["bytes"] for r in copy.values())
+                     / sum(r["ceiling_s"] for r in copy.values()))
+    copy_floor = (real_bytes * tiles / allb) if copy else None
+    out = {"tiles": tiles, "write_scale": wscale, "extract_scale": escale,
+           "extract_s_per_tile": extract, "write_s_per_tile": write,
+           "growth_ratio": growth, "growth_slope_per_tile": slope,
+           "write_total_h": write_total / 3600, "finalize_h": fin / 3600,
+           "copy_ceiling_rows_per_s": allc, "copy_ceiling_bytes_per_s": allb,
+           "copy_floor_h": copy_floor / 3600 if copy_floor else None,
+           "real_pgcopy_bytes_per_tile": real_bytes,
+           "stage_bytes_per_tile_mock": res.get("stage_bytes_per_tile"),
+           "stage_bytes_per_tile_real": (res.get("stage_bytes_per_tile") or 0) * wscale,
+           "nodes": []}
+    for n in nodes:
+        ex = cores * n - 1
+        ext_total = extract * tiles / ex
+        tile_phase = max(write_total, ext_total)
+        out["nodes"].append({"nodes": n, "extractors": ex, "extract_h": ext_total / 3600,
+                             "tile_phase_h": tile_phase / 3600,
+                             "total_h": (tile_phase + fin) / 3600,
+                             "bound": "writer" if write_total >= ext_total else "extract"})
+    out["writer_bound_from_nodes"] = extract / (write * cores)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="?", default="bench/results/results.json")
+    p.add_argument("--tiles", type=int, default=25000)
+    args = p.parse_args()
+    with open(args.results) as f:
+        res = json.load(f)
+    out = project(res, tiles=args.tiles)
+    for k, v in out.items():
+        if k != "nodes":
+            print(f"{k:<30} {v}")
+    print(f"{'nodes':>5} {'extractors':>10} {'extract h':>9} {'tile phase h':>12} "
+          f"{'total h':>8} bound")
+    for r in out["nodes"]:
+        print(f"{r['nodes']:>5} {r['extractors']:>10} {r['extract_h']:>9.2f} "
+              f"{r['tile_phase_h']:>12.2f} {r['total_h']:>8.2f} {r['bound']}")
+
+
+if __name__ == "__main__":
+    main()

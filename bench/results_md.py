@@ -1,0 +1,232 @@
+"""``bench/results/RESULTS.md`` and its PNG plots, from one ``bench/run.py`` result.
+
+Plots are drawn with ``matplotlib.figure.Figure`` and the Agg canvas (no pyplot, no
+display).
+"""
+import os
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+TIMERS = ("plan", "extract tiles", "plan bricks", "extract bricks", "write", "finalize")
+
+
+def _save(fig, path):
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _timer_names(runs):
+    names = [t for t in TIMERS if any(t in r["timers"] for r in runs)]
+    names += sorted({k for r in runs for k in r["timers"]} - set(names))
+    return names
+
+
+def plot_stages(res, path):
+    runs = res.get("loads") or []
+    if not runs:
+        return False
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    names = _timer_names(runs)
+    x = list(range(len(runs)))
+    bottom = [0.0] * len(runs)
+    for name in names:
+        v = [r["timers"].get(name, 0.0) for r in runs]
+        ax.bar(x, v, bottom=bottom, label=name)
+        bottom = [a + b for a, b in zip(bottom, v)]
+    ax.plot(x, [r["wall_s"] for r in runs], "k_", markersize=40, label="wall (mpiexec)")
+    ax.set_xticks(x, [f"{r['ranks']} rank(s)\n{r['tiles']} tiles" for r in runs])
+    ax.set_ylabel("seconds")
+    ax.set_title("Initial load of full-size mock tiles: time per stage")
+    ax.legend(fontsize=7, loc="upper right")
+    _save(fig, path)
+    return True
+
+
+def plot_growth(res, path):
+    g = res.get("growth") or []
+    if not g:
+        return False
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    held = [d["held"] for d in g]
+    ax.plot(held, [d["s_per_new_tile"] for d in g], "o-k", label="wall / new tile")
+    for name in _timer_names(g):
+        ax.plot(held, [d["timers"].get(name, 0.0) / max(1, d["tiles_written"]) for d in g],
+                ".--", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("tiles already in the database")
+    ax.set_ylabel("seconds per new tile")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{g[0]['tiles_written']} new small tiles loaded daily ({g[0]['ranks']} ranks)")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def plot_rss(res, path):
+    runs = list(res.get("loads") or [])
+    sb = res.get("small_bulk") or {}
+    runs += [sb[k] for k in sorted(sb, key=int)]
+    if not runs:
+        return False
+    fig = Figure(figsize=(8, 4))
+    ax = fig.add_subplot()
+    x0 = 0
+    ticks, labels = [], []
+    for r in runs:
+        rss = r["peak_rss_mib"]
+        xs = [x0 + i for i in range(len(rss))]
+        ax.bar(xs, rss, color=["C3"] + ["C0"] * (len(rss) - 1))
+        ticks.append(x0 + (len(rss) - 1) / 2)
+        labels.append(f"{r['tiles']} {'small' if r['label'].startswith('small') else 'full'}"
+                      f"\n{r['ranks']} rk")
+        x0 += len(rss) + 1
+    ax.set_xticks(ticks, labels, fontsize=7)
+    ax.set_ylabel("peak RSS, MiB")
+    ax.set_title("Peak RSS per rank (red: rank 0, planner + writer)")
+    _save(fig, path)
+    return True
+
+
+def _fmt(x, nd=1):
+    return f"{x:,.{nd}f}"
+
+
+def markdown(res, text):
+    m = res["machine"]
+    out = ["# Benchmark results", "",
+           "Written by `bench/run.py` (`make bench`); method: `bench/README.md`; "
+           "discussion: `doc/benchmarks.md`, `doc/scale.md`. All numbers below are from "
+           f"one run started {res['started']} ({res['total_s'] / 60:.1f} min).", "",
+           f"**Machine**: {m['cores']} x {m['cpu']}, {m.get('mem_gib')} GiB; PostgreSQL "
+           f"{m['postgres']} (shared_buffers {m['shared_buffers']}, synchronous_commit "
+           f"{m['synchronous_commit']}, max_wal_size {m['max_wal_size']}); Python "
+           f"{m['python']}, numpy {m['numpy']}, h5py {m['h5py']}, psycopg2 "
+           f"{m['psycopg2']}, SQLAlchemy {m['sqlalchemy']}. Package: "
+           f"`{m.get('package', '?')}` at {m.get('commit', '?')}. Shared with other test "
+           f"suites: load average (1/5/15 min) {' '.join(res.get('loadavg3_start', []))} at "
+           f"the start, {' '.join(res.get('loadavg3_end', []))} at the end; each run's "
+           "is in the tables.", ""]
+    b = res.get("loads") or []
+    if b:
+        names = _timer_names(b)
+        out += ["## (b) Initial load (`--initial`) of full-size mock tiles", "",
+                "![stages](stages.png)", "",
+                "| ranks | tiles | rows | wall s | tiles/s | rows/s | "
+                + " | ".join(names) + " | peak RSS per rank, MiB | busy s per rank | "
+                "balance max/mean | write s with extractors busy | load avg before |",
+                "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names)
+                + "---|---|---:|---:|---|"]
+        for r in b:
+            rk = r.get("ranks_counts") or {}
+            busy = rk.get("busy_seconds") or {}
+            out.append(
+                f"| {r['ranks']} | {r['tiles']} | {r['rows']:,} | {r['wall_s']:.1f} | "
+                f"{r['tiles'] / r['wall_s']:.2f} | {r['rows_per_s']:,.0f} | "
+                + " | ".join(f"{r['timers'].get(n, 0):.1f}" for n in names)
+                + f" | {', '.join(map(str, r['peak_rss_mib']))} | "
+                f"{', '.join(f'{v:.1f}' for v in busy.values())} | "
+                f"{rk.get('balance_max_over_mean', '')} | "
+                f"{rk.get('write_seconds_with_workers_busy', '')} of "
+                f"{rk.get('write_seconds', '')} | {' '.join(r['loadavg3_before'])} |")
+        tables = sorted({k for r in b for k in r["tables"]} - {"primary"})
+        out += ["", "Rows per second per table (rows inserted / wall):", "",
+                "| ranks | " + " | ".join(tables) + " |",
+                "|---:|" + "---:|" * len(tables)]
+        for r in b:
+            out.append(f"| {r['ranks']} | " + " | ".join(
+                f"{r['tables'].get(t, 0) / r['wall_s']:,.0f}" for t in tables) + " |")
+        out.append("")
+        out.append("Rows: " + ", ".join(f"{t} {b[0]['tables'].get(t, 0):,}" for t in tables)
+                   + f"; primary flags set: {b[0]['tables'].get('primary', 0):,}.")
+        if res.get("stage_bytes_per_tile"):
+            out += ["", f"Stage files (HDF5) of the 1-rank run, all kept: "
+                    f"{b[0]['stage_bytes'] / 1e6:,.1f} MB for {b[0]['tiles']} tiles = "
+                    f"**{res['stage_bytes_per_tile'] / 1e6:.2f} MB per tile** (tile files "
+                    "and Legacy Surveys brick files)."]
+        out.append("")
+    mo = res.get("morning")
+    if mo:
+        out += ["## (f) A daily morning on the loaded production", "",
+                f"The full-size mock advanced one night (`advance_production`: "
+                f"{res['argv'] and ''}new, re-observed and one withdrawn tile), loaded "
+                f"with {mo['ranks']} ranks into the schema of the {mo['ranks']}-rank "
+                f"initial load. Plan: {mo['plan']}.", "",
+                "| wall s | tiles written | s per written tile | initial load, s per tile "
+                "| ratio | timers (s) | load avg before |", "|---:|---:|---:|---:|---:|---|---|",
+                f"| {mo['wall_s']:.1f} | {mo['tiles_written']} | "
+                f"{mo['wall_s'] / max(1, mo['tiles_written']):.2f} | "
+                f"{mo['initial_s_per_tile']:.2f} | "
+                f"{mo['wall_s'] / max(1, mo['tiles_written']) / mo['initial_s_per_tile']:.2f} | "
+                + ", ".join(f"{k} {v:.1f}" for k, v in mo["timers"].items())
+                + f" | {' '.join(mo['loadavg3_before'])} |", ""]
+    g = res.get("growth") or []
+    if g:
+        names = _timer_names(g)
+        ratio = g[-1]["s_per_new_tile"] / g[0]["s_per_new_tile"]
+        out += ["## (d) How cost grows: the same new tiles into a larger database", "",
+                "![growth](growth.png)", "",
+                f"The same {g[0]['tiles_written']} small tiles (150 fibres) loaded as a daily "
+                f"run ({g[0]['ranks']} ranks) into a database holding N small tiles "
+                f"(each an `--initial` load of the first N tiles of one small mock "
+                f"production). **Largest/smallest: {ratio:.2f}x** (goal <= 1.2).", "",
+                "| tiles held | wall s | s per new tile | " + " | ".join(names)
+                + " | load avg before |", "|---:|---:|---:|" + "---:|" * len(names) + "---|"]
+        for d in g:
+            out.append(f"| {d['held']} | {d['wall_s']:.1f} | {d['s_per_new_tile']:.2f} | "
+                       + " | ".join(f"{d['timers'].get(n, 0):.2f}" for n in names)
+                       + f" | {' '.join(d['loadavg3_before'])} |")
+        gs = res.get("growth_sql")
+        if gs:
+            out += ["", f"Rank 0's SQL statements (timed client-side around `execute` / "
+                    f"`copy_expert`), at {g[0]['held']} and {g[-1]['held']} tiles held: "
+                    f"{gs['total']['small_s']:.2f} s -> {gs['total']['large_s']:.2f} s in "
+                    "all. Those that grew most:", "",
+                    "| + s | s small | s large | calls | statement |", "|---:|---:|---:|---:|---|"]
+            for r in gs["top"][:10]:
+                st = r["statement"].replace("|", "\\|")
+                out.append(f"| {r['growth_s']:+.3f} | {r['small_s']:.3f} | "
+                           f"{r['large_s']:.3f} | {r['calls_large']} | `{st}` |")
+        gp = res.get("growth_profile")
+        if gp:
+            out += ["", "cProfile of rank 0, own time (tottime) that grew most:", "",
+                    "| + s | tottime small | tottime large | calls large | function |",
+                    "|---:|---:|---:|---:|---|"]
+            for r in gp[:10]:
+                out.append(f"| {r['growth_s']:+.3f} | {r['tottime_small']:.3f} | "
+                           f"{r['tottime_large']:.3f} | {r['calls_large']} | "
+                           f"`{r['function']}` |")
+        out.append("")
+    sb = res.get("small_bulk") or {}
+    if sb:
+        out += ["## (e) Memory: initial loads of small tiles", "",
+                "![rss](rss.png)", "",
+                "| tiles | ranks | wall s | tiles/s | peak RSS per rank, MiB (rank 0 first) "
+                "| load avg before |", "|---:|---:|---:|---:|---|---|"]
+        for k in sorted(sb, key=int):
+            r = sb[k]
+            out.append(f"| {r['tiles']} | {r['ranks']} | {r['wall_s']:.1f} | "
+                       f"{r['tiles'] / r['wall_s']:.2f} | "
+                       f"{', '.join(map(str, r['peak_rss_mib']))} | "
+                       f"{' '.join(r['loadavg3_before'])} |")
+        sizes = [str(x) for x in res.get("rss_sizes", []) if str(x) in sb]
+        if len(sizes) >= 2:
+            a0, a1 = sb[sizes[0]]["peak_rss_mib"][0], sb[sizes[-1]]["peak_rss_mib"][0]
+            out += ["", f"**Rank 0 at {sizes[-1]} / at {sizes[0]} tiles: {a1 / a0:.2f}x** "
+                    "(goal <= 1.2; default `--wave-tiles`)."]
+        out.append("")
+    out += ["## The whole report as printed (includes (a) COPY ceiling and (c) ORM)", "",
+            "```", text, "```", ""]
+    return "\n".join(out)
+
+
+def write(res, outdir, text):
+    os.makedirs(outdir, exist_ok=True)
+    plot_stages(res, os.path.join(outdir, "stages.png"))
+    plot_growth(res, os.path.join(outdir, "growth.png"))
+    plot_rss(res, os.path.join(outdir, "rss.png"))
+    with open(os.path.join(outdir, "RESULTS.md"), "w") as f:
+        f.write(markdown(res, text))
