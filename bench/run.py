@@ -56,12 +56,36 @@ def mock_env(outdir):
     return dict(os.environ, **environment(outdir))
 
 
+def mock_digest():
+    """SHA-256 (12 hex digits) of the mock writer's source: a mock tree written by other
+    mock code (new files, new columns) is written again, not reused."""
+    import hashlib
+
+    import specprod_db.mock
+    h = hashlib.sha256()
+    d = os.path.dirname(os.path.abspath(specprod_db.mock.__file__))
+    for name in sorted(os.listdir(d)):
+        if name.endswith(".py"):
+            with open(os.path.join(d, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()[:12]
+
+
+def mock_is_current(done):
+    """The tree's bench-complete.json exists and was written by the current mock code."""
+    try:
+        with open(done) as f:
+            return json.load(f).get("mock_digest") == mock_digest()
+    except (OSError, ValueError):
+        return False
+
+
 def ensure_mock(workdir, tiles, seed, small=False):
     from specprod_db.mock import make_production
     kind = "small-" if small else ""
     outdir = os.path.join(workdir, f"mock-{kind}{tiles}tiles-seed{seed}")
     done = os.path.join(outdir, "bench-complete.json")
-    if os.path.exists(done):
+    if mock_is_current(done):
         log(f"mock production: reusing {outdir}")
         return outdir, None
     shutil.rmtree(outdir, ignore_errors=True)
@@ -71,7 +95,8 @@ def ensure_mock(workdir, tiles, seed, small=False):
     summary = make_production(outdir, tiles=tiles, seed=seed, small=small)
     elapsed = time.time() - t
     with open(done, "w") as f:
-        json.dump({"seconds": elapsed, "tiles": len(summary["tiles"])}, f)
+        json.dump({"seconds": elapsed, "tiles": len(summary["tiles"]),
+                   "mock_digest": mock_digest()}, f)
     log(f"mock production: {elapsed:.0f} s")
     return outdir, elapsed
 

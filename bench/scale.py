@@ -38,8 +38,9 @@ def ensure_advanced(base, new_tiles, reobserve, withdraw, log=print):
     """A copy of the mock production ``base`` advanced one night, written once."""
     from specprod_db.mock.production import advance_production
     outdir = f"{base}-next-n{new_tiles}-r{reobserve}{'-w' if withdraw else ''}"
+    from run import mock_digest, mock_is_current
     done = os.path.join(outdir, "bench-complete.json")
-    if os.path.exists(done):
+    if mock_is_current(done):
         log(f"advanced mock: reusing {outdir}")
         return outdir, None
     shutil.rmtree(outdir, ignore_errors=True)
@@ -52,7 +53,7 @@ def ensure_advanced(base, new_tiles, reobserve, withdraw, log=print):
     advance_production(outdir, new_tiles=new_tiles, reobserve=reobserve, withdraw=withdraw)
     elapsed = time.time() - t
     with open(done, "w") as f:
-        json.dump({"seconds": elapsed}, f)
+        json.dump({"seconds": elapsed, "mock_digest": mock_digest()}, f)
     log(f"advanced mock: {elapsed:.0f} s")
     return outdir, elapsed
 
