@@ -86,6 +86,7 @@ def report_errors(run):
     @functools.wraps(run)
     def wrapper(args):
         import os
+        before = os.environ.get("DESI_LOGLEVEL")
         if getattr(args, "verbose", False):
             os.environ["DESI_LOGLEVEL"] = "DEBUG"
         elif getattr(args, "quiet", False):
@@ -96,4 +97,9 @@ def report_errors(run):
             # one line; masked in case the message quotes a conninfo
             print(f"specprod-db: {mask(' '.join(str(err).split()))}", file=sys.stderr)
             return err.exit_code
+        finally:  # a command called in-process (tests, the demo) leaves no level behind
+            if before is None:
+                os.environ.pop("DESI_LOGLEVEL", None)
+            else:
+                os.environ["DESI_LOGLEVEL"] = before
     return wrapper
