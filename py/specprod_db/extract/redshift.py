@@ -208,21 +208,27 @@ def read_petal(path, tileid, lastnight, survey, program, stats=None, info=None):
     for c in _TSNR2:
         cols[c.lower()] = tsnr2[c][keep] if tsnr2 is not None and c in tsnr2.dtype.names \
             else np.zeros(n, np.float32)
-    if "DESINAME" in fm.dtype.names:
-        cols["desiname"] = fm["DESINAME"]
-    else:
-        cols["desiname"], ndummy = desinames(fm["TARGET_RA"], fm["TARGET_DEC"])
-        if ndummy:
-            get_logger().warning("%s: %d rows with non-finite or out-of-range TARGET_RA/"
-                                 "TARGET_DEC get DESINAME %r", where, ndummy,
-                                 DUMMY_DESINAME)
-            if info is not None:
-                info["dummy_desiname"] += ndummy
+    cols["desiname"], ndummy = desiname_column(fm, where)
+    if ndummy and info is not None:
+        info["dummy_desiname"] += ndummy
     primary = {f"{p}_{k}": 0 for p in ("sv", "main", "zcat") for k in ("nspec", "primary")}
     try:
         return rows.build("ztile", dict(cols, **primary), n=n, stats=stats)
     except rows.RowError as err:
         raise InputError(f"{where}: {err}") from None
+
+
+def desiname_column(fm, where):
+    """``(names, n_dummy)`` of a FIBERMAP: its DESINAME column when it has one, else
+    :func:`desinames` of TARGET_RA/TARGET_DEC (a warning naming ``where`` counts the
+    rows given the dummy name)."""
+    if "DESINAME" in fm.dtype.names:
+        return fm["DESINAME"], 0
+    names, ndummy = desinames(fm["TARGET_RA"], fm["TARGET_DEC"])
+    if ndummy:
+        get_logger().warning("%s: %d rows with non-finite or out-of-range TARGET_RA/"
+                             "TARGET_DEC get DESINAME %r", where, ndummy, DUMMY_DESINAME)
+    return names, ndummy
 
 
 def desinames(ra, dec):

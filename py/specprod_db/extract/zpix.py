@@ -20,7 +20,7 @@ same file, TSNR2; nothing re-coadded, desispec not imported), and gives the rows
 * the 17 targeting bit columns are FIBERMAP's (the bitwise OR over the coadded
   exposures, as desispec's ``coadd_fibermap`` writes them), 0 where the survey has none;
 * missing TSNR2 columns and a missing ``MEAN_PSF_TO_FIBER_SPECFLUX`` are 0;
-* DESINAME as for ``ztile`` (:func:`specprod_db.extract.redshift.desinames`);
+* DESINAME as for ``ztile`` (:func:`specprod_db.extract.redshift.desiname_column`);
 * ``id`` is ``(programid(PROGRAM) << 96) | (surveyid(SURVEY) << 64) | TARGETID``
   (:func:`specprod_db.ids.zpix_id`); the primary flags start at 0/False and are set by
   :func:`specprod_db.finalize.update_primary` over the zpix rows (decision 13).
@@ -35,8 +35,7 @@ import numpy as np
 
 from .. import ids, rows, schema
 from ..errors import InputError
-from ..log import get_logger
-from .redshift import _REDSHIFTS, _TSNR2, DUMMY_DESINAME, desinames
+from .redshift import _REDSHIFTS, _TSNR2, desiname_column
 from .tile import _header_dict
 
 #: zpix columns taken from FIBERMAP under their own (upper-case) name.
@@ -120,15 +119,9 @@ def zpix_rows(path, survey, program, healpix, stats=None):
         cols[c.lower()] = fm[c] if c in fm.dtype.names else 0
     for c in _TSNR2:
         cols[c.lower()] = tsnr2[c] if c in tsnr2.dtype.names else np.zeros(n, np.float32)
-    if "DESINAME" in fm.dtype.names:
-        cols["desiname"] = fm["DESINAME"]
-    else:
-        cols["desiname"], ndummy = desinames(fm["TARGET_RA"], fm["TARGET_DEC"])
-        if ndummy:
-            get_logger().warning("%s: %d rows with non-finite or out-of-range TARGET_RA/"
-                                 "TARGET_DEC get DESINAME %r", where, ndummy,
-                                 DUMMY_DESINAME)
-            info["dummy_desiname"] = ndummy
+    cols["desiname"], ndummy = desiname_column(fm, where)
+    if ndummy:
+        info["dummy_desiname"] = ndummy
     try:
         out = rows.build("zpix", dict(cols, **_FLAGS), n=n, stats=stats)
     except rows.RowError as err:
