@@ -1,5 +1,10 @@
 """After a load: primary-spectrum flags of ``ztile`` and ``zpix``, ANALYZE.
 
+ANALYZE after a daily run goes only to the tables whose statistics went stale
+(:func:`stale_tables`): ANALYZE samples a table, so its cost grows with the table
+while a morning's change does not; analysing every table on every run made the time
+per new tile grow with the database (``make bench`` section (d)).
+
 The flags follow desispec's ``find_primary_spectra`` (datamodel.md §10.1) with
 ``TSNR2_LRG`` as the sort column (design decision 7), computed in SQL with window
 functions over the rows of the TARGETIDs a run touched (their flags depend only on
@@ -148,3 +153,52 @@ def analyze(conn, schema_name, tables):
         for name in tables:
             cur.execute(sql.SQL("ANALYZE {}.{}").format(sql.Identifier(schema_name),
                                                         sql.Identifier(name)))
+
+
+def stale_tables(conn, schema_name, tables, changed=None):
+    """Those of ``tables`` whose planner statistics a run should refresh, in order.
+
+    PostgreSQL's own autovacuum rule, with the server's settings: a table is stale when
+    it was never analysed, or when the rows changed since its last ANALYZE reach
+    ``autovacuum_analyze_threshold + autovacuum_analyze_scale_factor * reltuples``
+    (50 + 10 % by default).  The rows changed are the server's
+    ``n_mod_since_analyze`` plus ``changed`` (``{table: rows}``, this run's own counts:
+    the server's counters are flushed asynchronously and may not yet hold the run's
+    last writes).  So a morning adding 10 tiles to 1,000 analyses nothing, and the
+    statistics are refreshed once changes add up, whoever (run or autovacuum) gets
+    there first.
+    """
+    changed = changed or {}
+    with conn.cursor() as cur:
+        cur.execute("""
+            SELECT c.relname, c.reltuples,
+                   coalesce(s.n_mod_since_analyze, 0),
+                   s.last_analyze IS NULL AND s.last_autoanalyze IS NULL,
+                   current_setting('autovacuum_analyze_threshold')::float8,
+                   current_setting('autovacuum_analyze_scale_factor')::float8
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+            WHERE n.nspname = %s AND c.relname = ANY(%s)
+        """, (schema_name, list(tables)))
+        found = {row[0]: row[1:] for row in cur.fetchall()}
+    out = []
+    for name in tables:
+        if name not in found:
+            continue
+        reltuples, modified, never, threshold, scale = found[name]
+        modified += changed.get(name, 0)
+        if never or reltuples < 0 or modified >= threshold + scale * max(reltuples, 0):
+            out.append(name)
+    return out
+
+
+def changed_rows(counts):
+    """``{table: rows}`` a run changed, from its ``counts['tables']`` (rows copied under
+    the table's name, rows deleted under ``{table}_deleted``, primary flags of ztile
+    rows under ``primary``)."""
+    out = {}
+    for key, n in counts.items():
+        name = "ztile" if key == "primary" else key.removesuffix("_deleted")
+        out[name] = out.get(name, 0) + int(n or 0)
+    return out

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg2
 
-from . import (bricks, db, faults, finalize, fingerprints, mpi, runrecord, stage, tasks,
-               writer, writers, zpixstage)
+from . import (bricks, db, faults, finalize, fingerprints, mpi, runrecord, schema, stage,
+               tasks, writer, writers, zpixstage)
 from .errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DatabaseLost, InputError,
                      RunRefused, SpecprodDBError, one_line)
 from .extract import redshift, tile
@@ -490,10 +490,14 @@ class Run:
             self.log.info("tables clustered on their q3c index: %s",
                           ", ".join(db.cluster_q3c(conn, schema_name)))
         if self.rebuild or self.wrote:
-            finalize.analyze(conn, schema_name, ("tile", "exposure", "frame", "photometry",
-                                                 "target", "fiberassign", "potential",
-                                                 "ztile", "zpix"))
+            tables = [t.name for t in schema.TABLES]
+            if not self.rebuild:  # a daily run: only the tables whose statistics went stale
+                tables = finalize.stale_tables(conn, schema_name, tables,
+                                               finalize.changed_rows(self.counts["tables"]))
+            finalize.analyze(conn, schema_name, tables)
             conn.commit()
+            self.counts["analyzed"] = tables
+            self.log.info("ANALYZE: %s", ", ".join(tables) or "no table had enough changes")
 
     def finish(self, dispatcher):
         """The run recorded and reported (with each rank's busy time)."""
