@@ -8,6 +8,17 @@ import os
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+def rss_growth(res):
+    """Peak RSS of each rank at the largest (e) load over the smallest, or None."""
+    sb = res.get("small_bulk") or {}
+    sizes = [str(x) for x in res.get("rss_sizes", []) if str(x) in sb]
+    if len(sizes) < 2:
+        return None
+    a0, a1 = sb[sizes[0]]["peak_rss_mib"], sb[sizes[-1]]["peak_rss_mib"]
+    return {"small": sizes[0], "large": sizes[-1],
+            "ratios": [y / x for x, y in zip(a0, a1)]}
+
+
 TIMERS = ("plan", "extract tiles", "plan bricks", "extract bricks", "write", "finalize")
 
 
@@ -37,7 +48,8 @@ def plot_stages(res, path):
         ax.bar(x, v, bottom=bottom, label=name)
         bottom = [a + b for a, b in zip(bottom, v)]
     ax.plot(x, [r["wall_s"] for r in runs], "k_", markersize=40, label="wall (mpiexec)")
-    ax.set_xticks(x, [f"{r['ranks']} rank(s)\n{r['tiles']} tiles" for r in runs])
+    ax.set_xticks(x, [f"{r['ranks']} rank(s)\n{r.get('writers', 1)} writer(s)"
+                      f"\n{r['tiles']} tiles" for r in runs], fontsize=7)
     ax.set_ylabel("seconds")
     ax.set_title("Initial load of full-size mock tiles: time per stage")
     ax.legend(fontsize=7, loc="upper right")
@@ -115,16 +127,17 @@ def markdown(res, text):
         names = _timer_names(b)
         out += ["## (b) Initial load (`--initial`) of full-size mock tiles", "",
                 "![stages](stages.png)", "",
-                "| ranks | tiles | rows | wall s | tiles/s | rows/s | "
+                "| ranks | writers | tiles | rows | wall s | tiles/s | rows/s | "
                 + " | ".join(names) + " | peak RSS per rank, MiB | busy s per rank | "
                 "balance max/mean | write s with extractors busy | load avg before |",
-                "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names)
+                "|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names)
                 + "---|---|---:|---:|---|"]
         for r in b:
             rk = r.get("ranks_counts") or {}
             busy = rk.get("busy_seconds") or {}
             out.append(
-                f"| {r['ranks']} | {r['tiles']} | {r['rows']:,} | {r['wall_s']:.1f} | "
+                f"| {r['ranks']} | {r.get('writers', 1)} | {r['tiles']} | {r['rows']:,} | "
+                f"{r['wall_s']:.1f} | "
                 f"{r['tiles'] / r['wall_s']:.2f} | {r['rows_per_s']:,.0f} | "
                 + " | ".join(f"{r['timers'].get(n, 0):.1f}" for n in names)
                 + f" | {', '.join(map(str, r['peak_rss_mib']))} | "
@@ -134,10 +147,10 @@ def markdown(res, text):
                 f"{rk.get('write_seconds', '')} | {' '.join(r['loadavg3_before'])} |")
         tables = sorted({k for r in b for k in r["tables"]} - {"primary"})
         out += ["", "Rows per second per table (rows inserted / wall):", "",
-                "| ranks | " + " | ".join(tables) + " |",
-                "|---:|" + "---:|" * len(tables)]
+                "| ranks | writers | " + " | ".join(tables) + " |",
+                "|---:|---:|" + "---:|" * len(tables)]
         for r in b:
-            out.append(f"| {r['ranks']} | " + " | ".join(
+            out.append(f"| {r['ranks']} | {r.get('writers', 1)} | " + " | ".join(
                 f"{r['tables'].get(t, 0) / r['wall_s']:,.0f}" for t in tables) + " |")
         out.append("")
         out.append("Rows: " + ", ".join(f"{t} {b[0]['tables'].get(t, 0):,}" for t in tables)
@@ -212,11 +225,43 @@ def markdown(res, text):
                        f"{r['tiles'] / r['wall_s']:.2f} | "
                        f"{', '.join(map(str, r['peak_rss_mib']))} | "
                        f"{' '.join(r['loadavg3_before'])} |")
-        sizes = [str(x) for x in res.get("rss_sizes", []) if str(x) in sb]
-        if len(sizes) >= 2:
-            a0, a1 = sb[sizes[0]]["peak_rss_mib"][0], sb[sizes[-1]]["peak_rss_mib"][0]
-            out += ["", f"**Rank 0 at {sizes[-1]} / at {sizes[0]} tiles: {a1 / a0:.2f}x** "
-                    "(goal <= 1.2; default `--wave-tiles`)."]
+        growth = rss_growth(res)
+        if growth:
+            out += ["", f"**Peak RSS at {growth['large']} / at {growth['small']} tiles, "
+                    "rank 0 first: "
+                    + ", ".join(f"{x:.2f}x" for x in growth["ratios"])
+                    + "** (goal <= 1.2 for every rank; default `--wave-tiles`)."]
+        out.append("")
+    h = res.get("restart")
+    if h:
+        same = h["tables_compared"] - len(h["tables_differing"])
+        out += ["## (h) Restart: an initial load killed half-way, then run again", "",
+                f"`mpiexec -n {h['ranks']} specprod-db load --initial` of {h['tiles']} "
+                "small tiles, SIGKILLed (the whole job) once half of the tiles were "
+                "committed; then the same command again.", "",
+                "| killed after s | tiles committed | stage files left | rerun wall s | "
+                "uninterrupted wall s | stage files reused | rerun plan | tables equal |",
+                "|---:|---:|---:|---:|---:|---:|---|---|",
+                f"| {h['killed_after_s']:.1f} | {h['committed_at_kill']} | "
+                f"{h['stage_files_left']} | {h['rerun_wall_s']:.1f} | "
+                f"{h['uninterrupted_wall_s']:.1f} | {h['rerun_reused_stage_files']} | "
+                f"{h['rerun_plan']} | **{same} of {h['tables_compared']}**"
+                + (f" (differ: {', '.join(h['tables_differing'])})"
+                   if h["tables_differing"] else "") + " |", ""]
+    g = res.get("operator")
+    if g:
+        out += ["## (g) The operator's morning: start-up and 4 new tiles", "",
+                f"Tiles of {g['potential_per_tile']:.0f} potential targets (the held-out "
+                f"DESI tree's size). The old tool: {g['old_tool_s_per_tile']:.0f} s per "
+                f"tile (one process per tile), so "
+                f"{g['old_tool_s_per_tile'] * g['tiles']:.0f} s for {g['tiles']}.", "",
+                f"`specprod-db --help`: **{g['help_s']:.2f} s** (goal < 0.3); a load with "
+                f"nothing to do: **{g['nothing_s']:.2f} s** (goal < 1).", "",
+                "| ranks | wall s | work per tile, s (goal <= 0.4) | x the old tool "
+                "(goal >= 50) |", "|---:|---:|---:|---:|"]
+        for m_ in g["mornings"]:
+            out.append(f"| {m_['ranks']} | {m_['wall_s']:.2f} | "
+                       f"{m_['work_s_per_tile']:.2f} | {m_['speedup_vs_old_tool']:.0f} |")
         out.append("")
     out += ["## The whole report as printed (includes (a) COPY ceiling and (c) ORM)", "",
             "```", text, "```", ""]

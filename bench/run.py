@@ -38,7 +38,10 @@ import psycopg2  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 
 import copy_ceiling  # noqa: E402
+import results_md  # noqa: E402
+import morning  # noqa: E402
 import orm  # noqa: E402
+import restart  # noqa: E402
 import scale  # noqa: E402
 
 VENV_BIN = os.path.dirname(sys.executable)
@@ -80,9 +83,9 @@ def mock_is_current(done):
         return False
 
 
-def ensure_mock(workdir, tiles, seed, small=False):
+def ensure_mock(workdir, tiles, seed, small=False, fibers=None):
     from specprod_db.mock import make_production
-    kind = "small-" if small else ""
+    kind = ("small-" if small else "") + (f"{fibers}fibres-" if fibers else "")
     outdir = os.path.join(workdir, f"mock-{kind}{tiles}tiles-seed{seed}")
     done = os.path.join(outdir, "bench-complete.json")
     if mock_is_current(done):
@@ -92,7 +95,8 @@ def ensure_mock(workdir, tiles, seed, small=False):
     log(f"mock production: writing {tiles} {'small' if small else 'full-size'} tiles "
         f"to {outdir} ...")
     t = time.time()
-    summary = make_production(outdir, tiles=tiles, seed=seed, small=small)
+    summary = make_production(outdir, tiles=tiles, seed=seed, small=small,
+                              fibers_per_tile=fibers)
     elapsed = time.time() - t
     with open(done, "w") as f:
         json.dump({"seconds": elapsed, "tiles": len(summary["tiles"]),
@@ -169,7 +173,7 @@ def drop_schema(dsn, name):
 # --- (b) end-to-end load ---------------------------------------------------------------
 
 def run_load(dsn, env, workdir, ranks, label, tiles=None, keep_stage=False, initial=False,
-             schema_name=None, profile=False, wave_tiles=None):
+             schema_name=None, profile=False, wave_tiles=None, writers=1):
     """``mpiexec -n ranks rank_wrapper.py load ...``; into a new schema unless
     ``schema_name`` is given. Returns wall time, the run's load_run counts, peak RSS."""
     if schema_name is None:
@@ -187,6 +191,8 @@ def run_load(dsn, env, workdir, ranks, label, tiles=None, keep_stage=False, init
         argv.append("--initial")
     if wave_tiles:
         argv += ["--wave-tiles", str(wave_tiles)]
+    if writers > 1:
+        argv += ["--writers", str(writers)]
     e = dict(env, BENCH_RSS_DIR=rss_dir, DESI_LOGLEVEL="WARNING")
     if keep_stage:
         e["BENCH_KEEP_STAGE"] = "1"
@@ -231,7 +237,7 @@ def run_load(dsn, env, workdir, ranks, label, tiles=None, keep_stage=False, init
     if keep_stage:
         for root, _, files in os.walk(stage_dir):
             stage_bytes += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    res = {"label": label, "ranks": ranks, "tiles": ntiles, "wall_s": wall,
+    res = {"label": label, "ranks": ranks, "writers": writers, "tiles": ntiles, "wall_s": wall,
            "load_s": float(inner), "rows": rows, "rows_per_s": rows / wall,
            "tables": counts["tables"], "timers": counts["timers"],
            "ranks_counts": counts.get("ranks"), "plan": plan, "tiles_written": written,
@@ -240,7 +246,7 @@ def run_load(dsn, env, workdir, ranks, label, tiles=None, keep_stage=False, init
            "stage_dir": stage_dir, "loadavg_before": load0, "loadavg3_before": loadavg3,
            "loadavg3_after": open("/proc/loadavg").read().split()[:3],
            "profile_dir": prof_dir}
-    log(f"  {label:<14} ranks {ranks}  tiles {ntiles:>4} (plan {plan})  wall {wall:6.1f} s  "
+    log(f"  {label:<14} ranks {ranks} writers {writers}  tiles {ntiles:>4} (plan {plan})  wall {wall:6.1f} s  "
         f"{res['rows_per_s']:>8.0f} rows/s  peak RSS/rank (MiB) {res['peak_rss_mib']}  "
         f"[" + ", ".join(f"{k} {v:.1f}s" for k, v in counts["timers"].items()) + "]")
     return res
@@ -279,10 +285,10 @@ def report(res):
     if b:
         out += ["", "(b) end-to-end load (fresh schema each; --initial; wall = mpiexec start "
                 "to exit)",
-                f"{'run':<14} {'ranks':>5} {'tiles':>5} {'rows':>9} {'wall s':>7} "
+                f"{'run':<22} {'ranks':>5} {'tiles':>5} {'rows':>9} {'wall s':>7} "
                 f"{'rows/s':>8} {'peak RSS per rank, MiB':<26} timers (s)"]
         for r in b:
-            out.append(f"{r['label']:<14} {r['ranks']:>5} {r['tiles']:>5} {r['rows']:>9} "
+            out.append(f"{r['label']:<22} {r['ranks']:>5} {r['tiles']:>5} {r['rows']:>9} "
                        f"{r['wall_s']:>7.1f} {r['rows_per_s']:>8.0f} "
                        f"{str(r['peak_rss_mib']):<26} "
                        + ", ".join(f"{k} {v:.1f}" for k, v in r["timers"].items()))
@@ -291,7 +297,7 @@ def report(res):
                 "max/mean, write s with extractors busy / write s"]
         for r in b:
             rk = r.get("ranks_counts") or {}
-            out.append(f"{r['label']:<14} {r['tiles'] / r['wall_s']:.2f} tiles/s  "
+            out.append(f"{r['label']:<22} {r['tiles'] / r['wall_s']:.2f} tiles/s  "
                        + ", ".join(f"{k} {v / r['wall_s']:.0f}" for k, v in
                                    sorted(r["tables"].items()) if k != "primary")
                        + f"  | busy {rk.get('busy_seconds')} balance "
@@ -333,12 +339,33 @@ def report(res):
             out.append(f"{int(k):>6} tiles: wall {r['wall_s']:.1f} s, "
                        f"{r['tiles'] / r['wall_s']:.2f} tiles/s, peak RSS per rank "
                        f"{r['peak_rss_mib']} MiB, load avg {' '.join(r['loadavg3_before'])}")
-        sizes = [str(x) for x in res.get("rss_sizes", []) if str(x) in sb]
-        if len(sizes) >= 2:
-            a0 = sb[sizes[0]]["peak_rss_mib"][0]
-            a1 = sb[sizes[-1]]["peak_rss_mib"][0]
-            out.append(f"rank 0 at {sizes[-1]} / at {sizes[0]} tiles (goal <= 1.2): "
-                       f"{a1 / a0:.2f}x")
+        growth = results_md.rss_growth(res)
+        if growth:
+            out.append(f"peak RSS at {growth['large']} / at {growth['small']} tiles, per rank "
+                       f"(goal <= 1.2): {', '.join(f'{x:.2f}x' for x in growth['ratios'])}")
+    h = res.get("restart")
+    if h:
+        out += ["", f"(h) initial load of {h['tiles']} small tiles ({h['ranks']} ranks) "
+                f"killed after {h['killed_after_s']:.1f} s with {h['committed_at_kill']} "
+                f"tiles committed and {h['stage_files_left']} stage files left; the same "
+                f"command again: {h['rerun_wall_s']:.1f} s (uninterrupted load "
+                f"{h['uninterrupted_wall_s']:.1f} s), {h['rerun_reused_stage_files']} "
+                f"complete tile stage files reused, plan {h['rerun_plan']}; tables equal "
+                f"to the uninterrupted load: {h['tables_compared'] - len(h['tables_differing'])}"
+                f" of {h['tables_compared']}"
+                + (f" (differ: {', '.join(h['tables_differing'])})"
+                   if h["tables_differing"] else "")]
+    g = res.get("operator")
+    if g:
+        out += ["", f"(g) the operator's morning on tiles of "
+                f"{g['potential_per_tile']:.0f} potential targets: `specprod-db --help` "
+                f"{g['help_s']:.2f} s (goal < 0.3), a load with nothing to do "
+                f"{g['nothing_s']:.2f} s (goal < 1)"]
+        for m_ in g["mornings"]:
+            out.append(f"  {g['tiles']} new tiles, {m_['ranks']} rank(s): wall "
+                       f"{m_['wall_s']:.2f} s, work per tile {m_['work_s_per_tile']:.2f} s "
+                       f"(goal <= 0.4), {m_['speedup_vs_old_tool']:.0f}x the old tool's "
+                       f"{g['old_tool_s_per_tile'] * g['tiles']:.0f} s (goal >= 50x)")
     if c:
         tot = sum(r["insert_s"] for r in c["tables"].values())
         rows = sum(r["rows"] for r in c["tables"].values())
@@ -362,29 +389,39 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="/tmp/specprod-bench",
                    help="mock production, stage files, temporary files (default %(default)s)")
-    p.add_argument("--tiles", type=int, default=30,
-                   help="full-size tiles of the mock day of (a)-(c) and (f) (30)")
+    p.add_argument("--tiles", type=int, default=100,
+                   help="full-size tiles of the mock production of (a)-(c) and (f) (100)")
     p.add_argument("--small-tiles", type=int, default=0,
                    help="tiles of the old full-size memory-comparison run (0: skipped; "
                         "(e) replaces it)")
-    p.add_argument("--ranks", default="1,2,4", help="rank counts of the full loads")
+    p.add_argument("--runs", default="1,2,4,4w2,6w4",
+                   help="(b) the full-size initial loads: RANKS or RANKSwWRITERS "
+                        "(--writers K), comma-separated (1,2,4,4w2,6w4)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="attempts per COPY variant (3)")
     p.add_argument("--growth", default="50,200,1000",
                    help="(d) tiles already loaded before the new ones (50,200,1000)")
     p.add_argument("--new", type=int, default=10, help="(d) new tiles loaded daily (10)")
-    p.add_argument("--rss-sizes", default="100,1000",
-                   help="(e) small tiles of the --initial loads whose rank-0 peak RSS is "
-                        "compared (100,1000; a size also in --growth is measured once)")
+    p.add_argument("--rss-sizes", default="100,300,1000",
+                   help="(e) small tiles of the --initial loads whose peak RSS is "
+                        "compared, smallest to largest (100,300,1000; a size also in "
+                        "--growth is measured once)")
+    p.add_argument("--restart-tiles", type=int, default=300,
+                   help="(h) small tiles of the initial load killed half-way and rerun; "
+                        "also added to --rss-sizes, whose load is the reference (300)")
+    p.add_argument("--heldout-fibers", type=int, default=330,
+                   help="(g) fibres per tile of the morning's mock: ~830 potential "
+                        "targets a tile, the held-out DESI tree's size (330)")
     p.add_argument("--bulk-ranks", type=int, default=4,
                    help="ranks of the --initial small-tile loads of (d) and (e) (4)")
     p.add_argument("--growth-ranks", type=int, default=2,
                    help="ranks of the timed daily loads of (d) (2)")
-    p.add_argument("--morning", default="5,5",
+    p.add_argument("--morning", default="30,20",
                    help="(f) NEW,REOBSERVED tiles of the advanced night, one tile "
-                        "withdrawn (5,5)")
-    p.add_argument("--skip", default="",
-                   help="comma list of parts to skip: a,c,d,e,f (b always runs)")
+                        "withdrawn (30,20)")
+    p.add_argument("--skip", default="c",
+                   help="comma list of parts to skip: a,c,d,e,f,g,h (b always runs; "
+                        "default c: the ORM comparison of an earlier issue, ~4 min)")
     p.add_argument("--results-dir", default=os.path.join(HERE, "results"),
                    help="RESULTS.md, PNG plots and results.json (default bench/results)")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -396,7 +433,6 @@ def main():
         with open(args.report) as f:
             res = json.load(f)
         log(report(res))
-        import results_md
         results_md.write(res, args.results_dir, report(res))
         return
     skip = set(args.skip.split(",")) - {""}
@@ -411,15 +447,18 @@ def main():
     mock, mock_s = ensure_mock(args.workdir, args.tiles, args.seed)
     res["mock_s"] = mock_s
     env = mock_env(mock)
-    ranks = [int(x) for x in args.ranks.split(",")]
+    runs = [tuple(int(x) for x in (item + "w1").split("w")[:2])
+            for item in args.runs.split(",")]
+    ranks = [n for n, _ in runs]
     schemas = []
     try:
-        # (b) first: its 1-rank run keeps the stage files that (a) and (c) reuse
+        # (b) first: its 1st run keeps the stage files that (a) and (c) reuse
         log("\n(b) end-to-end initial load (--initial)")
         loads = []
-        for i, n in enumerate(ranks):
-            r = run_load(dsn, env, args.workdir, n, f"full-{n}rank", keep_stage=(i == 0),
-                         initial=True)
+        for i, (n, k) in enumerate(runs):
+            label = f"full-{n}rank" + (f"-{k}writers" if k > 1 else "")
+            r = run_load(dsn, env, args.workdir, n, label, keep_stage=(i == 0),
+                         initial=True, writers=k)
             schemas.append(r["schema"])
             loads.append(r)
             if i > 0:
@@ -443,7 +482,7 @@ def main():
             log("\n(f) a daily morning on the loaded full-size production")
             nnew, nre = (int(x) for x in args.morning.split(","))
             adv, adv_s = scale.ensure_advanced(mock, nnew, nre, True, log=log)
-            last = loads[len(ranks) - 1]
+            last = [r for r in loads if r["writers"] == 1][-1]
             r = run_load(dsn, mock_env(adv), args.workdir, last["ranks"], "morning",
                          schema_name=last["schema"])
             r["advance_s"] = adv_s
@@ -454,6 +493,8 @@ def main():
         if not ({"d", "e"} <= skip):
             growth = [int(x) for x in args.growth.split(",")] if "d" not in skip else []
             sizes = [int(x) for x in args.rss_sizes.split(",")] if "e" not in skip else []
+            if "h" not in skip and args.restart_tiles not in sizes:
+                sizes = sorted(sizes + [args.restart_tiles])
             need = max(growth + sizes) + (args.new if growth else 0)
             # a few mock tiles are not loadable (EFFTIME_SPEC 0): 2 % spare
             small, small_s = ensure_mock(args.workdir, need + max(2, need // 50), args.seed,
@@ -484,6 +525,15 @@ def main():
                     d["s_per_new_tile"] = d["wall_s"] / max(1, d["tiles_written"])
                     daily.append(d)
                     drop_schema(dsn, r["schema"])
+            if "h" not in skip:
+                log(f"\n(h) an initial load of {args.restart_tiles} small tiles killed "
+                    f"half-way, then rerun ({args.bulk_ranks} ranks)")
+                ref = bulk[args.restart_tiles]
+                res["restart"] = restart.run(
+                    dsn, senv, args.workdir, args.bulk_ranks, ids[:args.restart_tiles],
+                    ref["schema"], lambda: new_schema(dsn, senv), log=log)
+                res["restart"]["uninterrupted_wall_s"] = ref["wall_s"]
+                schemas.append(res["restart"]["schema"])
             res["small_bulk"] = {str(k): v for k, v in bulk.items()}
             res["growth"] = daily
             res["rss_sizes"] = sizes
@@ -492,6 +542,16 @@ def main():
                 res["growth_sql"] = scale.compare_sql(lo_["profile_dir"], hi_["profile_dir"])
                 res["growth_profile"] = scale.compare_profiles(lo_["profile_dir"],
                                                                hi_["profile_dir"])
+
+        if "g" not in skip:
+            log(f"\n(g) the operator's morning: tiles of {args.heldout_fibers} fibres")
+            held, held_s = ensure_mock(args.workdir, 10, args.seed,
+                                       fibers=args.heldout_fibers)
+            henv = mock_env(held)
+            res["operator"] = morning.run(dsn, henv, args.workdir, scale.tile_ids(held),
+                                          lambda: new_schema(dsn, henv), log=log)
+            res["operator"]["mock_s"] = held_s
+            schemas += res["operator"]["schemas"]
 
         stage_files = sorted(glob.glob(os.path.join(loads[0]["stage_dir"], "*.h5")))
         if not ({"a", "c"} <= skip):
@@ -528,7 +588,6 @@ def main():
     for path in filter(None, (args.json, os.path.join(args.results_dir, "results.json"))):
         with open(path, "w") as f:
             json.dump(res, f, indent=1, default=str)
-    import results_md
     results_md.write(res, args.results_dir, text)
     log(f"wrote {args.results_dir}/RESULTS.md and plots")
 
