@@ -36,6 +36,14 @@ Our own equivalent of desispec's ``desispec.io.photo.gather_targetphot`` for one
 
 The output has the 122 columns of desispec's ``targetphot_datamodel`` (§4.6) with
 native byte order and bytes (``S``) strings instead of desispec's unicode.
+
+``targetphot_onetile`` is two steps, which the load runs apart so that a wave of tiles
+reads each catalog file once (:mod:`specprod_db.catalogs`): :func:`catalog_plan` (steps
+1-3: the catalogs, and for a primary directory the existing files of the pixels of all
+the targets with finite RA/Dec; FILENSID is read once per process and file) and
+:func:`assemble` (steps 3-6 over a ``read(file, kind, want)``: the files of the pixels
+of the targets still unfound, as desispec computes them, so the same files are read in
+the same order).
 """
 import glob
 import os
@@ -175,6 +183,10 @@ def error_text(err):
 _TARGETID_CACHE = {}
 _CACHE_SIZE = 4
 
+#: FILENSID of a primary-target directory's first healpix file, per process:
+#: {path: ((mtime_ns, size), nside)} (read once, not once per tile).
+_NSIDE_CACHE = {}
+
 
 def _targetids(hdu, path, column, cache):
     st = os.stat(path)
@@ -189,7 +201,29 @@ def _targetids(hdu, path, column, cache):
     return tid
 
 
-def _fits_targets(path, want, tileid, cache=False):
+def _prefix(label):
+    return f"{label}: " if label else ""
+
+
+def catalog_kind(path):
+    """``dir`` (primary targets in healpix files), ``ecsv`` (a ToO ledger) or ``fits``
+    (a secondary catalog), as step 3 of the module docstring says."""
+    if os.path.isdir(path):
+        return "dir"
+    base = os.path.basename(path)
+    return "ecsv" if "ToO" in base or base.endswith(".ecsv") else "fits"
+
+
+def read_catalog(path, kind, want, label=None):
+    """Rows of catalog file ``path`` (a ``fits`` catalog or healpix file, or an ``ecsv``
+    ledger) whose TARGETID is in ``want``, in file order, or None when there is none.
+    Errors (:class:`InputError`) start with ``label`` (e.g. ``tile 1234``)."""
+    if kind == "ecsv":
+        return _ecsv_targets(path, want, label)
+    return _fits_targets(path, want, label, cache=kind == "fits")
+
+
+def _fits_targets(path, want, label, cache=False):
     """Rows of FITS catalog ``path`` whose TARGETID is in ``want`` (sorted), or None.
 
     ``cache``: keep the file's TARGETID column for the next tile (secondary catalogs).
@@ -201,7 +235,7 @@ def _fits_targets(path, want, tileid, cache=False):
             hdu = fx[ext]
             names = {c.upper(): c for c in hdu.get_colnames()}
             if "TARGETID" not in names:
-                raise InputError(f"tile {tileid}: {path} HDU {ext} has no TARGETID column")
+                raise InputError(f"{_prefix(label)}{path} HDU {ext} has no TARGETID column")
             tid = _targetids(hdu, path, names["TARGETID"], cache)
             hit = np.flatnonzero(np.isin(tid, want))
             if hit.size == 0:
@@ -211,20 +245,20 @@ def _fits_targets(path, want, tileid, cache=False):
     except InputError:
         raise
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
-        raise InputError(f"tile {tileid}: cannot read targeting catalog {path}: "
+        raise InputError(f"{_prefix(label)}cannot read targeting catalog {path}: "
                          f"{error_text(err)}") from None
 
 
-def _ecsv_targets(path, want, tileid):
+def _ecsv_targets(path, want, label):
     """Rows of a ToO ledger whose TARGETID is in ``want``, as a dict of columns, or None."""
     from astropy.table import Table
     try:
         tab = Table.read(path, format="ascii.ecsv", guess=False)
     except Exception as err:  # astropy raises many types for a malformed ledger
-        raise InputError(f"tile {tileid}: cannot read ToO ledger {path}: "
+        raise InputError(f"{_prefix(label)}cannot read ToO ledger {path}: "
                          f"{error_text(err)}") from None
     if "TARGETID" not in tab.colnames:
-        raise InputError(f"tile {tileid}: ToO ledger {path} has no TARGETID column")
+        raise InputError(f"{_prefix(label)}ToO ledger {path} has no TARGETID column")
     hit = np.flatnonzero(np.isin(np.asarray(tab["TARGETID"]), want))
     if hit.size == 0:
         return None
@@ -232,31 +266,144 @@ def _ecsv_targets(path, want, tileid):
     return {c: np.ma.filled(tab[c], 0) for c in tab.colnames if c in TARGETPHOT_DTYPE.names}
 
 
-def _primary_files(directory, ra, dec, tileid, stats):
-    """The healpix files of a primary-target directory that hold these positions."""
+def as_model(piece):
+    """A piece of :func:`read_catalog` as a structured array of the targetphot columns it
+    has, in :data:`TARGETPHOT_DTYPE`'s types (the cast :func:`_merge` makes anyway), so
+    it can be staged (HDF5) and merged later with the same result."""
+    names = piece.dtype.names if hasattr(piece, "dtype") else list(piece)
+    have = [n for n in TARGETPHOT_DTYPE.names if n in names]
+    out = np.zeros(len(np.asarray(piece["TARGETID"])),
+                   dtype=[(n, TARGETPHOT_DTYPE.fields[n][0]) for n in have])
+    for name in have:
+        out[name] = np.asarray(piece[name])
+    return out
+
+
+def _nside(path, label):
+    st = os.stat(path)
+    key = (st.st_mtime_ns, st.st_size)
+    if path in _NSIDE_CACHE and _NSIDE_CACHE[path][0] == key:
+        return _NSIDE_CACHE[path][1]
     import fitsio
+    try:
+        nside = int(fitsio.read_header(path, ext=1)["FILENSID"])
+    except (OSError, ValueError, KeyError, IndexError) as err:
+        raise InputError(f"{_prefix(label)}cannot read FILENSID from HDU1 of {path}: "
+                         f"{error_text(err)}") from None
+    if len(_NSIDE_CACHE) >= _CACHE_SIZE * 4:
+        _NSIDE_CACHE.clear()
+    _NSIDE_CACHE[path] = (key, nside)
+    return nside
+
+
+def _pixel_names(directory, prefix, nside, ra, dec):
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    return sorted(os.path.join(directory, f"{prefix}hp-{pix}.fits")
+                  for pix in np.unique(radec2pix(nside, ra[ok], dec[ok])))
+
+
+def primary_directory(directory, ra, dec, tileid):
+    """What a tile needs of a primary-target directory: ``nside`` (FILENSID of the first
+    sorted ``*-hp-*.fits`` file), the files' ``prefix``, and the existing healpix
+    ``files`` of the pixels of every target with finite RA/Dec (a superset of what
+    :func:`assemble` reads: it reads those of the targets not found before); or
+    ``error``, the message the tile fails with if :func:`assemble` reaches the
+    directory (desispec fails only there)."""
     files = sorted(glob.glob(os.path.join(directory, "*-hp-*.fits")))
     if not files:
-        raise InputError(f"tile {tileid}: primary target directory {directory} "
-                         "has no *-hp-*.fits file")
+        return {"error": f"tile {tileid}: primary target directory {directory} "
+                         "has no *-hp-*.fits file"}
     try:
-        nside = fitsio.read_header(files[0], ext=1)["FILENSID"]
-    except (OSError, ValueError, KeyError, IndexError) as err:
-        raise InputError(f"tile {tileid}: cannot read FILENSID from HDU1 of {files[0]}: "
-                         f"{error_text(err)}") from None
+        nside = _nside(files[0], f"tile {tileid}")
+    except InputError as err:
+        return {"error": str(err)}
+    prefix = os.path.basename(files[0]).split("hp-")[0]
+    names = _pixel_names(directory, prefix, nside, ra, dec)
+    return {"nside": nside, "prefix": prefix,
+            "files": [f for f in names if os.path.isfile(f)]}
+
+
+def catalog_plan(tileid, header, targets, paths, stats):
+    """The catalogs a tile reads, in order (steps 1-3 of the module docstring):
+    ``[{"path", "kind", and for a directory what :func:`primary_directory` says}]``.
+    Fails the tile (:class:`InputError`) when none of the named catalogs exists."""
+    plan = []
+    ra = np.asarray(targets["RA"], dtype=np.float64)
+    dec = np.asarray(targets["DEC"], dtype=np.float64)
+    for path in catalog_paths(header, paths, tileid, stats):
+        entry = {"path": path, "kind": catalog_kind(path)}
+        if entry["kind"] == "dir":
+            entry.update(primary_directory(path, ra, dec, tileid))
+        plan.append(entry)
+    return plan
+
+
+def plan_files(plan):
+    """``[(file, kind)]``: every file a tile's plan may read."""
+    out = []
+    for entry in plan:
+        if entry["kind"] == "dir":
+            out.extend((f, "dir") for f in entry.get("files", ()))
+        else:
+            out.append((entry["path"], entry["kind"]))
+    return out
+
+
+def assemble(tileid, plan, targets, read, stats=None):
+    """Targeting photometry of a tile from its :func:`catalog_plan` (steps 4-6):
+    ``read(file, kind, want)`` gives the rows of ``file`` whose TARGETID is in ``want``
+    (or None); files are taken in plan order, each only while targets remain unfound,
+    and the first occurrence of a TARGETID wins."""
+    stats = {} if stats is None else stats
+    tid = np.asarray(targets["TARGETID"], dtype=np.int64)
+    ra = np.asarray(targets["RA"], dtype=np.float64)
+    dec = np.asarray(targets["DEC"], dtype=np.float64)
+    out = np.zeros(len(tid), dtype=TARGETPHOT_DTYPE)
+    out["TARGETID"] = tid
+    if len(tid) == 0:
+        return out
+    found = np.zeros(len(tid), dtype=bool)
+    for entry in plan:
+        if found.all():
+            break
+        path, kind = entry["path"], entry["kind"]
+        if kind == "dir":
+            files = _primary_files(entry, ra[~found], dec[~found], tileid, stats)
+        else:
+            files = [path]
+        for fname in files:
+            want = np.unique(tid[~found])
+            if want.size == 0:
+                break
+            piece = read(fname, kind, want)
+            stats["files_read"] = stats.get("files_read", 0) + 1
+            if piece is None:
+                continue
+            _merge(out, found, tid, piece)
+    stats["not_found"] = stats.get("not_found", 0) + int(np.count_nonzero(~found))
+    return out
+
+
+def _primary_files(entry, ra, dec, tileid, stats):
+    """The healpix files of a planned primary-target directory that hold these
+    positions (those of the targets not found yet)."""
+    if entry.get("error"):
+        raise InputError(entry["error"])
     ok = np.isfinite(ra) & np.isfinite(dec)
     if not ok.all():
         get_logger().warning(f"tile {tileid}: {np.count_nonzero(~ok)} targets with "
-                             f"non-finite RA/Dec are not looked up in {directory}")
+                             f"non-finite RA/Dec are not looked up in {entry['path']}")
         stats["nan_radec"] = stats.get("nan_radec", 0) + int(np.count_nonzero(~ok))
-    prefix = os.path.basename(files[0]).split("hp-")[0]
-    names = sorted(os.path.join(directory, f"{prefix}hp-{pix}.fits")
-                   for pix in np.unique(radec2pix(nside, ra[ok], dec[ok])))
-    return [f for f in names if os.path.isfile(f)]
+    exist = set(entry["files"])
+    return [f for f in _pixel_names(entry["path"], entry["prefix"], entry["nside"], ra, dec)
+            if f in exist]
 
 
 def targetphot_onetile(tileid, header, targets, paths, stats=None):
-    """Targeting photometry of a tile's potential targets (see the module docstring).
+    """Targeting photometry of a tile's potential targets (see the module docstring),
+    reading the catalogs itself.  The load reads them once per wave of tiles instead
+    (:mod:`specprod_db.catalogs`), through the same :func:`catalog_plan` and
+    :func:`assemble`.
 
     Parameters
     ----------
@@ -275,37 +422,12 @@ def targetphot_onetile(tileid, header, targets, paths, stats=None):
     structured array of :data:`TARGETPHOT_DTYPE`, one row per target, input order.
     """
     stats = {} if stats is None else stats
-    tid = np.asarray(targets["TARGETID"], dtype=np.int64)
-    ra = np.asarray(targets["RA"], dtype=np.float64)
-    dec = np.asarray(targets["DEC"], dtype=np.float64)
-    out = np.zeros(len(tid), dtype=TARGETPHOT_DTYPE)
-    out["TARGETID"] = tid
-    if len(tid) == 0:
-        return out
-    found = np.zeros(len(tid), dtype=bool)
-    for path in catalog_paths(header, paths, tileid, stats):
-        if found.all():
-            break
-        base = os.path.basename(path)
-        ecsv = not os.path.isdir(path) and ("ToO" in base or base.endswith(".ecsv"))
-        if os.path.isdir(path):
-            files = _primary_files(path, ra[~found], dec[~found], tileid, stats)
-        else:
-            files = [path]
-        for fname in files:
-            want = np.unique(tid[~found])
-            if want.size == 0:
-                break
-            if ecsv:
-                piece = _ecsv_targets(fname, want, tileid)
-            else:
-                piece = _fits_targets(fname, want, tileid, cache=fname == path)
-            stats["files_read"] = stats.get("files_read", 0) + 1
-            if piece is None:
-                continue
-            _merge(out, found, tid, piece)
-    stats["not_found"] = stats.get("not_found", 0) + int(np.count_nonzero(~found))
-    return out
+    if len(targets) == 0:
+        return assemble(tileid, [], targets, None, stats)
+    plan = catalog_plan(tileid, header, targets, paths, stats)
+    return assemble(tileid, plan, targets,
+                    lambda fname, kind, want: read_catalog(fname, kind, want,
+                                                           f"tile {tileid}"), stats)
 
 
 def _merge(out, found, tid, piece):
