@@ -15,7 +15,11 @@ The destination is an index-free copy of the real table (``CREATE TABLE ... (LIK
 NOT NULL kept, no keys, no indexes), TRUNCATEd before every attempt: index maintenance
 costs the same in both paths, so it would only hide the difference being measured.
 Each variant is run ``repeats`` times, interleaved, and the fastest attempt is kept (the
-machine is shared; the minimum is the least disturbed measurement).
+machine is shared; the minimum is the least disturbed measurement).  Also recorded, as
+medians over the attempts: the CPU seconds of the server backend (``/proc/PID/stat`` of
+``pg_backend_pid()``, when the server runs on this machine) and of this process
+(``time.process_time``, the encoding thread included): on a busy 2-core machine *ours*
+loses to the ceiling about what its client CPU takes from the server's share.
 """
 import io
 import os
@@ -38,9 +42,30 @@ def _timed(fn):
     return time.perf_counter() - t
 
 
+def _backend_cpu(conn):
+    """A function giving the CPU seconds used so far by ``conn``'s server backend
+    (user + system), or None when its /proc entry cannot be read (remote server)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+    conn.commit()
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu():
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+    try:
+        cpu()
+    except (OSError, IndexError, ValueError):
+        return None
+    return cpu
+
+
 def run(conn, schema_name, rows_by_table, tmpdir="/tmp", repeats=3, log=print):
     """Return ``{table: {...}}`` with rows, bytes and seconds of each variant."""
     results = {}
+    backend_cpu = _backend_cpu(conn)
     for name in TABLES:
         rows = rows_by_table.get(name)
         if rows is None or len(rows) == 0:
@@ -86,11 +111,17 @@ def run(conn, schema_name, rows_by_table, tmpdir="/tmp", repeats=3, log=print):
             conn.commit()
 
         times = {"ours": [], "ceiling": [], "stdin": []}
+        cpu = {variant: [] for variant in times}
         try:
             for _ in range(repeats):
                 for variant, fn in (("ceiling", ceiling), ("ours", ours), ("stdin", stdin)):
                     truncate()
+                    s0 = backend_cpu() if backend_cpu else float("nan")
+                    c0 = time.process_time()
                     times[variant].append(_timed(fn))
+                    cpu[variant].append(
+                        ((backend_cpu() if backend_cpu else float("nan")) - s0,
+                         time.process_time() - c0))
                 encode_s.append(_timed(lambda: encoder.encode(rows)))
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("SELECT count(*) FROM {}").format(dest))
@@ -103,12 +134,17 @@ def run(conn, schema_name, rows_by_table, tmpdir="/tmp", repeats=3, log=print):
         r = {"rows": len(rows), "columns": len(table.names), "bytes": len(data),
              "ours_s": min(times["ours"]), "ceiling_s": min(times["ceiling"]),
              "stdin_s": min(times["stdin"]), "encode_s": min(encode_s),
-             "all": times}
+             "all": times,
+             "cpu": {v: {"server_s": float(np.median([a for a, _ in c])),
+                         "client_s": float(np.median([b for _, b in c]))}
+                     for v, c in cpu.items()}}
         r["ratio"] = r["ceiling_s"] / r["ours_s"]
         results[name] = r
         log(f"  {name:<12} {r['rows']:>9} rows  ours {r['ours_s']:7.3f} s  "
             f"ceiling {r['ceiling_s']:7.3f} s  ratio {r['ratio']:.2f}  "
-            f"(encode {r['encode_s']:.3f} s, stdin {r['stdin_s']:.3f} s)")
+            f"(encode {r['encode_s']:.3f} s, stdin {r['stdin_s']:.3f} s; CPU server/client "
+            f"ceiling {r['cpu']['ceiling']['server_s']:.2f}/{r['cpu']['ceiling']['client_s']:.2f}"
+            f" ours {r['cpu']['ours']['server_s']:.2f}/{r['cpu']['ours']['client_s']:.2f} s)")
     return results
 
 

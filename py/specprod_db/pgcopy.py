@@ -26,6 +26,7 @@ import queue
 import threading
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from .schema import PG_TO_NUMPY
 
@@ -70,6 +71,19 @@ def _numeric_digits(words):
     if any(limb.any() for limb in limbs):
         raise OverflowError("composite id does not fit NUMERIC(39)")
     return digits
+
+
+def _used_lengths(block):
+    """(N, width) uint8 string slots -> bytes up to each one's last non-NUL byte (how
+    numpy strips the padding of ``S`` values)."""
+    if _str_len is not None:
+        return _str_len(block.view(f"S{block.shape[1]}")[:, 0])
+    nonzero = block != 0
+    width = block.shape[1]
+    return np.where(nonzero.any(axis=1), width - np.argmax(nonzero[:, ::-1], axis=1), 0)
+
+
+_str_len = getattr(getattr(np, "strings", None), "str_len", None)  # numpy >= 2
 
 
 def _words(values, pgtype):
@@ -168,12 +182,47 @@ class Encoder:
                 offs = [start + j * els.base.itemsize + 4 for j in range(els.shape[0])]
                 self.string_slots.append((i, offs, width, fmt["hdr"].itemsize))
         self.strings = [slot[0] for slot in self.string_slots]
+        self._template_bytes = template.view(np.uint8)
+        # bytes kept whatever the string lengths: all but the strings' fixed-width slots
+        self._keep = np.ones(self.rowwidth, dtype=bool)
+        for _, offs, width, _ in self.string_slots:
+            for off in offs:
+                self._keep[off: off + width] = False
+        self._ramp = np.arange(max([s[2] for s in self.string_slots], default=0))
+        self._plans = {}
+
+    def _plan(self, dtype):
+        """How to fill a block from rows of ``dtype``: a list of (kind, name, column
+        index, count).  Runs of ``count`` consecutive fixed-width columns of one numpy
+        type, adjacent in the rows as on the wire, are filled by one 2-D strided cast
+        (one pass over the block instead of one per column: photometry has 73 ``real``
+        columns in a row)."""
+        plan = self._plans.get(dtype)
+        if plan is not None:
+            return plan
+        plan = []
+        for i, (name, kind) in enumerate(zip(self.names, self.kinds)):
+            src, src_off = dtype.fields[name][:2]
+            if kind == "fixed" and not src.shape and plan and plan[-1][0] == "fixed":
+                _, name0, i0, count = plan[-1]
+                src0, off0 = dtype.fields[name0][:2]
+                if (src == src0 and self.pgtypes[i] == self.pgtypes[i0]
+                        and src_off == off0 + count * src.itemsize):
+                    plan[-1] = ("fixed", name0, i0, count + 1)
+                    continue
+            plan.append((kind, name, i, 1))
+        self._plans[dtype] = plan
+        return plan
 
     def _chunk(self, rows):
+        """One block of rows -> its PGCOPY bytes, a 1-D uint8 array."""
         n = len(rows)
         buf = np.empty(n, dtype=self.row)
-        buf[:] = self.template
-        for i, (name, kind) in enumerate(zip(self.names, self.kinds)):
+        raw = buf.view(np.uint8).reshape(n, self.rowwidth)
+        # constant parts (field count, lengths, headers) as bytes: a structured copy
+        # field by field is 40x slower
+        raw[...] = self._template_bytes
+        for kind, name, i, count in self._plan(rows.dtype):
             if kind == "numeric":
                 buf[f"_val{i}"][:, 4:] = _numeric_digits(_words(rows[name], self.pgtypes[i]))
             elif kind == "array":
@@ -185,42 +234,59 @@ class Encoder:
                         n, -1, _NUMERIC_DIGITS)
                 else:
                     els["v"] = values
-            else:
+            elif count == 1:
                 buf[f"_val{i}"] = rows[name]
+            else:
+                src, dst = rows[name], buf[f"_val{i}"]
+                step = self.row.fields[f"_val{i + 1}"][1] - self.row.fields[f"_val{i}"][1]
+                as_strided(dst, (n, count), (dst.strides[0], step))[...] = as_strided(
+                    src, (n, count), (src.strides[0], src.itemsize))
         if not self.string_slots:
-            return buf.tobytes()
-        raw = buf.view(np.uint8).reshape(n, self.rowwidth)
-        mask = np.ones((n, self.rowwidth), dtype=bool)
+            return raw.reshape(-1)
+        # strings are variable length: keep the bytes up to each one's last non-NUL
+        mask = np.empty((n, self.rowwidth), dtype=bool)
+        mask[...] = self._keep
         for i, offs, width, header in self.string_slots:
             total = 0
             for j, off in enumerate(offs):
-                block = raw[:, off: off + width]
-                nonzero = block != 0
-                # length up to the last non-NUL byte (numpy strips trailing NULs likewise)
-                used = np.where(nonzero.any(axis=1),
-                                width - np.argmax(nonzero[:, ::-1], axis=1), 0)
+                used = _used_lengths(raw[:, off: off + width])
                 if header is None:
                     buf[f"_len{i}"] = used
                 else:
                     buf[f"_val{i}"]["els"]["len"][:, j] = used
                     total = total + 4 + used
-                mask[:, off: off + width] = np.arange(width) < used[:, None]
+                np.less(self._ramp[:width], used[:, None], out=mask[:, off: off + width])
             if header is not None:
                 buf[f"_len{i}"] = header + total
-        return raw[mask].tobytes()
+        return raw[mask]
 
-    def iter_bytes(self, rows, header=True, trailer=True, chunk_rows=CHUNK_ROWS):
-        """Yield PGCOPY byte blocks for ``rows`` (a structured array)."""
+    def iter_blocks(self, rows, header=True, trailer=True, chunk_rows=CHUNK_ROWS,
+                    first_rows=None):
+        """Yield the PGCOPY stream of ``rows`` as blocks: bytes-like objects (bytes or
+        1-D uint8 arrays), for :class:`StreamReader` and ``bytes.join`` (no extra copy).
+
+        ``first_rows``: the first block has that many rows and each next one twice as
+        many, up to ``chunk_rows``: the server starts parsing sooner when the blocks are
+        encoded while it reads (:func:`prefetch`).
+        """
         if header:
             yield HEADER
-        for start in range(0, len(rows), chunk_rows):
-            yield self._chunk(rows[start: start + chunk_rows])
+        start, size = 0, min(first_rows or chunk_rows, chunk_rows)
+        while start < len(rows):
+            yield self._chunk(rows[start: start + size])
+            start, size = start + size, min(2 * size, chunk_rows)
         if trailer:
             yield TRAILER
 
+    def iter_bytes(self, rows, header=True, trailer=True, chunk_rows=CHUNK_ROWS,
+                   first_rows=None):
+        """Yield PGCOPY byte blocks for ``rows`` (a structured array)."""
+        for block in self.iter_blocks(rows, header, trailer, chunk_rows, first_rows):
+            yield block if isinstance(block, bytes) else block.tobytes()
+
     def encode(self, rows):
         """The whole PGCOPY stream for ``rows`` as one bytes object."""
-        return b"".join(self.iter_bytes(rows))
+        return b"".join(self.iter_blocks(rows))
 
 
 _END = object()
@@ -271,8 +337,10 @@ def prefetch(blocks, depth=3):
 class StreamReader:
     """A file-like object over an iterator of byte blocks, for ``copy_expert``.
 
-    Keeps one block and a read position, so reading it in small pieces copies each byte
-    once.
+    Blocks are bytes or other bytes-like objects (:meth:`Encoder.iter_blocks`: 1-D
+    uint8 arrays).  Keeps one block and a read position; each byte is copied once, into
+    the ``bytes`` that ``read`` returns (a whole ``bytes`` block read at once is returned
+    as it is).
     """
 
     def __init__(self, blocks):
@@ -282,14 +350,20 @@ class StreamReader:
 
     def read(self, size=-1):
         if size is None or size < 0:
-            rest = self._block[self._pos:] + b"".join(self._blocks)
+            rest = b"".join([self._block[self._pos:], *self._blocks])
             self._block, self._pos = b"", 0
             return rest
         while self._pos >= len(self._block):
             try:
-                self._block, self._pos = next(self._blocks), 0
+                block = next(self._blocks)
             except StopIteration:
                 return b""
-        out = self._block[self._pos: self._pos + size]
+            self._block = block if isinstance(block, bytes) else memoryview(block).cast("B")
+            self._pos = 0
+        block, pos = self._block, self._pos
+        if pos == 0 and size >= len(block) and isinstance(block, bytes):
+            out = block
+        else:
+            out = bytes(block[pos: pos + size])
         self._pos += len(out)
         return out

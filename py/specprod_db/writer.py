@@ -42,6 +42,10 @@ from .schema import table as schema_table
 #: psycopg2 reads the COPY source in blocks of this size.
 COPY_READ_SIZE = 1 << 20
 
+#: Rows of the first block encoded for a COPY (then 2x each block, up to
+#: ``pgcopy.CHUNK_ROWS``): the server waits for the first block only.
+COPY_FIRST_ROWS = 500
+
 #: Status of a tile in ``tile_state`` after a failure: bad input / a bug.
 FAILED, INTERNAL_ERROR = "failed", "internal_error"
 
@@ -73,7 +77,8 @@ def copy_rows(cur, schema_name, table_name, rows, target=None):
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         dest, sql.SQL(", ").join(map(sql.Identifier, table.names)))
     cur.copy_expert(statement.as_string(cur.connection),
-                    StreamReader(prefetch(Encoder(table).iter_bytes(rows))),
+                    StreamReader(prefetch(Encoder(table).iter_blocks(
+                        rows, first_rows=COPY_FIRST_ROWS))),
                     size=COPY_READ_SIZE)
     return len(rows)
 
