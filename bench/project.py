@@ -3,16 +3,22 @@
 
     .venv/bin/python bench/project.py [bench/results/results.json] [--tiles 25000]
 
-Model (``doc/scale.md`` explains it and its limits): one writer (rank 0) and one
-PostgreSQL server; ``128 N - 1`` extracting ranks on ``N`` nodes.
+Model (``doc/scale.md`` explains it and its limits): ``K`` writers (``--writers K``) and
+one PostgreSQL server; ``128 N - 1 - K`` extracting ranks on ``N`` nodes (``K = 1``:
+rank 0 writes).
 
 * per-tile costs from (b)'s 1-rank ``--initial`` run (stages run one after the other
   there, so each timer is that stage's cost): extraction = extract tiles + extract bricks
   (+ plan bricks), write = the write timer; scaled from the mock tile's rows to a real
   tile's (bytes-weighted with (a)'s PGCOPY bytes per row for the write; rows of ztile
   for extraction);
-* the wall of the tile phase is the larger of the writer's total and the extractors'
-  total divided by their number (the write overlaps the next wave's extraction);
+* the wall of the tile phase is the largest of: the writers' total divided by
+  ``min(K, server cores)`` (each writer is one server backend; assumed to scale until the
+  server's cores are used, which this 2-core machine cannot show), the WAL the load
+  writes at the server's WAL rate (WAL bytes per tile measured in (b) with
+  ``pg_current_wal_lsn``, scaled like the write; the rate an assumption,
+  ``--wal-mb-s``), and the extractors' total divided by their number (the write
+  overlaps the next wave's extraction);
 * the end (index builds, primary flags, CLUSTER, ANALYZE: the finalize timer) scaled
   with the rows times log(rows);
 * no growth of the per-tile write with the rows held: (d) found the per-tile work of a
@@ -30,7 +36,8 @@ REAL = {"ztile": 125e6, "potential": 375e6, "photometry": 50e6, "target": 125e6,
         "fiberassign": 125e6}
 
 
-def project(res, tiles=25000, nodes=(1, 2, 4, 8, 16, 32), cores=128):
+def project(res, tiles=25000, nodes=(1, 2, 4, 8, 16, 32), cores=128, writers=(1, 4, 16),
+            server_cores=32, wal_mb_s=300.0):
     one = res["loads"][0]
     assert one["ranks"] == 1, "the first load of (b) must be the 1-rank run"
     nt = one["tiles"]
@@ -86,6 +93,24 @@ def project(res, tiles=25000, nodes=(1, 2, 4, 8, 16, 32), cores=128):
                              "total_h": (tile_phase + fin) / 3600,
                              "bound": "writer" if write_total >= ext_total else "extract"})
     out["writer_bound_from_nodes"] = extract / (write * cores)
+    wal = one.get("wal_bytes")
+    wal_tile = wal / nt * wscale if wal else None
+    out.update(wal_bytes_per_tile_real=wal_tile, server_cores=server_cores,
+               wal_mb_s=wal_mb_s, writers=[])
+    wal_floor = wal_tile * tiles / (wal_mb_s * 1e6) if wal_tile else 0.0
+    for k in writers:
+        for n in nodes:
+            ex = cores * n - (1 if k == 1 else 1 + k)
+            ext_total = extract * tiles / ex
+            w = write_total / min(k, server_cores)
+            phase = max(w, wal_floor, ext_total)
+            bound = ("writers" if phase == w else "WAL" if phase == wal_floor
+                     else "extract")
+            out["writers"].append({"writers": k, "nodes": n, "extractors": ex,
+                                   "write_h": w / 3600, "wal_h": wal_floor / 3600,
+                                   "extract_h": ext_total / 3600,
+                                   "tile_phase_h": phase / 3600,
+                                   "total_h": (phase + fin) / 3600, "bound": bound})
     return out
 
 
@@ -93,18 +118,30 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="?", default="bench/results/results.json")
     p.add_argument("--tiles", type=int, default=25000)
+    p.add_argument("--server-cores", type=int, default=32,
+                   help="cores of the PostgreSQL server: writers beyond them do not "
+                        "help (assumption; default 32)")
+    p.add_argument("--wal-mb-s", type=float, default=300.0,
+                   help="WAL the server sustains, MB/s (assumption; default 300)")
     args = p.parse_args()
     with open(args.results) as f:
         res = json.load(f)
-    out = project(res, tiles=args.tiles)
+    out = project(res, tiles=args.tiles, server_cores=args.server_cores,
+                  wal_mb_s=args.wal_mb_s)
     for k, v in out.items():
-        if k != "nodes":
+        if k not in ("nodes", "writers"):
             print(f"{k:<30} {v}")
     print(f"{'nodes':>5} {'extractors':>10} {'extract h':>9} {'tile phase h':>12} "
           f"{'total h':>8} bound")
     for r in out["nodes"]:
         print(f"{r['nodes']:>5} {r['extractors']:>10} {r['extract_h']:>9.2f} "
               f"{r['tile_phase_h']:>12.2f} {r['total_h']:>8.2f} {r['bound']}")
+    print(f"\n{'writers':>7} {'nodes':>5} {'write h':>8} {'WAL h':>6} {'extract h':>9} "
+          f"{'tile phase h':>12} {'total h':>8} bound")
+    for r in out["writers"]:
+        print(f"{r['writers']:>7} {r['nodes']:>5} {r['write_h']:>8.2f} {r['wal_h']:>6.2f} "
+              f"{r['extract_h']:>9.2f} {r['tile_phase_h']:>12.2f} {r['total_h']:>8.2f} "
+              f"{r['bound']}")
 
 
 if __name__ == "__main__":

@@ -129,9 +129,10 @@ def markdown(res, text):
                 "![stages](stages.png)", "",
                 "| ranks | writers | tiles | rows | wall s | tiles/s | rows/s | "
                 + " | ".join(names) + " | peak RSS per rank, MiB | busy s per rank | "
-                "balance max/mean | write s with extractors busy | load avg before |",
+                "balance max/mean | write s with extractors busy | WAL MB per tile | "
+                "load avg before |",
                 "|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names)
-                + "---|---|---:|---:|---|"]
+                + "---|---|---:|---:|---:|---|"]
         for r in b:
             rk = r.get("ranks_counts") or {}
             busy = rk.get("busy_seconds") or {}
@@ -144,7 +145,9 @@ def markdown(res, text):
                 f"{', '.join(f'{v:.1f}' for v in busy.values())} | "
                 f"{rk.get('balance_max_over_mean', '')} | "
                 f"{rk.get('write_seconds_with_workers_busy', '')} of "
-                f"{rk.get('write_seconds', '')} | {' '.join(r['loadavg3_before'])} |")
+                f"{rk.get('write_seconds', '')} | "
+                f"{r.get('wal_bytes', 0) / r['tiles'] / 1e6:.1f} | "
+                f"{' '.join(r['loadavg3_before'])} |")
         tables = sorted({k for r in b for k in r["tables"]} - {"primary"})
         out += ["", "Rows per second per table (rows inserted / wall):", "",
                 "| ranks | writers | " + " | ".join(tables) + " |",

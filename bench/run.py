@@ -154,6 +154,18 @@ def loadavg():
     return os.getloadavg()[0]
 
 
+def wal_lsn(dsn):
+    """The server's current WAL position (WAL bytes written by a run: the difference;
+    the server is shared with other work, so an upper bound)."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_lsn()::text")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
 def new_schema(dsn, env):
     name = "bench_" + secrets.token_hex(4)
     subprocess.run([os.path.join(VENV_BIN, "specprod-db"), "init", "--schema", name,
@@ -203,6 +215,7 @@ def run_load(dsn, env, workdir, ranks, label, tiles=None, keep_stage=False, init
         e["BENCH_PROFILE_DIR"] = prof_dir
     loadavg3 = open("/proc/loadavg").read().split()[:3]
     load0 = loadavg()
+    wal0 = wal_lsn(dsn)
     t = time.perf_counter()
     proc = subprocess.run(argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, stdin=subprocess.DEVNULL, timeout=1800)
@@ -212,6 +225,8 @@ def run_load(dsn, env, workdir, ranks, label, tiles=None, keep_stage=False, init
                            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
+        cur.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (wal0,))
+        wal_bytes = int(cur.fetchone()[0])
         cur.execute(sql.SQL("SELECT counts, extract(epoch FROM finished - started) FROM {} "
                             "ORDER BY id DESC LIMIT 1").format(
             sql.Identifier(schema_name, "load_run")))
@@ -242,6 +257,7 @@ def run_load(dsn, env, workdir, ranks, label, tiles=None, keep_stage=False, init
            "tables": counts["tables"], "timers": counts["timers"],
            "ranks_counts": counts.get("ranks"), "plan": plan, "tiles_written": written,
            "initial": initial, "load_runs": nruns, "stage_bytes": stage_bytes,
+           "wal_bytes": wal_bytes,
            "peak_rss_mib": [round(rss[k]) for k in sorted(rss)], "schema": schema_name,
            "stage_dir": stage_dir, "loadavg_before": load0, "loadavg3_before": loadavg3,
            "loadavg3_after": open("/proc/loadavg").read().split()[:3],
@@ -302,7 +318,9 @@ def report(res):
                                    sorted(r["tables"].items()) if k != "primary")
                        + f"  | busy {rk.get('busy_seconds')} balance "
                        f"{rk.get('balance_max_over_mean')} overlap "
-                       f"{rk.get('write_seconds_with_workers_busy')}/{rk.get('write_seconds')}")
+                       f"{rk.get('write_seconds_with_workers_busy')}/{rk.get('write_seconds')}"
+                       + (f" | WAL {r['wal_bytes'] / r['tiles'] / 1e6:.1f} MB/tile"
+                          if r.get("wal_bytes") else ""))
         if res.get("stage_bytes_per_tile"):
             out.append(f"stage files (1-rank run, all kept): "
                        f"{res['stage_bytes_per_tile'] / 1e6:.2f} MB per tile")
