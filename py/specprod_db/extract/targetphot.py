@@ -13,9 +13,9 @@ Our own equivalent of desispec's ``desispec.io.photo.gather_targetphot`` for one
    keyword and the path, and counted in ``stats['missing_catalogs']``; if none is left
    the tile fails (desispec fails too); the rest is de-duplicated and sorted
    alphabetically;
-3. a file whose name contains ``ToO`` (or ends in ``.ecsv``) is an ECSV ledger (astropy
-   ``ascii.ecsv``, ``guess=False``), any other file a FITS catalog (secondary targets),
-   and a directory holds primary targets split in nested HEALPix files
+3. a file whose name contains ``ToO`` (or ends in ``.ecsv``) is an ECSV ledger (read as
+   astropy's ``ascii.ecsv`` reader reads it, by :mod:`specprod_db.ecsv`), any other file
+   a FITS catalog (secondary targets), and a directory holds primary targets split in nested HEALPix files
    ``{prefix}hp-{pix}.fits``.  (desispec tests for ``secondary`` and ``ToO`` anywhere in
    the path, which misreads every catalog when a parent directory, e.g. ``$DESI_ROOT``,
    has such a name; on DESI paths the two rules agree.)  ``FILENSID``
@@ -250,20 +250,23 @@ def _fits_targets(path, want, label, cache=False):
 
 
 def _ecsv_targets(path, want, label):
-    """Rows of a ToO ledger whose TARGETID is in ``want``, as a dict of columns, or None."""
-    from astropy.table import Table
+    """Rows of a ToO ledger whose TARGETID is in ``want``, as a dict of columns, or None.
+
+    Read with :mod:`specprod_db.ecsv` (equal to astropy's ``ascii.ecsv`` reader, masked
+    values filled with 0 as ``numpy.ma.filled(column, 0)``), not astropy: its import and
+    its reader cost seconds and left reference cycles of every row's strings."""
+    from .. import ecsv
     try:
-        tab = Table.read(path, format="ascii.ecsv", guess=False)
-    except Exception as err:  # astropy raises many types for a malformed ledger
+        tab = ecsv.read(path, columns=TARGETPHOT_DTYPE.names)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
         raise InputError(f"{_prefix(label)}cannot read ToO ledger {path}: "
                          f"{error_text(err)}") from None
-    if "TARGETID" not in tab.colnames:
+    if "TARGETID" not in tab:
         raise InputError(f"{_prefix(label)}ToO ledger {path} has no TARGETID column")
-    hit = np.flatnonzero(np.isin(np.asarray(tab["TARGETID"]), want))
+    hit = np.flatnonzero(np.isin(tab["TARGETID"], want))
     if hit.size == 0:
         return None
-    tab = tab[hit]
-    return {c: np.ma.filled(tab[c], 0) for c in tab.colnames if c in TARGETPHOT_DTYPE.names}
+    return {c: v[hit] for c, v in tab.items()}
 
 
 def as_model(piece):
