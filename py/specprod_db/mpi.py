@@ -105,7 +105,7 @@ def call_task(func, task, comm):
 def describe(task):
     """A short name of a task for messages: ``tile 1234``, ``bricks 0001m002+16``."""
     if isinstance(task, dict):
-        for key, label in (("tileid", "tile"), ("group", "bricks")):
+        for key, label in (("tileid", "tile"), ("group", "bricks"), ("path", "catalog")):
             if key in task:
                 return f"{label} {task[key]}"
         if "action" in task:

@@ -9,7 +9,11 @@ with the run's exit status, which every rank returns:
    file and the load state, and diff them (:mod:`specprod_db.plan`).  Files are only
    ``stat``-ed here; no transaction stays open.
 2. **tile tasks** — every INSERT/UPDATE tile is extracted and staged by a worker
-   (:func:`specprod_db.tasks.extract_tile`), which also fingerprints what it read.
+   (:func:`specprod_db.tasks.extract_tile`), which also fingerprints what it read; the
+   targeting rows of new fiberassign data come next, from **catalog tasks** then
+   **targetphot tasks**: each targeting catalog file the wave's tiles name is read once
+   for all of them, then each tile's target and targeting-photometry rows are assembled
+   from those reads by a worker (:mod:`specprod_db.catalogs`).
 3. **brick tasks** — the targets of new fiberassign data that the database lacks
    photometry for, grouped by brick (:mod:`specprod_db.bricks`), matched to the Legacy
    Surveys by workers (:func:`specprod_db.tasks.extract_brick`).
@@ -38,11 +42,11 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg2
 
-from . import (bricks, db, faults, finalize, fingerprints, mpi, runrecord, schema, stage,
-               tasks, writer, writers, zpixstage)
+from . import (bricks, catalogs, db, faults, finalize, fingerprints, mpi, runrecord,
+               schema, stage, tasks, writer, writers, zpixstage)
 from .errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DatabaseLost, InputError,
                      RunRefused, SpecprodDBError, one_line)
-from .extract import redshift, tile
+from .extract import redshift, targetphot, tile
 from .log import get_logger, set_rank
 from .plan import (DELETE, FAIL, INSERT, REFRESH, UPDATE, MassDeleteRefused, format_plan,
                    make_plan)
@@ -152,14 +156,18 @@ class Run:
         extract = [a for a in self.actions if a.action in (INSERT, UPDATE)]
         n = max(1, self.opts.wave_tiles)
         waves = [extract[i:i + n] for i in range(0, len(extract), n)]
-        self.progress = {"tile": mpi.Progress("tile", len(extract)),
-                         "brick": mpi.Progress("brick", 0), "write": mpi.Progress("write", 0)}
+        self.progress = {kind: mpi.Progress(kind, 0) for kind in
+                         ("tile", "catalog", "targetphot", "brick", "write")}
+        self.progress["tile"].total = len(extract)
         tiles = self.submit_tiles(dispatcher, waves[0]) if waves else None
         for k, wave in enumerate(waves):
-            # wave k: its tiles' results, its brick tasks; the next wave's tiles are
-            # extracted while this one's bricks run and its tiles are written
+            # wave k: its tiles' results, their targeting rows (catalog and targetphot
+            # tasks), its brick tasks; the next wave's tiles are extracted while this
+            # one's bricks run and its tiles are written
             with self.timed("extract tiles"):
                 self.collect_tiles(dispatcher, tiles)
+            with self.timed("targetphot"):
+                self.targetphot(dispatcher, wave)
             with self.timed("plan bricks"):
                 bricks_batch = self.submit_bricks(dispatcher, wave)
             if k + 1 < len(waves):
@@ -258,25 +266,65 @@ class Run:
             "initial": opts.initial, "writers": opts.writers, **opts.paths.as_dict()})
 
     def submit_tiles(self, dispatcher, wave):
-        """Queue a wave's tile tasks, largest fiberassign file first."""
-        jobs = [self._tile_job(a) for a in wave]
+        """Queue a wave's tile tasks, largest fiberassign file first; their catalogs are
+        read by the wave's catalog tasks (:meth:`targetphot`)."""
+        jobs = [dict(self._tile_job(a), wave=True) for a in wave]
         return dispatcher.submit("tile", jobs, size=_tile_size,
                                  progress=self.progress["tile"])
 
     def collect_tiles(self, dispatcher, batch):
+        """The results of tile tasks (or of targetphot tasks); a tile's warnings are
+        counted once its rows are complete (targeting rows assembled)."""
         for job, result in dispatcher.wait(batch):
-            tileid = job["action"]["tileid"]
+            tileid = job["tileid"] if "tileid" in job else job["action"]["tileid"]
             if isinstance(result, mpi.TaskFailure):
                 self.fail(tileid, result.message, result.internal)
                 continue
             self.results[tileid] = result
             if result.stage is not None:
                 self.staged_files["tiles"][str(tileid)] = result.stage.path
+            if result.catalogs is not None:
+                continue
             self._warn_stats(tileid, result.stats)
             if result.missing_petals:
                 self.log.warning("tile %d: no redrock file for petal(s) %s", tileid,
                                  ", ".join(map(str, result.missing_petals)))
         batch.results.clear()
+
+    def targetphot(self, dispatcher, wave):
+        """The wave's targeting rows (:mod:`specprod_db.catalogs`): each catalog file its
+        tiles name read once (catalog tasks, largest first), then each tile's rows
+        assembled from them by a worker (targetphot tasks)."""
+        pending = [self.results[a.tileid] for a in wave if a.tileid in self.results
+                   and a.tileid not in self.failures
+                   and self.results[a.tileid].catalogs is not None]
+        if not pending:
+            return
+        jobs, _ = catalogs.catalog_jobs([(r.catalogs, r.want) for r in pending],
+                                        self.stage_dir)
+        self.progress["catalog"].total += len(jobs)
+        read = dispatcher.map("catalog", jobs, size=catalogs.job_size,
+                              progress=self.progress["catalog"])
+        found = {job["path"]: catalogs.staged(job, result) for job, result in read}
+        self.progress["targetphot"].total += len(pending)
+        batch = dispatcher.submit("targetphot", [
+            {"tileid": r.tileid, "stage": r.stage,
+             "catalogs": {f: found[f] for f, _ in targetphot.plan_files(r.catalogs)}}
+            for r in pending], size=lambda job: len(job["catalogs"]),
+            progress=self.progress["targetphot"])
+        self.collect_tiles(dispatcher, batch)
+        catalogs.remove(result for _, result in read)
+        opened = sum(not getattr(result, "reused", False) for _, result in read)
+        reads = sum(self.results[r.tileid].stats.get("files_read", 0) for r in pending
+                    if r.tileid not in self.failures)
+        c = self.counts.setdefault("catalogs", {"files_opened": 0, "tile_reads": 0,
+                                                "reads_saved": 0})
+        c["files_opened"] += opened
+        c["tile_reads"] += reads
+        c["reads_saved"] += reads - opened
+        self.log.info("targeting catalogs of %d tiles: %d files opened (%d staged before) "
+                      "instead of %d reads tile by tile", len(pending), opened,
+                      len(read) - opened, reads)
 
     def _tile_job(self, action):
         job = {"action": action.as_dict(), "paths": self.opts.paths,
@@ -503,6 +551,7 @@ class Run:
         """The run recorded and reported (with each rank's busy time)."""
         if not self.failures:  # bricks of a crashed run too; kept for a rerun after failures
             stage.remove_bricks(self.stage_dir)
+        stage.remove_catalogs(self.stage_dir)  # a rerun's waves want other rows
         busy, balance = dispatcher.balance()
         self.counts["ranks"] = {"busy_seconds": {str(r): round(t, 2) for r, t in busy.items()},
                                 "balance_max_over_mean": round(balance, 3),

@@ -73,6 +73,10 @@ def report_lines(run):
     if run.counts["warnings"]:
         lines.append("  warnings: " + ", ".join(
             f"{k} {v}" for k, v in sorted(run.counts["warnings"].items())))
+    cat = run.counts.get("catalogs")
+    if cat:
+        lines.append(f"  targeting catalogs: {cat['files_opened']} files opened for "
+                     f"{cat['tile_reads']} reads tile by tile ({cat['reads_saved']} saved)")
     healpix = run.counts.get("healpix")
     if healpix:
         lines.append(f"  HEALPix files: {healpix['files']}, {healpix['already_loaded']} "

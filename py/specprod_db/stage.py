@@ -1,10 +1,11 @@
 """HDF5 stage files: what one task will load, in database column order and dtypes.
 
-One file per task (``tile-TILEID.h5``, ``brick-BRICKNAME.h5``) in the run's stage
-directory; one dataset per table, of exactly ``schema.table(name).dtype``.  A file is
-written under a temporary, PID-tagged name and renamed when complete, so a file under its
-final name is always whole.  Its ``key`` attribute fingerprints the task's inputs (the
-plan line and input fingerprints): a rerun reuses a stage file only when the key matches.
+One file per task (``tile-TILEID.h5``, ``brick-BRICKNAME.h5``, ``catalog-HASH.h5``) in
+the run's stage directory; one dataset per table, of exactly
+``schema.table(name).dtype``.  A file is written under a temporary, PID-tagged name and
+renamed when complete, so a file under its final name is always whole.  Its ``key``
+attribute fingerprints the task's inputs (the plan line and input fingerprints): a rerun
+reuses a stage file only when the key matches.
 
 The stage directory also holds ``manifest.json``: the run's plan and which stage files
 belong to it.
@@ -146,8 +147,17 @@ class StageFile:
 
     def brick_input(self):
         """The brick-task input staged with a tile (None when there is none)."""
+        return self.aux("brick_input")
+
+    def aux(self, name):
+        """Auxiliary array ``aux/NAME`` (None when there is none)."""
         with h5py.File(self.path, "r") as f:
-            return f["aux/brick_input"][()] if "aux/brick_input" in f else None
+            return f[f"aux/{name}"][()] if f"aux/{name}" in f else None
+
+    def key(self):
+        """The task key the file was written for."""
+        with h5py.File(self.path, "r") as f:
+            return f.attrs.get("key")
 
     def targetids(self):
         """Sorted unique TARGETIDs referenced by the file's tables."""
@@ -205,6 +215,12 @@ def remove_stale_tiles(stage_dir, tileids):
 def remove_bricks(stage_dir):
     """Remove every brick stage file (after a run where no tile failed)."""
     return _remove(stage_dir, lambda n: n.startswith("brick-") and n.endswith(".h5"))
+
+
+def remove_catalogs(stage_dir):
+    """Remove every catalog stage file (:mod:`specprod_db.catalogs`; at the end of a
+    run: a rerun's waves want other rows)."""
+    return _remove(stage_dir, lambda n: n.startswith("catalog-") and n.endswith(".h5"))
 
 
 def _remove(stage_dir, match):

@@ -1,13 +1,18 @@
 """What a worker rank does with one task: extract, then stage to HDF5.
 
 *Tile task* (:func:`extract_tile`): the tile row, its qualifying exposures and frames,
-and — for a new tile or a changed fiberassign file (``full``) — fiberassign, potential,
-targetphot (target rows and targeting-data photometry) and the brick inputs; always its
+and — for a new tile or a changed fiberassign file (``full``) — fiberassign, potential
+and the tile's targeting-catalog plan (the catalogs themselves are read once per wave,
+:mod:`specprod_db.catalogs`; a tile task run alone reads them itself); always its
 redshifts (ztile) and their afterburners (``ztile_emline``, ``ztile_qso_mgii``,
 ``ztile_qso_qn``).  The files read are hashed by the worker, right before reading them,
 and checked unchanged after (:mod:`specprod_db.fingerprints`): the fingerprints recorded
 for the tile are those of what was loaded.  An UPDATE planned only because files were
 touched (same bytes) comes back as a refresh, with nothing extracted.
+*Catalog task* (:func:`specprod_db.catalogs.read_catalog_task`): one targeting catalog
+file, the rows a wave's tiles want.
+*Targetphot task* (:func:`assemble_targetphot`): a tile's target rows, targeting-data
+photometry and brick inputs, from the wave's catalog stages, added to its stage file.
 *Brick task* (:func:`extract_brick`): ``tractorphot_onebrick`` for the targets of a
 group of bricks that still need Legacy Surveys photometry.
 *HEALPix task* (:func:`extract_healpix`, static productions): one HEALPix redrock file
@@ -15,8 +20,10 @@ group of bricks that still need Legacy Surveys photometry.
 
 Each task writes one stage file and returns a small typed result (:class:`TileResult`,
 :class:`BrickResult`); a stage file already complete for the same inputs (same key) is
-reused, so a rerun after a crash redoes only what is missing.  A brick group in which a
-brick failed is never reused: the next run reads its tractor files again.
+reused, so a rerun after a crash redoes only what is missing (a tile's stage file still
+without its targeting rows comes back with its plan, and the run assembles it).  A brick
+group in which a brick failed is never reused: the next run reads its tractor files
+again.
 """
 import hashlib
 import json
@@ -25,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import faults, fingerprints, ids, stage, writers
+from . import catalogs, faults, fingerprints, ids, stage, writers
 from .errors import InputError
 from .extract import afterburner, redshift, targetphot, tile, tractorphot, zpix
 from .log import get_logger
@@ -36,6 +43,9 @@ from .stage import StageFile
 BRICK_INPUT_DTYPE = np.dtype([("TARGETID", "i8"), ("RA", "f8"), ("DEC", "f8"),
                               ("RELEASE", "i2"), ("BRICKID", "i4"), ("BRICK_OBJID", "i4"),
                               ("PHOTSYS", "S1"), ("BRICKNAME", "S8"), ("TILEID", "i4")])
+
+#: The tile's targets (fiberassign TARGETS, no sky) staged for its targetphot task.
+TARGETS_DTYPE = np.dtype([("TARGETID", "i8"), ("RA", "f8"), ("DEC", "f8")])
 
 _exposures_cache = {}
 
@@ -60,6 +70,10 @@ class TileResult:
     stats: dict = field(default_factory=dict)
     brick_input: np.ndarray = None
     targetids: np.ndarray = None
+    #: targeting rows still to assemble (catalogs.py): the tile's catalog plan and the
+    #: TARGETIDs of its targets; None once assembled
+    catalogs: list = None
+    want: np.ndarray = None
 
 
 @dataclass
@@ -122,7 +136,7 @@ def extract_tile(job):
     out = stage.tile_file(job["stage_dir"], tileid)
     if out.is_complete(key):
         get_logger().info("tile %d: reusing complete stage file %s", tileid, out.path)
-        return _tile_result(tileid, out, out.info(), reused=True)
+        return _alone(job, _tile_result(tileid, out, out.info(), reused=True))
     night_dir = paths.cumulative_dir(tileid, line["LASTNIGHT"])
     if not os.path.isdir(night_dir):
         raise InputError(f"tile {tileid}: cumulative directory of LASTNIGHT "
@@ -150,13 +164,12 @@ def extract_tile(job):
         fa, pot, targets, header = tile.fiberassign_rows(paths.fiberassign_file(tileid),
                                                          tileid, stats=stats)
         tables["fiberassign"], tables["potential"] = fa, pot
-        # a named catalog that does not exist is skipped and listed in
+        # the catalogs are read once per wave (catalogs.py): here only the tile's plan; a
+        # named catalog that does not exist is skipped and listed in
         # stats["missing_catalogs"]; none existing fails the tile (decision 11)
-        tp = targetphot.targetphot_onetile(tileid, header, targets, paths, stats=stats)
-        stats["targetid_mismatch"] = targetid_mismatches(tp)
-        tables["target"] = targetphot.target_rows(tp, tileid, survey, program, stats=stats)
-        tables["photometry"] = targetphot.photometry_from_targetphot(tp, stats=stats)
-        extra["brick_input"] = brick_input(tp, targets, tileid)
+        extra["targets"] = _target_positions(targets)
+        plan = targetphot.catalog_plan(tileid, header, targets, paths, stats) \
+            if len(targets) else []
     z, zinfo = redshift.ztile_rows(paths, tileid, line["LASTNIGHT"], survey, program,
                                    stats=stats)
     tables["ztile"] = z
@@ -168,17 +181,91 @@ def extract_tile(job):
     faults.hit("extract", tileid, leftover=out.path)  # crash tests only (faults.py)
     info = {"state": state, "rows": {k: len(v) for k, v in tables.items()},
             "missing_petals": list(zinfo.get("missing_petals", [])), "stats": _plain(stats)}
+    if full:
+        info["targetphot"] = {"catalogs": plan, "survey": survey, "program": program}
     out.write(tables, key, extra, info)
-    return _tile_result(tileid, out, info, brick_input=extra.get("brick_input"),
-                        targetids=_targetids(tables))
+    return _alone(job, _tile_result(tileid, out, info,
+                                    targetids=None if full else _targetids(tables)))
+
+
+def _alone(job, result):
+    """A tile task run alone (``job["wave"]`` unset: not by the load's waves) reads its
+    own catalogs (:func:`catalogs.read_in_process`) and assembles its targeting rows."""
+    if result.catalogs is None or job.get("wave"):
+        return result
+    found = catalogs.read_in_process(result.catalogs, result.want, job["stage_dir"])
+    try:
+        assembled = assemble_targetphot({"tileid": result.tileid, "stage": result.stage,
+                                         "catalogs": found})
+    finally:
+        for where in found.values():
+            if "stage" in where:
+                StageFile(where["stage"]).remove()
+    assembled.reused = result.reused
+    return assembled
+
+
+def _target_positions(targets):
+    out = np.zeros(len(targets), dtype=TARGETS_DTYPE)
+    for name in TARGETS_DTYPE.names:
+        out[name] = targets[name]
+    return out
 
 
 def _tile_result(tileid, out, info, reused=False, brick_input=None, targetids=None):
-    if reused:
+    """The TileResult of a stage file; one whose targeting rows are still to be
+    assembled (``info["targetphot"]``) carries its catalog plan and wanted TARGETIDs."""
+    pending = info.get("targetphot")
+    if reused and not pending:
         brick_input, targetids = out.brick_input(), out.targetids()
-    return TileResult(tileid, out, info["state"], reused=reused, rows=info["rows"],
-                      missing_petals=info["missing_petals"], stats=info["stats"],
-                      brick_input=brick_input, targetids=targetids)
+    result = TileResult(tileid, out, info["state"], reused=reused, rows=info["rows"],
+                        missing_petals=info["missing_petals"], stats=info["stats"],
+                        brick_input=brick_input, targetids=targetids)
+    if pending:
+        result.catalogs = pending["catalogs"]
+        result.want = np.unique(out.aux("targets")["TARGETID"])
+    return result
+
+
+def assemble_targetphot(job):
+    """Worker side of a targetphot task: a tile's targeting rows from the wave's catalog
+    stages (:mod:`specprod_db.catalogs`).
+
+    ``job`` = dict(tileid, stage: the tile's stage file, written by its tile task with
+    its catalog plan, catalogs: file -> :func:`catalogs.staged`).  The target and
+    photometry rows and the brick input join the tile's stage file (rewritten whole, same
+    key), whose ``info`` then says the tile is complete.
+    """
+    tileid, out = job["tileid"], job["stage"]
+    info, key = out.info(), out.key()
+    pending = info.pop("targetphot")
+    targets = out.aux("targets")
+    tables = out.tables()
+    stats = {}
+    read = catalogs.stage_reader(job["catalogs"], f"tile {tileid}")
+    tp = targetphot.assemble(tileid, pending["catalogs"], targets, read, stats)
+    stats["targetid_mismatch"] = targetid_mismatches(tp)
+    tables["target"] = targetphot.target_rows(tp, tileid, pending["survey"],
+                                              pending["program"], stats=stats)
+    tables["photometry"] = targetphot.photometry_from_targetphot(tp, stats=stats)
+    extra = {"brick_input": brick_input(tp, targets, tileid)}
+    info["rows"] = {k: len(v) for k, v in tables.items()}
+    info["stats"] = _add_stats(info["stats"], _plain(stats))
+    out.write(tables, key, extra, info)
+    return _tile_result(tileid, out, info, brick_input=extra["brick_input"],
+                        targetids=_targetids(tables))
+
+
+def _add_stats(into, more):
+    """Stats of two steps of a tile as one: counts added, lists joined."""
+    for k, v in more.items():
+        if k not in into:
+            into[k] = v
+        elif isinstance(v, dict):
+            into[k] = _add_stats(dict(into[k]), v)
+        else:
+            into[k] = into[k] + v
+    return into
 
 
 def _targetids(tables):
@@ -290,5 +377,6 @@ def _plain(stats):
 
 #: The task kinds a worker serves (:func:`specprod_db.mpi.serve`); ``write`` only on the
 #: writer ranks of ``--writers`` (:mod:`specprod_db.writers`).
-HANDLERS = {"tile": extract_tile, "brick": extract_brick, "healpix": extract_healpix,
-            "write": writers.write_task}
+HANDLERS = {"tile": extract_tile, "catalog": catalogs.read_catalog_task,
+            "targetphot": assemble_targetphot, "brick": extract_brick,
+            "healpix": extract_healpix, "write": writers.write_task}
