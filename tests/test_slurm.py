@@ -317,7 +317,11 @@ def wait_for(predicate, proc):
 
 
 def finish(proc, release, status):
-    release.write_text(str(status))
+    # written aside and renamed: the fake srun polls for the file and must never read it
+    # created but still empty (which it would take for status 0)
+    tmp = release.with_suffix(".tmp")
+    tmp.write_text(str(status))
+    tmp.rename(release)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, out, err
 
