@@ -412,9 +412,10 @@ def main():
     p.add_argument("--small-tiles", type=int, default=0,
                    help="tiles of the old full-size memory-comparison run (0: skipped; "
                         "(e) replaces it)")
-    p.add_argument("--runs", default="1,2,4,4w2,6w4",
+    p.add_argument("--runs", default="1,2,4,4w2",
                    help="(b) the full-size initial loads: RANKS or RANKSwWRITERS "
-                        "(--writers K), comma-separated (1,2,4,4w2,6w4)")
+                        "(--writers K), comma-separated (1,2,4,4w2; e.g. 6w4 adds K = 4 writers "
+                        "at 6 ranks)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="attempts per COPY variant (3)")
     p.add_argument("--growth", default="50,200,1000",
