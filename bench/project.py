@@ -8,8 +8,9 @@ one PostgreSQL server; ``128 N - 1 - K`` extracting ranks on ``N`` nodes (``K = 
 rank 0 writes).
 
 * per-tile costs from (b)'s 1-rank ``--initial`` run (stages run one after the other
-  there, so each timer is that stage's cost): extraction = extract tiles + extract bricks
-  (+ plan bricks), write = the write timer; scaled from the mock tile's rows to a real
+  there, so each timer is that stage's cost): extraction = extract tiles + targetphot
+  (the wave's catalog reads and each tile's targeting rows) + extract bricks (+ plan
+  bricks), write = the write timer; scaled from the mock tile's rows to a real
   tile's (bytes-weighted with (a)'s PGCOPY bytes per row for the write; rows of ztile
   for extraction);
 * the wall of the tile phase is the largest of: the writers' total divided by
@@ -50,8 +51,8 @@ def project(res, tiles=25000, nodes=(1, 2, 4, 8, 16, 32), cores=128, writers=(1,
     real_bytes = sum(real_rows[k] * bpr[k] for k in REAL)
     wscale = real_bytes / mock_bytes
     escale = real_rows["ztile"] / mock_rows["ztile"]
-    extract = (t.get("extract tiles", 0) + t.get("extract bricks", 0)
-               + t.get("plan bricks", 0)) / nt * escale
+    extract = (t.get("extract tiles", 0) + t.get("targetphot", 0)
+               + t.get("extract bricks", 0) + t.get("plan bricks", 0)) / nt * escale
     write = t.get("write", 0) / nt * wscale
     g = res.get("growth") or []
     growth = g[-1]["s_per_new_tile"] / g[0]["s_per_new_tile"] if len(g) >= 2 else 1.0

@@ -94,7 +94,8 @@ def plot_rss(res, path):
         ax.bar(xs, rss, color=["C3"] + ["C0"] * (len(rss) - 1))
         ticks.append(x0 + (len(rss) - 1) / 2)
         labels.append(f"{r['tiles']} {'small' if r['label'].startswith('small') else 'full'}"
-                      f"\n{r['ranks']} rk")
+                      f"\n{r['ranks']} rk"
+                      + (f", {r['writers']} wr" if (r.get("writers") or 1) > 1 else ""))
         x0 += len(rss) + 1
     ax.set_xticks(ticks, labels, fontsize=7)
     ax.set_ylabel("peak RSS, MiB")
