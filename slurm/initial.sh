@@ -1,11 +1,13 @@
 #!/bin/bash
-# The initial (monolithic) load of a whole production at NERSC, on N nodes (default 8,
-# 32 ranks per node: one root that plans and writes, the others extract).
+# The initial (monolithic) load of a whole production at NERSC, on N nodes (default 1,
+# 32 ranks per node: one root that plans and writes, the others extract). One node keeps
+# one writer busy (doc/scale.md: the writer is the bound from ~3 extracting ranks on);
+# more nodes help only with more writers (--writers K) on a server with the cores.
 #
 #   SPECPROD=loa sbatch slurm/initial.sh                      # schema "loa"
 #   sbatch slurm/initial.sh loa                               # the same
 #   sbatch slurm/initial.sh loa loa_test --tiles 1000,1001    # schema "loa_test", a subset
-#   SPECPROD=loa sbatch -N 16 slurm/initial.sh                # more nodes
+#   SPECPROD=loa sbatch -N 2 slurm/initial.sh loa --writers 4 # 4 writer ranks
 #
 # Arguments: [SPECPROD [SCHEMA]] [LOAD OPTIONS]; without them SPECPROD comes from the
 # environment and the schema from SPECPROD_DB_SCHEMA (or SCHEMA), else it is SPECPROD.
@@ -25,7 +27,7 @@
 #SBATCH --qos=regular
 #SBATCH --constraint=cpu
 #SBATCH --account=desi
-#SBATCH --nodes=8
+#SBATCH --nodes=1
 #SBATCH --time=08:00:00
 #SBATCH --signal=B:USR1@600
 #SBATCH --job-name=specprod-db-initial
@@ -99,7 +101,7 @@ resubmit() {
         return 0
     fi
     followup=$(SPECPROD_DB_RESUBMIT=$((RESUBMIT - 1)) sbatch --parsable \
-        --dependency="afterany:$SLURM_JOB_ID" --nodes="${SLURM_JOB_NUM_NODES:-8}" \
+        --dependency="afterany:$SLURM_JOB_ID" --nodes="${SLURM_JOB_NUM_NODES:-1}" \
         "${SPECPROD_DB_SCRIPT:-$0}" "${script_args[@]}")
     followup=${followup%%;*}
     echo "$me: time limit near: submitted job $followup to resume after job $SLURM_JOB_ID" \
@@ -109,7 +111,7 @@ trap resubmit USR1
 trap 'killed=TERM interrupted=TERM' TERM
 
 # --- the schema, then the load -----------------------------------------------------------
-NODES=${SLURM_JOB_NUM_NODES:-8}
+NODES=${SLURM_JOB_NUM_NODES:-1}
 PER_NODE=${SPECPROD_DB_TASKS_PER_NODE:-32}
 NTASKS=$((NODES * PER_NODE))
 CPUS=$((2 * (128 / PER_NODE > 0 ? 128 / PER_NODE : 1)))

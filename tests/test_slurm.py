@@ -261,7 +261,7 @@ def test_initial_from_arguments(fake, tmp_path):
     assert res.returncode == 0, res.stderr
     init, load = fake.calls("srun")
     assert init["args"][-2:] == ["--schema", "loa_test"]
-    assert load["args"] == ["-N", "8", "-n", "128", "--ntasks-per-node=16", "-c", "16",
+    assert load["args"] == ["-N", "1", "-n", "16", "--ntasks-per-node=16", "-c", "16",
                             "--cpu-bind=cores", "specprod-db", "load", "--schema",
                             "loa_test", "--initial", "--tiles", "1000,1001"]
     assert load["env"]["SPECPROD"] == "loa" and load["env"]["DESI_ROOT"] == "/caller/root"
