@@ -1,0 +1,159 @@
+"""fitstable.BinTable reads what fitsio reads: values and dtypes of every column of the
+mock tractor files and of a table of every supported type, any rows; what it does not
+convert is refused (Unsupported, then fitsio), a damaged file is an error."""
+import os
+
+import fitsio
+import numpy as np
+import pytest
+
+from specprod_db.extract.fitstable import BinTable, Unsupported
+
+
+def same(a, b):
+    assert a.dtype == b.dtype, (a.dtype, b.dtype)
+    for n in a.dtype.names:
+        assert a[n].tobytes() == b[n].tobytes(), n  # bit for bit (NaN too)
+
+
+def fitsio_read(path, columns, rows=None):
+    with fitsio.FITS(path) as f:
+        hdu = next(h for h in f if h.get_exttype() != "IMAGE_HDU")
+        return hdu.read(columns=columns, rows=rows, upper=True)
+
+
+def row_choices(n, rng):
+    yield None
+    if n:
+        yield np.array([0])
+        yield np.array([n - 1])
+        yield np.sort(rng.choice(n, size=min(n, 9), replace=False))
+    yield np.array([], dtype=np.int64)
+
+
+def tractor_files(prod):
+    root = os.path.join(prod, "external", "legacysurvey", "dr9")
+    for region in ("north", "south"):
+        for dirpath, _, names in os.walk(os.path.join(root, region, "tractor")):
+            yield from (os.path.join(dirpath, n) for n in sorted(names)
+                        if n.endswith(".fits"))
+
+
+def test_mock_tractor_files_read_as_fitsio_reads_them(small_production):
+    rng = np.random.default_rng(5)
+    files = sorted(tractor_files(small_production[0]))
+    assert len(files) >= 5
+    for path in files[:12]:
+        table = BinTable(path)
+        assert len(table.colnames) == 181
+        for rows in row_choices(table.nrows, rng):
+            same(table.read(table.colnames, rows), fitsio_read(path, table.colnames, rows))
+        # the reader's usual requests, names in another case than the file's
+        cols = ["ra", "Dec", "BRICK_PRIMARY", "objid", "BRICKID"]
+        same(table.read(cols), fitsio_read(path, cols))
+
+
+def every_type(n):
+    rng = np.random.default_rng(3)
+    data = np.zeros(n, dtype=[
+        ("flag", "?"), ("u1", "u1"), ("i1", "i1"), ("i2", ">i2"), ("u2", "u2"),
+        ("i4", "i4"), ("u4", "u4"), ("i8", "i8"), ("u8", "u8"), ("f4", "f4"),
+        ("f8", ">f8"), ("name", "S5"), ("one", "S1"), ("vec", "f4", (3,)),
+        ("ivec", "i2", (4,)), ("bvec", "?", (2,)), ("Mixed_Case", "i4")])
+    for name in data.dtype.names:
+        kind = data.dtype[name].base.kind
+        shape = (n,) + data.dtype[name].shape
+        if kind == "b":
+            data[name] = rng.integers(0, 2, shape).astype(bool)
+        elif kind in "iu":
+            info = np.iinfo(data.dtype[name].base)
+            data[name] = rng.integers(info.min, info.max, shape, dtype=data.dtype[name].base.newbyteorder("="),
+                                      endpoint=True)
+        elif kind == "f":
+            data[name] = rng.normal(size=shape)
+    data["f8"][:2] = [np.nan, np.inf][:n]
+    words = [b"", b"a", b"ab c", b"abcde", b" lead"]
+    data["name"] = [words[i % len(words)] for i in range(n)]
+    data["one"] = [b"N" if i % 2 else b"" for i in range(n)]
+    return data
+
+
+@pytest.mark.parametrize("n", [0, 1, 57])
+def test_every_supported_type(n, tmp_path):
+    path = str(tmp_path / "t.fits")
+    fitsio.write(path, every_type(n))
+    table = BinTable(path)
+    assert table.nrows == n
+    rng = np.random.default_rng(n)
+    for rows in row_choices(n, rng):
+        same(table.read(table.colnames, rows), fitsio_read(path, table.colnames, rows))
+    same(table.read(["I8", "flag"]), fitsio_read(path, ["I8", "flag"]))
+
+
+def test_table_after_an_image_and_a_long_header(tmp_path):
+    path = str(tmp_path / "t.fits")
+    data = every_type(30)
+    with fitsio.FITS(path, "rw") as f:
+        f.write(np.arange(12, dtype="f4").reshape(3, 4), extname="IMG")
+        f.write(data, extname="CAT",
+                header=[{"name": f"KEY{i}", "value": "it's 'quoted'" if i % 2 else i}
+                        for i in range(100)])
+    table = BinTable(path)
+    same(table.read(table.colnames), fitsio_read(path, table.colnames))
+
+
+def test_what_it_leaves_to_fitsio(tmp_path):
+    path = str(tmp_path / "t.fits")
+    data = np.zeros(4, dtype=[("ok", "i4"), ("grid", "f4", (2, 3)), ("c", "c8")])
+    fitsio.write(path, data)
+    table = BinTable(path)
+    same(table.read(["ok"]), fitsio_read(path, ["ok"]))
+    for col in ("grid", "c"):  # a 2-D TDIM; complex
+        with pytest.raises(Unsupported):
+            table.read([col])
+    ascii_path = str(tmp_path / "a.fits")
+    fitsio.write(ascii_path, np.zeros(2, dtype=[("x", "i4")]), table_type="ascii")
+    with pytest.raises(Unsupported):
+        BinTable(ascii_path)
+    scaled = str(tmp_path / "s.fits")
+    fitsio.write(scaled, np.zeros(2, dtype=[("x", "i2")]))
+    with open(scaled, "r+b") as f:  # TZERO1 = 5: a scaled column, not unsigned
+        head = f.read(3 * 2880)
+        at = head.index(b"END" + b" " * 77, head.index(b"XTENSION= 'BINTABLE'"))
+        f.seek(at)
+        f.write(b"TZERO1  =                    5".ljust(80) + b"END".ljust(80))
+    with pytest.raises(Unsupported):
+        BinTable(scaled).read(["x"])
+
+
+def test_damaged_files_are_errors(tmp_path):
+    path = str(tmp_path / "t.fits")
+    fitsio.write(path, every_type(200))
+    data = open(path, "rb").read()
+    cut = str(tmp_path / "cut.fits")
+    open(cut, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        BinTable(cut)
+    head = str(tmp_path / "head.fits")
+    open(head, "wb").write(data[:1000])
+    with pytest.raises(ValueError, match="inside a header"):
+        BinTable(head)
+    nokey = str(tmp_path / "nokey.fits")
+    open(nokey, "wb").write(data.replace(b"TFORM3  =", b"TFORMX  =", 1))
+    with pytest.raises(ValueError, match="no TFORM3 keyword"):
+        BinTable(nokey)
+    other = str(tmp_path / "other.fits")
+    open(other, "wb").write(b"x" * 2880)
+    with pytest.raises(ValueError, match="not a FITS file"):
+        BinTable(other)
+    with pytest.raises(ValueError, match="no column"):
+        BinTable(path).read(["nope"])
+
+
+def test_non_ascii_strings_fail_as_with_fitsio(tmp_path):
+    path = str(tmp_path / "t.fits")
+    fitsio.write(path, np.array([(b"P\xff\xfe",)], dtype=[("TYPE", "S3")]))
+    with pytest.raises(UnicodeDecodeError):
+        fitsio_read(path, ["TYPE"])
+    with pytest.raises(UnicodeDecodeError):
+        BinTable(path).read(["TYPE"])
