@@ -14,6 +14,7 @@ potential targets a tile; ``--heldout-fibers``):
   the 4 tiles; goal: ours >= 50x faster.
 """
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +66,9 @@ def run(dsn, env, workdir, tileids, new_schema, ranks=(1, 2), log=print):
         schema_name = new_schema()
         res["schemas"].append(schema_name)
         stage_dir = os.path.join(workdir, f"stage-morning-{n}")
+        # a stage directory belongs to one schema (owner.json): an earlier run's is not
+        # this run's
+        shutil.rmtree(stage_dir, ignore_errors=True)
         base = ["load", "--schema", schema_name, "--db", dsn, "--stage-dir", stage_dir]
         subprocess.run([mpiexec, "-n", "2", cli, *base, "--tiles", ",".join(map(str, first))],
                        env=e, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -84,6 +88,7 @@ def run(dsn, env, workdir, tileids, new_schema, ranks=(1, 2), log=print):
         speedup = OLD_TOOL_S_PER_TILE * MORNING_TILES / wall
         res["mornings"].append({"ranks": n, "wall_s": wall, "work_s_per_tile": per_tile,
                                 "speedup_vs_old_tool": speedup})
+        shutil.rmtree(stage_dir, ignore_errors=True)
         log(f"  morning of {MORNING_TILES} new tiles, {n} rank(s): {wall:.2f} s, "
             f"{per_tile:.2f} s of work per tile, {speedup:.0f}x the old tool's "
             f"{OLD_TOOL_S_PER_TILE * MORNING_TILES:.0f} s")

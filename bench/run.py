@@ -567,10 +567,13 @@ def main():
             held, held_s = ensure_mock(args.workdir, 10, args.seed,
                                        fibers=args.heldout_fibers)
             henv = mock_env(held)
+            def morning_schema():
+                schemas.append(new_schema(dsn, henv))  # dropped even if (g) fails
+                return schemas[-1]
+
             res["operator"] = morning.run(dsn, henv, args.workdir, scale.tile_ids(held),
-                                          lambda: new_schema(dsn, henv), log=log)
+                                          morning_schema, log=log)
             res["operator"]["mock_s"] = held_s
-            schemas += res["operator"]["schemas"]
 
         stage_files = sorted(glob.glob(os.path.join(loads[0]["stage_dir"], "*.h5")))
         if not ({"a", "c"} <= skip):
@@ -594,6 +597,13 @@ def main():
             res["orm"] = {"tables": orm.run(dsn, s, rows, log=log),
                           "wall_s": time.time() - t}
         shutil.rmtree(loads[0]["stage_dir"], ignore_errors=True)
+    except BaseException:
+        # what was measured before the failure is kept, not only in the log
+        partial = (args.json or os.path.join(args.results_dir, "results.json")) + ".partial"
+        with open(partial, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+        log(f"the benchmark run failed; what it measured is in {partial}")
+        raise
     finally:
         for s in schemas:
             drop_schema(dsn, s)
