@@ -142,6 +142,10 @@ def test_damaged_files_are_errors(tmp_path):
     open(nokey, "wb").write(data.replace(b"TFORM3  =", b"TFORMX  =", 1))
     with pytest.raises(ValueError, match="no TFORM3 keyword"):
         BinTable(nokey)
+    image = str(tmp_path / "image.fits")
+    fitsio.write(image, np.zeros((2, 3), dtype="f4"))
+    with pytest.raises(ValueError, match="no binary table HDU"):
+        BinTable(image)
     other = str(tmp_path / "other.fits")
     open(other, "wb").write(b"x" * 2880)
     with pytest.raises(ValueError, match="not a FITS file"):

@@ -87,6 +87,8 @@ def _header(f, path):
     cards, size = _Cards(), 0
     while True:
         block = f.read(BLOCK)
+        if not block and not size:
+            raise ValueError(f"{path}: no binary table HDU")
         if len(block) < BLOCK:
             raise ValueError(f"{path}: file ends inside a header")
         size += BLOCK
