@@ -161,3 +161,30 @@ def test_non_ascii_strings_fail_as_with_fitsio(tmp_path):
         fitsio_read(path, ["TYPE"])
     with pytest.raises(UnicodeDecodeError):
         BinTable(path).read(["TYPE"])
+
+
+def test_tractor_reader_falls_back_to_fitsio(tmp_path):
+    """What BinTable leaves to fitsio is read by fitsio, the same way, in the tractor
+    reader: a column it does not convert, and a file whose table is ASCII."""
+    from specprod_db.extract.tractorphot import _Tractor
+    path = str(tmp_path / "t.fits")
+    data = np.zeros(5, dtype=[("ra", "f8"), ("dec", "f8"), ("brick_primary", "?"),
+                              ("grid", "f4", (2, 3))])
+    data["ra"], data["grid"] = np.arange(5), np.arange(30).reshape(5, 2, 3)
+    fitsio.write(path, data)
+    tractor = _Tractor(path, "0001p000")
+    assert tractor.fits is None  # BinTable
+    same(tractor.read(["RA", "DEC"]), fitsio_read(path, ["ra", "dec"]))
+    same(tractor.read(["GRID", "RA"], rows=[1, 3]),
+         fitsio_read(path, ["grid", "ra"], rows=[1, 3]))
+    assert tractor.fits is not None  # fitsio from then on
+    same(tractor.read(["RA"]), fitsio_read(path, ["ra"]))
+    tractor.close()
+    ascii_path = str(tmp_path / "a.fits")
+    table = np.zeros(3, dtype=[("ra", "f8")])
+    table["ra"] = [1.5, 2.5, 3.5]
+    fitsio.write(ascii_path, table, table_type="ascii")
+    tractor = _Tractor(ascii_path, "0001p000")
+    assert tractor.fits is not None
+    same(tractor.read(["RA"]), fitsio_read(ascii_path, ["ra"]))
+    tractor.close()
