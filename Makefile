@@ -36,7 +36,7 @@ test: db docs
 docs: env
 	$(VENV)/bin/sphinx-build -W --keep-going -n -q -b html doc doc/_build/html
 
-# The benchmarks (not tests; bench/README.md): about 31 minutes on this 2-core machine,
+# The benchmarks (not tests; bench/README.md): about 27 minutes on this 2-core machine,
 # plus about 8 the first time (mock trees written under the workdir and reused); writes
 # bench/results/RESULTS.md, its PNG plots and results.json, and prints the table.
 BENCH_ARGS ?=
