@@ -193,9 +193,9 @@ class BinTable:
         """The ``columns`` (any case) of ``rows`` (sorted indices, or all), as fitsio's
         ``read(columns=columns, rows=rows, upper=True)`` returns them (in the file's
         column order)."""
-        # fitsio returns the columns in the file's order, whatever the request's
-        order = list(self._columns)
-        lay = sorted((self._layout(c) for c in columns), key=lambda x: order.index(x[0]))
+        # fitsio returns the columns in the file's order (their byte offsets' order),
+        # whatever the request's
+        lay = sorted((self._layout(c) for c in columns), key=lambda x: x[1])
         idx = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
         n = self.nrows if rows is None else len(idx)
         out = np.empty(n, dtype=[(x[0], x[3]) for x in lay])
