@@ -50,7 +50,7 @@ def _potential_per_tile(dsn, schema_name):
 def run(dsn, env, workdir, tileids, new_schema, ranks=(1, 2), log=print):
     """``tileids``: at least 8 loadable tiles of the held-out-size mock; the first 4 are
     loaded first, the next 4 are the morning's.  ``new_schema()`` makes an empty schema;
-    the schemas made are returned (``schemas``) for the caller to drop."""
+    the caller drops the schemas it makes."""
     venv_bin = os.path.dirname(sys.executable)
     cli = os.path.join(venv_bin, "specprod-db")
     mpiexec = os.path.join(venv_bin, "mpiexec")
@@ -59,12 +59,11 @@ def run(dsn, env, workdir, tileids, new_schema, ranks=(1, 2), log=print):
     first, morning = tileids[:MORNING_TILES], tileids[MORNING_TILES:2 * MORNING_TILES]
     e = dict(env, DESI_LOGLEVEL="WARNING")
     res = {"old_tool_s_per_tile": OLD_TOOL_S_PER_TILE, "tiles": MORNING_TILES,
-           "schemas": [], "mornings": []}
+           "mornings": []}
     res["help_s"] = _best([cli, "--help"], e)
     log(f"  specprod-db --help: {res['help_s']:.2f} s (best of 3)")
     for n in ranks:
         schema_name = new_schema()
-        res["schemas"].append(schema_name)
         stage_dir = os.path.join(workdir, f"stage-morning-{n}")
         # a stage directory belongs to one schema (owner.json): an earlier run's is not
         # this run's

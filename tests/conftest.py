@@ -127,6 +127,16 @@ def mpirun(mpiexec):
 # --- fixtures of other parts of the project go below this line ------------------------
 
 
+def tractor_files(prod):
+    """Paths of a mock production's Legacy Surveys tractor files, sorted."""
+    root = os.path.join(prod, "external", "legacysurvey", "dr9")
+    out = []
+    for region in ("north", "south"):
+        for dirpath, _, names in os.walk(os.path.join(root, region, "tractor")):
+            out += [os.path.join(dirpath, n) for n in names if n.endswith(".fits")]
+    return sorted(out)
+
+
 def mock_env(outdir, **extra):
     """The process environment plus the mock production's DESI variables and ``extra``."""
     from specprod_db.mock import environment

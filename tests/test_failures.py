@@ -20,7 +20,8 @@ import fitsio
 import numpy as np
 import pytest
 
-from conftest import CLI, LOAD_TIMEOUT, dump_schema, fresh_load_dump, load, mock_env, query
+from conftest import (CLI, LOAD_TIMEOUT, dump_schema, fresh_load_dump, load, mock_env,
+                      query, tractor_files)
 from specprod_db import runlock, schema
 
 TILES = [100, 1000, 1001, 40000, 60000]  # write order of the small production
@@ -147,15 +148,6 @@ def test_writer_killed_between_tiles_leaves_no_orphan_photometry(
     rerun_converges(mpirun, ranks, pg_dsn, name, prod, stage, reference)
 
 
-def _tractor_files(prod):
-    root = os.path.join(prod, "external", "legacysurvey", "dr9")
-    out = []
-    for region in ("north", "south"):
-        for dirpath, _, names in os.walk(os.path.join(root, region, "tractor")):
-            out += [os.path.join(dirpath, n) for n in names if n.endswith(".fits")]
-    return sorted(out)
-
-
 def _loaded_photometry_bricks(reference):
     names = schema.table("photometry").names
     return {row[names.index("brickname")] for row in reference["photometry"]
@@ -168,7 +160,7 @@ def test_repaired_tractor_file_is_read_again(ranks, pg_dsn, schemas, copy_produc
     prod = copy_production()
     name, stage = schemas(), tmp_path / "stage"
     brick = sorted(_loaded_photometry_bricks(reference))[0]
-    good = {p: open(p, "rb").read() for p in _tractor_files(prod)
+    good = {p: open(p, "rb").read() for p in tractor_files(prod)
             if os.path.basename(p)[8:16] == brick}  # north and south
     for path, data in good.items():
         open(path, "wb").write(data[: len(data) // 2])
@@ -194,7 +186,7 @@ def test_bad_photometry_string_fails_only_its_tiles(value, expect, pg_dsn, schem
     prod = copy_production()
     name, stage = schemas(), tmp_path / "stage"
     brick = sorted(_loaded_photometry_bricks(reference))[0]
-    for path in _tractor_files(prod):
+    for path in tractor_files(prod):
         if os.path.basename(path)[8:16] == brick:
             data, header = fitsio.read(path, header=True)
             dtype = [(n, "S4" if n == "TYPE" else data.dtype[n]) for n in data.dtype.names]

@@ -1,12 +1,12 @@
 """fitstable.BinTable reads what fitsio reads: values and dtypes of every column of the
 mock tractor files and of a table of every supported type, any rows; what it does not
 convert is refused (Unsupported, then fitsio), a damaged file is an error."""
-import os
 
 import fitsio
 import numpy as np
 import pytest
 
+from conftest import tractor_files
 from specprod_db.extract.fitstable import BinTable, Unsupported
 
 
@@ -31,17 +31,9 @@ def row_choices(n, rng):
     yield np.array([], dtype=np.int64)
 
 
-def tractor_files(prod):
-    root = os.path.join(prod, "external", "legacysurvey", "dr9")
-    for region in ("north", "south"):
-        for dirpath, _, names in os.walk(os.path.join(root, region, "tractor")):
-            yield from (os.path.join(dirpath, n) for n in sorted(names)
-                        if n.endswith(".fits"))
-
-
 def test_mock_tractor_files_read_as_fitsio_reads_them(small_production):
     rng = np.random.default_rng(5)
-    files = sorted(tractor_files(small_production[0]))
+    files = tractor_files(small_production[0])
     assert len(files) >= 5
     for path in files[:12]:
         table = BinTable(path)

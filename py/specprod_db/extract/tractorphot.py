@@ -147,8 +147,11 @@ class _Tractor:
                 names = self._fitsio().get_colnames()
             self.names = {c.upper(): c for c in names}
         except (OSError, ValueError, StopIteration) as err:
-            raise InputError(f"brick {brick}: cannot read tractor catalog {path}: "
-                             f"{error_text(err) if str(err) else 'no table HDU'}") from None
+            raise self._unreadable(err) from None
+
+    def _unreadable(self, err):
+        return InputError(f"brick {self.brick}: cannot read tractor catalog {self.path}: "
+                          f"{error_text(err) if str(err) else 'no table HDU'}")
 
     def _fitsio(self):
         import fitsio
@@ -169,9 +172,7 @@ class _Tractor:
                     self._fitsio()
             return self.hdu.read(columns=names, rows=rows, upper=True)
         except (OSError, ValueError, KeyError, IndexError, StopIteration) as err:
-            raise InputError(f"brick {self.brick}: cannot read tractor catalog "
-                             f"{self.path}: {error_text(err) if str(err) else 'no table HDU'}"
-                             ) from None
+            raise self._unreadable(err) from None
 
     def close(self):
         if self.fits is not None:
