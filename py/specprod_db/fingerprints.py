@@ -9,9 +9,14 @@ as such).  They are stored in ``tile_state`` as JSON text (:meth:`Fingerprint.to
 Who computes what:
 
 * the **planner** (rank 0) never reads file contents: it compares a :func:`stat` of the
-  files (names, sizes, mtimes) with the recorded fingerprint (:func:`planned`);
+  files (names, sizes, mtimes) with the recorded fingerprint (:func:`planned`).  A file
+  that ``stat`` cannot see (a symlink loop, a component that is not a directory, an
+  I/O error, permission denied: any ``OSError`` but "no such file") is stamped
+  *unreadable* (:attr:`FileStamp.error`) instead of stopping the planner: its tile is
+  planned as changed, and the worker that needs the file fails that tile alone;
 * the **worker** that reads a tile's files hashes them (:func:`hashed`) right before
-  reading them, and checks afterwards that they did not move meanwhile
+  reading them (an unreadable file raises :class:`InputError` naming the tile and the
+  path), and checks afterwards that they did not move meanwhile
   (:func:`check_unchanged`); that fingerprint — of what was actually read — is the one
   recorded.  A file touched with identical bytes is therefore not a change: the worker
   finds the same content and the tile's state is only refreshed;
@@ -22,6 +27,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,15 +39,19 @@ _BLOCK = 1 << 22
 @dataclass(frozen=True)
 class FileStamp:
     """One file: ``name`` (its basename, or a label when it is missing), ``size`` and
-    ``mtime_ns`` (None when missing), ``sha256`` (None when not hashed)."""
+    ``mtime_ns`` (None when missing), ``sha256`` (None when not hashed); ``error``
+    (stat-only stamps) the reason the file is there but cannot be stat-ed, else None.
+    A worker never records one with an ``error``: a tile whose file is unreadable
+    fails."""
     name: str
     size: int = None
     mtime_ns: int = None
     sha256: str = None
+    error: str = None
 
     @property
     def missing(self):
-        return self.size is None
+        return self.size is None and self.error is None
 
 
 @dataclass(frozen=True)
@@ -50,8 +60,15 @@ class Fingerprint:
     files: tuple
 
     def stat_key(self):
-        """What ``stat`` tells: names, sizes and mtimes."""
-        return tuple((f.name, f.size, f.mtime_ns) for f in self.files)
+        """What ``stat`` tells: names, sizes and mtimes (and, for a file that cannot be
+        stat-ed, that it is unreadable: never equal to a recorded key)."""
+        return tuple((f.name, f.size, f.mtime_ns) if f.error is None
+                     else (f.name, "unreadable", f.error) for f in self.files)
+
+    @property
+    def unreadable(self):
+        """The stamps of files that are there but could not be stat-ed."""
+        return [f for f in self.files if f.error is not None]
 
     def content_key(self):
         """What the bytes tell: names and SHA-256 (None where not hashed)."""
@@ -67,8 +84,12 @@ class Fingerprint:
                 and self.content_key() == other.content_key())
 
     def to_text(self):
-        return json.dumps([[f.name, f.size, f.mtime_ns, f.sha256] for f in self.files],
-                          separators=(",", ":"))
+        """The JSON text recorded in ``tile_state``: ``[name, size, mtime_ns, sha256]``
+        per file (``, error`` after them for an unreadable stamp, which only a plan
+        holds: such a tile fails, and a failure records no fingerprint)."""
+        return json.dumps([[f.name, f.size, f.mtime_ns, f.sha256]
+                           + ([f.error] if f.error is not None else [])
+                           for f in self.files], separators=(",", ":"))
 
     @classmethod
     def from_text(cls, text):
@@ -82,11 +103,24 @@ class Fingerprint:
             return None
 
 
-def _stamp(name, path, content):
+def _reason(err):
+    return err.strerror or type(err).__name__
+
+
+def _unreadable(path, err, label):
+    prefix = f"{label}: " if label else ""
+    return InputError(f"{prefix}{path}: cannot be read: {_reason(err)}")
+
+
+def _stamp(name, path, content, label=None):
     try:
         st = os.stat(path) if path else None
     except FileNotFoundError:
         st = None
+    except OSError as err:  # there, but not usable: a loop, ENOTDIR, EACCES, EIO ...
+        if content:
+            raise _unreadable(path, err, label) from None
+        return FileStamp(name, error=_reason(err))
     if st is None:
         return FileStamp(name)
     digest = None
@@ -97,19 +131,27 @@ def _stamp(name, path, content):
                 for block in iter(lambda: f.read(_BLOCK), b""):
                     h.update(block)
         except OSError as err:
-            raise InputError(f"{path}: cannot be read: {err.strerror}") from None
+            raise _unreadable(path, err, label) from None
         digest = h.hexdigest()
     return FileStamp(name, st.st_size, st.st_mtime_ns, digest)
 
 
-def stat(files):
-    """The fingerprint without contents of ``files``: ``[(name, path or None)]``."""
+Files = Sequence[Tuple[str, Optional[str]]]
+
+
+def stat(files: Files) -> Fingerprint:
+    """The fingerprint without contents of ``files``: ``[(name, path or None)]``.  Never
+    raises for a file: one that cannot be stat-ed (any ``OSError`` but "no such file") is
+    stamped unreadable (:attr:`FileStamp.error`), one that is absent missing."""
     return Fingerprint(tuple(_stamp(n, p, False) for n, p in files))
 
 
-def hashed(files):
-    """The full fingerprint (contents hashed) of ``files``: ``[(name, path or None)]``."""
-    return Fingerprint(tuple(_stamp(n, p, True) for n, p in files))
+def hashed(files: Files, label: Optional[str] = None) -> Fingerprint:
+    """The full fingerprint (contents hashed) of ``files``: ``[(name, path or None)]``.
+    A file that is there but cannot be stat-ed or read (a directory, a symlink loop,
+    EACCES, EIO ...) raises :class:`InputError` "``label``: PATH: cannot be read:
+    REASON" (``label`` e.g. ``"tile 1000"``)."""
+    return Fingerprint(tuple(_stamp(n, p, True, label) for n, p in files))
 
 
 def planned(recorded_text, current):

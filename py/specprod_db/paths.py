@@ -26,12 +26,31 @@ from dataclasses import dataclass, fields
 from .errors import InputError  # noqa: F401  (raised here; defined in errors.py)
 
 
+def present(path: str) -> bool:
+    """False only when ``path`` is not there (``stat`` says ENOENT: no such file, or a
+    symlink to nothing); True when it is, readable or not.
+
+    Unlike ``os.path.exists``, which is False for *any* error, an entry that is there
+    but cannot be used — a symlink loop, a component that is a file, permission denied,
+    an I/O error — counts as present, so that reading it fails the task that needs it,
+    naming the file, instead of being taken for a missing (optional) file.
+    """
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def checkgzip(path):
-    """The existing one of ``X`` and ``X.gz`` (or ``X`` without ``.gz``); else ``path``."""
-    if os.path.exists(path):
+    """The present one (:func:`present`) of ``X`` and ``X.gz`` (or ``X`` without
+    ``.gz``); else ``path``."""
+    if present(path):
         return path
     alt = path[:-3] if path.endswith(".gz") else path + ".gz"
-    return alt if os.path.exists(alt) else path
+    return alt if present(alt) else path
 
 
 @dataclass(frozen=True)

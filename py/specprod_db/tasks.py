@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from stat import S_ISDIR
 
 import numpy as np
 
@@ -138,13 +139,16 @@ def extract_tile(job):
         get_logger().info("tile %d: reusing complete stage file %s", tileid, out.path)
         return _alone(job, _tile_result(tileid, out, out.info(), reused=True))
     night_dir = paths.cumulative_dir(tileid, line["LASTNIGHT"])
-    if not os.path.isdir(night_dir):
+    problem = _not_a_directory(night_dir)
+    if problem:
         raise InputError(f"tile {tileid}: cumulative directory of LASTNIGHT "
-                         f"{line['LASTNIGHT']} {night_dir}: does not exist")
+                         f"{line['LASTNIGHT']} {night_dir}: {problem}")
     files = {"redrock_fingerprint": redshift.redrock_files(paths, tileid, line["LASTNIGHT"])}
     if full:
         files["fiberassign_fingerprint"] = tile.fiberassign_files(paths, tileid)
-    read = {k: fingerprints.hashed(v) for k, v in files.items()}
+    # an unreadable file (any OSError: a directory in its place, a symlink loop, EACCES,
+    # EIO) fails this tile here, naming it and the path
+    read = {k: fingerprints.hashed(v, label=f"tile {tileid}") for k, v in files.items()}
     state = dict(action["state"], **{k: fp.to_text() for k, fp in read.items()})
     recorded = job.get("recorded")
     if recorded and all(fp.same_content(fingerprints.Fingerprint.from_text(recorded.get(k)))
@@ -186,6 +190,18 @@ def extract_tile(job):
     out.write(tables, key, extra, info)
     return _alone(job, _tile_result(tileid, out, info,
                                     targetids=None if full else _targetids(tables)))
+
+
+def _not_a_directory(path):
+    """Why ``path`` is not a usable directory ("does not exist", "is not a directory",
+    "cannot be read: REASON"), or None when it is one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as err:
+        return f"cannot be read: {err.strerror or type(err).__name__}"
+    return None if S_ISDIR(st.st_mode) else "is not a directory"
 
 
 def _alone(job, result):

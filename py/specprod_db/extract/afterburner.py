@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import ids, rows
 from ..log import get_logger
-from ..paths import InputError
+from ..paths import InputError, present
 from ..schema import table as schema_table
 
 #: table -> (file prefix, HDU, columns read besides TARGETID)
@@ -41,7 +41,7 @@ def afterburner_files(paths, tileid, lastnight, petal):
     out = []
     for prefix, _, _ in AFTERBURNERS.values():
         path = paths.redrock_file(tileid, lastnight, petal, prefix=prefix)
-        out.append((os.path.basename(path), path if os.path.exists(path) else None))
+        out.append((os.path.basename(path), path if present(path) else None))
     return out
 
 
@@ -62,7 +62,7 @@ def afterburner_rows(paths, tileid, lastnight, petal_files, ztile, stats=None):
         targetids = None
         for name, (prefix, hdu, columns) in AFTERBURNERS.items():
             ab = paths.redrock_file(tileid, lastnight, petal, prefix=prefix)
-            if not os.path.exists(ab):
+            if not present(ab):  # an unreadable one fails the tile (its hash)
                 info["missing"].append(os.path.basename(ab))
                 continue
             if targetids is None:

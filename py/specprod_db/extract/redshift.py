@@ -39,7 +39,7 @@ from desiutil.names import radec_to_desiname
 
 from .. import ids, rows, schema
 from ..log import get_logger
-from ..paths import InputError
+from ..paths import InputError, present
 from .tile import _header_dict
 
 PETALS = range(10)
@@ -59,7 +59,7 @@ def petal_file(paths, tileid, lastnight, petal):
     """The petal's ``redrock-`` file, else its ``zbest-`` file, else None."""
     for prefix in ("redrock", "zbest"):
         path = paths.redrock_file(tileid, lastnight, petal, prefix=prefix)
-        if os.path.exists(path):
+        if present(path):  # there, even if unreadable: the tile then fails, naming it
             return path
     return None
 

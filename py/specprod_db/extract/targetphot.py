@@ -54,6 +54,7 @@ from .. import ids, rows
 from ..healpix import radec2pix
 from ..log import get_logger
 from ..errors import InputError
+from ..paths import present
 from ..schema import table as _table
 
 #: desispec's ``targetphot_datamodel`` (datamodel.md §4.6): ``dtype[shape]: NAMES``.
@@ -158,8 +159,9 @@ def catalog_paths(header, paths, tileid, stats=None):
              for key, value in header_catalogs(header)]
     if int(tileid) == 80615:
         named.append(("(tile 80615)", os.path.join(paths.desi_root, *_CMX_80615)))
-    kept = [path for _, path in named if os.path.exists(path)]
-    missing = [(key, path) for key, path in named if not os.path.exists(path)]
+    # present: an unreadable catalog (symlink loop, EACCES, EIO) is read, and fails
+    kept = [path for _, path in named if present(path)]
+    missing = [(key, path) for key, path in named if not present(path)]
     if not kept:
         which = "; ".join(f"{k} = {p}" for k, p in missing) or "no TARG/SCND/TOO keyword"
         raise InputError(f"tile {tileid}: no targeting catalog named in the header of "
@@ -283,7 +285,11 @@ def as_model(piece):
 
 
 def _nside(path, label):
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as err:  # a symlink loop, EACCES, EIO: bad input, not a bug
+        raise InputError(f"{_prefix(label)}cannot read {path}: "
+                         f"{err.strerror or type(err).__name__}") from None
     key = (st.st_mtime_ns, st.st_size)
     if path in _NSIDE_CACHE and _NSIDE_CACHE[path][0] == key:
         return _NSIDE_CACHE[path][1]
@@ -323,7 +329,7 @@ def primary_directory(directory, ra, dec, tileid):
     prefix = os.path.basename(files[0]).split("hp-")[0]
     names = _pixel_names(directory, prefix, nside, ra, dec)
     return {"nside": nside, "prefix": prefix,
-            "files": [f for f in names if os.path.isfile(f)]}
+            "files": [f for f in names if present(f)]}
 
 
 def catalog_plan(tileid, header, targets, paths, stats):
