@@ -114,23 +114,25 @@ def test_tiles_csv_bad_lines_fail_only_their_tile(tmp_path):
     _write_csv(path, t)
     lines = open(path).read().splitlines()
     f = lambda i: lines[i].split(",")  # noqa: E731
-    l2 = f(2); l2[2] = ""                      # masked PROGRAM (desispec issue #2251)
+    l2 = f(2); l2[1] = ""                      # masked SURVEY
     l3 = f(3); l3[10] = "abc"                  # EFFTIME_SPEC not a number
     l4 = f(4); l4[0] = "x"                     # unreadable TILEID
     l5 = f(5) + ["extra"]                      # too many fields
     l6 = f(6); l6[11] = ""; l6[-1] = ""        # empty float and UPDATED: fine
+    l6[2] = ""                                 # masked PROGRAM (desispec#2251): fine
     _write_csv(path, t, {2: ",".join(l2), 3: ",".join(l3), 4: ",".join(l4),
                          5: ",".join(l5), 6: ",".join(l6)})
     table, problems, bad = tile.read_tiles_file(str(path))
     assert set(problems) == {1001, 1002, 1004, None}
     assert bad == 4                                  # lines 3, 4, 5, 6; not line 7
-    assert "PROGRAM missing" in problems[1001] and "line 3" in problems[1001]
+    assert "SURVEY missing" in problems[1001] and "line 3" in problems[1001]
     assert "EFFTIME_SPEC not a number" in problems[1002]
     assert "TILEID" in problems[None] and "line 5" in problems[None]
     assert "fields" in problems[1004]
     assert table["TILEID"].tolist() == [1000, 1001, 1002, 1005]
     good = table[table["TILEID"] == 1005][0]
     assert np.isnan(good["EFFTIME_GFA"]) and good["UPDATED"] == ""
+    assert good["PROGRAM"] == ""
 
 
 def test_tiles_csv_cut_mid_line(tmp_path):

@@ -9,7 +9,20 @@ Decisions (``doc/decisions.md``; DESIGN.md "Decisions where the sources are sile
    exposures, its cumulative redrock files, or its fiberassign file (fingerprints).  When
    only ``UPDATED`` moved, the recorded state is refreshed (REFRESH) and nothing reloads.
 3. A tile whose winning line has ``EFFTIME_SPEC <= 0``, or that left the tiles file, is
-   DELETEd if loaded, else SKIPped.
+   DELETEd if it holds rows in the database, whatever its recorded status (a failed
+   UPDATE keeps the older rows: decision 15), else SKIPped; a failed tile that never
+   held rows is DELETEd too, which deletes nothing and marks it ``deleted`` ("gone"), so
+   it is no longer reported as failed.
+4. A value the plan depends on that does not parse is a bad line, never a decision
+   (decision 14): the reader (:func:`specprod_db.extract.tile.read_tiles_file`) checks
+   TILEID, EFFTIME_SPEC (finite), LASTNIGHT (:func:`parse_night`), UPDATED
+   (:func:`parse_updated`, the parser :func:`winning_lines` uses), SURVEY; the plan
+   itself refuses to decide on a non-finite EFFTIME_SPEC (FAIL).  A whole line whose
+   SURVEY is not a DESI survey (e.g. desispec's default ``unknown``) cannot be loaded
+   (``target.id`` encodes the survey): that tile FAILs, without damaging the file.
+5. An UPDATE redoes fiberassign/potential/target/photometry (``full``) when the
+   fiberassign file changed or a field of the line that feeds those rows changed
+   (:data:`FULL_LINE_FIELDS`): the rows an UPDATE keeps depend on nothing that moved.
 
 Decision 12 guards the deletes (:func:`guard_deletes`): a damaged tiles file (any line
 that cannot be used) deletes nothing, its would-be deletes are SKIPped ("deletes
@@ -19,19 +32,32 @@ of the loaded tiles.
 """
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from fractions import Fraction
 
 import numpy as np
 
 from .errors import MassDeleteRefused
+from .ids import SURVEYID
 from .log import get_logger
 
 INSERT, UPDATE, DELETE, REFRESH, SKIP, UNCHANGED, FAIL = (
     "INSERT", "UPDATE", "DELETE", "REFRESH", "SKIP", "UNCHANGED", "FAIL")
 
 _OLDEST = datetime.min.replace(tzinfo=timezone.utc)
+
+#: The fields of a tiles-file line that feed the rows an UPDATE without ``full`` keeps
+#: (``target.survey``, ``target.program`` and ``target.id``, which encodes the survey:
+#: :func:`specprod_db.tasks.extract_tile` passes SURVEY and PROGRAM to the targetphot
+#: step).  Any other field feeds only the tables every UPDATE rewrites (tile, exposure,
+#: frame, ztile and its afterburners).
+FULL_LINE_FIELDS = ("SURVEY", "PROGRAM")
+
+#: tile_state statuses of a tile whose last load failed.
+_FAILED = ("failed", "internal_error")
 
 
 @dataclass
@@ -49,18 +75,58 @@ class TileAction:
         return asdict(self)
 
 
-def parse_updated(value):
-    """``UPDATED`` as an aware datetime; empty or unparsable -> the oldest possible."""
+#: The shape of an ``UPDATED`` value: desispec writes ``%Y-%m-%dT%H:%M:%S%z``
+#: (datamodel.md §1.6); fractional seconds (1-6 digits), an offset with a colon or
+#: ``Z``, and no offset (read as UTC) are read too.  Zero-padded fields only.
+_UPDATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?([+-]\d\d:?\d\d|Z)?")
+
+
+def parse_updated(value: str) -> datetime:
+    """``UPDATED`` as an aware datetime (no offset: UTC); empty is the oldest possible.
+
+    The one parser of ``UPDATED``: the tiles-file reader checks every line with it and
+    :func:`winning_lines` orders lines with it.  Raises :class:`ValueError` for a value
+    that is not a timestamp (a wrong shape, seven fraction digits, 2024-02-30, hour 99,
+    an offset of 24 hours or more): a bad line, never "the oldest".
+    """
     value = (value or "").strip()
     if not value:
         return _OLDEST
-    for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S"):
-        try:
-            dt = datetime.strptime(value, fmt)
+    if _UPDATED.fullmatch(value):
+        for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S",
+                    "%Y-%m-%dT%H:%M:%S.%f"):
+            try:
+                dt = datetime.strptime(value, fmt)
+            except ValueError:
+                continue
             return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-        except ValueError:
-            continue
-    return _OLDEST
+    raise ValueError(f"UPDATED {value!r} not a timestamp")
+
+
+def parse_night(value) -> int:
+    """``LASTNIGHT`` as an int: a real calendar night written ``YYYYMMDD`` (8 digits,
+    e.g. 20241031; the night names the cumulative redrock directory).  Raises
+    :class:`ValueError` for anything else (20240230, 2024103, 0, -1)."""
+    text = str(value).strip()
+    if not re.fullmatch(r"\d{8}", text):
+        raise ValueError(f"LASTNIGHT {text!r} not a night YYYYMMDD")
+    try:
+        date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        raise ValueError(f"LASTNIGHT {text!r} not a calendar date") from None
+    return int(text)
+
+
+def holds_rows(old: dict | None) -> bool:
+    """Whether the tile of ``tile_state`` row ``old`` holds rows in the tables: it was
+    loaded, or a later load of it failed and kept the older rows (``in_tile_table``:
+    its ``tile`` row exists, :func:`specprod_db.runlock.read_state`)."""
+    return old is not None and (old.get("status") == "loaded"
+                                or bool(old.get("in_tile_table")))
+
+
+def _failed(old):
+    return old is not None and old.get("status") in _FAILED
 
 
 def _value(v):
@@ -78,8 +144,11 @@ def line_dict(table, i):
     return {name: _value(table[name][i]) for name in table.dtype.names}
 
 
-def winning_lines(table):
-    """TILEID -> index of its winning line; logs each duplicated TILEID once."""
+def winning_lines(table) -> dict:
+    """TILEID -> index of its winning line; logs each duplicated TILEID once.
+
+    UPDATED is read by :func:`parse_updated` (a value it refuses raises ValueError: the
+    reader sets such lines aside as bad, so they never reach here with one)."""
     log = get_logger()
     tileids = np.asarray(table["TILEID"])
     updated = table["UPDATED"] if "UPDATED" in table.dtype.names else [""] * len(tileids)
@@ -144,23 +213,35 @@ def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
         if wanted is not None and tid not in wanted:
             continue
         old = state.get(tid)
+        holds = holds_rows(old)
         loaded = old is not None and old.get("status") == "loaded"
         if tid in problems:
             actions.append(TileAction(tid, FAIL, problems[tid]))
             continue
         if tid not in winners:
-            if loaded:
-                actions.append(TileAction(tid, DELETE, "no longer in the tiles file"))
+            gone = _gone(tid, old, holds, "no longer in the tiles file")
+            if gone:
+                actions.append(gone)
             continue
         line = line_dict(table, winners[tid])
         efftime = line.get("EFFTIME_SPEC")
-        if not (isinstance(efftime, (int, float)) and efftime > 0):
-            if loaded:
-                actions.append(TileAction(tid, DELETE, f"EFFTIME_SPEC = {efftime}", line))
-            else:
+        if not _finite(efftime):
+            actions.append(TileAction(tid, FAIL, f"tile {tid}: EFFTIME_SPEC {efftime!r} "
+                                      "not a finite number", line))
+            continue
+        if efftime <= 0:
+            gone = _gone(tid, old, holds, f"EFFTIME_SPEC = {efftime}", line)
+            if gone is None:
                 log.info("tile %d skipped: EFFTIME_SPEC = %s (no usable exposures)", tid,
                          efftime)
-                actions.append(TileAction(tid, SKIP, f"EFFTIME_SPEC = {efftime}", line))
+                gone = TileAction(tid, SKIP, f"EFFTIME_SPEC = {efftime}", line)
+            actions.append(gone)
+            continue
+        survey = line.get("SURVEY")
+        if survey not in SURVEYID:
+            actions.append(TileAction(tid, FAIL, (
+                f"tile {tid}: SURVEY {survey!r} is not a DESI survey "
+                f"({', '.join(SURVEYID)}): its target ids cannot be made"), line))
             continue
         fp = fingerprints(tid, line, old)
         fp["tile_hash"] = tile_hash(line)
@@ -175,15 +256,20 @@ def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
                                       f"{(old.get('error') or '')[:80]}", line, True, fp))
             continue
         reasons = []
+        full = False
         if fp["tile_hash"] != old.get("tile_hash"):
-            cols = _changed_columns(json.loads(old.get("line") or "{}"), line)
+            old_line = json.loads(old.get("line") or "{}")
+            cols = _changed_columns(old_line, line)
             reasons.append("changed: " + (", ".join(cols) if cols else "tiles-file line"))
+            # the rows a partial UPDATE keeps must not depend on a field that moved; an
+            # unknown old line (older versions) may differ anywhere
+            full = not old_line or any(c in FULL_LINE_FIELDS for c in cols)
         if fp.get("exposures_hash") != old.get("exposures_hash"):
             reasons.append("exposures changed")
         if fp.get("redrock_fingerprint") != old.get("redrock_fingerprint"):
             reasons.append("redrock files changed")
-        full = fp.get("fiberassign_fingerprint") != old.get("fiberassign_fingerprint")
-        if full:
+        if fp.get("fiberassign_fingerprint") != old.get("fiberassign_fingerprint"):
+            full = True
             reasons.append("fiberassign file changed")
         if reasons:
             actions.append(TileAction(tid, UPDATE, "; ".join(reasons), line, full, fp))
@@ -193,6 +279,31 @@ def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
             actions.append(TileAction(tid, UNCHANGED, "", line, False, fp))
     return guard_deletes(actions, state, no_delete, max_delete_fraction, allow_mass_delete,
                          max_count=max_delete_count, bad_lines=bad_lines)
+
+
+def _finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _gone(tid, old, holds, reason, line=None):
+    """The DELETE of a tile that its winning line withdraws or that left the file: one
+    that holds rows (whatever its status), or a failed one holding none (nothing to
+    delete; it is marked ``deleted``); None when there is nothing to do."""
+    if holds:
+        return TileAction(tid, DELETE, reason, line or {})
+    if _failed(old):
+        return TileAction(tid, DELETE, f"{reason} (after {old.get('status')}; holds no "
+                          "rows: marked gone)", line or {})
+    return None
+
+
+def absent_tiles(tiles, actions) -> list:
+    """The TILEIDs of ``tiles`` (``--tiles``) the plan has no action for: neither the
+    tiles file nor the database knows them (or only as deleted)."""
+    if tiles is None:
+        return []
+    planned = {a.tileid for a in actions}
+    return sorted(set(int(t) for t in tiles) - planned)
 
 
 def damaged_reason(bad_lines):
@@ -216,11 +327,15 @@ def guard_deletes(actions, state, no_delete, max_fraction, allow_mass, max_count
     2. ``no_delete``: every DELETE becomes SKIP ("delete refused (--no-delete)").
     3. Unless ``allow_mass``, :class:`MassDeleteRefused` when the run would delete more
        than ``max_count`` tiles AND at least ``max_fraction`` of the loaded tiles
-       (:func:`is_mass_delete`).
+       (:func:`is_mass_delete`).  Loaded tiles are those holding rows
+       (:func:`holds_rows`); a failed tile marked gone deletes no row and counts as no
+       delete here.
     """
     log = get_logger()
     deletes = [a for a in actions if a.action == DELETE]
-    loaded = sum(1 for s in state.values() if s.get("status") == "loaded")
+    loaded = sum(1 for s in state.values() if holds_rows(s))
+    # marking a failed tile gone deletes no row: not part of a mass delete
+    removing = [a for a in deletes if holds_rows(state.get(a.tileid))]
     if deletes and bad_lines:
         reason = damaged_reason(bad_lines)
         for a in deletes:
@@ -235,14 +350,14 @@ def guard_deletes(actions, state, no_delete, max_fraction, allow_mass, max_count
         for a in deletes:
             a.action, a.reason = SKIP, f"delete refused (--no-delete): {a.reason}"
         log.warning("--no-delete: %d tile(s) would be deleted; nothing deleted", len(deletes))
-    elif deletes and is_mass_delete(len(deletes), loaded, max_fraction, max_count) \
+    elif removing and is_mass_delete(len(removing), loaded, max_fraction, max_count) \
             and not allow_mass:
         raise MassDeleteRefused(
-            f"{len(deletes)} of {loaded} loaded tiles would be deleted: more than "
+            f"{len(removing)} of {loaded} loaded tiles would be deleted: more than "
             f"--max-delete-count {max_count} and at least --max-delete-fraction "
             f"{max_fraction:g} of the loaded tiles; rerun with --allow-mass-delete if "
             "this is intended: "
-            + ", ".join(str(a.tileid) for a in deletes[:20]))
+            + ", ".join(str(a.tileid) for a in removing[:20]))
     return actions
 
 

@@ -53,7 +53,26 @@ def _is_fits(path):
 
 # --- tiles file -----------------------------------------------------------------------
 
-def read_tiles_file(path):
+#: The largest tiles file read, in bytes (128 MiB).  Real tiles-daily files are a few MB
+#: (~30,000 lines of ~200 bytes; the FITS form about as much): a larger one is refused
+#: before anything is parsed (``--tiles-file /dev/zero`` must not read until memory runs
+#: out).  doc/daily.md, "Guards".
+TILES_FILE_MAX_BYTES = 128 * 1024 * 1024
+
+#: String columns a tiles-file line may leave empty: PROGRAM (desispec#2251: about a
+#: quarter of the real tiles-daily rows, written before it was filled, have a null
+#: PROGRAM; datamodel.md §1.3, §1.7; loaded as ''), and UPDATED (empty = the oldest,
+#: datamodel.md §1.6).  Any other string column empty makes the line bad.
+MAY_BE_EMPTY = ("PROGRAM", "UPDATED")
+
+#: Float columns the plan decides on: a blank, NaN or infinite value makes the line bad
+#: (never "withdrawn").  Other float columns may hold NaN (stored as -9999, counted).
+FINITE_COLUMNS = ("EFFTIME_SPEC",)
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def read_tiles_file(path: str, info: dict = None, max_bytes: int = None):
     """Every line of a tiles file (CSV or FITS), without choosing between duplicates.
 
     Returns
@@ -68,26 +87,44 @@ def read_tiles_file(path):
         and are listed under the key ``None``.
     bad_lines : int
         How many lines (FITS: rows) could not be used: a missing, unparsable or
-        out-of-range required field, an unreadable TILEID, an ``UPDATED`` that is not a
-        timestamp, a line with more or fewer fields than the header, a last line
-        without its newline (the file ends mid-line).  Blank lines are not counted.
-        Any bad line makes the file *damaged*: the plan then deletes nothing
-        (decision 12, :func:`specprod_db.plan.guard_deletes`).
+        out-of-range required field, an unreadable TILEID, a blank, NaN or infinite
+        EFFTIME_SPEC, a LASTNIGHT that is not a calendar night ``YYYYMMDD``, an
+        ``UPDATED`` that :func:`specprod_db.plan.parse_updated` does not read, an empty
+        string column other than :data:`MAY_BE_EMPTY`, non-ASCII text, a line with more
+        or fewer fields than the header, a last line without its newline (the file ends
+        mid-line).  Blank lines are not counted.  Any bad line makes the file *damaged*:
+        the plan then deletes nothing (decision 12,
+        :func:`specprod_db.plan.guard_deletes`).
 
-    Raises :class:`InputError` (naming the file) when the file is missing, unreadable or
-    lacks a column.
+    ``info``, if given, is filled with what was read: ``path`` (as given), ``resolved``
+    (symbolic links resolved), ``size`` (bytes) and ``sha256`` (of those bytes); the
+    resolved path is logged when it differs.  A UTF-8 byte-order mark at the start of a
+    CSV file is skipped.
+
+    Raises :class:`InputError` (naming the file) when the file is missing, unreadable,
+    larger than ``max_bytes`` (default :data:`TILES_FILE_MAX_BYTES`) or lacks a column.
     """
+    import hashlib
     if not os.path.exists(path):
         raise InputError(f"tiles file {path}: does not exist")
+    limit = TILES_FILE_MAX_BYTES if max_bytes is None else int(max_bytes)
+    data = _read_limited(path, limit)
+    resolved = os.path.realpath(path)
+    if info is not None:
+        info.update(path=path, resolved=resolved, size=len(data),
+                    sha256=hashlib.sha256(data).hexdigest())
+    if resolved != os.path.abspath(path):
+        get_logger().info("tiles file %s is %s", path, resolved)
     try:
         if _is_fits(path):
             columns, bad_lines, line_numbers = _tiles_from_fits(path), {}, None
         else:
-            columns, bad_lines, line_numbers = _tiles_from_csv(path)
+            columns, bad_lines, line_numbers = _tiles_from_csv(data, path)
     except InputError:
         raise
     except Exception as err:  # corrupt file: any reader error
         raise InputError(f"tiles file {path}: cannot be read: {err}") from None
+    del data
     missing = [c for c in TILES_COLUMNS if c not in columns and c != "UPDATED"]
     if missing:
         raise InputError(f"tiles file {path}: missing column(s) {', '.join(missing)}")
@@ -120,12 +157,33 @@ def read_tiles_file(path):
         get_logger().error("%s", problems[None])
     if nbad:
         get_logger().error("tiles file %s is damaged: %d line(s) cannot be used", path, nbad)
+    empty = int(np.count_nonzero((table["PROGRAM"] == "") & (why == "")))
+    if empty:
+        get_logger().info("tiles file %s: %d line(s) with an empty PROGRAM (desispec#2251), "
+                          "loaded as ''", path, empty)
     return table[tid_ok], problems, nbad
 
 
-#: What an ``UPDATED`` value may be (desispec writes ``%Y-%m-%dT%H:%M:%S%z``; the
-#: planner also reads fractional seconds and no offset as UTC); empty is allowed.
-_UPDATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:?\d\d|Z)?")
+def _read_limited(path, limit):
+    """The bytes of ``path``, refused (:class:`InputError` naming file and limit) beyond
+    ``limit`` bytes: a regular file by its size, anything else (a device, a pipe) by
+    reading at most ``limit + 1`` bytes."""
+    import stat
+    refused = (f"tiles file {path}: larger than the limit of {limit} bytes "
+               f"({limit / 2**20:g} MiB; real tiles files are a few MB): refused")
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+            raise InputError(refused)
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except InputError:
+        raise
+    except OSError as err:
+        raise InputError(f"tiles file {path}: cannot be read: {err}") from None
+    if len(data) > limit:
+        raise InputError(refused)
+    return data
 
 
 def _tiles_from_fits(path):
@@ -142,48 +200,74 @@ def _tiles_from_fits(path):
     return {name.upper(): data[name] for name in data.dtype.names}
 
 
-def _tiles_from_csv(path):
-    """Columns of a CSV tiles file; lines that are not whole are set aside.
+#: Line ends of a CSV tiles file (not str.splitlines, which also splits at \x0b, \x0c,
+#: \x1c-\x1e, \x85, \u2028 ... inside a line).
+_EOL = re.compile(r"\r\n|\r|\n")
+
+
+def _tiles_from_csv(data, path):
+    """Columns of a CSV tiles file (its bytes ``data``); lines that are not whole are set
+    aside.
 
     A line with more or fewer fields than the header is not parsed (astropy would pad a
     short line with masked values, silently for float columns and UPDATED, and read a
     field cut short, e.g. LASTNIGHT ``2024``, as a value); nor is a last line without
     its newline: the file ends mid-line (a writer that did not finish; desispec, through
-    astropy, ends every line).  Blank lines are skipped, as astropy skips them.  The
-    fields are read with the standard ``csv`` module (quotes as astropy reads them; an
-    empty field is missing, as astropy masks it) and converted per column by
-    :func:`_convert`: importing astropy's table machinery cost 0.6 s of every load.
+    astropy, ends every line); nor a line with non-ASCII bytes (desispec writes ASCII;
+    the columns are ASCII in the database) or that the ``csv`` module refuses (a NUL).
+    A UTF-8 byte-order mark before the header is skipped.  Blank lines are skipped, as
+    astropy skips them.  The fields are read with the standard ``csv`` module (quotes as
+    astropy reads them; an empty field is missing, as astropy masks it) and converted per
+    column by :func:`_convert`: importing astropy's table machinery cost 0.6 s of every
+    load.
 
     Returns ``(columns, bad_lines, line_numbers)``: ``bad_lines`` maps a file line number
     to ``(TILEID or None, message)``; ``line_numbers`` gives the file line of each row.
     """
     import csv
-    with open(path, newline="") as f:
-        text = f.read()
-    lines = text.splitlines()
-    if not lines:
-        raise InputError(f"tiles file {path}: empty (no header line)")
-    width = len(next(csv.reader([lines[0]])))
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    text = data.decode("latin-1")  # every byte one character; non-ASCII found per line
     cut = not text.endswith(("\n", "\r"))
+    lines = _EOL.split(text)
+    if not cut:
+        lines.pop()  # the empty string after the last line end
+    if not lines or not "".join(lines).strip():
+        raise InputError(f"tiles file {path}: empty (no header line)")
     header = [h.strip() for h in next(csv.reader([lines[0]]))]
+    width = len(header)
+    upper = [h.upper() for h in header]
+    tid_col = upper.index("TILEID") if "TILEID" in upper else 0
     keep, bad_lines, numbers = [], {}, []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         last = number == len(lines)
-        fields = next(csv.reader([line]), [])
-        if len(fields) != width or (last and cut):
+        try:
+            fields = next(csv.reader([line]), [])
+            problem = None
+        except csv.Error as err:
+            fields, problem = line.split(","), f"not a CSV line ({err})"
+        whole = len(fields) == width and not (last and cut)
+        if problem is None and not whole:
             problem = f"{len(fields)} fields, header has {width}"
             if last and cut:
                 problem += "; the file ends mid-line (no newline after the last line)"
-            try:  # the TILEID is whole only if a separator follows it
-                key = int(fields[0]) if len(fields) > 1 else None
-            except ValueError:
-                key = None
-            bad_lines[number] = (key, problem)
-        else:
+        if problem is None and not line.isascii():
+            cols = [header[i] if i < width else f"field {i + 1}"
+                    for i, f in enumerate(fields) if not f.isascii()]
+            problem = "non-ASCII text in " + ", ".join(cols or ["the line"])
+        if problem is None:
             keep.append(fields)
             numbers.append(number)
+            continue
+        key = None
+        # the TILEID is whole only if a separator follows it (or the line is whole)
+        if tid_col < len(fields) and (whole or tid_col < len(fields) - 1):
+            raw = fields[tid_col].strip()
+            if raw.isascii() and raw.lstrip("+-").isdigit():
+                key = int(raw)
+        bad_lines[number] = (key, problem)
     columns = {}
     for i, name in enumerate(header):
         values = np.array([row[i].strip() for row in keep], dtype=str)
@@ -192,26 +276,51 @@ def _tiles_from_csv(path):
 
 
 def _convert(raw, dtype, name):
-    """``raw`` as ``dtype``; returns (values, problems) with '' where a row is fine."""
+    """``raw`` as ``dtype``; returns (values, problems) with '' where a row is fine.
+
+    The plan's fields are read by the plan's own parsers (:func:`specprod_db.plan.
+    parse_updated`, :func:`specprod_db.plan.parse_night`); a value they refuse is a
+    problem of its line, and is replaced by a fill value (0, NaN, '')."""
+    from ..plan import parse_night, parse_updated
     raw = np.ma.asarray(raw)
     n = len(raw)
     mask = np.ma.getmaskarray(raw)
     data = np.asarray(raw.data)
     bad = np.full(n, "", dtype=object)
     if data.dtype.kind == "S":
-        data = np.char.decode(data, "ascii", errors="replace")
+        try:
+            data = np.char.decode(data, "ascii")
+        except UnicodeDecodeError:  # error path only
+            text = np.empty(n, dtype=object)
+            for i, v in enumerate(data.tolist()):
+                if v.isascii():
+                    text[i] = v.decode("ascii")
+                else:
+                    text[i], bad[i] = "", f"non-ASCII text in {name}"
+            data = text.astype(str)
     if dtype.kind == "U":
         out = np.char.strip(data.astype(str))
+        out = np.where(mask, "", out)
+        blank = (out == "") & (bad == "")
         if name == "UPDATED":  # empty is fine (the oldest); a damaged value is not
-            out = np.where(mask, "", out)
+            seen = {}
             for i in np.flatnonzero(out != ""):
-                if not _UPDATED.fullmatch(str(out[i])):
-                    bad[i] = f"UPDATED {str(out[i])!r} not a timestamp"
+                v = str(out[i])
+                if v not in seen:
+                    try:
+                        parse_updated(v)
+                        seen[v] = ""
+                    except ValueError as err:
+                        seen[v] = str(err)
+                if seen[v]:
+                    bad[i] = seen[v]
+            out = np.where(bad != "", "", out)
             return out.astype(dtype), bad
         too_long = np.char.str_len(out) > dtype.itemsize // 4
         bad[too_long] = f"{name} longer than {dtype.itemsize // 4} characters"
-        bad[mask] = f"{name} missing"
-        return np.where(mask, "", out).astype(dtype), bad
+        if name not in MAY_BE_EMPTY:
+            bad[blank] = f"{name} missing"
+        return np.where(bad != "", "", out).astype(dtype), bad
     if dtype.kind == "f":
         values = np.full(n, np.nan)
         ok = ~mask
@@ -219,6 +328,11 @@ def _convert(raw, dtype, name):
         parsed[unparsable] = np.nan
         values[ok] = parsed
         bad[np.flatnonzero(ok)[unparsable]] = f"{name} not a number"
+        if name in FINITE_COLUMNS:
+            nonfinite = ok & ~np.isfinite(values) & (bad == "")
+            for i in np.flatnonzero(nonfinite):  # error path only
+                bad[i] = f"{name} {str(data[i]).strip()!r} not a finite number"
+            bad[mask] = f"{name} missing"
         return values, bad
     values = np.zeros(n, dtype=np.int64)
     ok = ~mask
@@ -229,7 +343,14 @@ def _convert(raw, dtype, name):
     out_of_range = (values < info.min) | (values > info.max)
     bad[out_of_range] = f"{name} out of range"
     bad[mask] = f"{name} missing"
-    values[out_of_range | mask] = 0
+    if name == "LASTNIGHT":
+        fine = bad == ""
+        for night in np.unique(values[fine]).tolist():
+            try:
+                parse_night(night)
+            except ValueError as err:
+                bad[fine & (values == night)] = str(err)
+    values[bad != ""] = 0
     return values.astype(dtype), bad
 
 
