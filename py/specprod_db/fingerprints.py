@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from stat import S_ISDIR, S_ISREG
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -123,6 +124,12 @@ def _stamp(name, path, content, label=None):
         return FileStamp(name, error=_reason(err))
     if st is None:
         return FileStamp(name)
+    if not S_ISREG(st.st_mode):  # a directory (or a device, a FIFO) in a file's place
+        what = "is a directory" if S_ISDIR(st.st_mode) else "not a regular file"
+        if content:
+            raise InputError(f"{label + ': ' if label else ''}{path}: cannot be read: "
+                             f"{what}")
+        return FileStamp(name, error=what)
     digest = None
     if content:
         h = hashlib.sha256()

@@ -28,13 +28,14 @@ again.
 import hashlib
 import json
 import os
+import traceback
 from dataclasses import dataclass, field
 from stat import S_ISDIR
 
 import numpy as np
 
 from . import catalogs, faults, fingerprints, ids, stage, writers
-from .errors import InputError
+from .errors import InputError, one_line
 from .extract import afterburner, redshift, targetphot, tile, tractorphot, zpix
 from .log import get_logger
 from .schema import table as schema_table
@@ -80,10 +81,12 @@ class TileResult:
 @dataclass
 class BrickResult:
     """A brick task's outcome: its stage file (photometry rows), the bricks that failed
-    (brick -> message), and counts."""
+    (brick -> message; ``internal``: those of them that failed by a bug, not bad input),
+    and counts."""
     group: str
     stage: StageFile
     failed: dict = field(default_factory=dict)
+    internal: list = field(default_factory=list)
     reused: bool = False
     bricks: int = 0
     matched: int = 0
@@ -304,11 +307,16 @@ def targetid_mismatches(tp):
 def extract_brick(job):
     """Worker side of a brick task: a group of bricks, one stage file.
 
-    ``job`` = dict(group, targets (sorted by BRICKNAME), paths, stage_dir).  A brick whose
-    tractor file is bad is reported in ``failed`` (brick -> message) and the others are
-    staged: only the tiles that need the bad brick fail.  The key covers the tractor
-    files' sizes and mtimes, and a group with a failed brick is written with its
-    failures but never reused, so a repaired file is read by the next run.
+    ``job`` = dict(group, targets (sorted by BRICKNAME), paths, stage_dir).  Each brick
+    is matched on its own: a brick whose tractor file is bad (missing where needed,
+    unreadable, damaged: :class:`InputError`) is reported in ``failed`` (brick ->
+    message naming brick and file) and the task goes on with its other bricks, which
+    are staged: only the tiles that need the bad brick fail, blamed on it.  An
+    unexpected exception in one brick is reported the same way, that brick listed in
+    ``internal`` (logged with its traceback).  The key covers the tractor files' sizes
+    and mtimes (a file that cannot be stat-ed stamped unreadable), and a group with a
+    failed brick is written with its failures but never reused, so a repaired file is
+    read by the next run.
     """
     group, targets, paths = job["group"], job["targets"], job["paths"]
     bricks, starts = np.unique(targets["BRICKNAME"], return_index=True)
@@ -323,21 +331,28 @@ def extract_brick(job):
         if not info.get("failed"):
             return BrickResult(group, out, reused=True, bricks=len(bricks),
                                inputs=len(targets))
-    stats, parts, failed, matched = {}, [], {}, 0
+    stats, parts, failed, internal, matched = {}, [], {}, [], 0
     bounds = list(starts) + [len(targets)]
     for i, brick in enumerate(names):
         sel = targets[bounds[i]: bounds[i + 1]]
         try:
+            faults.hit(f"brick-{brick}")  # failure tests only (faults.py)
             rows, ok = tractorphot.tractorphot_onebrick(brick, sel, paths, stats=stats)
         except InputError as err:
-            failed[brick] = str(err)
+            failed[brick] = one_line(err)
+            continue
+        except Exception as err:  # a bug, in this brick only: its tiles fail, loudly
+            get_logger().error("internal error in brick %s (task bricks %s): %s\n%s", brick,
+                               group, one_line(err), traceback.format_exc())
+            failed[brick] = f"internal error: {one_line(err)}"
+            internal.append(brick)
             continue
         parts.append(rows)
         matched += int(np.count_nonzero(ok))
     rows = np.concatenate(parts) if parts else schema_table("photometry").empty()
-    out.write({"photometry": rows}, key, info={"failed": failed})
-    return BrickResult(group, out, failed=failed, bricks=len(bricks), matched=matched,
-                       inputs=len(targets), stats=_plain(stats))
+    out.write({"photometry": rows}, key, info={"failed": failed, "internal": internal})
+    return BrickResult(group, out, failed=failed, internal=internal, bricks=len(bricks),
+                       matched=matched, inputs=len(targets), stats=_plain(stats))
 
 
 @dataclass

@@ -12,8 +12,10 @@ Checks (each reported with the tiles, tables and rows or counts that drifted):
     For every loaded tile, the ``stat`` of its fiberassign and redrock files against the
     recorded fingerprints (:mod:`specprod_db.fingerprints`), and its qualifying exposure
     rows against their recorded digest.  With ``hash=True`` the files are re-hashed: a
-    file touched with the same bytes is then a note, not drift.  Skipped (noted) when
-    the input locations cannot be resolved.
+    file touched with the same bytes is then a note, not drift.  A file that is there
+    but cannot be stat-ed or read (symlink loop, a directory in its place, EACCES, EIO)
+    is drift naming the file and the reason, never a crash.  Skipped (noted) when the
+    input locations cannot be resolved.
 ``photometry``
     Every TARGETID that a table referencing ``photometry`` holds has its photometry row
     (``schema.referencing("photometry")``; exactly one, as ``targetid`` is the primary
@@ -204,12 +206,18 @@ class Verifier:
             self.add("inputs", tile=tileid, message=f"tile {tileid}: no readable recorded "
                      f"{what} fingerprint", expected=text, found=None)
             return
-        now = fingerprints.stat(files)
+        now = fingerprints.stat(files)  # an unreadable file is stamped so, never raises
         if recorded.stat_key() == now.stat_key():
             return
         diffs = _file_differences(recorded, now)
-        if self.hash and recorded.is_hashed:
-            now = fingerprints.hashed(files)
+        if self.hash and recorded.is_hashed and not now.unreadable:
+            try:
+                now = fingerprints.hashed(files)
+            except InputError as err:  # there but unreadable (EISDIR, EIO ...): a finding
+                self.add("inputs", tile=tileid, message=f"tile {tileid}: {what} file "
+                         f"{' '.join(str(err).split())}",
+                         expected=[list(k) for k in recorded.stat_key()], found=None)
+                return
             if now.same_content(recorded):
                 self.checks["inputs"].notes.append(
                     f"tile {tileid}: {what} files touched, same contents: "
@@ -428,10 +436,14 @@ def _file_differences(recorded, now, content=False):
     for name in sorted(set(old) | set(new)):
         a, b = old.get(name), new.get(name)
         if a is None or a.missing:
-            if b is not None and not b.missing:
+            if b is not None and b.error is not None:
+                out.append(f"{name} unreadable ({b.error})")
+            elif b is not None and not b.missing:
                 out.append(f"{name} appeared")
             continue
-        if b is None or b.missing:
+        if b is not None and b.error is not None:
+            out.append(f"{name} unreadable ({b.error})")
+        elif b is None or b.missing:
             out.append(f"{name} missing")
         elif content and a.sha256 != b.sha256:
             out.append(f"{name} contents changed")

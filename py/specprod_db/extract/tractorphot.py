@@ -33,6 +33,7 @@ targeting rows does not apply here.
 The caller uses targeting photometry for the rows left unmatched (``matched_mask``).
 """
 import os
+import stat
 
 import numpy as np
 
@@ -150,8 +151,11 @@ class _Tractor:
             raise self._unreadable(err) from None
 
     def _unreadable(self, err):
+        text = error_text(err) if str(err) else "no table HDU"
+        if text.startswith(f"{self.path}: "):  # fitstable's messages name the file too
+            text = text[len(self.path) + 2:]
         return InputError(f"brick {self.brick}: cannot read tractor catalog {self.path}: "
-                          f"{error_text(err) if str(err) else 'no table HDU'}")
+                          f"{text}")
 
     def _fitsio(self):
         import fitsio
@@ -222,7 +226,7 @@ def tractorphot_onebrick(brickname, targets, paths, stats=None):
             if sel.size == 0:
                 continue
             path = paths.tractor_file(region, brickname)
-            if not os.path.isfile(path):
+            if not _tractor_exists(path, brickname):
                 raise InputError(f"brick {brickname}: tractor catalog {path} does not exist "
                                  f"(needed by {sel.size} targets with PHOTSYS "
                                  f"{code.decode()})")
@@ -273,11 +277,29 @@ def _match_ids(tractor, targets, sel, k, src_file, src_row):
     src_file[sel[ok]], src_row[sel[ok]] = k, row[ok]
 
 
+def _tractor_exists(path, brickname):
+    """True for a regular file, False when nothing is there (ENOENT); any other state
+    (a directory or other non-file in its place, a symlink loop, EACCES, EIO) is
+    :class:`InputError` naming brick and path: never taken for an absent file, which
+    would leave the brick's targets silently unmatched."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise InputError(f"brick {brickname}: cannot read tractor catalog {path}: "
+                         f"{err.strerror or type(err).__name__}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"brick {brickname}: cannot read tractor catalog {path}: "
+                         f"{'is a directory' if stat.S_ISDIR(st.st_mode) else 'not a file'}")
+    return True
+
+
 def _positional_file(paths, brickname, dec):
     """North/south choice of the positional path (§5.5); None if neither file exists."""
     north = paths.tractor_file("north", brickname)
     south = paths.tractor_file("south", brickname)
-    has_n, has_s = os.path.isfile(north), os.path.isfile(south)
+    has_n, has_s = _tractor_exists(north, brickname), _tractor_exists(south, brickname)
     if has_n and has_s:
         return south if np.median(dec) < RESOLVE_DEC else north
     return north if has_n else south if has_s else None
