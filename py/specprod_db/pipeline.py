@@ -354,19 +354,24 @@ class Run:
                                  progress=self.progress["brick"])
 
     def collect_bricks(self, dispatcher, batch):
+        """Brick results; a failed brick fails the tiles that need it, blamed on it (a
+        brick task reports its bricks one by one, :func:`tasks.extract_brick`); only a
+        whole task that failed fails every tile needing one of its bricks."""
         self.brick_results = []
         for job, result in dispatcher.wait(batch):
             if isinstance(result, mpi.TaskFailure):
-                failed = {b.decode(): result.message
+                failed = {b.decode(): f"brick task {job['group']}: {result.message}"
                           for b in np.unique(job["targets"]["BRICKNAME"])}
+                internal = set(failed) if result.internal else set()
             else:
-                failed = result.failed
+                failed, internal = result.failed, set(result.internal)
                 self.brick_results.append(result)
                 self.staged_files["bricks"].append(result.stage.path)
             for brick, message in failed.items():
+                blame = message if message.startswith(f"brick {brick}: ") \
+                    else f"brick {brick}: {message}"
                 for tileid in self.tiles_of_brick.get(brick, ()):
-                    self.fail(tileid, f"tile {tileid}: brick {brick}: {message}",
-                              getattr(result, "internal", False))
+                    self.fail(tileid, f"tile {tileid}: {blame}", brick in internal)
         batch.results.clear()
 
     def prepare_write(self):
