@@ -1,9 +1,11 @@
 """ztile rows from cumulative redrock files, against desispec 0.70.0 ``read_redrock``.
 
 Parity is checked column by column on the redrock files of a mock production (and on
-edited copies exercising the quirks: non-finite coordinates, missing TSNR2 columns,
-no FIRSTNIGHT/LASTNIGHT in FIBERMAP, zbest fallback), then the failure cases: a TILEID
-that differs from the path, a non-cumulative SPGRP, missing petals.
+edited copies exercising the quirks: missing TSNR2 columns, no FIRSTNIGHT/LASTNIGHT in
+FIBERMAP, zbest fallback), then DESINAME (always computed, never the file's column:
+desispec#2238; non-finite or out-of-range coordinates fail the tile, as in the old tool),
+then the failure cases: a TILEID that differs from the path, a non-cumulative SPGRP,
+missing petals, a directory holding none of the tile's files.
 """
 import os
 import shutil
@@ -104,10 +106,37 @@ def test_missing_petal_is_reported(production):
                                     str(line["PROGRAM"]))
     assert 3 in info["missing_petals"] and 3 not in info["files"]
     assert len(got) > 0
-    # no file at all (a LASTNIGHT without a directory): empty, every petal missing
-    got, info = redshift.ztile_rows(paths, tileid, 20991231, "main", "dark")
-    assert len(got) == 0 and info["missing_petals"] == list(range(10))
+    # no file at all (a LASTNIGHT without a directory): the tile fails, saying so
+    with pytest.raises(InputError, match=f"tile {tileid}: no redrock or zbest file of tile "
+                                         f"{tileid} in .*/{tileid}/20991231: the directory "
+                                         "does not exist"):
+        redshift.ztile_rows(paths, tileid, 20991231, "main", "dark")
     assert all(p is None for _, p in redshift.redrock_files(paths, tileid, 20991231))
+
+
+def test_directory_of_another_tile_fails(production, tmp_path):
+    """issue 20: a LASTNIGHT directory holding only another tile's petal files (a copy
+    or link made by mistake) fails the tile, naming the directory and what it holds;
+    an empty directory too.  (Before: no row and no error, so an UPDATE deleted the
+    tile's ztile rows.)"""
+    paths, latest = production
+    (a, la), (b, lb) = [(t, int(l["LASTNIGHT"])) for t, l in sorted(latest.items())
+                        if l["EFFTIME_SPEC"] > 0][:2]
+    mine = Paths.from_environment(env={"DESI_ROOT": str(tmp_path)})
+    dst = mine.cumulative_dir(a, la)
+    os.makedirs(dst)
+    with pytest.raises(InputError, match=f"tile {a}: .* in {dst}: the directory is empty"):
+        redshift.ztile_rows(mine, a, la, "main", "dark")
+    src = paths.cumulative_dir(b, lb)
+    for name in os.listdir(src):
+        shutil.copy(os.path.join(src, name), dst)
+    with pytest.raises(InputError) as err:
+        redshift.ztile_rows(mine, a, la, "main", "dark")
+    message = str(err.value)
+    assert message.startswith(f"tile {a}: no redrock or zbest file of tile {a} in {dst}: "
+                              f"it holds {len(os.listdir(src))} file(s): ")
+    assert f"petal files of tile(s) {b}" in message
+    assert "..." in message and message.count(f"-{b}-thru{lb}.fits") == redshift.LISTED
 
 
 # --- edited copies of one petal ------------------------------------------------------
@@ -167,10 +196,7 @@ def test_quirks_match_read_redrock(production, tmp_path):
     path = mine.redrock_file(tileid, night, petal)
 
     def edit_fm(d):
-        i = _science(d)
-        d["TARGET_RA"][i[0]] = np.nan             # non-finite: '-'*22 in both
-        d["TARGET_DEC"][i[1]] = np.inf
-        d["COADD_EXPTIME"][i[2]] = np.nan        # finitized
+        d["COADD_EXPTIME"][_science(d)[2]] = np.nan        # finitized
 
     def edit_tsnr2(d):
         d["TSNR2_LRG"][_science(d)[0]] = np.nan
@@ -182,26 +208,108 @@ def test_quirks_match_read_redrock(production, tmp_path):
     stats = {}
     got, info = redshift.ztile_rows(mine, tileid, night, survey, program, stats=stats)
     _assert_same(got, _expected(path, survey, program, tileid))
-    assert got["desiname"][:2].tolist() == [b"-" * 22] * 2
-    assert info["dummy_desiname"] == 2
     assert (got["tsnr2_elg"] == 0).all() and (got["mean_psf_to_fiber_specflux"] == 0).all()
     assert stats["finitized"]["coadd_exptime"] == 1
     assert (got["lastnight"] == night).all()     # from the thruNIGHT of the file name
 
 
-def test_out_of_range_coordinates_get_a_dummy_name(production, tmp_path):
-    """desiutil raises (and read_redrock would fail the file); we name them '-'*22."""
+def _add_desiname(path, names):
+    """Give a redrock file's FIBERMAP a DESINAME column (as files written since Jura
+    have), ``names(fibermap)`` its values."""
+    from numpy.lib import recfunctions
+    with fitsio.FITS(path) as fx:
+        hdr = fx[0].read_header()
+        hdus = [(h.get_extname(), h.read_header(), h.read()) for h in fx[1:]]
+    tmp = path + ".tmp"
+    with fitsio.FITS(tmp, "rw", clobber=True) as f:
+        f.write(None, header=hdr)
+        for name, h, data in hdus:
+            if name == "FIBERMAP":
+                data = recfunctions.append_fields(data, "DESINAME", names(data),
+                                                  dtypes="S22", usemask=False)
+            f.write(data, extname=name)
+    os.replace(tmp, path)
+
+
+def test_desiutil_names_near_zero():
+    """desiutil >= 3.5.0 (desiutil#211): a Dec in (-1, 0) keeps its sign."""
+    from importlib.metadata import version
+    assert tuple(int(x) for x in version("desiutil").split(".")[:2]) >= (3, 5)
+    assert redshift.desinames([150.12345, 5.0, 359.99999, 10.0],
+                              [-0.5, 2.25, -89.123456, -0.00005]).tolist() == [
+        "DESI J150.1234-00.5000", "DESI J005.0000+02.2500", "DESI J359.9999-89.1234",
+        "DESI J010.0000+00.0000"]
+
+
+def test_desiname_is_computed_not_copied(production, tmp_path):
+    """A FIBERMAP DESINAME column (Jura and later) is never loaded: some hold wrong names
+    (desispec#2238).  Rows where it differs are counted, with an example."""
     mine, tileid, night, petal, survey, program = _one_petal(production, tmp_path)
+    path = mine.redrock_file(tileid, night, petal)
+    right, _ = _run(mine, tileid, night, survey, program)
+    assert right["desiname"].tolist() == radec_to_desiname(
+        *_radec({petal: path})).astype("S22").tolist()
+
+    # the file's names all right: nothing counted
+    _add_desiname(path, lambda fm: radec_to_desiname(fm["TARGET_RA"], fm["TARGET_DEC"]))
+    stats = {}
+    got, _ = redshift.ztile_rows(mine, tileid, night, survey, program, stats=stats)
+    np.testing.assert_array_equal(got, right)
+    assert "desiname_mismatch" not in stats and redshift.desiname_mismatch(stats) is None
+
+    # two wrong names in the file (the first of them a sky row: not loaded, not counted)
+    def wrong(fm):
+        names = radec_to_desiname(fm["TARGET_RA"], fm["TARGET_DEC"]).astype("S22")
+        sky = np.flatnonzero(~ids.no_sky(fm["TARGETID"]))
+        names[sky[0]] = b"DESI J000.0000+00.0000"
+        for k in _science(fm)[[3, 5]]:
+            names[k] = b"DESI J999.9999+99.9999"
+        return names
+    _rewrite(path, drop={"FIBERMAP": ["DESINAME"]})
+    _add_desiname(path, wrong)
+    stats = {}
+    got, _ = redshift.ztile_rows(mine, tileid, night, survey, program, stats=stats)
+    np.testing.assert_array_equal(got, right)           # computed, whatever the file says
+    assert stats["desiname_mismatch"] == 2
+    n, message = redshift.desiname_mismatch(stats)
+    tid = int(got["targetid"][3])
+    assert n == 2 and message.startswith("2 row(s) whose FIBERMAP DESINAME differs")
+    assert (f"e.g. TARGETID {tid} in {os.path.basename(path)}: file 'DESI J999.9999+99.9999', "
+            f"computed '{got['desiname'][3].decode()}'") in message
+
+
+@pytest.mark.parametrize("ra, dec", [(np.nan, 10.0), (10.0, np.inf), (360.0, 10.0),
+                                     (10.0, -90.5), (-9999.0, -9999.0)])
+def test_unnameable_coordinates_fail_the_tile(production, tmp_path, ra, dec):
+    """desiutil raises on them, and the old tool (which finitized them to -9999 first)
+    failed the tile: so does the loader, naming file, count and an example row."""
+    mine, tileid, night, petal, survey, program = _one_petal(production, tmp_path)
+    path = mine.redrock_file(tileid, night, petal)
+    with fitsio.FITS(path) as fx:
+        fm = fx["FIBERMAP"].read(columns=["TARGETID"])
+    k = _science(fm)[4]
 
     def edit_fm(d):
-        i = _science(d)
-        d["TARGET_RA"][i[0]] = 360.0
-        d["TARGET_DEC"][i[1]] = -90.5
-    _rewrite(mine.redrock_file(tileid, night, petal), edit={"FIBERMAP": edit_fm})
-    got, info = _run(mine, tileid, night, survey, program)
-    assert info["dummy_desiname"] == 2
-    assert got["desiname"][:2].tolist() == [b"-" * 22] * 2
-    assert got["desiname"][2].startswith(b"DESI J")
+        d["TARGET_RA"][k], d["TARGET_DEC"][k] = ra, dec
+    _rewrite(path, edit={"FIBERMAP": edit_fm})
+    with pytest.raises(InputError, match=(
+            f"tile {tileid}: {path}: 1 row\\(s\\) with a non-finite or out-of-range "
+            f"TARGET_RA/TARGET_DEC, e.g. TARGETID {fm['TARGETID'][k]}: RA {ra}, Dec {dec}; "
+            "radec_to_desiname cannot name them")):
+        _run(mine, tileid, night, survey, program)
+
+
+def test_lost_petals():
+    """Petals with a file when the tile was loaded, none now: named for the warning."""
+    fp = fingerprints.Fingerprint((
+        fingerprints.FileStamp("redrock-0-1000-thru20210505.fits", 10, 1, "a"),
+        fingerprints.FileStamp("emline-0-1000-thru20210505.fits", 10, 1, "b"),
+        fingerprints.FileStamp("petal-1"),
+        fingerprints.FileStamp("zbest-2-1000-thru20210505.fits", 10, 1, "c"),
+        fingerprints.FileStamp("redrock-3-1000-thru20210505.fits", 10, 1, "d")))
+    assert redshift.lost_petals(fp.to_text(), [1, 2, 5]) == [2]
+    assert redshift.lost_petals(fp.to_text(), []) == []
+    assert redshift.lost_petals(None, [0, 1]) == [] == redshift.lost_petals("junk", [0])
 
 
 def test_zbest_fallback(production, tmp_path):

@@ -581,6 +581,9 @@ class Run:
 
     def _warn_stats(self, tileid, stats):
         """Warnings that count values loaded despite being odd (the run still succeeds)."""
+        mismatch = redshift.desiname_mismatch(stats)
+        if mismatch:  # the computed DESINAME is loaded, never the file's
+            self.warn("desiname_mismatch", mismatch[0], "tile %d: %s", tileid, mismatch[1])
         fin = stats.get("finitized") or {}
         if fin:
             self.warn("finitized", sum(fin.values()),

@@ -12,14 +12,16 @@ import psycopg2
 
 from . import mpi, tasks, writer
 from .errors import DatabaseLost, InputError, one_line
-from .extract import zpix
+from .extract import redshift, zpix
 
 
 def load(run, dispatcher):
     """The production's HEALPix redrock files that ``zpix`` lacks, one task each;
     each written as it arrives, in one transaction (:func:`writer.write_healpix`),
     after every tile: their TARGETIDs' photometry comes from the tiles.  A failed
-    file is recorded (the run exits 1) and loads on the next run."""
+    file is recorded (the run exits 1) and loads on the next run.  A file whose
+    FIBERMAP DESINAME differs from the computed one is counted
+    (``warnings.desiname_mismatch``, one line per file with an example)."""
     opts, conn = run.opts, run.conn
     files = opts.paths.healpix_files()
     loaded = writer.loaded_healpix(conn, opts.schema)
@@ -52,6 +54,9 @@ def load(run, dispatcher):
         if isinstance(result, mpi.TaskFailure):
             run.healpix_failures[name] = result.message
             continue
+        mismatch = redshift.desiname_mismatch(result.stats)
+        if mismatch:  # the computed DESINAME is loaded, never the file's
+            run.warn("desiname_mismatch", mismatch[0], "healpix %s: %s", name, mismatch[1])
         try:
             c = writer.write_healpix(conn, opts.schema, job["survey"], job["program"],
                                      job["healpix"], result.stage.tables(("zpix",))["zpix"],

@@ -20,18 +20,29 @@ Rules, as desispec 0.70.0 ``read_redrock`` and the old per-tile loader apply the
   be the tile of the path; any mismatch fails the tile (:class:`InputError`);
 * a header ``SPGRP`` other than ``cumulative`` fails the tile (desispec returns None and
   the old loader then failed);
-* DESINAME is FIBERMAP ``DESINAME`` when present, else desiutil's
-  ``radec_to_desiname(TARGET_RA, TARGET_DEC)`` computed on the coordinates as read,
-  before finitize.  Where a coordinate is non-finite the name is ``'-' * 22``, as
-  ``read_redrock`` writes; where it is finite but out of range (RA outside [0, 360),
-  Dec outside [-90, 90]), for which desiutil raises and desispec would fail the whole
-  file, the name is also ``'-' * 22`` and the count is reported (``info``, warning);
+* DESINAME is always computed, desiutil's ``radec_to_desiname(TARGET_RA,
+  TARGET_DEC)`` (desiutil >= 3.5.0), as the old tool and datamodel §10.2 do; never
+  copied from a FIBERMAP ``DESINAME`` column (files written since Jura carry one, and
+  some hold wrong names: desispec#2238).  Where the file's column differs, the rows are
+  counted (``stats['desiname_mismatch']``, one example in
+  ``stats['desiname_mismatch_example']``; the run warns once per tile:
+  :func:`desiname_mismatch`);
+* a loaded row whose TARGET_RA/TARGET_DEC is non-finite or out of desiutil's range (RA
+  outside [0, 360), Dec outside [-90, 90]) fails the tile, naming the file, the count
+  and an example: the old tool finitized the coordinates to -9999 first, so
+  ``radec_to_desiname`` raised and the tile did not load (datamodel §10.2);
+* a tile none of whose petals has a redrock (or zbest) file of its own TILEID in its
+  LASTNIGHT directory fails, naming the directory and what it holds (issue 20: a
+  directory holding another tile's files must not turn an UPDATE into zero redshifts);
 * zbest fallback: where a petal has no ``redrock-`` file, ``zbest-`` is read (HDU
   ZBEST).  Without re-coadding from the spectra file, this works only where the zbest
   file carries a row-matched, coadded FIBERMAP; its TSNR2 is 0 when absent (desispec
   would compute it from the spectra file's SCORES); otherwise the tile fails.
 """
+import json
 import os
+import re
+from typing import Iterable, List, Optional, Tuple
 
 import fitsio
 import numpy as np
@@ -43,7 +54,9 @@ from ..paths import InputError, present
 from .tile import _header_dict
 
 PETALS = range(10)
-DUMMY_DESINAME = "-" * 22
+#: Names shown when a directory holds none of the tile's petal files.
+LISTED = 5
+_PETAL_FILE = re.compile(r"^(redrock|zbest)-(\d+)-(\d+)-thru(\d+)\.fits$")
 
 _TSNR2 = [c.name.upper() for c in schema.ZTILE.columns if c.name.startswith("tsnr2_")]
 _REDSHIFTS = ["TARGETID", "CHI2", "COEFF", "Z", "ZERR", "ZWARN", "NPIXELS", "SPECTYPE",
@@ -81,17 +94,18 @@ def redrock_files(paths, tileid, lastnight):
     return out
 
 
-def ztile_rows(paths, tileid, lastnight, survey, program, stats=None):
+def ztile_rows(paths, tileid: int, lastnight: int, survey: str, program: str,
+               stats: Optional[dict] = None) -> Tuple[np.ndarray, dict]:
     """``ztile`` rows of tile ``tileid`` from its cumulative files of ``lastnight``.
 
     Returns ``(ztile, info)``; ``info`` has ``files`` (petal -> path read),
-    ``missing_petals``, ``zbest_petals``, ``dummy_desiname`` (rows given ``'-'*22``)
-    and ``rows``.  A tile with no petal file gives an empty array (logged), as the old
-    loader did.  Any bad petal file raises :class:`InputError` naming tile and file.
+    ``missing_petals``, ``zbest_petals`` and ``rows``.  A tile with no petal file of
+    its own TILEID raises :class:`InputError` naming the directory and what it holds
+    (:func:`no_petal_file`); so does any bad petal file, naming tile and file.
     """
     log = get_logger()
     tileid, lastnight = int(tileid), int(lastnight)
-    info = {"files": {}, "missing_petals": [], "zbest_petals": [], "dummy_desiname": 0}
+    info = {"files": {}, "missing_petals": [], "zbest_petals": []}
     parts = []
     for petal in PETALS:
         path = petal_file(paths, tileid, lastnight, petal)
@@ -102,12 +116,36 @@ def ztile_rows(paths, tileid, lastnight, survey, program, stats=None):
         if os.path.basename(path).startswith("zbest"):
             info["zbest_petals"].append(petal)
         parts.append(read_petal(path, tileid, lastnight, survey, program, stats, info))
+    if not parts:
+        raise InputError(no_petal_file(paths.cumulative_dir(tileid, lastnight), tileid))
     if info["missing_petals"]:
         log.warning("tile %d: no redrock or zbest file for petal(s) %s in %s", tileid,
                     info["missing_petals"], paths.cumulative_dir(tileid, lastnight))
-    out = np.concatenate(parts) if parts else schema.ZTILE.empty(0)
+    out = np.concatenate(parts)
     info["rows"] = len(out)
     return out, info
+
+
+def no_petal_file(directory: str, tileid: int) -> str:
+    """The message of a tile none of whose petals has a redrock or zbest file in its
+    cumulative ``directory``: what the directory holds instead (the other tiles whose
+    petal files are there, a few names), or that it is empty or absent."""
+    where = f"tile {tileid}: no redrock or zbest file of tile {tileid} in {directory}"
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return f"{where}: the directory does not exist"
+    except OSError as err:
+        return f"{where}: the directory cannot be read: {err.strerror or err}"
+    if not names:
+        return f"{where}: the directory is empty"
+    shown = ", ".join(names[:LISTED]) + (", ..." if len(names) > LISTED else "")
+    found = f"{where}: it holds {len(names)} file(s): {shown}"
+    others = sorted({int(m.group(3)) for m in map(_PETAL_FILE.match, names) if m})
+    if others:
+        found += (f" (petal files of tile(s) {', '.join(map(str, others))}: a copy or link "
+                  f"of another tile's directory?)")
+    return found
 
 
 def read_petal(path, tileid, lastnight, survey, program, stats=None, info=None):
@@ -208,9 +246,7 @@ def read_petal(path, tileid, lastnight, survey, program, stats=None, info=None):
     for c in _TSNR2:
         cols[c.lower()] = tsnr2[c][keep] if tsnr2 is not None and c in tsnr2.dtype.names \
             else np.zeros(n, np.float32)
-    cols["desiname"], ndummy = desiname_column(fm, where)
-    if ndummy and info is not None:
-        info["dummy_desiname"] += ndummy
+    cols["desiname"] = desiname_column(fm, where, stats)
     primary = {f"{p}_{k}": 0 for p in ("sv", "main", "zcat") for k in ("nspec", "primary")}
     try:
         return rows.build("ztile", dict(cols, **primary), n=n, stats=stats)
@@ -218,27 +254,81 @@ def read_petal(path, tileid, lastnight, survey, program, stats=None, info=None):
         raise InputError(f"{where}: {err}") from None
 
 
-def desiname_column(fm, where):
-    """``(names, n_dummy)`` of a FIBERMAP: its DESINAME column when it has one, else
-    :func:`desinames` of TARGET_RA/TARGET_DEC (a warning naming ``where`` counts the
-    rows given the dummy name)."""
-    if "DESINAME" in fm.dtype.names:
-        return fm["DESINAME"], 0
-    names, ndummy = desinames(fm["TARGET_RA"], fm["TARGET_DEC"])
-    if ndummy:
-        get_logger().warning("%s: %d rows with non-finite or out-of-range TARGET_RA/"
-                             "TARGET_DEC get DESINAME %r", where, ndummy, DUMMY_DESINAME)
-    return names, ndummy
+def desiname_column(fm: np.ndarray, where: str, stats: Optional[dict] = None) -> np.ndarray:
+    """The DESINAMEs of a FIBERMAP's rows: :func:`desinames` of TARGET_RA/TARGET_DEC,
+    never its DESINAME column.  Where it has one and a row's value differs, the rows are
+    counted in ``stats['desiname_mismatch']`` and the first kept as
+    ``stats['desiname_mismatch_example']`` (TARGETID, the file's name, the computed
+    one), for :func:`desiname_mismatch`."""
+    names = desinames(fm["TARGET_RA"], fm["TARGET_DEC"], where, fm["TARGETID"])
+    if "DESINAME" in fm.dtype.names and stats is not None:
+        given = np.char.strip(np.asarray(fm["DESINAME"]).astype("U"))
+        differ = np.flatnonzero(given != names)
+        if len(differ):
+            stats["desiname_mismatch"] = stats.get("desiname_mismatch", 0) + len(differ)
+            k = differ[0]
+            stats.setdefault("desiname_mismatch_example", json.dumps(
+                [int(fm["TARGETID"][k]), str(given[k]), str(names[k]),
+                 os.path.basename(where.split(": ", 1)[-1])]))
+    return names
 
 
-def desinames(ra, dec):
-    """``(names, n_dummy)``: desiutil DESINAMEs, ``'-'*22`` where a coordinate is
-    non-finite or out of desiutil's range."""
+def desiname_mismatch(stats: dict) -> Optional[Tuple[int, str]]:
+    """``(rows, message)`` when :func:`desiname_column` counted rows whose file's
+    DESINAME differs from the computed one, else None: the run's warning
+    ``desiname_mismatch`` (one log line per tile or HEALPix file)."""
+    n = int((stats or {}).get("desiname_mismatch", 0))
+    if not n:
+        return None
+    message = (f"{n} row(s) whose FIBERMAP DESINAME differs from radec_to_desiname("
+               f"TARGET_RA, TARGET_DEC); the computed name is loaded (desispec#2238)")
+    try:
+        targetid, given, computed, name = json.loads(stats["desiname_mismatch_example"])
+        message += f", e.g. TARGETID {targetid} in {name}: file {given!r}, computed " \
+                   f"{computed!r}"
+    except (KeyError, TypeError, ValueError):
+        pass
+    return n, message
+
+
+def desinames(ra: np.ndarray, dec: np.ndarray, where: str = "coordinates",
+              targetid: Optional[np.ndarray] = None) -> np.ndarray:
+    """desiutil's ``radec_to_desiname`` of every row (``U22``).  Any non-finite or
+    out-of-range coordinate (for which desiutil raises, as it did in the old tool on
+    the finitized -9999) raises :class:`InputError` naming ``where``, the count and
+    the first such row."""
     ra = np.asarray(ra, dtype=np.float64)
     dec = np.asarray(dec, dtype=np.float64)
-    good = np.isfinite(ra) & np.isfinite(dec) & (ra >= 0) & (ra < 360) \
-        & (dec >= -90) & (dec <= 90)
-    out = np.full(len(ra), DUMMY_DESINAME, dtype="U22")
-    if good.any():
-        out[good] = radec_to_desiname(ra[good], dec[good])
-    return out, int((~good).sum())
+    with np.errstate(invalid="ignore"):
+        good = np.isfinite(ra) & np.isfinite(dec) & (ra >= 0) & (ra < 360) \
+            & (dec >= -90) & (dec <= 90)
+    if not good.all():
+        k = int(np.flatnonzero(~good)[0])
+        row = f"TARGETID {int(targetid[k])}" if targetid is not None else f"row {k}"
+        raise InputError(f"{where}: {int((~good).sum())} row(s) with a non-finite or "
+                         f"out-of-range TARGET_RA/TARGET_DEC, e.g. {row}: RA {float(ra[k])}, "
+                         f"Dec {float(dec[k])}; radec_to_desiname cannot name them (the old "
+                         f"tool failed such a tile too)")
+    out = np.zeros(len(ra), dtype="U22")
+    if len(ra):
+        out[:] = radec_to_desiname(ra, dec)
+    return out
+
+
+def petal_of(name: str) -> Optional[int]:
+    """The petal of a redrock or zbest file's basename, else None."""
+    m = _PETAL_FILE.match(name)
+    return int(m.group(2)) if m else None
+
+
+def lost_petals(recorded: Optional[str], missing: Iterable[int]) -> List[int]:
+    """Petals that have no file now (``missing``) but had one when the tile was last
+    loaded (its recorded redrock fingerprint, :meth:`Fingerprint.to_text`): their
+    ``ztile`` rows go with the UPDATE (the tile then holds what a fresh load of today's
+    files gives), worth a warning naming them."""
+    from ..fingerprints import Fingerprint
+    fp = Fingerprint.from_text(recorded)
+    if fp is None:
+        return []
+    before = {petal_of(f.name) for f in fp.files if not f.missing}
+    return sorted(p for p in set(int(p) for p in missing) if p in before)

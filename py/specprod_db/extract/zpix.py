@@ -20,7 +20,10 @@ same file, TSNR2; nothing re-coadded, desispec not imported), and gives the rows
 * the 17 targeting bit columns are FIBERMAP's (the bitwise OR over the coadded
   exposures, as desispec's ``coadd_fibermap`` writes them), 0 where the survey has none;
 * missing TSNR2 columns and a missing ``MEAN_PSF_TO_FIBER_SPECFLUX`` are 0;
-* DESINAME as for ``ztile`` (:func:`specprod_db.extract.redshift.desiname_column`);
+* DESINAME as for ``ztile`` (:func:`specprod_db.extract.redshift.desiname_column`):
+  always ``radec_to_desiname(TARGET_RA, TARGET_DEC)``, a FIBERMAP DESINAME that differs
+  counted (``stats['desiname_mismatch']``), a non-finite or out-of-range coordinate
+  failing the file;
 * ``id`` is ``(programid(PROGRAM) << 96) | (surveyid(SURVEY) << 64) | TARGETID``
   (:func:`specprod_db.ids.zpix_id`); the primary flags start at 0/False and are set by
   :func:`specprod_db.finalize.update_primary` over the zpix rows (decision 13).
@@ -29,6 +32,7 @@ Any bad file raises :class:`InputError` naming the file: the file fails alone.  
 module imports neither MPI nor psycopg2.
 """
 import os
+from typing import Optional, Tuple
 
 import fitsio
 import numpy as np
@@ -48,14 +52,16 @@ _TARGET_BITS = [n.upper() for n in schema.ZPIX.names if n.endswith("_target")]
 _FLAGS = {f"{p}_{k}": 0 for p in ("sv", "main", "zcat") for k in ("nspec", "primary")}
 
 
-def zpix_rows(path, survey, program, healpix, stats=None):
+def zpix_rows(path: str, survey: str, program: str, healpix: int,
+              stats: Optional[dict] = None) -> Tuple[np.ndarray, dict]:
     """``zpix`` rows of one HEALPix redrock file; returns ``(rows, info)``.
 
-    ``info``: ``file``, ``rows``, ``dummy_desiname`` (rows given ``'-'*22``).
+    ``info``: ``file``, ``rows``.  ``stats`` (a dict) receives the counts of
+    :func:`specprod_db.rows.build` and of DESINAMEs that differ from the file's.
     """
     healpix = int(healpix)
     where = f"healpix {survey}/{program}/{healpix}: {path}"
-    info = {"file": path, "dummy_desiname": 0}
+    info = {"file": path}
     try:
         with fitsio.FITS(path) as fx:
             hdr = _header_dict(fx[0].read_header())
@@ -119,9 +125,7 @@ def zpix_rows(path, survey, program, healpix, stats=None):
         cols[c.lower()] = fm[c] if c in fm.dtype.names else 0
     for c in _TSNR2:
         cols[c.lower()] = tsnr2[c] if c in tsnr2.dtype.names else np.zeros(n, np.float32)
-    cols["desiname"], ndummy = desiname_column(fm, where)
-    if ndummy:
-        info["dummy_desiname"] = ndummy
+    cols["desiname"] = desiname_column(fm, where, stats)
     try:
         out = rows.build("zpix", dict(cols, **_FLAGS), n=n, stats=stats)
     except rows.RowError as err:
