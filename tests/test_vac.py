@@ -204,12 +204,13 @@ def test_every_kind_round_trips(pg_dsn, bare, tmp_path):
 def test_hdu_by_name_and_number(pg_dsn, bare, tmp_path):
     rows = fits_rows(5)
     path = write_fits(tmp_path / "h.fits", rows, extname="ZCAT")
-    assert load(pg_dsn, bare, "a", f"{path}:ZCAT", stage_dir=tmp_path)["rows"] == 5
-    assert load(pg_dsn, bare, "b", f"{path}:1", stage_dir=tmp_path)["rows"] == 5
+    stage_dir = tmp_path / "stage"  # not the FITS file's directory: a stage dir is ours alone
+    assert load(pg_dsn, bare, "a", f"{path}:ZCAT", stage_dir=stage_dir)["rows"] == 5
+    assert load(pg_dsn, bare, "b", f"{path}:1", stage_dir=stage_dir)["rows"] == 5
     with pytest.raises(InputError, match=r"h\.fits\[0\]: not a binary table"):
-        load(pg_dsn, bare, "c", f"{path}:0", stage_dir=tmp_path)
+        load(pg_dsn, bare, "c", f"{path}:0", stage_dir=stage_dir)
     with pytest.raises(InputError, match="no HDU 'NOPE'"):
-        load(pg_dsn, bare, "c", f"{path}:NOPE", stage_dir=tmp_path)
+        load(pg_dsn, bare, "c", f"{path}:NOPE", stage_dir=stage_dir)
 
 
 # --- bad input: a clear error, nothing loaded, the old table intact -------------------

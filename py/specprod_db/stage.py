@@ -8,11 +8,18 @@ attribute fingerprints the task's inputs (the plan line and input fingerprints):
 reuses a stage file only when the key matches.
 
 The stage directory also holds ``manifest.json``: the run's plan and which stage files
-belong to it.
+belong to it, and ``owner.json``: the database and schema it belongs to (:func:`claim`,
+atomic).  A load cleans only a directory it claimed, and there only the names this
+project writes (:func:`ours`).  The default directory's path segments are made from the
+database and schema names by :func:`path_segment`, so no name leaves the stage base.
 """
+import errno
 import json
 import os
+import re
 import shutil
+import threading
+import time
 
 import h5py
 import numpy as np
@@ -44,42 +51,158 @@ def check_directory(path, need_bytes=0):
 
 #: The file recording which database and schema a stage directory belongs to.
 OWNER_FILE = "owner.json"
+OWNER_FILE_RE = re.escape(OWNER_FILE)
+
+#: Characters kept as they are in a path segment made from a name; any other byte of the
+#: name's UTF-8 is written ``%XX`` (``%`` itself included), so no name can become ``.``,
+#: ``..``, a ``/`` or a hidden file, and two names never share a segment.
+_SEGMENT_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
-def default_directory(database, schema_name):
+def path_segment(name: str) -> str:
+    """``name`` (a schema or database name: PostgreSQL allows almost anything when
+    quoted) as one safe path segment: letters, digits, ``_`` and ``-`` as they are (so
+    ``daily``, ``loa``, ``test_ab12cd34`` are unchanged), every other byte of its UTF-8
+    as ``%XX``.  ``../../x`` becomes ``%2E%2E%2F%2E%2E%2Fx``.  An empty name is refused
+    (:class:`StageError`)."""
+    if not name:
+        raise StageError("an empty name cannot name a stage directory")
+    return "".join(c if c in _SEGMENT_SAFE else "".join(f"%{b:02X}" for b in c.encode())
+                   for c in name)
+
+
+def default_directory(database: str, schema_name: str) -> str:
     """``BASE/DATABASE/SCHEMA``: BASE is ``$SPECPROD_DB_STAGE_DIR``, else
-    ``$SCRATCH/specprod-db-stage``, else ``./specprod-db-stage``."""
+    ``$SCRATCH/specprod-db-stage``, else ``./specprod-db-stage``; DATABASE and SCHEMA
+    are :func:`path_segment` of the names, so the directory is always inside BASE."""
     base = (os.environ.get("SPECPROD_DB_STAGE_DIR")
             or (os.path.join(os.environ["SCRATCH"], "specprod-db-stage")
                 if os.environ.get("SCRATCH") else None)
             or os.path.abspath("specprod-db-stage"))
-    return os.path.join(base, database, schema_name)
+    return os.path.join(base, path_segment(database), path_segment(schema_name))
 
 
-def claim(stage_dir, database, schema_name):
+#: The names this project writes in a stage directory (:func:`ours`): stage files,
+#: their temporaries (``NAME.tmp-PID``), the manifest, the claim, the write probe, and
+#: the ``vac`` subdirectory of VAC loads.
+_STAGED = r"(?:tile-\d+|brick-[\w+-]+|catalog-[0-9a-f]+|healpix-[\w-]+|\d{5,})\.h5"
+_TMP = r"\.tmp-\d+(?:-\d+)?"
+_TEMPORARY = re.compile(rf"(?:{_STAGED}|\.manifest\.json|owner\.json){_TMP}|\.probe-\d+")
+_OURS = re.compile(rf"{_STAGED}|manifest\.json|{OWNER_FILE_RE}|vac|{_TEMPORARY.pattern}")
+
+
+def ours(name: str) -> bool:
+    """True when ``name`` (a basename) is one this project writes in a stage directory."""
+    return _OURS.fullmatch(name) is not None
+
+
+#: How long a claim being written by another load may take to appear whole (it is
+#: written aside and hard-linked into place, so only the fallback without hard links
+#: can be seen empty).
+_CLAIM_WAIT = 2.0
+
+
+def claim(stage_dir: str, database: str, schema_name: str) -> None:
     """Record that ``stage_dir`` belongs to ``database`` and ``schema_name``, or refuse
     it (:class:`StageError`) when it belongs to another: two loads never share or clean
-    each other's stage files."""
+    each other's stage files.
+
+    Claiming is atomic: ``owner.json`` is written aside, then hard-linked to its name
+    (``O_EXCL`` creation where the file system has no hard links), which fails if it
+    exists, so of two loads claiming one fresh directory at once exactly one wins; the
+    other reads the winner's claim and is refused unless it is the same database and
+    schema.  A directory without a claim is claimed only if everything in it is a name
+    this project writes (:func:`ours`: a stage directory of a version before claims):
+    never a directory holding other files.  An ``owner.json`` that is not a JSON object
+    naming a database and a schema is an unreadable claim (refused).
+    """
     path = os.path.join(stage_dir, OWNER_FILE)
     mine = {"database": database, "schema": schema_name}
-    try:
-        with open(path) as f:
-            owner = json.load(f)
-    except FileNotFoundError:
-        owner = None
-    except (OSError, ValueError) as err:
-        raise StageError(f"stage directory {stage_dir}: unreadable {OWNER_FILE}: {err}") \
-            from None
+    owner = _read_claim(stage_dir, path)
     if owner is None:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(mine, f)
-        os.replace(tmp, path)
-    elif owner != mine:
+        try:
+            foreign = sorted(n for n in os.listdir(stage_dir) if not ours(n))
+        except OSError as err:
+            raise StageError(f"stage directory {stage_dir} cannot be listed: "
+                             f"{err.strerror}") from None
+        if foreign:
+            raise StageError(f"stage directory {stage_dir} holds files specprod-db did not "
+                             f"write ({', '.join(foreign[:3])}"
+                             f"{' ...' if len(foreign) > 3 else ''}) and no {OWNER_FILE}; "
+                             f"give this load a new or empty --stage-dir")
+        if _create_claim(stage_dir, path, mine):
+            return
+        owner = _read_claim(stage_dir, path)  # another load claimed it first
+        if owner is None:
+            raise StageError(f"stage directory {stage_dir}: {OWNER_FILE} vanished while "
+                             f"claiming it; retry")
+    if owner != mine:
         raise StageError(f"stage directory {stage_dir} belongs to schema "
-                         f"{owner.get('schema')} of database {owner.get('database')}, not "
+                         f"{owner['schema']} of database {owner['database']}, not "
                          f"to schema {schema_name} of database {database}; give this load "
                          f"its own --stage-dir")
+
+
+def _read_claim(stage_dir, path):
+    """The claim in ``path`` (a dict with ``database`` and ``schema``), None when there is
+    none; :class:`StageError` when it cannot be read or is not such an object."""
+    end = time.monotonic() + _CLAIM_WAIT
+    while True:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StageError(f"stage directory {stage_dir}: unreadable {OWNER_FILE}: "
+                             f"{err.strerror}") from None
+        if data or time.monotonic() > end:
+            break
+        time.sleep(0.02)  # being written by a load without hard links (O_EXCL fallback)
+    try:
+        owner = json.loads(data)
+    except ValueError as err:
+        raise StageError(f"stage directory {stage_dir}: unreadable {OWNER_FILE}: {err}") \
+            from None
+    if not (isinstance(owner, dict) and isinstance(owner.get("database"), str)
+            and isinstance(owner.get("schema"), str)):
+        raise StageError(f"stage directory {stage_dir}: unreadable {OWNER_FILE}: not an "
+                         f"object naming a database and a schema ({data[:80]!r}); remove "
+                         f"it if the directory is this load's, else give this load its own "
+                         f"--stage-dir")
+    return {"database": owner["database"], "schema": owner["schema"]}
+
+
+def _create_claim(stage_dir, path, mine):
+    """Create ``path`` holding ``mine`` unless it exists; True when this call created it."""
+    data = json.dumps(mine).encode()
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+            return True
+        except (FileExistsError, FileNotFoundError):  # claimed (and cleaned) by another
+            return False
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                                 errno.EMLINK, errno.ENOSYS):
+                raise
+        try:  # no hard links here: exclusive creation (readers wait while it is empty)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    except OSError as err:
+        raise StageError(f"stage directory {stage_dir}: cannot write {OWNER_FILE}: "
+                         f"{err.strerror}") from None
+    finally:
+        _remove_quietly(tmp)
 
 
 def tile_file(stage_dir, tileid):
@@ -194,14 +317,11 @@ def _jsonable(value):
     raise TypeError(type(value))
 
 
-def cleanup_temporaries(stage_dir):
-    """Remove temporary files of crashed writers (never complete stage files)."""
-    removed = 0
-    for name in os.listdir(stage_dir):
-        if ".tmp-" in name:
-            os.remove(os.path.join(stage_dir, name))
-            removed += 1
-    return removed
+def cleanup_temporaries(stage_dir: str) -> int:
+    """Remove temporary files of crashed writers (never complete stage files): only the
+    temporaries this project names (``tile-N.h5.tmp-PID``, ``.probe-PID`` ...), in a
+    directory it claimed (:func:`claim`); returns how many."""
+    return _remove(stage_dir, lambda n: _TEMPORARY.fullmatch(n) is not None)
 
 
 def remove_stale_tiles(stage_dir, tileids):
@@ -224,11 +344,13 @@ def remove_catalogs(stage_dir):
 
 
 def _remove(stage_dir, match):
+    """Remove the regular files of ``stage_dir`` whose names ``match`` (never a
+    directory, nor what a symlink points to: the link itself)."""
     removed = 0
-    for name in os.listdir(stage_dir):
-        if match(name):
+    for entry in os.scandir(stage_dir):
+        if match(entry.name) and (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
             try:
-                os.remove(os.path.join(stage_dir, name))
+                os.remove(entry.path)
                 removed += 1
             except FileNotFoundError:
                 pass
