@@ -289,6 +289,12 @@ class Run:
             if result.missing_petals:
                 self.log.warning("tile %d: no redrock file for petal(s) %s", tileid,
                                  ", ".join(map(str, result.missing_petals)))
+            lost = redshift.lost_petals((self.state.get(tileid) or {}).get(
+                "redrock_fingerprint"), result.missing_petals)
+            if lost:  # a re-reduced tile with fewer petals: it loads what is there now
+                self.warn("petals_lost", len(lost), "tile %d: petal(s) %s loaded before have "
+                          "no redrock or zbest file now; their ztile rows go with this "
+                          "UPDATE", tileid, ", ".join(map(str, lost)))
         batch.results.clear()
 
     def targetphot(self, dispatcher, wave):
