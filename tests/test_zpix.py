@@ -222,3 +222,85 @@ def test_file_without_photometry_fails_alone_then_loads(pg_dsn, loaded, mpirun, 
         assert "0 written" in r.stdout and "nothing to do" in r.stdout
     finally:
         query(pg_dsn, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+# --- DESINAME: computed, never the file's column (desispec#2238) ------------------------
+
+def _healpix_path(prod, survey, program, pix):
+    return os.path.join(prod, "spectro", "redux", SPECPROD, "healpix", survey, program,
+                        str(pix // 100), str(pix), f"redrock-{survey}-{program}-{pix}.fits")
+
+
+def _one_healpix_copy(static, tmp_path):
+    import shutil
+    survey, program, pix = _healpix_files(static[0])[0]
+    path = str(tmp_path / os.path.basename(_healpix_path(static[0], survey, program, pix)))
+    shutil.copy(_healpix_path(static[0], survey, program, pix), path)
+    return path, survey, program, pix
+
+
+def test_desiname_computed_not_copied(static, tmp_path):
+    from desiutil.names import radec_to_desiname
+    from test_ztile_update import WRONG, add_wrong_desiname
+    from specprod_db.extract import redshift, zpix
+    path, survey, program, pix = _one_healpix_copy(static, tmp_path)
+    right, _ = zpix.zpix_rows(path, survey, program, pix)
+    wrong = add_wrong_desiname(path)
+    stats = {}
+    got, _ = zpix.zpix_rows(path, survey, program, pix, stats=stats)
+    np.testing.assert_array_equal(got, right)
+    import fitsio
+    fm = fitsio.read(path, "FIBERMAP", columns=["TARGETID", "TARGET_RA", "TARGET_DEC"])
+    fm = fm[ids.no_sky(fm["TARGETID"])]
+    assert got["desiname"].tolist() == radec_to_desiname(
+        fm["TARGET_RA"], fm["TARGET_DEC"]).astype("S22").tolist()
+    assert WRONG not in got["desiname"].tolist()
+    n, message = redshift.desiname_mismatch(stats)
+    assert n == 2 and f"e.g. TARGETID {wrong[0]} in {os.path.basename(path)}" in message
+
+
+def test_unnameable_coordinates_fail_the_file(static, tmp_path):
+    import fitsio
+    from specprod_db.errors import InputError
+    from specprod_db.extract import zpix
+    path, survey, program, pix = _one_healpix_copy(static, tmp_path)
+    with fitsio.FITS(path) as fx:
+        hdus = [(h.get_extname(), h.read_header(), h.read()) for h in fx]
+    with fitsio.FITS(path, "rw", clobber=True) as f:
+        for i, (name, hdr, data) in enumerate(hdus):
+            if name == "FIBERMAP":
+                data["TARGET_DEC"][np.flatnonzero(ids.no_sky(data["TARGETID"]))[0]] = np.nan
+            f.write(data if i else None, header=hdr, extname=name if i else None)
+    with pytest.raises(InputError, match=f"healpix {survey}/{program}/{pix}: {path}: 1 "
+                                         r"row\(s\) with a non-finite or out-of-range"):
+        zpix.zpix_rows(path, survey, program, pix)
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_desiname_mismatch_counted_in_a_load(ranks, pg_dsn, static, mpirun, tmp_path):
+    """A HEALPix file whose FIBERMAP has a DESINAME column with two wrong names: loaded
+    with the computed names, counted (warnings.desiname_mismatch), one line naming it."""
+    import json
+    import shutil
+    from test_ztile_update import WRONG, add_wrong_desiname
+    prod = str(tmp_path / "fuji")
+    shutil.copytree(static[0], prod, symlinks=True)
+    survey, program, pix = _healpix_files(prod)[0]
+    wrong = add_wrong_desiname(_healpix_path(prod, survey, program, pix))
+    name = "test_" + secrets.token_hex(4)
+    init(pg_dsn, name)
+    try:
+        r = load(mpirun, ranks, pg_dsn, name, prod, tmp_path / "stage", "--initial")
+        counts = query(pg_dsn, f'SELECT counts FROM "{name}".load_run')[0][0]
+        counts = json.loads(counts) if isinstance(counts, str) else counts
+        assert counts["warnings"]["desiname_mismatch"] == 2
+        lines = [line for line in (r.stdout + r.stderr).splitlines()
+                 if "FIBERMAP DESINAME differs" in line]
+        assert len(lines) == 1 and f"healpix {survey}-{program}-{pix}: 2 row(s)" in lines[0]
+        got = dict(query(pg_dsn, f'SELECT targetid, desiname FROM "{name}".zpix WHERE '
+                                 "targetid = ANY(%s) AND survey = %s AND program = %s",
+                         (wrong, survey, program)))
+        assert sorted(got) == sorted(wrong)
+        assert all(v.startswith("DESI J") and v != WRONG.decode() for v in got.values())
+    finally:
+        query(pg_dsn, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

@@ -41,7 +41,7 @@ def _last_run(dsn, name):
     return outcome, json.loads(counts) if isinstance(counts, str) else counts
 
 
-def _add_wrong_desiname(path):
+def add_wrong_desiname(path):
     """A FIBERMAP DESINAME column, right but for two loaded rows; their TARGETIDs."""
     from numpy.lib import recfunctions
     with fitsio.FITS(path) as fx:
@@ -110,7 +110,7 @@ def runs(request, pg_dsn, small_production, mpiexec, tmp_path_factory):
         x = next(t for t in loaded if t != y)
         petal_x = next(p for p in range(10)
                        if os.path.exists(paths.redrock_file(x, nights[x], p)))
-        wrong = _add_wrong_desiname(paths.redrock_file(x, nights[x], petal_x))
+        wrong = add_wrong_desiname(paths.redrock_file(x, nights[x], petal_x))
         first = load(mpirun, ranks, pg_dsn, name, prod, base / "stage")
         one = dict(log=first.stdout + first.stderr, run=_last_run(pg_dsn, name),
                    x=x, petal_x=petal_x, wrong=wrong)
