@@ -8,6 +8,9 @@
 * A crash between two tiles leaves no photometry row that nothing references.
 * A brick that failed (corrupt tractor file) is not reused from the stage once repaired;
   a photometry value the server refuses fails only the tiles that need it.
+* An unreadable input file (any OSError: a symlink loop, a directory in its place) fails
+  the tile that needs it, naming tile and path, and only that tile; a bad tractor file
+  fails only the tiles of its brick, blamed on that brick.
 * No transaction stays open while the root plans; a stage directory belongs to one
   database and schema.
 """
@@ -204,6 +207,120 @@ def test_bad_photometry_string_fails_only_its_tiles(value, expect, pg_dsn, schem
     assert all(all(x in e for x in expect) for e in errors), errors
     assert_whole(pg_dsn, name, reference)
     assert set(rows_per_tile(pg_dsn, name)) == set(TILES) - failed
+
+
+# --- an unreadable file fails its own tile (or brick), and only that -------------------
+
+def _loop(path):
+    """Replace ``path`` by a symlink to itself: ``stat`` and ``open`` fail with ELOOP
+    (root, who runs the tests, is not stopped by chmod 000)."""
+    os.remove(path)
+    os.symlink(os.path.basename(path), path)
+
+
+def _lastnight_dir(prod, tileid):
+    """The cumulative directory of the tile's winning LASTNIGHT (its latest night)."""
+    base = os.path.join(prod, "spectro", "redux", "daily", "tiles", "cumulative",
+                        str(tileid))
+    return os.path.join(base, max(os.listdir(base)))
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_unreadable_file_fails_only_its_tile(ranks, pg_dsn, schemas, copy_production,
+                                             mpirun, reference, tmp_path):
+    """Any OSError from stat or open, not only "no such file": tile 1000's fiberassign
+    file is a symlink loop (the planner's stat of it used to refuse the whole run: exit
+    2, nothing loaded, no tile named), a redrock petal file of tile 1001 is a symlink
+    loop (used to be taken for a missing petal: the tile loaded without it, exit 0), an
+    afterburner file of tile 40000 is a directory.  Each fails its own tile, naming tile
+    and path; the others load; exit 1; once repaired, a rerun converges."""
+    prod = copy_production()
+    name, stage = schemas(), tmp_path / "stage"
+    fa = os.path.join(prod, "target", "fiberassign", "tiles", "trunk", "001",
+                      "fiberassign-001000.fits.gz")
+    night = _lastnight_dir(prod, 1001)
+    rr = os.path.join(night, f"redrock-0-1001-thru{os.path.basename(night)}.fits")
+    night = _lastnight_dir(prod, 40000)
+    ab = os.path.join(night, f"emline-2-40000-thru{os.path.basename(night)}.fits")
+    saved = {p: open(p, "rb").read() for p in (fa, rr, ab)}
+    _loop(fa)
+    _loop(rr)
+    os.remove(ab)
+    os.mkdir(ab)
+    r = load(mpirun, ranks, pg_dsn, name, prod, stage, check=False)
+    assert r.returncode == 1, r.stderr[-3000:]
+    state = {t: (s, e) for t, s, e in query(
+        pg_dsn, f'SELECT tileid, status, error FROM "{name}".tile_state')}
+    bad = {1000: (fa, "Too many levels of symbolic links"),
+           1001: (rr, "Too many levels of symbolic links"), 40000: (ab, "is a directory")}
+    for tileid, (path, why) in bad.items():
+        status, error = state[tileid]
+        assert status == "failed", (tileid, status, error)
+        assert error.startswith(f"tile {tileid}: ") and path in error and why in error
+    assert {t for t, (s, _) in state.items() if s == "loaded"} == set(TILES) - set(bad)
+    assert_whole(pg_dsn, name, reference)
+    assert "FAILED tiles (bad input)" in r.stdout + r.stderr
+    if ranks == 1:
+        os.rmdir(ab)
+        for path, data in saved.items():
+            if os.path.lexists(path):
+                os.remove(path)
+            open(path, "wb").write(data)
+        rerun_converges(mpirun, ranks, pg_dsn, name, prod, stage, reference)
+
+
+def _tiles_of_bricks(reference):
+    """{brick: tiles whose potential targets have their Legacy Surveys photometry in it}."""
+    ph, po = schema.table("photometry").names, schema.table("potential").names
+    brick = {row[ph.index("targetid")]: row[ph.index("brickname")]
+             for row in reference["photometry"] if row[ph.index("ls_id")] > 0}
+    out = {}
+    for row in reference["potential"]:
+        b = brick.get(row[po.index("targetid")])
+        if b:
+            out.setdefault(b, set()).add(row[po.index("tileid")])
+    return out
+
+
+@pytest.mark.parametrize("fault, ranks", [("loop", 1), ("loop", 3), ("bug", 1)])
+def test_bad_tractor_file_fails_only_the_tiles_of_its_brick(
+        fault, ranks, pg_dsn, schemas, copy_production, mpirun, reference, tmp_path):
+    """A brick needed by one tile only, in a brick task of many bricks (all 14 of the
+    small production's): its tractor file a symlink loop fails that tile alone, status
+    failed (bad input), blamed on that brick and file (it used to fail every tile of the
+    task as an internal error, blamed on the task's first brick).  A bug while matching
+    that brick (an injected exception) fails the same tile alone, as an internal error."""
+    prod = copy_production()
+    name, stage = schemas(), tmp_path / "stage"
+    tiles_of = _tiles_of_bricks(reference)
+    brick = sorted(b for b, t in tiles_of.items() if len(t) == 1)[0]
+    (tileid,) = tiles_of[brick]
+    assert len(tiles_of) > 1 and set().union(*tiles_of.values()) - {tileid}
+    paths = [p for p in tractor_files(prod) if os.path.basename(p) == f"tractor-{brick}.fits"]
+    env = None
+    if fault == "loop":
+        for path in paths:
+            _loop(path)
+    else:
+        env = {"SPECPROD_DB_FAULT": f"raise:brick-{brick}"}
+    r = load(mpirun, ranks, pg_dsn, name, prod, stage, check=False, env=env)
+    assert r.returncode == 1, r.stderr[-3000:]
+    state = {t: (s, e) for t, s, e in query(
+        pg_dsn, f'SELECT tileid, status, error FROM "{name}".tile_state')}
+    status, error = state[tileid]
+    assert {t for t, (s, _) in state.items() if s != "loaded"} == {tileid}
+    assert error.startswith(f"tile {tileid}: brick {brick}: ")
+    assert f"brick {brick}: brick {brick}" not in error  # blamed once
+    others = set(tiles_of) - {brick}
+    assert not any(b in error for b in others)
+    if fault == "loop":
+        assert status == "failed"
+        assert any(p in error for p in paths) and "Too many levels of symbolic links" in error
+        assert "internal error" not in error
+    else:
+        assert status == "internal_error"
+        assert f"injected fault at brick-{brick}" in error and "Traceback" in r.stderr
+    assert_whole(pg_dsn, name, reference)
 
 
 # --- planning and the stage directory --------------------------------------------------

@@ -89,3 +89,54 @@ def test_exposures_digest_depends_on_qualifying_rows_only():
     e3["EFFTIME_SPEC"][2] = 7  # another tile's exposure
     assert fingerprints.exposures_digest(e3, f, 1) == d
     assert fingerprints.exposures_digest(e[::-1], f[::-1], 1) == d  # order-free
+
+
+# --- a file that is there but unusable (issue 16 §1: any OSError, not only ENOENT) -----
+
+def _unusable(tmp_path):
+    """A symlink loop, a directory in a file's place, a path through a regular file."""
+    loop = tmp_path / "loop.fits"
+    loop.symlink_to("loop.fits")
+    directory = tmp_path / "dir.fits"
+    directory.mkdir()
+    (tmp_path / "plain").write_bytes(b"x")
+    return {"loop": (str(loop), "Too many levels of symbolic links"),
+            "directory": (str(directory), "is a directory"),
+            "notdir": (str(tmp_path / "plain" / "x.fits"), "Not a directory")}
+
+
+@pytest.mark.parametrize("kind", ["loop", "directory", "notdir"])
+def test_planner_stat_never_raises_for_an_unusable_file(kind, tmp_path):
+    path, why = _unusable(tmp_path)[kind]
+    files = [("a", str(tmp_path / "a")), ("x.fits", path), ("gone", str(tmp_path / "no"))]
+    (tmp_path / "a").write_bytes(b"abc")
+    fp = fingerprints.stat(files)  # the planner: used to raise OSError (run refused)
+    a, x, gone = fp.files
+    assert not a.missing and a.error is None
+    assert x.error == why and not x.missing and x.sha256 is None and not fp.is_hashed
+    assert gone.missing and gone.error is None
+    assert fp.unreadable == [x]
+    # never equal to anything recorded: the tile is planned as changed (then it fails)
+    recorded_missing = fingerprints.Fingerprint((a, fingerprints.FileStamp("x.fits"), gone))
+    assert fp.stat_key() != recorded_missing.stat_key()
+    assert fingerprints.planned(recorded_missing.to_text(), fp) != recorded_missing.to_text()
+    assert fingerprints.Fingerprint.from_text(fp.to_text()) == fp
+
+
+@pytest.mark.parametrize("kind", ["loop", "directory", "notdir"])
+def test_worker_hash_of_an_unusable_file_is_an_input_error(kind, tmp_path):
+    path, why = _unusable(tmp_path)[kind]
+    with pytest.raises(InputError) as err:
+        fingerprints.hashed([("x.fits", path)], label="tile 1000")
+    assert str(err.value) == f"tile 1000: {path}: cannot be read: {why}"
+
+
+def test_present_is_false_only_for_no_such_file(tmp_path):
+    from specprod_db.paths import checkgzip, present
+    unusable = _unusable(tmp_path)
+    assert all(present(p) for p, _ in unusable.values())  # os.path.exists: all False
+    assert not present(str(tmp_path / "absent"))
+    (tmp_path / "dangling").symlink_to("nowhere")
+    assert not present(str(tmp_path / "dangling"))
+    # checkgzip keeps an unusable X rather than taking it for absent
+    assert checkgzip(unusable["loop"][0]) == unusable["loop"][0]

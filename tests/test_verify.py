@@ -217,3 +217,40 @@ def test_input_files(verify, loaded, pg_dsn):
             f.truncate(st.st_size)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert verify()[0] == 0
+
+
+def test_unreadable_input_files_are_findings(verify, loaded, pg_dsn):
+    """A loaded tile's file that is there but cannot be stat-ed or read (a symlink loop,
+    a directory in its place) is drift naming tile, file and reason, with and without
+    --hash; verify used to crash on it (OSError from stat)."""
+    from specprod_db.extract import redshift, tile
+    from specprod_db.paths import Paths
+    name, prod = loaded
+    paths = Paths.from_environment(environment(prod))
+    lastnight = query(pg_dsn, f'SELECT lastnight FROM "{name}".tile WHERE tileid = 1001')[0][0]
+    [(_, fa)] = tile.fiberassign_files(paths, 1000)
+    rr = next(p for _, p in redshift.redrock_files(paths, 1001, lastnight) if p)
+    saved = {p: (open(p, "rb").read(), os.stat(p)) for p in (fa, rr)}
+    os.remove(fa)
+    os.symlink(os.path.basename(fa), fa)
+    os.remove(rr)
+    os.mkdir(rr)
+    try:
+        for options in ((), ("--hash",)):
+            status, report = verify(*options)
+            assert status == 1
+            found = {d["tile"]: d["message"] for d in drifts(report, "inputs")}
+            assert set(found) == {1000, 1001}, found
+            assert os.path.basename(fa) in found[1000]
+            assert "Too many levels of symbolic links" in found[1000]
+            assert os.path.basename(rr) in found[1001] and "is a directory" in found[1001]
+    finally:
+        for path, (data, st) in saved.items():
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+            with open(path, "wb") as f:
+                f.write(data)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert verify()[0] == 0

@@ -23,13 +23,19 @@ committed, before the next tile):
     database or start a second load while a load is in flight;
 ``pause:POINT``
     the same at a named point (e.g. ``pause:plan``: files ``paused-plan``/``resume-plan``);
+``enospc:stage-FILE[@RANK]``
+    writing the stage file ``FILE`` (e.g. ``tile-1000.h5``, ``bricks-0.h5``) fails as a
+    full disk does: :class:`OSError` ``ENOSPC`` while its temporary file is half written;
 ``raise:POINT[@RANK]``
     a plain :class:`RuntimeError` (a stand-in for a bug) is raised at ``POINT``, on
     ``RANK`` only when given.  Points: ``plan`` (rank 0, state read, planning),
     ``bricks`` (rank 0, planning brick tasks), ``write`` (rank 0, after the first tile
     committed), ``finalize`` (rank 0), ``serve`` (a worker between two tasks),
-    ``task-TILEID`` (inside that tile's task: the tile fails as an internal error).
+    ``task-TILEID`` (inside that tile's task: the tile fails as an internal error),
+    ``brick-BRICKNAME`` (inside a brick task, matching that brick: the tiles needing the
+    brick fail as internal errors, the task's other bricks are staged).
 """
+import errno
 import os
 import signal
 import time
@@ -79,6 +85,8 @@ def hit(point, tileid=None, leftover=None):
             os.kill(os.getpid(), signal.SIGKILL)
         elif kind == "raise":
             raise RuntimeError(f"injected fault at {name} ({ENV})")
+        elif kind == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         elif kind == "pause":
             _pause(tileid if tileid is not None else point)
 
