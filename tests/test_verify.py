@@ -51,7 +51,7 @@ def test_a_fresh_load_verifies(verify, loaded, pg_dsn, capsys):
     status, report = verify()
     assert status == 0 and report["ok"] and report["drift"] == []
     assert set(report["checks"]) == {"tile_rows", "inputs", "photometry", "primary",
-                                     "constraints", "ids"}
+                                     "constraints", "ids", "desiname"}
     assert all(c["checked"] > 0 and c["skipped"] is None for c in report["checks"].values())
     assert report["checks"]["tile_rows"]["checked"] == 5
     # the text report
@@ -254,3 +254,51 @@ def test_unreadable_input_files_are_findings(verify, loaded, pg_dsn):
                 f.write(data)
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert verify()[0] == 0
+
+
+def test_desiname_sql_equals_desiutil(pg_dsn):
+    """verify's DESINAME in SQL is desiutil's, edge cases included (datamodel §10.2)."""
+    import numpy as np
+    from desiutil.names import radec_to_desiname
+    from psycopg2 import sql
+    from specprod_db.verify import _desiname_sql
+    rng = np.random.default_rng(7)
+    ra = np.concatenate([rng.uniform(0, 360, 2000), [0.0, 359.99999, 150.12345, 5.0, 10.0,
+                                                     0.00004, 359.999999999, 1e-9]])
+    dec = np.concatenate([rng.uniform(-90, 90, 2000), [-90.0, 90.0, -0.5, 2.25, -0.00005,
+                                                       -0.99999, 0.0, -1e-9]])
+    statement = sql.SQL("SELECT {} FROM unnest(%s::float8[], %s::float8[]) WITH ORDINALITY "
+                        "AS c(ra, dec, i) ORDER BY i").format(
+        _desiname_sql(sql.SQL("c.ra"), sql.SQL("c.dec")))
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, (ra.tolist(), dec.tolist()))
+            got = [r[0] for r in cur.fetchall()]
+    finally:
+        conn.close()
+    assert got == radec_to_desiname(ra, dec).tolist()
+
+
+def test_a_desiname_that_is_not_its_coordinates(verify, loaded, pg_dsn):
+    """A ztile desiname that is not radec_to_desiname of its coordinates (a name copied
+    from a FIBERMAP, desispec#2238, or edited by hand) is drift naming tile and row."""
+    name = loaded[0]
+    tid, right = query(pg_dsn, f'SELECT targetid, desiname FROM "{name}".ztile WHERE '
+                               "tileid = 1001 ORDER BY targetid LIMIT 1")[0]
+    change = f'UPDATE "{name}".ztile SET desiname = %s WHERE tileid = 1001 AND targetid = %s'
+    query(pg_dsn, change, ("DESI J999.9999+99.9999", tid))
+    try:
+        status, report = verify()
+        assert status == 1
+        [d] = drifts(report, "desiname")
+        assert (d["tile"], d["table"], d["found"]) == (1001, "ztile", 1)
+        assert d["rows"] == [f"{tid} DESI J999.9999+99.9999 (computed {right})"]
+        status, report = verify("--tiles", "1000")
+        assert status == 0 and "zpix not checked with --tiles" in \
+            report["checks"]["desiname"]["notes"]
+    finally:
+        query(pg_dsn, change, (right, tid))
+    status, report = verify()
+    assert status == 0 and report["checks"]["desiname"]["checked"] == query(
+        pg_dsn, f'SELECT count(*) FROM "{name}".ztile')[0][0]

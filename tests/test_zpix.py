@@ -304,3 +304,38 @@ def test_desiname_mismatch_counted_in_a_load(ranks, pg_dsn, static, mpirun, tmp_
         assert all(v.startswith("DESI J") and v != WRONG.decode() for v in got.values())
     finally:
         query(pg_dsn, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def test_verify_checks_zpix_desiname(pg_dsn, loaded):
+    """verify: every zpix desiname is radec_to_desiname of a fiberassign TARGET_RA/DEC of
+    its TARGETID; one changed by hand is drift naming the row."""
+    from specprod_db import verify
+    _, names = loaded
+    name = names[0]
+    tid, survey, program, right = query(pg_dsn, f'SELECT targetid, survey, program, desiname '
+                                                f'FROM "{name}".zpix ORDER BY id LIMIT 1')[0]
+    change = (f'UPDATE "{name}".zpix SET desiname = %s WHERE targetid = %s AND survey = %s '
+              "AND program = %s")
+
+    def run():
+        conn = psycopg2.connect(pg_dsn)
+        try:
+            report = verify.Verifier(conn, name)
+            report.check_desiname()
+            conn.rollback()
+            return report.report()
+        finally:
+            conn.close()
+    report = run()
+    zrows = query(pg_dsn, f'SELECT (SELECT count(*) FROM "{name}".ztile) + '
+                          f'(SELECT count(*) FROM "{name}".zpix)')[0][0]
+    assert report["ok"] and report["checks"]["desiname"]["checked"] == zrows
+    query(pg_dsn, change, ("DESI J999.9999+99.9999", tid, survey, program))
+    try:
+        report = run()
+        [d] = report["drift"]
+        assert (d["check"], d["table"], d["tile"], d["found"]) == ("desiname", "zpix", None, 1)
+        assert d["rows"] == [f"{tid} {survey}/{program} DESI J999.9999+99.9999 (computed "
+                             f"{right})"]
+    finally:
+        query(pg_dsn, change, (right, tid, survey, program))

@@ -48,8 +48,8 @@ from .errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DatabaseLost, InputErr
                      RunRefused, SpecprodDBError, one_line)
 from .extract import redshift, targetphot, tile
 from .log import get_logger, set_rank
-from .plan import (DELETE, FAIL, INSERT, REFRESH, UPDATE, MassDeleteRefused, format_plan,
-                   make_plan)
+from .plan import (DELETE, FAIL, INSERT, REFRESH, UPDATE, MassDeleteRefused, absent_tiles,
+                   format_plan, make_plan)
 from .runlock import acquire_lock, check_write_access, database_identity, read_state
 
 
@@ -127,6 +127,7 @@ class Run:
         self.actions = []
         self.state = {}
         self.bad_lines = 0
+        self.tiles_file = {}     # path, resolved, size, sha256 (load_run.options)
         self.results = {}        # tileid -> TileResult
         self.brick_results = []  # BrickResult
         self.tiles_of_brick = {}
@@ -150,7 +151,7 @@ class Run:
             self.plan()
         if self.opts.dry_run:
             print(format_plan(self.actions, self.opts.show_unchanged))
-            return EXIT_OK
+            return EXIT_FAILED if self.failures else EXIT_OK  # --tiles not in the file
         self.begin()
         self.prepare_write()
         extract = [a for a in self.actions if a.action in (INSERT, UPDATE)]
@@ -215,7 +216,8 @@ class Run:
         tiles_path = paths.tiles()
         if not os.path.exists(tiles_path):
             raise RunRefused(f"tiles file {tiles_path} does not exist")
-        table, problems, self.bad_lines = tile.read_tiles_file(tiles_path)
+        table, problems, self.bad_lines = tile.read_tiles_file(tiles_path,
+                                                               info=self.tiles_file)
         if len(table) == 0 and not problems:
             raise RunRefused(f"tiles file {tiles_path} has no tiles")
         exposures, frames = tile.read_exposures_file(paths.exposures())
@@ -244,12 +246,17 @@ class Run:
                              max_delete_count=opts.max_delete_count,
                              bad_lines=self.bad_lines, allow_mass_delete=allow_mass_delete)
         try:
-            return plan(opts.allow_mass_delete)
+            actions = plan(opts.allow_mass_delete)
         except MassDeleteRefused as err:
             if not opts.dry_run:
                 raise
             self.log.warning("the load would refuse to start: %s", err)  # plan still shown
-            return plan(True)
+            actions = plan(True)
+        for tid in absent_tiles(opts.tiles, actions):  # the run exits 1
+            message = f"tile {tid}: not in the tiles file {tiles_path} (named by --tiles)"
+            self.log.error("%s", message)
+            self.fail(tid, message)
+        return actions
 
     def begin(self):
         """The stage directory (checked, claimed, cleaned) and the ``load_run`` row."""
@@ -263,7 +270,8 @@ class Run:
                                                   if a.action in (INSERT, UPDATE)])
         self.run_id = runrecord.start(self.conn, opts.schema, self.ranks, opts.command, {
             "tiles": opts.tiles, "stage_dir": self.stage_dir, "no_delete": opts.no_delete,
-            "initial": opts.initial, "writers": opts.writers, **opts.paths.as_dict()})
+            "initial": opts.initial, "writers": opts.writers, **opts.paths.as_dict(),
+            "tiles_file": self.tiles_file})
 
     def submit_tiles(self, dispatcher, wave):
         """Queue a wave's tile tasks, largest fiberassign file first; their catalogs are
@@ -602,6 +610,12 @@ class Run:
                       "tile %d: %d targeting row(s) whose TARGETID does not encode their own "
                       "RELEASE/BRICKID/BRICK_OBJID; loaded with the rows' columns, as "
                       "desispec reads them", tileid, bad)
+        nan = stats.get("nan_efftime_expids") or []
+        if nan:
+            self.warn("nan_efftime_exposures", len(nan),
+                      "tile %d: %d exposure(s) with EFFTIME_SPEC NaN not loaded (only "
+                      "EFFTIME_SPEC > 0 qualifies): EXPID %s", tileid, len(nan),
+                      ", ".join(map(str, nan)))
         missing = stats.get("missing_catalogs") or []
         if missing:  # each was logged by the worker, naming tile, keyword and path
             self.counts["warnings"]["missing_catalogs"] = \

@@ -33,6 +33,13 @@ Checks (each reported with the tiles, tables and rows or counts that drifted):
     Composite ids decode to their own columns (:mod:`specprod_db.ids`): ``target.id``,
     ``fiberassign.id``, ``potential.id``, ``ztile.id`` and ``targetphotid``,
     ``zpix.id``, ``frame.frameid``.
+``desiname``
+    ``ztile.desiname`` is ``radec_to_desiname(TARGET_RA, TARGET_DEC)`` (datamodel §10.2,
+    written out in SQL: :func:`_desiname_sql`) of the ``fiberassign`` row of the same
+    tile and TARGETID (the coordinates desispec copies into the redrock FIBERMAP);
+    ``zpix.desiname`` that of at least one ``fiberassign`` row of its TARGETID.  Rows
+    without such a row are noted, not checked.  Cost: one join of ``ztile`` with
+    ``fiberassign`` and, for ``zpix``, one index lookup of ``fiberassign`` per row.
 
 With ``tiles`` every check is restricted to those tiles' rows (and the TARGETIDs on
 them); the checks that are not per tile (unreferenced photometry, ``zpix``) are then
@@ -49,7 +56,8 @@ from . import fingerprints, ids, schema
 from .db import qualified
 from .errors import InputError
 
-CHECKS = ("tile_rows", "inputs", "photometry", "primary", "constraints", "ids")
+CHECKS = ("tile_rows", "inputs", "photometry", "primary", "constraints", "ids",
+          "desiname")
 
 #: Examples of offending rows kept per drift item.
 EXAMPLES = 10
@@ -384,6 +392,54 @@ class Verifier:
                                   f"{n} {table} row(s) whose {column} does not decode to "
                                   f"their own columns: " + ", ".join(examples)))
 
+    def check_desiname(self):
+        """DESINAMEs against the coordinates of ``fiberassign`` (see the module doc)."""
+        check = self.checks["desiname"]
+        name = _desiname_sql(sql.SQL("f.target_ra"), sql.SQL("f.target_dec"))
+        wrong = sql.SQL("f.targetid IS NOT NULL AND z.desiname IS DISTINCT FROM {}").format(
+            name)
+        unchecked = 0
+        for tileid, n, compared, bad, examples in self.fetch(sql.SQL(
+                "SELECT z.tileid, count(*), count(f.targetid), count(*) FILTER (WHERE {w}), "
+                "(array_agg(z.targetid || ' ' || z.desiname || ' (computed ' || {e} || ')' "
+                "ORDER BY z.targetid) FILTER (WHERE {w}))[1:%(n)s] FROM {z} z LEFT JOIN {f} f "
+                "ON f.tileid = z.tileid AND f.targetid = z.targetid WHERE true{t} GROUP BY 1 "
+                "ORDER BY 1").format(w=wrong, e=name, z=self.q("ztile"),
+                                     f=self.q("fiberassign"), t=self.where_tiles("z")),
+                dict(self.args, n=EXAMPLES)):
+            check.checked += compared
+            unchecked += n - compared
+            if bad:
+                self.add("desiname", tile=tileid, table="ztile", expected=0, found=bad,
+                         rows=examples, message=(
+                             f"tile {tileid}: {bad} ztile row(s) whose desiname is not "
+                             f"radec_to_desiname of their fiberassign TARGET_RA/TARGET_DEC: "
+                             + ", ".join(examples[:3]) + (" ..." if bad > 3 else "")))
+        if unchecked:
+            check.notes.append(f"{unchecked} ztile row(s) without a fiberassign row of "
+                               f"their tile and TARGETID, not checked")
+        if self.tiles is not None:
+            check.notes.append("zpix not checked with --tiles")
+            return
+        wrong = sql.SQL("a.names IS NOT NULL AND NOT z.desiname = ANY(a.names)")
+        n, compared, bad, examples = self.fetch(sql.SQL(
+            "SELECT count(*), count(a.names), count(*) FILTER (WHERE {w}), "
+            "(array_agg(z.targetid || ' ' || z.survey || '/' || z.program || ' ' || "
+            "z.desiname || ' (computed ' || array_to_string(a.names, ', ') || ')' ORDER BY "
+            "z.targetid) FILTER (WHERE {w}))[1:%(n)s] FROM {z} z LEFT JOIN LATERAL (SELECT "
+            "array_agg(DISTINCT {e}) AS names FROM {f} f WHERE f.targetid = z.targetid) a "
+            "ON true").format(w=wrong, e=name, z=self.q("zpix"), f=self.q("fiberassign")),
+            {"n": EXAMPLES})[0]
+        check.checked += compared
+        if n > compared:
+            check.notes.append(f"{n - compared} zpix row(s) whose TARGETID has no "
+                               f"fiberassign row, not checked")
+        if bad:
+            self.add("desiname", table="zpix", expected=0, found=bad, rows=examples,
+                     message=(f"{bad} zpix row(s) whose desiname is radec_to_desiname of no "
+                              f"fiberassign TARGET_RA/TARGET_DEC of their TARGETID: "
+                              + ", ".join(examples[:3]) + (" ..." if bad > 3 else "")))
+
     # --- the result --------------------------------------------------------------------
 
     def report(self):
@@ -426,6 +482,19 @@ def _id_expressions():
             ("ztile", "targetphotid", _composite(survey, tileid)),
             ("zpix", "id", _composite(program, survey)),
             ("frame", "frameid", sql.SQL("(100 * expid + {})").format(camera))]
+
+
+def _desiname_sql(ra: sql.Composable, dec: sql.Composable) -> sql.Composable:
+    """desiutil's ``radec_to_desiname`` in SQL (datamodel §10.2): ``'DESI J'``, then
+    ``trunc(10000 RA)`` zero-filled to 7 digits as ``RRR.RRRR``, then the sign of
+    ``trunc(10000 Dec)`` and its absolute value zero-filled to 6 digits as ``DD.DDDD``
+    (the double products and truncations are numpy's, so the names are equal)."""
+    r = sql.SQL("lpad(trunc(10000 * {})::bigint::text, 7, '0')").format(ra)
+    d = sql.SQL("trunc(10000 * {})::bigint").format(dec)
+    p = sql.SQL("lpad(abs({})::text, 6, '0')").format(d)
+    return sql.SQL("('DESI J' || left({r}, 3) || '.' || right({r}, 4) || CASE WHEN {d} < 0 "
+                   "THEN '-' ELSE '+' END || left({p}, 2) || '.' || right({p}, 4))").format(
+        r=r, d=d, p=p)
 
 
 def _file_differences(recorded, now, content=False):

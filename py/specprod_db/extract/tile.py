@@ -187,6 +187,9 @@ def _read_limited(path, limit):
 
 
 def _tiles_from_fits(path):
+    """Columns of a FITS tiles file (HDU ``TILES``, else the first table HDU).  Strings
+    whose bytes are not ASCII, which fitsio refuses for the whole table, are read as
+    bytes (by astropy) so that :func:`_convert` finds the rows that hold them."""
     with fitsio.FITS(path) as fx:
         hdu = None
         if "TILES" in fx:
@@ -196,13 +199,38 @@ def _tiles_from_fits(path):
                        None)
         if hdu is None:
             raise InputError(f"tiles file {path}: no table HDU")
-        data = hdu.read()
+        try:
+            data = hdu.read()
+        except UnicodeDecodeError:
+            from astropy.io import fits
+            with fits.open(path, memmap=False) as hdus:
+                data = np.array(hdus[hdu.get_extnum()].data)
     return {name.upper(): data[name] for name in data.dtype.names}
 
 
 #: Line ends of a CSV tiles file (not str.splitlines, which also splits at \x0b, \x0c,
 #: \x1c-\x1e, \x85, \u2028 ... inside a line).
 _EOL = re.compile(r"\r\n|\r|\n")
+
+
+#: A character a tiles-file line may not hold: desispec writes printable ASCII; the
+#: columns are ASCII in the database, which refuses a NUL.
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def _unprintable(fields, header):
+    """The problem of a line with a character outside printable ASCII, naming the
+    columns (``fields`` as split)."""
+    what = {}
+    for i, f in enumerate(fields):
+        m = _UNPRINTABLE.search(f)
+        if m:
+            kind = "non-ASCII text" if not f.isascii() else \
+                f"a control character ({m.group()!r})"
+            what.setdefault(kind, []).append(header[i] if i < len(header)
+                                             else f"field {i + 1}")
+    return "; ".join(f"{k} in {', '.join(v)}" for k, v in what.items()) \
+        or "a control character in the line"
 
 
 def _tiles_from_csv(data, path):
@@ -253,10 +281,8 @@ def _tiles_from_csv(data, path):
             problem = f"{len(fields)} fields, header has {width}"
             if last and cut:
                 problem += "; the file ends mid-line (no newline after the last line)"
-        if problem is None and not line.isascii():
-            cols = [header[i] if i < width else f"field {i + 1}"
-                    for i, f in enumerate(fields) if not f.isascii()]
-            problem = "non-ASCII text in " + ", ".join(cols or ["the line"])
+        if problem is None and _UNPRINTABLE.search(line):
+            problem = _unprintable(fields, header)
         if problem is None:
             keep.append(fields)
             numbers.append(number)
@@ -287,17 +313,17 @@ def _convert(raw, dtype, name):
     mask = np.ma.getmaskarray(raw)
     data = np.asarray(raw.data)
     bad = np.full(n, "", dtype=object)
-    if data.dtype.kind == "S":
-        try:
-            data = np.char.decode(data, "ascii")
-        except UnicodeDecodeError:  # error path only
-            text = np.empty(n, dtype=object)
-            for i, v in enumerate(data.tolist()):
-                if v.isascii():
-                    text[i] = v.decode("ascii")
-                else:
-                    text[i], bad[i] = "", f"non-ASCII text in {name}"
-            data = text.astype(str)
+    if data.dtype.kind == "S":  # FITS: printable ASCII, NUL-padded
+        if data.dtype.itemsize and n:
+            octets = np.ascontiguousarray(data).view(np.uint8).reshape(n, -1)
+            pad = np.cumsum(octets == 0, axis=1) > 0  # from the first NUL on
+            nonascii = (octets >= 0x80).any(axis=1)
+            control = (((octets < 0x20) & (octets > 0)) | (octets == 0x7f)
+                       | (pad & (octets != 0))).any(axis=1)
+            bad[control] = f"a control character in {name}"
+            bad[nonascii] = f"non-ASCII text in {name}"
+            data = np.where(bad != "", b"", data)
+        data = np.char.decode(data.astype("S"), "ascii")
     if dtype.kind == "U":
         out = np.char.strip(data.astype(str))
         out = np.where(mask, "", out)
@@ -442,13 +468,27 @@ def mjd_to_pg_microseconds(mjd):
 def exposure_rows(exposures, tileid, stats=None, path="exposures file"):
     """``exposure`` rows of tile ``tileid``: its exposures with ``EFFTIME_SPEC > 0``.
 
+    Only those qualify (datamodel.md §10.4, as the old loader selects them; unprocessed
+    exposures have ``EFFTIME_SPEC == 0``, §2.4).  An exposure whose EFFTIME_SPEC is NaN
+    does not qualify either, but is not silently dropped: its EXPIDs are listed in
+    ``stats["nan_efftime_expids"]`` (the run counts and logs them,
+    ``warnings.nan_efftime_exposures``).
+
     Raises :class:`InputError` (naming tile and file) when there is none, or when an
     MJD is not finite.
     """
-    keep = (exposures["TILEID"] == tileid) & (exposures["EFFTIME_SPEC"] > 0)
+    mine = exposures["TILEID"] == tileid
+    efftime = np.asarray(exposures["EFFTIME_SPEC"], dtype=np.float64)
+    nan = mine & np.isnan(efftime)
+    if nan.any() and stats is not None:
+        stats["nan_efftime_expids"] = sorted(
+            stats.get("nan_efftime_expids", []) + exposures["EXPID"][nan].tolist())
+    keep = mine & (efftime > 0)
     if not keep.any():
+        also = (f" ({int(nan.sum())} with EFFTIME_SPEC NaN: EXPID "
+                f"{exposures['EXPID'][nan].tolist()})") if nan.any() else ""
         raise InputError(f"tile {tileid}: {path}: tile has EFFTIME_SPEC>0 but no exposure "
-                         "with EFFTIME_SPEC>0")
+                         f"with EFFTIME_SPEC>0{also}")
     sel = exposures[keep]
     try:
         date_obs = mjd_to_pg_microseconds(sel["MJD"])
