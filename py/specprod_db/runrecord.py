@@ -1,12 +1,15 @@
 """A load run's record: its ``load_run`` row, the counts kept there, its report.
 
 ``start`` inserts the row (and marks an unfinished earlier one ``interrupted``: the
-caller holds the schema's lock, so an unfinished run is one that crashed); ``finish``
+caller holds the schema's lock, so an unfinished run is one that crashed), with the
+run's options as JSON, among them ``tiles_file``: the tiles file read, as given and
+resolved (it may be a symbolic link), its size and SHA-256; ``finish``
 fills in the outcome and the counts (:func:`summary_counts`); :func:`report_lines` is
 what the load prints at the end.  Command lines and options are stored with any
 password masked (:mod:`specprod_db.conninfo`).
 """
 import json
+import os
 import sys
 import time
 
@@ -52,6 +55,15 @@ def summary_counts(run):
                 bad_lines=run.bad_lines)
 
 
+def tiles_file_line(info: dict) -> str:
+    """The report's line of the tiles file read (``load_run.options → tiles_file``):
+    path as given, resolved path when it differs, size, SHA-256."""
+    where = info["path"]
+    if info.get("resolved") and info["resolved"] != os.path.abspath(info["path"]):
+        where += f" -> {info['resolved']}"
+    return f"  tiles file: {where} ({info['size']} bytes, sha256 {info['sha256']})"
+
+
 def report_lines(run):
     """The run's report: plan, rows, timings, ranks, warnings, failures."""
     plan_counts = summary(run.actions)
@@ -60,6 +72,9 @@ def report_lines(run):
              "  rows written:"]
     lines += [f"    {k:<28} {v:>10}" for k, v in sorted(run.counts["tables"].items())]
     lines += ["  timing:"] + [f"    {k:<28} {v:>9.2f} s" for k, v in run.timers.items()]
+    tf = getattr(run, "tiles_file", None)
+    if tf:
+        lines.append(tiles_file_line(tf))
     ranks = run.counts.get("ranks")
     if ranks:
         busy = ranks["busy_seconds"]
