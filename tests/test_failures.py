@@ -269,6 +269,25 @@ def test_unreadable_file_fails_only_its_tile(ranks, pg_dsn, schemas, copy_produc
         rerun_converges(mpirun, ranks, pg_dsn, name, prod, stage, reference)
 
 
+@pytest.mark.parametrize("kind", ["loop", "directory"])
+def test_unreadable_healpix_file_is_bad_input(kind, tmp_path):
+    """A HEALPix redrock file of a static production that cannot be read fails its task
+    as bad input naming the file (a symlink loop used to be an internal error)."""
+    from specprod_db import tasks
+    from specprod_db.errors import InputError
+    from specprod_db.paths import Paths
+    paths = Paths.from_environment({}, desi_root=str(tmp_path), specprod="fuji")
+    path = paths.healpix_file("main", "dark", 1234)
+    os.makedirs(os.path.dirname(path))
+    if kind == "loop":
+        os.symlink(os.path.basename(path), path)
+    else:
+        os.mkdir(path)
+    with pytest.raises(InputError, match=f"healpix main-dark-1234: {path}: cannot be read"):
+        tasks.extract_healpix({"survey": "main", "program": "dark", "healpix": 1234,
+                               "paths": paths, "stage_dir": str(tmp_path / "stage")})
+
+
 def _tiles_of_bricks(reference):
     """{brick: tiles whose potential targets have their Legacy Surveys photometry in it}."""
     ph, po = schema.table("photometry").names, schema.table("potential").names

@@ -385,6 +385,9 @@ def extract_healpix(job):
     before = fingerprints.stat(files)
     if before.files[0].missing:
         raise InputError(f"healpix {name}: {files[0][1]}: does not exist")
+    for f in before.unreadable:  # a symlink loop, a directory in its place, EACCES ...
+        raise InputError(f"healpix {name}: {dict(files).get(f.name) or f.name}: cannot be "
+                         f"read: {f.error}")
     key = task_key("healpix", name, before.to_text())
     out = healpix_stage(job["stage_dir"], name)
     if out.is_complete(key):
