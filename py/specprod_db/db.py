@@ -4,19 +4,46 @@ Connections go through libpq (psycopg2): ``--db`` conninfo or URI, else the stan
 ``PG*`` environment variables and ``~/.pgpass``, which libpq reads itself.
 """
 import os
+import time
 
 import psycopg2
 from psycopg2 import sql
-from psycopg2.extensions import parse_dsn
+from psycopg2.extensions import STATUS_IN_TRANSACTION, parse_dsn
 
 from . import __version__
 from .conninfo import mask, scrub
-from .errors import ConnectionFailed, ExtensionMissing  # noqa: F401
+from .errors import ConnectionFailed, DatabaseLost, ExtensionMissing, RunRefused, UsageError
 from .log import get_logger
 from .schema import DATA_TABLES, TABLES
 
 #: Environment variable naming the database when ``--db`` is not given.
 DSN_ENV = "SPECPROD_DB_DSN"
+
+#: PostgreSQL's longest identifier in bytes (NAMEDATALEN - 1); a longer name is
+#: truncated by the server without an error, so it is refused here instead.
+MAX_IDENTIFIER_BYTES = 63
+
+
+def check_schema_name(name: str) -> str:
+    """``name`` if PostgreSQL can hold it as a schema name unchanged, else
+    :class:`~specprod_db.errors.UsageError` saying why: empty, a NUL character, longer
+    than :data:`MAX_IDENTIFIER_BYTES` bytes in UTF-8 (the server would truncate it, and
+    two long names would become one schema), or ``pg_...`` (reserved by PostgreSQL).
+    Every command taking ``--schema`` checks its names with this function."""
+    if not name:
+        raise UsageError("schema name is empty")
+    if "\0" in name:
+        raise UsageError(f"schema name {name!r} contains a NUL character")
+    size = len(name.encode("utf-8"))
+    if size > MAX_IDENTIFIER_BYTES:
+        cut = name.encode("utf-8")[:MAX_IDENTIFIER_BYTES].decode("utf-8", "ignore")
+        raise UsageError(f"schema name {name!r} is {size} bytes long; PostgreSQL keeps at "
+                         f"most {MAX_IDENTIFIER_BYTES} bytes of a name (it would silently "
+                         f"truncate it to {cut!r})")
+    if name.lower().startswith("pg_"):
+        raise UsageError(f"schema name {name!r}: names starting with pg_ are reserved by "
+                         f"PostgreSQL")
+    return name
 
 
 def resolve_dsn(dsn=None):
@@ -53,11 +80,22 @@ def _login():
         return "?"
 
 
+class Connection(psycopg2.extensions.connection):
+    """A psycopg2 connection that remembers its conninfo (never shown) and when it was
+    opened, so that :func:`server_stop` can ask the server why it closed it."""
+
+    def __init__(self, dsn, *args, **kwargs):
+        super().__init__(dsn, *args, **kwargs)
+        self.conninfo = dsn
+        self.opened_at = time.time()
+
+
 def connect(dsn=None, application_name="specprod-db"):
     """A psycopg2 connection, or :class:`ConnectionFailed` with one clear line."""
     dsn = resolve_dsn(dsn)
     try:
-        conn = psycopg2.connect(dsn, application_name=application_name)
+        conn = psycopg2.connect(dsn, application_name=application_name,
+                                connection_factory=Connection)
     except psycopg2.Error as err:
         d = describe(dsn)
         # libpq's message may quote the piece of the conninfo it could not parse
@@ -65,7 +103,135 @@ def connect(dsn=None, application_name="specprod-db"):
         raise ConnectionFailed(
             f"cannot connect to PostgreSQL (host={d['host']}, port={d['port']}, "
             f"database={d['database']}, user={d['user']}): {message}") from None
+    info = conn.info
+    get_logger().debug("connected to PostgreSQL %s (host=%s, port=%s, database=%s, user=%s) "
+                       "as %r", conn.server_version, info.host, info.port, info.dbname,
+                       info.user, application_name)
     return conn
+
+
+# --- the server stopping the work -----------------------------------------------------
+
+#: SQLSTATEs of a server that ends the session (the connection is then closed).
+_TERMINATED = {
+    "57P01": "the server terminated the session (pg_terminate_backend, or a shutdown)",
+    "57P02": "the server crashed and ended every session",
+    "57P03": "the server is starting up or shutting down",
+    "25P03": "the server ended the session after it was idle in a transaction longer "
+             "than idle_in_transaction_session_timeout",
+    "57P05": "the server ended the session after it was idle longer than "
+             "idle_session_timeout",
+}
+
+#: libpq's words for a connection that is gone (no SQLSTATE comes with them).
+_LOST_WORDS = ("server closed the connection", "connection already closed",
+               "terminating connection", "could not receive data from server",
+               "could not send data to server", "connection has been closed",
+               "no connection to the server", "connection not open")
+
+
+def server_stop(err: BaseException, conn=None, doing: str = "") -> "DatabaseLost | None":
+    """The :class:`~specprod_db.errors.DatabaseLost` (exit 3) that ``err`` means when it is
+    the database stopping the work, else None (the server refused a statement: its data, a
+    permission, a constraint ...).
+
+    Stops: a statement cancelled by ``statement_timeout``, ``lock_timeout`` or a cancel
+    request (``pg_cancel_backend``; SQLSTATE 57014, 55P03); a session ended by the server
+    (``pg_terminate_backend``, a shutdown, ``idle_in_transaction_session_timeout``,
+    ``idle_session_timeout``; 57P01-57P05, 25P03); a connection lost (08xxx, or closed
+    without a SQLSTATE, as libpq reports a session the server ended while it was idle).
+    The message is one line naming the cause and the setting with its value: for a
+    closed connection a short second connection asks the server whether it restarted and
+    what its idle timeouts are.  ``conn``: the connection the error came from (default:
+    the error's cursor's); ``doing``: what was being done, e.g. ``writing tile 1000``.
+    """
+    if not isinstance(err, psycopg2.Error):
+        return None
+    if conn is None and getattr(err, "cursor", None) is not None:
+        conn = err.cursor.connection
+    code = err.pgcode or ""
+    text = " ".join(str(err).split())
+    closed = bool(conn is not None and conn.closed)
+    if code == "57014":
+        cause = _cancel_cause(text, conn)
+    elif code == "55P03" and "lock timeout" in text:
+        cause = f"lock_timeout{_setting(conn, 'lock_timeout')} expired"
+    elif code in _TERMINATED:
+        cause = _TERMINATED[code]
+        closed = True
+    elif closed or code.startswith("08") or (not code and any(
+            w in text.lower() for w in _LOST_WORDS)):
+        cause, closed = _closed_cause(conn, text), True
+    else:
+        return None
+    what = "database connection lost" if closed else "statement cancelled by the server"
+    return DatabaseLost(f"{what}{' while ' + doing if doing else ''}: {cause}")
+
+
+def _setting(conn, name):
+    """`` = VALUE`` of the setting ``name`` in ``conn``'s session (rolled back first: the
+    transaction failed), or '' when it cannot be read."""
+    if conn is None or conn.closed:
+        return ""
+    try:
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting(%s)", (name,))
+            value = cur.fetchone()[0]
+        conn.rollback()
+        return f" = {value}"
+    except psycopg2.Error:
+        return ""
+
+
+def _cancel_cause(text, conn):
+    if "statement timeout" in text:
+        return (f"statement_timeout{_setting(conn, 'statement_timeout')} expired (set it "
+                "higher or to 0 for the loading role: ALTER ROLE ... SET statement_timeout, "
+                "or PGOPTIONS='-c statement_timeout=0')")
+    if "user request" in text:
+        return ("a cancel request (pg_cancel_backend by an administrator, or the client's "
+                "cancel)")
+    return text
+
+
+def _closed_cause(conn, text):
+    """Why the server closed ``conn``, as far as a second connection can tell: a restart
+    (the server started after ``conn`` was opened), or the idle timeout matching what the
+    session was doing (in a transaction or not)."""
+    dsn = getattr(conn, "conninfo", None)
+    if dsn is None:
+        dsn = resolve_dsn()
+    try:
+        probe = psycopg2.connect(dsn, connect_timeout=5,
+                                 application_name="specprod-db (why was the connection lost)")
+    except psycopg2.Error as err:
+        first = " ".join(str(err).split())
+        return f"{text}; the server cannot be reached now: {scrub(first, dsn)}"
+    try:
+        with probe.cursor() as cur:
+            cur.execute("SELECT extract(epoch FROM pg_postmaster_start_time()), "
+                        "current_setting('idle_in_transaction_session_timeout'), "
+                        "current_setting('idle_session_timeout')")
+            started, idle_in_transaction, idle = cur.fetchone()
+    except psycopg2.Error:
+        return text
+    finally:
+        probe.close()
+    opened = getattr(conn, "opened_at", None)
+    if opened is not None and float(started) > opened:
+        return (f"the server restarted (at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(float(started)))})")
+    in_transaction = conn is not None and conn.status == STATUS_IN_TRANSACTION
+    if in_transaction and idle_in_transaction != "0":
+        return ("the server closed the connection while this session had a transaction "
+                "open: idle_in_transaction_session_timeout = "
+                f"{idle_in_transaction} ends a session idle in a transaction that long")
+    if not in_transaction and idle != "0":
+        return (f"the server closed the connection while this session was idle: "
+                f"idle_session_timeout = {idle}")
+    return (f"{text} (the server is up and did not restart: the session was terminated, "
+            "e.g. by pg_terminate_backend, or the network failed)")
 
 
 # --- DDL ----------------------------------------------------------------------------
@@ -194,8 +360,11 @@ def create_schema(conn, schema_name, overwrite=False):
                 sql.Identifier(schema_name)))
         cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema_name,))
         before = cur.fetchone()[0]
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-            sql.Identifier(schema_name)))
+        # not CREATE SCHEMA IF NOT EXISTS on an existing schema: PostgreSQL checks the
+        # database's CREATE privilege first, which a role owning the schema may lack
+        if overwrite or not schema_exists(conn, schema_name):
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(schema_name)))
         for table in TABLES:
             cur.execute(create_table_sql(table, schema_name))
             for statement in index_sql(table, schema_name):

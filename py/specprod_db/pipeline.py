@@ -97,7 +97,10 @@ def root(comm, opts):
     run = Run(opts, comm.size)
     status = EXIT_INTERNAL
     try:
-        status = run.execute(dispatcher)
+        try:
+            status = run.execute(dispatcher)
+        except psycopg2.Error as err:  # the database stopping the work is no bug: exit 3
+            raise db.server_stop(err, run.conn) or err
     except SpecprodDBError as err:
         status = err.exit_code
         print(f"specprod-db: {run.describe_stop(err)}", file=sys.stderr, flush=True)
@@ -209,7 +212,8 @@ class Run:
             faults.hit("plan")  # failure tests only (faults.py)
             self.actions = self._plan_actions()
         except (InputError, OSError, psycopg2.Error) as err:
-            raise RunRefused(one_line(err)) from None
+            raise db.server_stop(err, self.conn, "planning") or RunRefused(one_line(err)) \
+                from None
 
     def _plan_actions(self):
         opts, paths = self.opts, self.opts.paths
@@ -410,7 +414,11 @@ class Run:
         With ``--writers K`` the wave's tiles are written by the writer ranks
         (:mod:`specprod_db.writers`) while the root records the rest."""
         opts, conn = self.opts, self.conn
-        stage.write_manifest(self.stage_dir, self._manifest())
+        try:
+            stage.write_manifest(self.stage_dir, self._manifest())
+        except OSError as err:  # a full stage disk: the manifest is for the operator only
+            self.log.warning("stage directory %s: manifest.json not written: %s",
+                             self.stage_dir, err)
         legacy = writer.WavePhotometry(self.brick_results, [
             self.results[a.tileid] for a in actions
             if a.tileid in self.results and a.tileid not in self.failures])
@@ -429,10 +437,10 @@ class Run:
             try:
                 self._write_one(a, legacy, self.keep)
             except psycopg2.Error as err:
+                stop = db.server_stop(err, conn, f"writing tile {a.tileid}")
+                if stop is not None:  # cancelled, timed out, connection lost: exit 3
+                    raise stop from None
                 message = f"tile {a.tileid}: the database refused its rows: {one_line(err)}"
-                if conn.closed:
-                    raise DatabaseLost(f"database connection lost while writing {message}") \
-                        from None
                 self.fail(a.tileid, message)
                 writer.record_failure(conn, opts.schema, a.tileid, message, self.run_id,
                                       action=a)

@@ -24,7 +24,8 @@ import time
 import h5py
 import numpy as np
 
-from .errors import StageError
+from . import faults
+from .errors import StageError, StageWriteFailed
 from .schema import table as schema_table
 
 FORMAT_VERSION = 1
@@ -231,7 +232,9 @@ class StageFile:
         arrays (``aux/NAME``) and ``info``; complete only once renamed into place."""
         tmp = f"{self.path}.tmp-{os.getpid()}"
         try:
-            with h5py.File(tmp, "w") as f:
+            # HDF5 writes through a Python file: a full disk is then an OSError here,
+            # whereas HDF5's own file driver can crash the process (SIGSEGV) closing it
+            with open(tmp, "wb") as raw, h5py.File(raw, "w") as f:
                 f.attrs["key"] = key
                 f.attrs["format"] = FORMAT_VERSION
                 f.attrs["info"] = json.dumps(info or {}, sort_keys=True, default=_jsonable)
@@ -241,11 +244,13 @@ class StageFile:
                     f.create_dataset(name, data=rows)
                 for name, arr in (extra or {}).items():
                     f.create_dataset(f"aux/{name}", data=arr)
+                faults.hit(f"stage-{os.path.basename(self.path)}")  # tests: enospc:...
                 f.attrs["complete"] = True
             os.replace(tmp, self.path)
-        except OSError as err:
+        except OSError as err:  # the task's tiles fail with this line (not a bug)
             _remove_quietly(tmp)
-            raise StageError(f"cannot write stage file {self.path}: {err}") from None
+            raise StageWriteFailed(f"cannot write stage file {self.path}: "
+                                   f"{_os_reason(err)}") from None
         except BaseException:
             _remove_quietly(tmp)
             raise
@@ -295,6 +300,14 @@ class StageFile:
 
     def remove(self):
         _remove_quietly(self.path)
+
+
+def _os_reason(err):
+    """An OSError's reason in one line; a full disk or quota says what to do."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{os.strerror(err.errno)} (the stage directory's disk or quota is full: "
+                "free space there, or give --stage-dir on a larger disk)")
+    return " ".join((err.strerror or str(err)).split())
 
 
 def _remove_quietly(path):

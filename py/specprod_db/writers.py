@@ -27,7 +27,7 @@ import psycopg2
 from psycopg2 import sql
 
 from . import db
-from .errors import DatabaseLost, one_line
+from .errors import one_line
 from .plan import TileAction
 
 #: This process's connection, per (conninfo, schema, bulk).
@@ -92,9 +92,9 @@ def write_task(job):
             [job["photometry"]], keep=shared_table(job["schema"], job["run_id"], "keep"),
             primary=False, touched_into=shared_table(job["schema"], job["run_id"], "touched"))
     except psycopg2.Error as err:
-        message = f"tile {action.tileid}: the database refused its rows: {one_line(err)}"
-        if conn.closed:
-            raise DatabaseLost(f"database connection lost while writing {message}") \
-                from None
-        return {"error": message}
+        stop = db.server_stop(err, conn, f"writing tile {action.tileid}")
+        if stop is not None:  # cancelled, timed out, connection lost: the run stops
+            raise stop from None
+        return {"error": f"tile {action.tileid}: the database refused its rows: "
+                         f"{one_line(err)}"}
     return {"counts": counts}

@@ -10,8 +10,8 @@ import os
 
 import psycopg2
 
-from . import mpi, tasks, writer
-from .errors import DatabaseLost, InputError, one_line
+from . import db, mpi, tasks, writer
+from .errors import InputError, one_line
 from .extract import redshift, zpix
 
 
@@ -65,10 +65,10 @@ def load(run, dispatcher):
             run.healpix_failures[name] = one_line(err)
             continue
         except psycopg2.Error as err:
+            stop = db.server_stop(err, conn, f"writing healpix {name}")
+            if stop is not None:  # cancelled, timed out, connection lost: the run stops
+                raise stop from None
             message = f"healpix {name}: the database refused its rows: {one_line(err)}"
-            if conn.closed:
-                raise DatabaseLost(f"database connection lost while writing {message}") \
-                    from None
             run.healpix_failures[name] = message
             continue
         result.stage.remove()

@@ -8,13 +8,14 @@ copied.  Rules and costs: :mod:`specprod_db.combine`, doc/combine.md.
 """
 from .. import combine, db
 from ..log import get_logger
-from .common import add_db_arguments, add_grant_arguments, grant_roles, report_errors
+from .common import (add_db_arguments, add_grant_arguments, grant_roles, report_errors,
+                     schema_name)
 
 
 def add_arguments(parser):
-    parser.add_argument("--schema", required=True,
+    parser.add_argument("--schema", required=True, type=schema_name,
                         help="the combined schema to create (views only)")
-    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+    parser.add_argument("sources", nargs="+", metavar="SOURCE", type=schema_name,
                         help="loaded production schemas, oldest first: where they overlap "
                              "(a tile, a TARGETID), the last one listed wins")
     add_db_arguments(parser)

@@ -1,15 +1,28 @@
 """Options and error handling shared by the sub-commands."""
+import argparse
 import functools
 import sys
+from contextlib import contextmanager
 
 from ..conninfo import mask
-from ..db import DSN_ENV
-from ..errors import SpecprodDBError
+from ..db import DSN_ENV, MAX_IDENTIFIER_BYTES, check_schema_name, server_stop
+from ..errors import EXIT_INTERNAL, SpecprodDBError, UsageError, one_line
+
+
+def schema_name(text: str) -> str:
+    """argparse type of every option or argument naming a schema: ``text`` if
+    PostgreSQL can hold it unchanged (:func:`specprod_db.db.check_schema_name`), else an
+    argparse error (exit 2, the usage and the reason)."""
+    try:
+        return check_schema_name(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_schema_argument(parser, required=True, default=None):
-    parser.add_argument("--schema", required=required, default=default,
-                        help="database schema of the production (e.g. daily)")
+    parser.add_argument("--schema", required=required, default=default, type=schema_name,
+                        help=f"database schema of the production (e.g. daily; at most "
+                             f"{MAX_IDENTIFIER_BYTES} bytes)")
 
 
 def add_db_arguments(parser):
@@ -21,13 +34,13 @@ def add_db_arguments(parser):
 
 def add_log_arguments(parser):
     """``-v`` (debug logging) or ``-q`` (warnings and errors only); see
-    :func:`report_errors`, which applies them."""
+    :func:`report_errors` and :func:`log_level`, which apply them."""
     g = parser.add_mutually_exclusive_group()
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     g.add_argument("-q", "--quiet", action="store_true",
-                   help="log warnings and errors only (DESI_LOGLEVEL=WARNING); a "
-                        "command's own result (plan, load report, status ...) is still "
-                        "printed")
+                   help="log warnings and errors only (DESI_LOGLEVEL=WARNING); the log "
+                        "is on stderr, a command's own result (plan, load report, "
+                        "status, --json ...) on stdout, with or without -q")
 
 
 def add_grant_arguments(parser):
@@ -80,26 +93,59 @@ def tile_list(text):
             f"not a comma-separated list of TILEIDs: {text!r}") from None
 
 
+@contextmanager
+def log_level(args):
+    """``-v`` / ``-q`` of ``args`` applied (DEBUG / WARNING) while the block runs, in
+    this process and the processes it starts; a command called in-process (tests, the
+    demo) leaves no level behind."""
+    from ..log import set_level
+    level = "DEBUG" if getattr(args, "verbose", False) else \
+        "WARNING" if getattr(args, "quiet", False) else None
+    if level is None:
+        yield
+        return
+    before = set_level(level)
+    try:
+        yield
+    finally:
+        set_level(before)
+
+
+def expected_error(err: BaseException) -> "SpecprodDBError | None":
+    """``err`` if it is one of ours, the :class:`~specprod_db.errors.DatabaseLost` a
+    psycopg2 error means when it is the database stopping the work (a cancelled
+    statement, a session ended, a lost connection: :func:`specprod_db.db.server_stop`),
+    else None (a bug)."""
+    if isinstance(err, SpecprodDBError):
+        return err
+    return server_stop(err)
+
+
+def print_error(err: SpecprodDBError) -> int:
+    """``err`` as one line on stderr (masked in case it quotes a conninfo); its exit
+    status."""
+    print(f"specprod-db: {mask(' '.join(str(err).split()))}", file=sys.stderr, flush=True)
+    return err.exit_code
+
+
 def report_errors(run):
-    """Turn operator-facing failures (:class:`~specprod_db.errors.SpecprodDBError` and
-    its subclasses) into one line on stderr and their ``exit_code``."""
+    """Turn operator-facing failures into one line on stderr and their exit status:
+    :class:`~specprod_db.errors.SpecprodDBError` and its subclasses, and the database
+    stopping the work (exit 3, :data:`~specprod_db.errors.EXIT_INTERRUPTED`); any other
+    exception is a bug: its traceback and :data:`~specprod_db.errors.EXIT_INTERNAL`.
+    Applies ``-v`` / ``-q`` (:func:`log_level`) while the command runs."""
+
     @functools.wraps(run)
     def wrapper(args):
-        import os
-        before = os.environ.get("DESI_LOGLEVEL")
-        if getattr(args, "verbose", False):
-            os.environ["DESI_LOGLEVEL"] = "DEBUG"
-        elif getattr(args, "quiet", False):
-            os.environ["DESI_LOGLEVEL"] = "WARNING"
-        try:
-            return run(args)
-        except SpecprodDBError as err:
-            # one line; masked in case the message quotes a conninfo
-            print(f"specprod-db: {mask(' '.join(str(err).split()))}", file=sys.stderr)
-            return err.exit_code
-        finally:  # a command called in-process (tests, the demo) leaves no level behind
-            if before is None:
-                os.environ.pop("DESI_LOGLEVEL", None)
-            else:
-                os.environ["DESI_LOGLEVEL"] = before
+        with log_level(args):
+            try:
+                return run(args)
+            except Exception as err:
+                expected = expected_error(err)
+                if expected is not None:
+                    return print_error(expected)
+                import traceback
+                print(f"specprod-db: internal error ({mask(one_line(err))})\n"
+                      f"{traceback.format_exc()}", file=sys.stderr, flush=True)
+                return EXIT_INTERNAL
     return wrapper

@@ -15,14 +15,15 @@ from psycopg2 import sql
 from .. import db, pgcluster
 from ..conninfo import mask, mask_argv
 from ..log import get_logger
-from .common import report_errors
+from .common import report_errors, schema_name
 
 
 def add_arguments(parser):
     parser.add_argument("--db", default=None, metavar="CONNINFO",
                         help="database to use (default: the configured server, else a "
                              "private cluster)")
-    parser.add_argument("--schema", default="demo", help="schema to (re)create (default demo)")
+    parser.add_argument("--schema", default="demo", type=schema_name,
+                        help="schema to (re)create (default demo)")
     parser.add_argument("--outdir", default=os.path.abspath("specprod-db-demo"),
                         help="where the mock production and stage files go")
     parser.add_argument("--tiles", type=int, default=8, help="tiles on the first day")

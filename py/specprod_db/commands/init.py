@@ -4,11 +4,17 @@ Idempotent: running it twice changes nothing.  ``--overwrite`` drops the schema 
 requires ``--yes`` as well, because it destroys everything loaded in it; it first takes
 the schema's load lock (:func:`specprod_db.runlock.acquire_lock`), so a running load is
 never dropped from under it: init then refuses with exit 2.
+
+An existing schema is brought up to date without ``CREATE SCHEMA``, so a role that owns
+it but may not create schemas in the database can init it.  A statement the database
+refuses (a role without CREATE, ...) is one line and exit 2, nothing created.
 """
 import sys
 
+import psycopg2
+
 from .. import db
-from ..errors import RunRefused
+from ..errors import RunRefused, one_line
 from ..runlock import acquire_lock
 from ..log import get_logger
 from .common import (add_db_arguments, add_grant_arguments, add_schema_argument, grant_roles,
@@ -44,6 +50,10 @@ def run(args):
         created = db.create_schema(conn, args.schema, overwrite=args.overwrite)
         db.record_versions(conn, args.schema, specprod)
         granted = db.grant_read(conn, args.schema, grant_roles(args))
+    except psycopg2.Error as err:  # a role without CREATE ...: rolled back, exit 2
+        raise db.server_stop(err, conn) or RunRefused(
+            f"init of schema {args.schema} refused by the database: {one_line(err)}") \
+            from None
     finally:
         conn.close()
     log.info("schema %s %s; read access: %s", args.schema,

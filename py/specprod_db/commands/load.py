@@ -6,6 +6,7 @@ tasks, and writes; the other ranks extract.  The result is the same for every N 
 import argparse
 
 from .. import mpi
+from ..errors import UsageError, one_line
 from ..paths import InputError, add_path_arguments, paths_from_args
 from .common import add_db_arguments, add_schema_argument, report_errors
 
@@ -93,15 +94,15 @@ def options_from_args(args, dry_run=None):
     from ..pipeline import Options      # here: 'load --help' needs no pipeline
     try:
         paths = paths_from_args(args)
-    except InputError as err:
-        raise SystemExit(f"specprod-db: {err}")
+    except InputError as err:  # DESI_ROOT unset ...: the run cannot start (exit 2)
+        raise UsageError(one_line(err)) from None
     tiles = None
     if args.tiles:
         try:
             tiles = [int(t) for t in args.tiles.replace(" ", "").split(",") if t]
         except ValueError:
-            raise SystemExit(f"specprod-db: --tiles must be a comma-separated list of "
-                             f"integers, not {args.tiles!r}")
+            raise UsageError(f"--tiles must be a comma-separated list of integers, not "
+                             f"{args.tiles!r}") from None
     return Options(schema=args.schema, paths=paths, dsn=args.db,
                    stage_dir=args.stage_dir, tiles=tiles,
                    dry_run=args.dry_run if dry_run is None else dry_run,
@@ -117,4 +118,11 @@ def options_from_args(args, dry_run=None):
 @report_errors
 def run(args):
     from ..pipeline import load
-    return load(mpi.world(), options_from_args(args))
+    comm = mpi.world()
+    try:
+        opts = options_from_args(args)
+    except UsageError as err:  # every rank finds it; rank 0 alone says it
+        if comm.rank != 0:
+            return err.exit_code
+        raise
+    return load(comm, opts)

@@ -23,7 +23,7 @@ def add_arguments(parser):
                         help="CLUSTER the q3c tables (tile, exposure, photometry, "
                              "fiberassign) on their q3c index: 'auto' (default) when a "
                              f"table of more than {MIN_PAGES} pages has |correlation| < "
-                             f"{MIN_CORRELATION} or dead rows > {MAX_DEAD_FRACTION:.0%}; "
+                             f"{MIN_CORRELATION} or dead rows > {MAX_DEAD_FRACTION * 100:g}%%; "
                              "CLUSTER blocks the table's readers while it runs, 'never' "
                              "does not")
     parser.add_argument("--lock-timeout", type=float, default=LOCK_TIMEOUT, metavar="S",
@@ -41,8 +41,8 @@ def run(args):
     try:
         report = maintain.maintain(conn, args.schema, cluster=args.cluster,
                                    lock_timeout=args.lock_timeout)
-    except psycopg2.Error as err:
-        raise RunRefused(one_line(err)) from None
+    except psycopg2.Error as err:  # the database stopping the work is exit 3
+        raise db.server_stop(err, conn) or RunRefused(one_line(err)) from None
     finally:
         conn.close()
     print(json.dumps(report, indent=1) if args.json else maintain.format_text(report))

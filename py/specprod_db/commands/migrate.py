@@ -39,7 +39,7 @@ def run(args):
             acquire_lock(conn, args.schema)  # held until the connection closes
         report = migrate.migrate(conn, args.schema, dry_run=args.dry_run)
     except psycopg2.Error as err:  # outside a migration's transaction: nothing written
-        raise RunRefused(one_line(err)) from None
+        raise db.server_stop(err, conn) or RunRefused(one_line(err)) from None
     finally:
         conn.close()
     print(json.dumps(report, indent=1) if args.json else migrate.format_report(report))

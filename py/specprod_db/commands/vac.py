@@ -10,7 +10,7 @@ import json
 import sys
 import traceback
 
-from .common import add_db_arguments, add_schema_argument, report_errors
+from .common import add_db_arguments, add_schema_argument, log_level, report_errors
 
 
 def add_arguments(parser):
@@ -63,6 +63,11 @@ def run(args):
 
 
 def _load(args):
+    with log_level(args):  # -q / -v on every rank
+        return _load_ranks(args)
+
+
+def _load_ranks(args):
     from .. import mpi, vac
     from ..errors import EXIT_INTERNAL, one_line
     from ..log import set_rank

@@ -18,7 +18,7 @@ import psycopg2
 from psycopg2 import sql
 
 from .. import __version__, mpi, stage
-from ..db import ensure_q3c, qualified
+from ..db import ensure_q3c, qualified, server_stop
 from ..errors import InputError, RunRefused
 from ..log import get_logger
 from ..pgcopy import Encoder, StreamReader, prefetch
@@ -227,6 +227,9 @@ def load(dispatcher, opts):
         try:
             info = build(conn, opts, table, key, results, keys)
         except psycopg2.Error as err:
+            stop = server_stop(err, conn, f"loading VAC {opts.name}")  # exit 3
+            if stop is not None:
+                raise stop from None
             conn.rollback()
             raise InputError(f"VAC {opts.name}: the database refused the rows: "
                              f"{' '.join(str(err).split())}; nothing loaded") from None
