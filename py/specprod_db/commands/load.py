@@ -22,8 +22,10 @@ def add_arguments(parser, dry_run_flag=True):
                              "BASE/DATABASE/SCHEMA, BASE being $SPECPROD_DB_STAGE_DIR, else "
                              "$SCRATCH/specprod-db-stage, else ./specprod-db-stage, and "
                              "DATABASE the server's system identifier and the database "
-                             "name). A directory used for one database and schema is "
-                             "refused for another")
+                             "name, as path segments: characters other than letters, "
+                             "digits, _ and - written %%XX). A directory used for one "
+                             "database and schema is refused for another, as is one "
+                             "holding files specprod-db did not write")
     parser.add_argument("--stage-min-free", type=float, default=0, metavar="MIB",
                         help="refuse to start unless the stage directory has this many MiB "
                              "free (default 0: only check that it is writable)")
