@@ -115,7 +115,7 @@ def ztile_rows(paths, tileid: int, lastnight: int, survey: str, program: str,
         info["files"][petal] = path
         if os.path.basename(path).startswith("zbest"):
             info["zbest_petals"].append(petal)
-        parts.append(read_petal(path, tileid, lastnight, survey, program, stats, info))
+        parts.append(read_petal(path, tileid, lastnight, survey, program, stats))
     if not parts:
         raise InputError(no_petal_file(paths.cumulative_dir(tileid, lastnight), tileid))
     if info["missing_petals"]:
@@ -148,7 +148,8 @@ def no_petal_file(directory: str, tileid: int) -> str:
     return found
 
 
-def read_petal(path, tileid, lastnight, survey, program, stats=None, info=None):
+def read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str,
+               stats: Optional[dict] = None) -> np.ndarray:
     """``ztile`` rows of one petal file (see the module docstring for the rules)."""
     name = os.path.basename(path)
     where = f"tile {tileid}: {path}"
