@@ -1,7 +1,9 @@
 """Schema layout versions and ``specprod-db migrate``: a schema built exactly as the old
-tool's 1.3 catalog, and one of this project's first layout, each with rows, migrate to
-the catalog ``init`` creates today with their rows intact; a load into an un-migrated
-schema is refused (exit 2) naming the command; migrating twice changes nothing."""
+tool's 1.3 catalog, and one of each of this project's layouts since (2.0, 2.2, 2.3), each
+with rows, migrate to the catalog ``init`` creates today with their rows intact; a load
+into an un-migrated schema is refused (exit 2) naming the command; migrating twice
+changes nothing."""
+import dataclasses
 import json
 import subprocess
 
@@ -21,6 +23,38 @@ AFTERBURNERS = {t.name for t in schema.AFTERBURNER_TABLES}
 
 #: The old tool's data tables, in its creation order.
 OLD_TOOL_TABLES = tuple(t for t in schema.DATA_TABLES if t.name not in AFTERBURNERS)
+
+#: frame before layout 2.4: no unique index (expid, camera), no index on expid, camera.
+FRAME_V2_3 = dataclasses.replace(schema.FRAME, unique=(), indexes=("night", "tileid"))
+
+#: frame's indexes added by layout 2.4 (desihub/specprod-db d86b6c7).
+FRAME_INDEXES_V2_4 = {"ix_frame_unique", "ix_frame_expid", "ix_frame_camera"}
+
+
+def before_2_4(tables):
+    """``tables`` with frame as it was before layout 2.4."""
+    return tuple(FRAME_V2_3 if t.name == "frame" else t for t in tables)
+
+
+def build_layout(dsn, name, tables):
+    """Schema ``name`` with ``tables`` and their indexes, as ``init`` made them."""
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        for t in tables:
+            cur.execute(db.create_table_sql(t, name))
+            for statement in db.index_sql(t, name):
+                cur.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+def record(dsn, name, layout_version):
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        db.record_layout(cur, name, layout_version)
+    conn.commit()
+    conn.close()
 
 # --- catalogs ---------------------------------------------------------------------------
 
@@ -235,23 +269,24 @@ text: error
               "fiberassign_fingerprint", "loaded_at", "error"),
     foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
 
-FIRST_LAYOUT = tuple(FIRST_TILE_STATE if t.name == "tile_state" else t
-                     for t in schema.TABLES
-                     if t.name != "tile_history" and t.name not in AFTERBURNERS)
+FIRST_LAYOUT = before_2_4(FIRST_TILE_STATE if t.name == "tile_state" else t
+                          for t in schema.TABLES
+                          if t.name != "tile_history" and t.name not in AFTERBURNERS)
 
 
 def build_first_layout(dsn, name):
     """The schema ``init`` created at e3d2b8f: today's DDL without tile_history, and
-    tile_state without line (the bookkeeping changes since, ``git log -- schema.py``)."""
-    conn = psycopg2.connect(dsn)
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-        for t in FIRST_LAYOUT:
-            cur.execute(db.create_table_sql(t, name))
-            for statement in db.index_sql(t, name):
-                cur.execute(statement)
-    conn.commit()
-    conn.close()
+    tile_state without line, frame without the indexes of 2.4 (the changes since,
+    ``git log -- schema.py``)."""
+    build_layout(dsn, name, FIRST_LAYOUT)
+
+
+#: Layout 2.3: today's tables, frame without the indexes of 2.4.
+LAYOUT_2_3 = before_2_4(schema.TABLES)
+
+
+def build_layout_2_3(dsn, name):
+    build_layout(dsn, name, LAYOUT_2_3)
 
 
 def test_migrate_from_the_first_layout(pg_dsn, schema_name, fresh_catalog):
@@ -289,26 +324,15 @@ def test_migrate_from_the_first_layout(pg_dsn, schema_name, fresh_catalog):
 
 def test_migrate_from_layout_2_2_adds_the_afterburner_tables(pg_dsn, schema_name,
                                                              fresh_catalog):
-    """Layout 2.2 (today's DDL without the tile afterburner tables), with rows and its
-    layout recorded: migrate creates the three tables (empty) and their indexes, and the
-    catalog is init's; the rows are intact; twice is a no-op."""
-    tables = [t for t in schema.TABLES if t.name not in AFTERBURNERS]
-    conn = psycopg2.connect(pg_dsn)
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema_name)))
-        for t in tables:
-            cur.execute(db.create_table_sql(t, schema_name))
-            for statement in db.index_sql(t, schema_name):
-                cur.execute(statement)
-    conn.commit()
-    conn.close()
+    """Layout 2.2 (today's DDL without the tile afterburner tables nor frame's indexes of
+    2.4), with rows and its layout recorded: migrate creates the three tables (empty) and
+    their indexes, then frame's, and the catalog is init's; the rows are intact; twice
+    is a no-op."""
+    tables = [t for t in LAYOUT_2_3 if t.name not in AFTERBURNERS]
+    build_layout(pg_dsn, schema_name, tables)
     fill(pg_dsn, schema_name, [t for t in tables if not t.bookkeeping])
     assert layout(pg_dsn, schema_name) == ("2.2", "inspected")
-    conn = psycopg2.connect(pg_dsn)
-    with conn.cursor() as cur:
-        db.record_layout(cur, schema_name, "2.2")
-    conn.commit()
-    conn.close()
+    record(pg_dsn, schema_name, "2.2")
     assert layout(pg_dsn, schema_name) == ("2.2", "recorded")
     names = [t.name for t in tables if not t.bookkeeping]
     rows = dump_schema(pg_dsn, schema_name, names)
@@ -317,16 +341,74 @@ def test_migrate_from_layout_2_2_adds_the_afterburner_tables(pg_dsn, schema_name
     assert r.returncode == 0, r.stderr
     assert "2.2 -> 2.3" in r.stdout and "2.1 -> 2.2" not in r.stdout
     assert "created ztile_emline, ztile_qso_mgii, ztile_qso_qn" in r.stdout
+    assert "2.3 -> 2.4" in r.stdout
     assert_same(catalog(pg_dsn, schema_name), fresh_catalog)
     assert dump_schema(pg_dsn, schema_name, names) == rows
     for name in sorted(AFTERBURNERS):
         assert query(pg_dsn, f'SELECT count(*) FROM "{schema_name}".{name}') == [(0,)]
-    assert layout(pg_dsn, schema_name) == ("2.3", "recorded")
+    assert layout(pg_dsn, schema_name) == (migrate.CURRENT_LAYOUT, "recorded")
 
     before = catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)
     r = migrate_cli(pg_dsn, schema_name)
     assert r.returncode == 0 and "nothing to migrate" in r.stdout, r.stderr
     assert (catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)) == before
+
+
+def test_migrate_from_layout_2_3_adds_the_frame_indexes(pg_dsn, schema_name,
+                                                        fresh_catalog):
+    """Layout 2.3 (frame without its unique index (expid, camera) and the indexes on
+    expid and camera), with rows, recorded: migrate builds the three indexes, the
+    catalog is init's, the rows are intact, 2.4 is recorded; twice is a no-op."""
+    build_layout_2_3(pg_dsn, schema_name)
+    fill(pg_dsn, schema_name, [t for t in LAYOUT_2_3 if not t.bookkeeping])
+    assert layout(pg_dsn, schema_name) == ("2.3", "inspected")
+    record(pg_dsn, schema_name, "2.3")
+    assert not FRAME_INDEXES_V2_4 & set(catalog(pg_dsn, schema_name)["indexes"])
+    rows = dump_schema(pg_dsn, schema_name)
+
+    dry = migrate_cli(pg_dsn, schema_name, "--dry-run")
+    assert dry.returncode == 0 and "2.3 -> 2.4" in dry.stdout, dry.stderr
+    assert not FRAME_INDEXES_V2_4 & set(catalog(pg_dsn, schema_name)["indexes"])
+
+    r = migrate_cli(pg_dsn, schema_name)
+    assert r.returncode == 0, r.stderr
+    assert "2.3 -> 2.4" in r.stdout and "2.2 -> 2.3" not in r.stdout
+    assert "built ix_frame_unique, ix_frame_expid, ix_frame_camera" in r.stdout
+    assert_same(catalog(pg_dsn, schema_name), fresh_catalog)
+    indexes = catalog(pg_dsn, schema_name)["indexes"]
+    assert indexes["ix_frame_unique"] == (
+        "frame", "CREATE UNIQUE INDEX ix_frame_unique ON SCHEMA.frame USING btree "
+                 "(expid, camera)")
+    assert dump_schema(pg_dsn, schema_name) == rows
+    assert layout(pg_dsn, schema_name) == ("2.4", "recorded")
+
+    before = catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)
+    r = migrate_cli(pg_dsn, schema_name)
+    assert r.returncode == 0 and "nothing to migrate" in r.stdout, r.stderr
+    assert (catalog(pg_dsn, schema_name), dump_schema(pg_dsn, schema_name)) == before
+
+
+def test_migrate_names_a_frame_held_twice(pg_dsn, schema_name):
+    """A 2.3 schema whose frame holds one (expid, camera) twice (under two frameids,
+    which no loader writes): the migration to 2.4 fails naming EXPID and camera, is
+    rolled back (no index, layout 2.3 still), and goes ahead once the row is gone."""
+    build_layout_2_3(pg_dsn, schema_name)
+    fill(pg_dsn, schema_name, [t for t in LAYOUT_2_3 if not t.bookkeeping])
+    record(pg_dsn, schema_name, "2.3")
+    query(pg_dsn, f'INSERT INTO "{schema_name}".frame SELECT 1000 + frameid, night, expid, '
+                  f'tileid, mjd, exptime, ebv, camera, tsnr2_gpbdark, tsnr2_elg, '
+                  f'tsnr2_gpbbright, tsnr2_lya, tsnr2_bgs, tsnr2_gpbbackup, tsnr2_qso, '
+                  f'tsnr2_lrg FROM "{schema_name}".frame WHERE frameid = 2')
+    r = migrate_cli(pg_dsn, schema_name)
+    assert r.returncode == 1, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert "EXPID 2 camera 2 (2 rows)" in err and "rolled back" in err, r.stderr
+    assert "Traceback" not in r.stderr
+    assert layout(pg_dsn, schema_name) == ("2.3", "recorded")
+    assert not FRAME_INDEXES_V2_4 & set(catalog(pg_dsn, schema_name)["indexes"])
+    query(pg_dsn, f'DELETE FROM "{schema_name}".frame WHERE frameid = 1002')
+    assert migrate_cli(pg_dsn, schema_name).returncode == 0
+    assert layout(pg_dsn, schema_name) == ("2.4", "recorded")
 
 
 def test_init_records_the_layout_and_migrate_leaves_it(pg_dsn, schemas):
@@ -350,15 +432,15 @@ def test_an_unrecorded_current_layout_is_recorded(pg_dsn, schema_name):
 
 
 def test_layouts_are_ordered_and_current_is_what_init_creates():
-    assert migrate.LAYOUTS == ("1.3", "2.0", "2.1", "2.2", "2.3")
+    assert migrate.LAYOUTS == ("1.3", "2.0", "2.1", "2.2", "2.3", "2.4")
     assert migrate.CURRENT_LAYOUT == migrate.MIGRATIONS[-1].target
     assert all(a.target == b.source for a, b in zip(migrate.MIGRATIONS, migrate.MIGRATIONS[1:]))
 
 
 # --- refusals -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("build", [build_old_tool_schema, build_first_layout],
-                         ids=["1.3", "2.0"])
+@pytest.mark.parametrize("build", [build_old_tool_schema, build_first_layout,
+                                   build_layout_2_3], ids=["1.3", "2.0", "2.3"])
 def test_load_into_an_unmigrated_schema_is_refused(pg_dsn, schema_name, small_production,
                                                    tmp_path, build):
     build(pg_dsn, schema_name)

@@ -4,7 +4,10 @@ the server: column by column, index by index, constraint by constraint.
 Intended differences, and nothing else: the ``program`` columns are VARCHAR(8) (decision
 5); our bookkeeping tables (``load_run``, ``tile_state``, ``tile_history``); the tile
 afterburner tables of layout 2.3 (``ztile_emline``, ``ztile_qso_mgii``, ``ztile_qso_qn``:
-:data:`ADDED` lists their columns, indexes and constraints)."""
+:data:`ADDED` lists their columns, indexes and constraints); frame's unique index on
+(expid, camera) and indexes on expid and camera of layout 2.4 (:data:`ADDED_FRAME_INDEXES`:
+the old tool's catalog in tests/data is specprod-db 1.3's, made before its daily work
+added them, d86b6c7)."""
 import csv
 import os
 
@@ -31,6 +34,16 @@ ADDED = {
 ADDED_INDEXES = {f"{t}_pkey" for t in ADDED} | {f"ix_{t}_{c}" for t in ADDED
                                                 for c in ("targetid", "tileid")}
 ADDED_CONSTRAINTS = {f"{t}_pkey" for t in ADDED} | {f"{t}_id_fkey" for t in ADDED}
+
+#: frame's indexes of layout 2.4, as desihub/specprod-db's daily work defines them
+#: (``Index('ix_frame_unique', "expid", "camera", unique=True)``, ``index=True`` on
+#: expid and camera): additions to the 1.3 catalog, indexes only (no constraint).
+ADDED_FRAME_INDEXES = {
+    "ix_frame_unique": "CREATE UNIQUE INDEX ix_frame_unique ON SCHEMA.frame USING btree "
+                       "(expid, camera)",
+    "ix_frame_expid": "CREATE INDEX ix_frame_expid ON SCHEMA.frame USING btree (expid)",
+    "ix_frame_camera": "CREATE INDEX ix_frame_camera ON SCHEMA.frame USING btree (camera)",
+}
 
 
 def _reference(name, delimiter):
@@ -91,6 +104,8 @@ def test_indexes_match_reference(created, schema_name):
         got = {r[1]: r[2].replace(f"{schema_name}.", "SCHEMA.") for r in cur.fetchall()}
     for ref in _reference("specprod-db-1.3-indexes.psv", "|"):
         assert got.pop(ref["indexname"]) == ref["indexdef"]
+    for name, definition in ADDED_FRAME_INDEXES.items():
+        assert got.pop(name) == definition
     q3c = {k: v for k, v in got.items() if k.endswith("_q3c_ang2ipix")}
     assert set(q3c) == {"ix_tile_q3c_ang2ipix", "ix_exposure_q3c_ang2ipix",
                         "ix_photometry_q3c_ang2ipix", "ix_fiberassign_q3c_ang2ipix"}

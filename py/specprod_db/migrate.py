@@ -17,11 +17,15 @@ creates.  Layouts:
 2.2     ``tile_history``, what each run did to each tile (2bad66b)
 2.3     the tile afterburner tables ``ztile_emline``, ``ztile_qso_mgii``,
         ``ztile_qso_qn`` (one row per ztile row, foreign key to ``ztile.id``)
+2.4     ``frame``: the unique index ``ix_frame_unique (expid, camera)`` and the indexes
+        ``ix_frame_expid``, ``ix_frame_camera``, as desihub/specprod-db's daily work
+        defines them (d86b6c7; astro-datalab/notebooks-latest#264)
 ======  ==================================================================================
 
 A schema without the row (made before the row existed) is identified by inspection
-(:func:`inspect_layout`); every schema created from now on records its layout, so
-inspection never has to learn a new layout.
+(:func:`inspect_layout`).  ``specprod-db init`` records a new schema's layout by
+inspecting what it created (:func:`specprod_db.db.record_versions`), so inspection
+learns every new layout too (2.4: the index ``ix_frame_unique``).
 
 A loader refuses a schema of another layout (:func:`check_layout`, exit 2) and names
 ``specprod-db migrate --schema S``, which applies the missing migrations in order, each
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from . import db
-from .errors import RunRefused, SpecprodDBError
+from .errors import InputError, RunRefused, SpecprodDBError
 from .schema import Table
 
 #: ``version.package`` of the row recording the layout (``version.version``).
@@ -303,6 +307,42 @@ def _afterburners(cur, schema_name):
     return note
 
 
+# --- 2.3 -> 2.4 -------------------------------------------------------------------------
+
+#: frame's indexes added by layout 2.4: name -> (unique, columns).
+_FRAME_INDEXES_V2_4 = {"ix_frame_unique": (True, ("expid", "camera")),
+                       "ix_frame_expid": (False, ("expid",)),
+                       "ix_frame_camera": (False, ("camera",))}
+
+
+def _frame_indexes(cur, schema_name):
+    cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = "
+                "'frame'", (schema_name,))
+    present = {r[0] for r in cur.fetchall()}
+    if "ix_frame_unique" not in present:
+        # frameid (the primary key) is 100 * EXPID + camera number, so no loader of
+        # ours or the old tool's can have written one (expid, camera) twice; a schema
+        # filled otherwise is named here rather than by the index build
+        cur.execute(sql.SQL("SELECT expid, camera, count(*) FROM {} GROUP BY expid, camera "
+                            "HAVING count(*) > 1 ORDER BY expid, camera LIMIT 5").format(
+            _q(schema_name, "frame")))
+        twice = cur.fetchall()
+        if twice:
+            raise InputError(f"{schema_name}.frame holds the same (expid, camera) more "
+                             "than once: " + ", ".join(f"EXPID {e} camera {c} ({n} rows)"
+                                                       for e, c, n in twice)
+                             + "; delete the extra rows, then migrate again")
+    built = []
+    for name, (unique, columns) in _FRAME_INDEXES_V2_4.items():
+        if name in present:
+            continue
+        cur.execute(sql.SQL("CREATE {}INDEX {} ON {} ({})").format(
+            sql.SQL("UNIQUE " if unique else ""), sql.Identifier(name),
+            _q(schema_name, "frame"), sql.SQL(", ").join(map(sql.Identifier, columns))))
+        built.append(name)
+    return f"built {', '.join(built)}" if built else "already there"
+
+
 #: Every migration, in order; the last target is the current layout.
 MIGRATIONS = (
     Migration(OLD_TOOL_LAYOUT, "2.0", "the old tool's catalog to this project's first layout", (
@@ -338,6 +378,15 @@ MIGRATIONS = (
              "empty: the tiles' redrock fingerprints now include these files, so the next "
              "load UPDATEs every loaded tile whose petals have them, which fills them",
              _afterburners),
+    )),
+    Migration("2.3", "2.4", "frame's unique index (expid, camera) and indexes on expid "
+              "and camera", (
+        Step("create the unique index ix_frame_unique on frame (expid, camera) and the "
+             "indexes ix_frame_expid and ix_frame_camera where missing, as desihub/"
+             "specprod-db's daily work defines them; rows are unchanged (frameid already "
+             "makes (expid, camera) unique: a schema holding a pair twice is refused, "
+             "naming it); the builds block writes to frame, not reads, for seconds",
+             _frame_indexes),
     )),
 )
 
@@ -375,7 +424,11 @@ def inspect_layout(cur, schema_name):
         return "2.1"
     if "ztile_emline" not in tables:
         return "2.2"
-    return "2.3"
+    cur.execute("SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = "
+                "'ix_frame_unique'", (schema_name,))
+    if cur.fetchone() is None:
+        return "2.3"
+    return "2.4"
 
 
 def layout_version(conn, schema_name):

@@ -13,7 +13,10 @@ order, types, nullability, keys and indexes), with one intended difference: ever
 and ``bright1b`` programs of desispec >= 0.70 fit (see ``doc/decisions.md``).  The
 bookkeeping tables ``load_run``, ``tile_state`` and ``tile_history`` are ours, and so are
 the tile afterburner tables ``ztile_emline``, ``ztile_qso_mgii`` and ``ztile_qso_qn``
-(additions to the 1.3 layout: :data:`AFTERBURNER_TABLES`, layout 2.3).
+(additions to the 1.3 layout: :data:`AFTERBURNER_TABLES`, layout 2.3), and so are
+``frame``'s unique index ``ix_frame_unique (expid, camera)`` and its indexes on ``expid``
+and ``camera`` (layout 2.4: the indexes desihub/specprod-db's daily work added to its
+Frame, d86b6c7, asked for by Data Lab's review, astro-datalab/notebooks-latest#264).
 
 The name is ``schema`` in the sense of "the database layout"; the PostgreSQL namespace
 (``daily``, ``loa`` ...) is always called *the schema name* in this package.
@@ -333,7 +336,8 @@ varchar(2): camera
 real: tsnr2_gpbdark tsnr2_elg tsnr2_gpbbright
 double: tsnr2_lya
 real: tsnr2_bgs tsnr2_gpbbackup tsnr2_qso tsnr2_lrg
-""", primary_key=("frameid",), indexes=("night", "tileid"),
+""", primary_key=("frameid",), unique=("expid", "camera"),
+    indexes=("night", "tileid", "expid", "camera"),
     foreign_keys={"expid": "exposure.expid"}, tile_input="exposures")
 
 ZTILE = Table("ztile", f"""

@@ -164,7 +164,7 @@ def extract_tile(job):
     state["exposures_hash"] = fingerprints.exposures_digest(exposures, frames, tileid)
     tables["exposure"] = tile.exposure_rows(exposures, tileid, stats=stats)
     tables["frame"] = tile.frame_rows(frames, tables["exposure"]["expid"], stats=stats,
-                                      tileid=tileid)
+                                      tileid=tileid, path=paths.exposures())
     extra = {}
     survey, program = line["SURVEY"], line["PROGRAM"]
     if full:

@@ -501,7 +501,11 @@ def exposure_rows(exposures, tileid, stats=None, path="exposures file"):
 
 
 def frame_rows(frames, expids, stats=None, tileid=None, path="exposures file"):
-    """``frame`` rows of the exposures ``expids`` (at least one is required)."""
+    """``frame`` rows of the exposures ``expids`` (at least one is required).
+
+    One row per exposure and camera: a FRAMES HDU holding the same EXPID and CAMERA
+    twice fails the tile (:class:`InputError` naming them; the table's primary key
+    ``frameid`` and unique index ``(expid, camera)`` would refuse the second row)."""
     sel = frames[np.isin(frames["EXPID"], np.asarray(expids))]
     if len(sel) == 0:
         raise InputError(f"tile {tileid}: {path}: no FRAMES row for EXPID "
@@ -510,6 +514,16 @@ def frame_rows(frames, expids, stats=None, tileid=None, path="exposures file"):
         frameid = ids.frameid(sel["EXPID"], sel["CAMERA"])
     except ValueError as err:
         raise InputError(f"tile {tileid}: {path}: {err}") from None
+    unique, first, counts = np.unique(frameid, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        twice = np.flatnonzero(counts > 1)
+        pairs = ", ".join(
+            f"EXPID {int(sel['EXPID'][first[k]])} camera "
+            f"{np.char.decode(np.asarray(sel['CAMERA'][first[k]], dtype='S2')).item()} "
+            f"({int(counts[k])} rows)" for k in twice[:5])
+        raise InputError(f"tile {tileid}: {path}: HDU FRAMES has the same EXPID and CAMERA "
+                         f"more than once: {pairs}"
+                         + (f" and {len(twice) - 5} more" if len(twice) > 5 else ""))
     cols = {n: (frameid if n == "frameid" else sel[n.upper()]) for n in schema.FRAME.names}
     return _build("frame", cols, stats, tileid, path)
 
