@@ -36,6 +36,16 @@ def _get_dsn():
     return _server["dsn"]
 
 
+def pytest_addoption(parser):
+    """``--fuzz-seed S`` (repeatable), ``--fuzz-steps N``, ``--fuzz-ranks R``: which
+    mornings ``tests/test_fuzz.py`` runs instead of its short default (tests/morningfuzz.py)."""
+    group = parser.getgroup("fuzz", "differential fuzzer of mornings (tests/test_fuzz.py)")
+    group.addoption("--fuzz-seed", action="append", type=int, default=[],
+                    help="run these seeds (repeat the option) instead of the default ones")
+    group.addoption("--fuzz-steps", type=int, default=None, help="mornings per seed")
+    group.addoption("--fuzz-ranks", type=int, default=None, help="ranks of the morning loads")
+
+
 def pytest_report_header(config):
     dsn = _get_dsn()
     from specprod_db.conninfo import mask
