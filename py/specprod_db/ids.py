@@ -123,6 +123,44 @@ def ztile_id(spgrp, spgrpval, tileid, targetid):
     return composite((spgrpid(spgrp) << 27) | spgrpval, tileid, targetid)
 
 
+def decompose(value: int) -> tuple:
+    """``(a, b, targetid)`` of the composite id ``(a << 96) | (b << 64) | targetid`` (a
+    Python int, e.g. the value in a database message): the inverse of :func:`composite`."""
+    value = int(value)
+    return value >> 96, (value >> 64) & 0xFFFFFFFF, value & 0xFFFFFFFFFFFFFFFF
+
+
+def _name_of(mapping, code):
+    return next((k for k, v in mapping.items() if v == code), f"code {code}")
+
+
+def decode_id(table: str, value: int) -> dict:
+    """The fields a table's id is made of (the table above), by their column names in
+    upper case, from its integer ``value``: ``{"TARGETID", "TILEID", "LOCATION"}`` of a
+    ``fiberassign``/``potential`` id, ``{"TARGETID", "TILEID", "SURVEY"}`` of a ``target``
+    id (and ``ztile.targetphotid``), ``{"TARGETID", "TILEID", "SPGRP", "SPGRPVAL"}`` of a
+    ``ztile`` id (and of the afterburner tables', which are ztile ids),
+    ``{"TARGETID", "SURVEY", "PROGRAM"}`` of a ``zpix`` id, ``{"EXPID", "CAMERA"}`` of a
+    ``frame`` id.  For messages: what a 39-digit number means."""
+    value = int(value)
+    if table == "frame":
+        cam = value % 100
+        return {"EXPID": value // 100, "CAMERA": "brz"[cam // 10] + str(cam % 10)
+                if cam // 10 < 3 else f"code {cam}"}
+    a, b, targetid = decompose(value)
+    if table in ("fiberassign", "potential"):
+        return {"TARGETID": targetid, "TILEID": b, "LOCATION": a}
+    if table == "target":
+        return {"TARGETID": targetid, "TILEID": b, "SURVEY": _name_of(SURVEYID, a)}
+    if table == "zpix":
+        return {"TARGETID": targetid, "SURVEY": _name_of(SURVEYID, b),
+                "PROGRAM": _name_of(PROGRAMID, a)}
+    if table == "ztile" or table.startswith("ztile_"):
+        return {"TARGETID": targetid, "TILEID": b, "SPGRP": _name_of(SPGRPID, a >> 27),
+                "SPGRPVAL": a & ((1 << 27) - 1)}
+    raise KeyError(f"no composite id in table {table!r}")
+
+
 def to_int(words):
     """Python ints from (..., 2) [high, low] words (for tests and messages, not bulk)."""
     words = np.asarray(words, dtype=np.uint64).reshape(-1, 2)

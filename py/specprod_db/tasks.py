@@ -34,7 +34,7 @@ from stat import S_ISDIR
 
 import numpy as np
 
-from . import catalogs, faults, fingerprints, ids, stage, writers
+from . import catalogs, faults, fingerprints, ids, refusals, stage, writers
 from .errors import InputError, one_line
 from .extract import afterburner, redshift, targetphot, tile, tractorphot, zpix
 from .log import get_logger
@@ -180,6 +180,7 @@ def extract_tile(job):
     z, zinfo = redshift.ztile_rows(paths, tileid, line["LASTNIGHT"], survey, program,
                                    stats=stats)
     tables["ztile"] = z
+    state["row_sources"] = refusals.sources(paths, tileid, zinfo["files"])  # for messages
     ab, _ = afterburner.afterburner_rows(paths, tileid, line["LASTNIGHT"],
                                           zinfo["files"], z, stats=stats)
     tables.update(ab)  # ztile_emline, ztile_qso_mgii, ztile_qso_qn

@@ -30,9 +30,10 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import numpy as np
+import psycopg2
 from psycopg2 import sql
 
-from . import faults, schema, tempids
+from . import faults, refusals, schema, tempids
 from .db import qualified
 from .errors import InputError
 from .finalize import update_primary
@@ -304,8 +305,25 @@ def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), 
         Without ``primary``: a table into which the touched TARGETIDs are added, for the
         caller to recompute their flags later (concurrent writers, :mod:`writers`).
 
-    Returns ``counts`` (table -> rows); raises after rolling back on any error.
+    Returns ``counts`` (table -> rows); raises after rolling back on any error.  Rows
+    that break a key are refused as :class:`~specprod_db.refusals.RowsRefused` (a
+    ``psycopg2.IntegrityError``) naming TARGETID, petal and file: found before anything
+    is written where numpy sees it (:func:`refusals.check`), else the database's refusal
+    decoded (:func:`refusals.explain`).
     """
+    refusals.check(action.tileid, tables, state, action.full)
+    try:
+        return _write_tile(conn, schema_name, action, tables, state, run_id, photometry,
+                           keep, primary, touched_into)
+    except psycopg2.IntegrityError as err:
+        better = refusals.refused(err, action.tileid, tables, state)
+        if better is err:
+            raise
+        raise better from err
+
+
+def _write_tile(conn, schema_name, action, tables, state, run_id, photometry, keep, primary,
+                touched_into):
     counts = {}
     tileid, full = action.tileid, action.full
     t = {"t": int(tileid)}
