@@ -322,6 +322,122 @@ def test_names_and_other_tables(pg_dsn, bare, tmp_path):
     assert tables(pg_dsn, bare) == {"vac_mine"}
 
 
+def test_duplicate_nan_keys(pg_dsn, bare, tmp_path, loaded_old):
+    """NaN != NaN in numpy, but NaN = NaN in PostgreSQL's key: our check finds them
+    (any NaN bit pattern; -0.0 = 0.0 too) and names file and rows, not the database."""
+    rows = fits_rows(6, seed=2)          # F64[0] is NaN
+    rows["F64"][3] = -np.nan             # another NaN (sign bit set)
+    path = write_fits(tmp_path / "nan.fits", rows)
+    with pytest.raises(InputError) as err:
+        load(pg_dsn, bare, "cat", path, key=["F64"], stage_dir=tmp_path / "stage")
+    message = str(err.value)
+    assert path in message and "duplicate key f64=nan (column F64) in rows 0 and 3" \
+        in message and "nothing loaded" in message, message
+    _intact(pg_dsn, bare, loaded_old)
+
+    # a composite key across two files: row 0 of each has I16 = -32768, F32 = NaN
+    a, b = fits_rows(4, seed=3), fits_rows(4, seed=4)
+    fa, fb = write_fits(tmp_path / "a.fits", a), write_fits(tmp_path / "b.fits", b)
+    with pytest.raises(InputError) as err:
+        load(pg_dsn, bare, "cat", fa, fb, key=["I16", "F32"], stage_dir=tmp_path / "stage")
+    message = str(err.value)
+    assert message.startswith(f"{fa}: duplicate key i16=-32768, f32=nan (columns I16, "
+                              f"F32) in rows 0 and 0 of {fb}"), message
+    # -0.0 = 0.0, as in the database
+    b["F64"][0] = 1.0
+    a["F64"][1], b["F64"][3] = 0.0, -0.0
+    a["I32"][1], b["I32"][3] = 5, 5
+    fa, fb = write_fits(tmp_path / "a.fits", a), write_fits(tmp_path / "b.fits", b)
+    with pytest.raises(InputError, match=r"duplicate key f64=0\.0, i32=5 .* rows 1 and 3"):
+        load(pg_dsn, bare, "cat", fa, fb, key=["F64", "I32"], stage_dir=tmp_path / "stage")
+    _intact(pg_dsn, bare, loaded_old)
+
+
+def _vac_cli(dsn, *argv):
+    return subprocess.run(CLI + ["vac", "load", *argv, "--db", dsn], capture_output=True,
+                          text=True, timeout=120)
+
+
+def _error_line(r):
+    """The one line of a refusal on stderr (the log's lines aside), no traceback."""
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("specprod-db:")]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+def test_empty_file_does_not_replace_a_loaded_vac(pg_dsn, bare, tmp_path, loaded_old):
+    """A file without a row replaces a loaded VAC only with --allow-empty (else exit 2,
+    the old table kept); a first load of an empty file makes an empty table."""
+    empty = write_fits(tmp_path / "empty.fits", fits_rows(3)[:0])
+    r = _vac_cli(pg_dsn, "--schema", bare, "--name", "cat", empty, "--stage-dir",
+                 str(tmp_path / "stage"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = _error_line(r)
+    assert f"{empty}: no row; {bare}.vac_cat holds 10 rows" in err and "--allow-empty" in err
+    _intact(pg_dsn, bare, loaded_old)
+
+    r = _vac_cli(pg_dsn, "--schema", bare, "--name", "cat", empty, "--allow-empty",
+                 "--stage-dir", str(tmp_path / "stage"))
+    assert r.returncode == 0, r.stderr
+    assert count(pg_dsn, bare, "cat") == 0
+    info = load(pg_dsn, bare, "fresh", empty, stage_dir=tmp_path / "stage")
+    assert info["rows"] == 0 and count(pg_dsn, bare, "fresh") == 0
+
+
+@pytest.fixture
+def role(pg_dsn, bare):
+    """``role(grants) -> dsn``: a login role with ``grants`` (SQL run as the test's own
+    role, ROLE in them replaced by its name), dropped afterwards."""
+    import re
+    made = []
+
+    def make(*grants):
+        name = f"vac_{secrets.token_hex(4)}"
+        made.append(name)
+        query(pg_dsn, f'CREATE ROLE "{name}" LOGIN')
+        for g in grants:
+            query(pg_dsn, g.replace("ROLE", f'"{name}"'))
+        return re.sub(r"user=\S+", f"user={name}", pg_dsn) if "user=" in pg_dsn \
+            else f"{pg_dsn} user={name}"
+    yield make
+    for name in made:
+        query(pg_dsn, f'DROP OWNED BY "{name}"; DROP ROLE "{name}"')
+
+
+def test_permission_errors_are_worded_as_such(pg_dsn, bare, tmp_path, loaded_old, role,
+                                              production):
+    """A role that cannot create the table, or replace another role's VAC, or reference
+    a production table: one line saying permission denied, naming the role, exit 2;
+    nothing loaded, the old table kept."""
+    path = write_fits(tmp_path / "a.fits", fits_rows(5, seed=9))
+
+    def refused(dsn, schema_name, name, *words):
+        r = _vac_cli(dsn, "--schema", schema_name, "--name", name, path, "--stage-dir",
+                     str(tmp_path / f"stage-{schema_name}"))
+        assert r.returncode == 2, r.stdout + r.stderr
+        err = _error_line(r)
+        assert "permission denied: " in err and "nothing loaded" in err, err
+        for w in words:
+            assert w in err, err
+
+    no_create = role(f'GRANT USAGE ON SCHEMA "{bare}" TO ROLE')
+    refused(no_create, bare, "other", "lacks CREATE on schema", "GRANT CREATE ON SCHEMA")
+    refused(no_create, bare, "cat", "lacks CREATE on schema")
+    not_owner = role(f'GRANT USAGE, CREATE ON SCHEMA "{bare}" TO ROLE')
+    refused(not_owner, bare, "cat", "vac_cat belongs to role", "cannot replace it")
+    _intact(pg_dsn, bare, loaded_old)
+    # the server's own refusal: a foreign key to photometry needs REFERENCES on it
+    rows = fits_rows(3, seed=1)
+    rows["TARGETID"] = [int(t) for t, in query(
+        pg_dsn, f'SELECT targetid FROM "{production}".photometry ORDER BY 1 LIMIT 3')]
+    path = write_fits(tmp_path / "a.fits", rows)
+    no_references = role(f'GRANT USAGE, CREATE ON SCHEMA "{production}" TO ROLE')
+    refused(no_references, production, "fkvac", "permission denied for table photometry")
+    assert "vac_fkvac" not in tables(pg_dsn, production)
+    assert "vac_fkvac__new" not in tables(pg_dsn, production)
+
+
 # --- atomic reload ---------------------------------------------------------------------
 
 def test_reload_is_atomic_for_readers(pg_dsn, bare, tmp_path, monkeypatch, caplog):

@@ -1,10 +1,12 @@
 """``specprod-db vac load|list|drop``: value-added catalogs as tables ``S.vac_NAME``.
 
-``vac load --schema S --name NAME FILE.fits[:HDU] ... [--key COLS] [--no-fk]`` converts
-every file on the worker ranks (``mpiexec -n N``) and loads them, in one transaction,
-into a new table that replaces the old version in one short transaction; ``vac list``
-shows each VAC's rows, key, files and load time; ``vac drop`` removes one.  Types, keys,
-foreign keys, q3c and the swap: :mod:`specprod_db.vac`, doc/vac.md.
+``vac load --schema S --name NAME FILE.fits[:HDU] ... [--key COLS] [--no-fk]
+[--allow-empty]`` converts every file on the worker ranks (``mpiexec -n N``) and loads
+them, in one transaction, into a new table that replaces the old version in one short
+transaction (a loaded VAC is not replaced by files without a row unless
+``--allow-empty``); ``vac list`` shows each VAC's rows, key, files and load time;
+``vac drop`` removes one.  Types, keys, foreign keys, q3c and the swap:
+:mod:`specprod_db.vac`, doc/vac.md.
 """
 import json
 import sys
@@ -40,6 +42,9 @@ def add_arguments(parser):
     p.add_argument("--stage-dir", default=None, metavar="DIR",
                    help="stage directory (the load's default: BASE/DATABASE/SCHEMA); the "
                         "VAC's files go to DIR/vac/NAME and are removed afterwards")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="replace a loaded VAC even when the files hold no row (else "
+                        "refused, exit 2)")
     p.add_argument("--lock-timeout", type=float, default=300.0, metavar="S",
                    help="seconds to keep retrying the replacement while readers hold the "
                         "old table (default 300); then the new version is discarded")
@@ -79,7 +84,7 @@ def _load_ranks(args):
     opts = vac.Options(schema=args.schema, name=args.name,
                        sources=[vac.parse_source(f) for f in args.files], dsn=args.db,
                        key=key, fk=not args.no_fk, stage_dir=args.stage_dir,
-                       lock_timeout=args.lock_timeout)
+                       lock_timeout=args.lock_timeout, allow_empty=args.allow_empty)
     dispatcher = mpi.Dispatcher(comm, vac.HANDLERS)
     status = EXIT_INTERNAL
     try:

@@ -76,8 +76,13 @@ def _tables(cur, schema_name):
 
 
 def _column_names(cur, schema_name, table_name):
-    cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                "%s AND table_name = %s", (schema_name, table_name))
+    """The table's columns, from pg_attribute: information_schema shows only those the
+    role may use, and a VAC must not lose its foreign key for a missing privilege (the
+    load says so instead)."""
+    cur.execute("SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND "
+                "c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+                (schema_name, table_name))
     return {r[0] for r in cur.fetchall()}
 
 
@@ -126,6 +131,50 @@ def _check_schema(conn, schema_name):
         raise RunRefused(f"schema {schema_name} does not exist (create it: CREATE SCHEMA, "
                          f"or specprod-db init for a production)")
     conn.rollback()
+
+
+def check_privileges(conn, schema_name: str, name: str) -> None:
+    """:class:`RunRefused` (exit 2, one line) when this role cannot load VAC ``name``:
+    it needs USAGE and CREATE on the schema (the new table is created there, then filled
+    and renamed), and, to replace a loaded VAC, to own its table (only its owner may drop
+    it) -- checked before any file is converted."""
+    final = table_name(name)
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_user, has_schema_privilege(n.oid, 'USAGE'), "
+                    "has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE "
+                    "n.nspname = %s", (schema_name,))
+        user, usage, create = cur.fetchone()
+        cur.execute("SELECT pg_get_userbyid(c.relowner), pg_has_role(c.relowner, 'USAGE') "
+                    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE "
+                    "n.nspname = %s AND c.relname = %s", (schema_name, final))
+        owner = cur.fetchone()
+    conn.rollback()
+    if not (usage and create):
+        lacks = " and ".join(p for p, ok in (("USAGE", usage), ("CREATE", create)) if not ok)
+        raise RunRefused(f"permission denied: database role {user} lacks {lacks} on schema "
+                         f"{schema_name}, so it cannot create {schema_name}.{final} (GRANT "
+                         f"{lacks.replace(' and ', ', ')} ON SCHEMA {schema_name} TO {user}, "
+                         f"or load as the schema's owner); nothing loaded")
+    if owner is not None and not owner[1]:
+        raise RunRefused(f"permission denied: {schema_name}.{final} belongs to role "
+                         f"{owner[0]}; role {user} cannot replace it (only its owner, or a "
+                         f"member of that role, can drop it); nothing loaded")
+
+
+def permission_refused(err, conn, doing: str) -> RunRefused:
+    """The :class:`RunRefused` of a permission error (SQLSTATE 42501) from the server,
+    in one line naming the role and what it was doing."""
+    user = "?"
+    try:
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            user = cur.fetchone()[0]
+        conn.rollback()
+    except psycopg2.Error:
+        pass
+    return RunRefused(f"permission denied: database role {user}, {doing}: "
+                      f"{' '.join(str(err).split())}; nothing loaded")
 
 
 def swap(conn, schema_name, name, lock_timeout=300.0):
@@ -190,6 +239,10 @@ def swap(conn, schema_name, name, lock_timeout=300.0):
             raise RunRefused(f"{schema_name}.{final} cannot be replaced: "
                              f"{' '.join(str(err).split())}; the old version is kept"
                              ) from None
+        except psycopg2.errors.InsufficientPrivilege as err:
+            refused = permission_refused(err, conn, f"replacing {schema_name}.{final}")
+            drop_building(conn, schema_name, name)
+            raise refused from None
         except BaseException:
             conn.rollback()
             raise

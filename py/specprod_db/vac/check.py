@@ -2,7 +2,10 @@
 
 Every file has the same columns (:func:`merge_columns`), the key columns exist and are
 scalars (:func:`choose_key`), and no key appears twice (:class:`Keys`, which also names the
-file and row of a key, for this message and for an unmatched foreign key).
+file and row of a key, for this message and for an unmatched foreign key).  Keys are
+compared as PostgreSQL's primary key compares them: a float ``NaN`` equals ``NaN`` (numpy's
+``NaN != NaN`` would let two through, for the database to refuse without naming them)
+and ``-0.0`` equals ``0.0``.
 """
 import numpy as np
 
@@ -88,16 +91,19 @@ class Keys:
         return ", ".join(f"{c}={_plain(v)}" for c, v in zip(self.names, value))
 
     def duplicate(self):
-        """(key value, [(file label, row)] of its first two rows), or None."""
+        """(key value, [(file label, row)] of its first two rows), or None.  Equal as
+        the database's key compares (:func:`comparable`): NaN = NaN, -0.0 = 0.0."""
         if self.values is None or len(self.values) < 2:
             return None
-        keyed = self.values if len(self.names) > 1 else self.values[self.names[0]]
+        keyed = comparable(self.values)
         order = np.argsort(keyed, kind="stable")
         ordered = keyed[order]
         same = np.flatnonzero(ordered[1:] == ordered[:-1])
         if not len(same):
             return None
-        i, j = order[same[0]], order[same[0] + 1]
+        # the first pair in file order: the two earliest rows of that key
+        hit = keyed == ordered[same[0]]
+        i, j = np.flatnonzero(hit)[:2]
         value = tuple(self.values[i][c] for c in self.names)
         return value, [(self.labels[self.files[k]], int(self.rows[k])) for k in (i, j)]
 
@@ -114,6 +120,20 @@ class Keys:
         if not len(hit):
             return None
         return self.labels[self.files[hit[0]]], int(self.rows[hit[0]])
+
+
+def comparable(values):
+    """One opaque, bytewise-comparable value per row of the structured array ``values``
+    (its key columns), equal exactly where PostgreSQL's key equality holds: every NaN of
+    a float column made one NaN, every -0.0 made 0.0."""
+    packed = np.zeros(len(values), dtype=[(c, values.dtype[c]) for c in values.dtype.names])
+    for c in values.dtype.names:
+        col = np.array(values[c], copy=True)
+        if col.dtype.kind == "f":
+            col[np.isnan(col)] = np.nan
+            col[col == 0] = 0.0
+        packed[c] = col
+    return np.ascontiguousarray(packed).view(f"V{packed.dtype.itemsize}").ravel()
 
 
 def _plain(v):

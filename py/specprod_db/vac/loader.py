@@ -23,10 +23,11 @@ from ..errors import InputError, RunRefused
 from ..log import get_logger
 from ..pgcopy import Encoder, StreamReader, prefetch
 from .catalog import (BUILDING, MARKER, REFERENCES, _check_schema, _column_names,
-                      _description, _lock, _names, _tables, check_name, swap, table_name)
+                      _description, _lock, _names, _tables, check_name, check_privileges,
+                      permission_refused, swap, table_name)
 from .check import Keys, choose_key, merge_columns
 from .columns import VacTable
-from .convert import ConvertTask, _stage_rows, _read_stage
+from .convert import ConvertTask, _read_stage, _stage_rows, source_label
 
 #: (ra, dec) column pairs, in order of preference, for the q3c index.
 Q3C_PAIRS = (("ra", "dec"), ("target_ra", "target_dec"),
@@ -46,6 +47,7 @@ class Options:
     fk: bool = True
     stage_dir: str = None
     lock_timeout: float = 300.0
+    allow_empty: bool = False  # replace a loaded VAC by files without a row
 
 
 def foreign_keys(cur, schema_name, key):
@@ -193,6 +195,7 @@ def load(dispatcher, opts):
         if exists and info is None:
             raise RunRefused(f"{opts.schema}.{table_name(opts.name)} exists and is not a "
                              f"VAC loaded by specprod-db; not replacing it")
+        check_privileges(conn, opts.schema, opts.name)
         directory = _stage_directory(conn, opts)
         tasks = [ConvertTask(path, hdu, k, os.path.join(directory, f"{k:05d}.h5"))
                  for k, (path, hdu) in enumerate(opts.sources)]
@@ -212,6 +215,13 @@ def load(dispatcher, opts):
         results = sorted((r for _, r in done), key=lambda r: r["index"])
         log.info("vac %s: %d file(s) converted in %.1f s", opts.name, len(results),
                  time.time() - t)
+        rows = sum(r["rows"] for r in results)
+        if rows == 0 and exists and not opts.allow_empty:
+            files = ", ".join(source_label(r["source"]["file"], r["source"]["hdu"])
+                              for r in results)
+            raise RunRefused(f"{files}: no row; {opts.schema}.{table_name(opts.name)} holds "
+                             f"{info.get('rows', '?')} rows and is not replaced by an empty "
+                             f"table (--allow-empty to do so)")
         table = VacTable(table_name(opts.name), tuple(merge_columns(results)))
         key = choose_key(table.columns, opts.key)
         keys = Keys(key, results) if key else None
@@ -230,6 +240,9 @@ def load(dispatcher, opts):
             stop = server_stop(err, conn, f"loading VAC {opts.name}")  # exit 3
             if stop is not None:
                 raise stop from None
+            if isinstance(err, psycopg2.errors.InsufficientPrivilege):  # exit 2
+                raise permission_refused(err, conn, f"building {opts.schema}."
+                                         f"{table_name(opts.name)}{BUILDING}") from None
             conn.rollback()
             raise InputError(f"VAC {opts.name}: the database refused the rows: "
                              f"{' '.join(str(err).split())}; nothing loaded") from None
