@@ -426,6 +426,10 @@ def test_permission_errors_are_worded_as_such(pg_dsn, bare, tmp_path, loaded_old
     refused(no_create, bare, "cat", "lacks CREATE on schema")
     not_owner = role(f'GRANT USAGE, CREATE ON SCHEMA "{bare}" TO ROLE')
     refused(not_owner, bare, "cat", "vac_cat belongs to role", "cannot replace it")
+    r = subprocess.run(CLI + ["vac", "drop", "--schema", bare, "--name", "cat", "--db",
+                              not_owner], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "permission denied: " in _error_line(r), r.stderr
+    assert "must be owner of table vac_cat" in r.stderr and "not dropped" in r.stderr
     _intact(pg_dsn, bare, loaded_old)
     # the server's own refusal: a foreign key to photometry needs REFERENCES on it
     rows = fits_rows(3, seed=1)

@@ -308,6 +308,10 @@ def drop(conn, schema_name, name, lock_timeout=300.0):
             conn.rollback()
             raise RunRefused(f"{schema_name}.{final} cannot be dropped: "
                              f"{' '.join(str(err).split())}") from None
+        except psycopg2.errors.InsufficientPrivilege as err:
+            refused = permission_refused(err, conn, f"dropping {schema_name}.{final}")
+            raise RunRefused(str(refused).replace("; nothing loaded", "; not dropped")) \
+                from None
         except BaseException:
             conn.rollback()
             raise
