@@ -257,7 +257,7 @@ def _tiles_from_csv(data, path):
         data = data[len(_BOM):]
     text = data.decode("latin-1")  # every byte one character; non-ASCII found per line
     cut = not text.endswith(("\n", "\r"))
-    lines = _EOL.split(text)
+    lines = text.split("\n") if "\r" not in text else _EOL.split(text)
     if not cut:
         lines.pop()  # the empty string after the last line end
     if not lines or not "".join(lines).strip():
