@@ -44,6 +44,14 @@ BENCH_ARGS ?=
 bench: db
 	$(VPY) bench/run.py $(BENCH_ARGS)
 
+# The long run of the differential fuzzer of mornings (bench/README.md): SEEDS seeds of
+# 12 random mornings each, about 40 s a seed on this machine; writes bench/results/fuzz.md.
+SEEDS ?= 40
+FUZZ_ARGS ?=
+.PHONY: fuzz
+fuzz: db
+	nice -n 10 $(VPY) bench/fuzz.py --seeds $(SEEDS) $(FUZZ_ARGS)
+
 demo: db
 	$(VENV)/bin/specprod-db demo
 
