@@ -628,6 +628,10 @@ class Run:
         if missing:  # each was logged by the worker, naming tile, keyword and path
             self.counts["warnings"]["missing_catalogs"] = \
                 self.counts["warnings"].get("missing_catalogs", 0) + len(missing)
+        bits = stats.get("missing_target_bits", 0)
+        if bits:  # rows loaded with 0 for a bit column their catalog lacks (logged there)
+            self.counts["warnings"]["missing_target_bits"] = \
+                self.counts["warnings"].get("missing_target_bits", 0) + bits
 
     @contextmanager
     def timed(self, name):

@@ -32,7 +32,12 @@ Our own equivalent of desispec's ``desispec.io.photo.gather_targetphot`` for one
    ``secondary``); within one directory, files are taken in string order of their
    names, as desispec's ``np.unique`` orders them;
 6. one output row per input target, in input order, TARGETID always set; targets found
-   nowhere are all zeros/blank (PHOTSYS '', RA = DEC = 0).
+   nowhere are all zeros/blank (PHOTSYS '', RA = DEC = 0);
+7. a targeting-bit column (``*_TARGET``) a catalog lacks is 0 in the rows taken from it,
+   as desispec's ``gather_targetphot`` leaves it (its data model's zeros); what a file of
+   its kind carries (:func:`lacking_bit_columns`: datamodel.md §4.2-4.4) and lacks is
+   logged, naming tile, file and columns, and the rows counted in
+   ``stats['missing_target_bits']`` (the run's ``warnings.missing_target_bits``).
 
 The output has the 122 columns of desispec's ``targetphot_datamodel`` (§4.6) with
 native byte order and bytes (``S``) strings instead of desispec's unicode.
@@ -388,9 +393,46 @@ def assemble(tileid, plan, targets, read, stats=None):
             stats["files_read"] = stats.get("files_read", 0) + 1
             if piece is None:
                 continue
-            _merge(out, found, tid, piece)
+            _lacking_bits(tileid, fname, kind, piece, _merge(out, found, tid, piece), stats)
     stats["not_found"] = stats.get("not_found", 0) + int(np.count_nonzero(~found))
     return out
+
+
+#: The targeting-bit columns of the targetphot data model, by survey prefix (main ``""``).
+_BIT_FAMILIES = {p: tuple(f"{p}{c}_TARGET" for c in ("DESI", "BGS", "MWS", "SCND"))
+                 for p in ("", "SV1_", "SV2_", "SV3_")}
+_BIT_FAMILIES["CMX_"] = ("CMX_TARGET",)
+
+
+def lacking_bit_columns(names, kind: str) -> list:
+    """The targeting-bit columns a catalog of ``kind`` with columns ``names`` should carry
+    and lacks (datamodel.md §4.2-4.4): a primary-target file (``dir``) all four of its
+    survey's (``DESI_TARGET, BGS_TARGET, MWS_TARGET, SCND_TARGET``, survey-prefixed for
+    sv1-3; ``CMX_TARGET`` for cmx), a secondary catalog (``fits``) or ToO ledger
+    (``ecsv``) ``DESI_TARGET`` and ``SCND_TARGET``.  Its survey is the one whose bit
+    columns it has most of; a file without any lacks them all (``*_TARGET``)."""
+    have = {str(n).upper() for n in names}
+    held = {p: sum(c in have for c in cols) for p, cols in _BIT_FAMILIES.items()}
+    prefix = max(held, key=held.get)
+    if not held[prefix]:
+        return ["*_TARGET"]
+    cols = _BIT_FAMILIES[prefix]
+    if kind != "dir" and prefix != "CMX_":
+        cols = (f"{prefix}DESI_TARGET", f"{prefix}SCND_TARGET")
+    return [c for c in cols if c not in have]
+
+
+def _lacking_bits(tileid, fname, kind, piece, taken, stats):
+    """Log and count the rows taken from a catalog that lacks targeting-bit columns."""
+    names = piece.dtype.names if hasattr(piece, "dtype") else list(piece)
+    lacking = lacking_bit_columns(names, kind)
+    if not lacking or not taken:
+        return
+    get_logger().warning(f"tile {tileid}: targeting catalog {fname} has no column "
+                         f"{', '.join(lacking)}: {taken} target row(s) from it loaded with "
+                         "0 there, as desispec does")
+    stats["missing_target_bits"] = stats.get("missing_target_bits", 0) + taken
+    stats.setdefault("missing_bit_columns", []).append(f"{fname}: {', '.join(lacking)}")
 
 
 def _primary_files(entry, ra, dec, tileid, stats):
@@ -424,7 +466,9 @@ def targetphot_onetile(tileid, header, targets, paths, stats=None):
     paths : :class:`specprod_db.paths.Paths`
     stats : dict, optional
         ``missing_catalogs`` (list of ``"KEYWORD=path"`` of named catalogs that do not
-        exist), counts ``nan_radec``, ``not_found``, ``files_read``.
+        exist), counts ``nan_radec``, ``not_found``, ``files_read``,
+        ``missing_target_bits`` (rows from catalogs lacking targeting-bit columns, listed
+        in ``missing_bit_columns`` as ``"file: COLUMNS"``).
 
     Returns
     -------
@@ -440,7 +484,8 @@ def targetphot_onetile(tileid, header, targets, paths, stats=None):
 
 
 def _merge(out, found, tid, piece):
-    """Copy ``piece`` rows into ``out`` rows not yet found; first occurrence wins."""
+    """Copy ``piece`` rows into ``out`` rows not yet found; first occurrence wins.
+    Returns the number of rows taken."""
     ptid = np.asarray(piece["TARGETID"], dtype=np.int64)
     utid, first = np.unique(ptid, return_index=True)   # stable: first occurrence
     pos = np.clip(np.searchsorted(utid, tid), 0, len(utid) - 1)
@@ -452,6 +497,7 @@ def _merge(out, found, tid, piece):
         if name in TARGETPHOT_DTYPE.names and name != "TARGETID":
             out[name][dst] = np.asarray(piece[name])[src]
     found[dst] = True
+    return len(dst)
 
 
 # --- database rows ------------------------------------------------------------------
