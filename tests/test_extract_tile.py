@@ -11,6 +11,7 @@ from astropy.time import Time
 
 from specprod_db import ids, schema
 from specprod_db.extract import tile
+from specprod_db.extract.faflavor import faflavor2program
 from specprod_db.paths import InputError
 
 SKY = 1 << 59
@@ -119,7 +120,7 @@ def test_tiles_csv_bad_lines_fail_only_their_tile(tmp_path):
     l4 = f(4); l4[0] = "x"                     # unreadable TILEID
     l5 = f(5) + ["extra"]                      # too many fields
     l6 = f(6); l6[11] = ""; l6[-1] = ""        # empty float and UPDATED: fine
-    l6[2] = ""                                 # masked PROGRAM (desispec#2251): fine
+    l6[2] = ""                                 # masked PROGRAM (desispec#2251): patched
     _write_csv(path, t, {2: ",".join(l2), 3: ",".join(l3), 4: ",".join(l4),
                          5: ",".join(l5), 6: ",".join(l6)})
     table, problems, bad = tile.read_tiles_file(str(path))
@@ -132,7 +133,7 @@ def test_tiles_csv_bad_lines_fail_only_their_tile(tmp_path):
     assert table["TILEID"].tolist() == [1000, 1001, 1002, 1005]
     good = table[table["TILEID"] == 1005][0]
     assert np.isnan(good["EFFTIME_GFA"]) and good["UPDATED"] == ""
-    assert good["PROGRAM"] == ""
+    assert good["PROGRAM"] == faflavor2program(good["FAFLAVOR"]) != ""
 
 
 def test_tiles_csv_cut_mid_line(tmp_path):

@@ -31,6 +31,7 @@ from test_daily import (edit_tiles_csv, last_run, plan_lines, tile_state, tiles_
 
 from specprod_db import plan
 from specprod_db.extract import tile
+from specprod_db.extract.faflavor import faflavor2program
 from specprod_db.paths import InputError
 
 # --- the parsers ------------------------------------------------------------------------
@@ -121,7 +122,8 @@ def test_bad_value_is_a_bad_line(column, value, message, tmp_path, small_product
 def test_bom_non_ascii_and_empty_program(tmp_path, small_production):
     """A UTF-8 byte-order mark is accepted (it was "missing column TILEID"); a latin-1
     byte is a bad line of its tile (it was an internal error); an empty PROGRAM is
-    loaded as '' (desispec#2251: a quarter of the real rows)."""
+    faflavor2program(FAFLAVOR), as DESI patches it (desispec#2251: a quarter of the real
+    rows)."""
     header, rows = _mock_csv(tmp_path, small_production)
     ref, _, _ = tile.read_tiles_file(_write(tmp_path / "ref.csv", header, rows))
     path = _write(tmp_path / "bom.csv", header, rows, prefix=b"\xef\xbb\xbf")
@@ -138,7 +140,9 @@ def test_bom_non_ascii_and_empty_program(tmp_path, small_production):
     table, problems, bad = tile.read_tiles_file(str(path))
     assert bad == 1 and set(problems) == {1001}
     assert "non-ASCII text in PROGRAM" in problems[1001]
-    assert table["PROGRAM"][table["TILEID"] == 100].tolist() == [""]
+    sel = table["TILEID"] == 100
+    assert table["PROGRAM"][sel].tolist() == [faflavor2program(table["FAFLAVOR"][sel][0])]
+    assert table["PROGRAM"][sel].tolist() == ref["PROGRAM"][ref["TILEID"] == 100].tolist()
     # a NUL byte (which the database would refuse): a bad line too
     path.write_bytes(data.replace(b"d\xe9rk", b"d\x00rk"))
     _, problems, bad = tile.read_tiles_file(str(path))
@@ -147,7 +151,7 @@ def test_bom_non_ascii_and_empty_program(tmp_path, small_production):
 
 def test_fits_tiles_file_values(tmp_path, small_production):
     """The FITS form follows the same rules: NaN EFFTIME_SPEC, non-ASCII bytes, an
-    empty SURVEY are bad rows; an empty PROGRAM is not."""
+    empty SURVEY are bad rows; an empty PROGRAM is not (faflavor2program(FAFLAVOR))."""
     header, rows = _mock_csv(tmp_path, small_production)
     table, _, _ = tile.read_tiles_file(_write(tmp_path / "t.csv", header, rows))
     data = np.zeros(len(table), dtype=[(n, f"S{table.dtype[n].itemsize // 4}")
@@ -167,7 +171,7 @@ def test_fits_tiles_file_values(tmp_path, small_production):
     assert "EFFTIME_SPEC 'nan' not a finite number" in problems[1001]
     assert "non-ASCII text in OBSSTATUS" in problems[100]
     assert "SURVEY missing" in problems[60000]
-    assert got["PROGRAM"][5] == ""
+    assert got["PROGRAM"][5] == table["PROGRAM"][5] == faflavor2program(table["FAFLAVOR"][5])
 
 
 def test_size_limit(tmp_path):

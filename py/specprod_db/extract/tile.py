@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import ids, rows, schema
 from ..log import get_logger
+from .faflavor import faflavor2program
 from ..paths import InputError
 
 #: Microseconds per day, and the MJD of the PostgreSQL epoch 2000-01-01T00:00:00 UTC.
@@ -61,7 +62,8 @@ TILES_FILE_MAX_BYTES = 128 * 1024 * 1024
 
 #: String columns a tiles-file line may leave empty: PROGRAM (desispec#2251: about a
 #: quarter of the real tiles-daily rows, written before it was filled, have a null
-#: PROGRAM; datamodel.md §1.3, §1.7; loaded as ''), and UPDATED (empty = the oldest,
+#: PROGRAM; datamodel.md §1.3, §1.7; it is then ``faflavor2program(FAFLAVOR)``, as DESI's
+#: tools patch it, and FAFLAVOR may not be empty), and UPDATED (empty = the oldest,
 #: datamodel.md §1.6).  Any other string column empty makes the line bad.
 MAY_BE_EMPTY = ("PROGRAM", "UPDATED")
 
@@ -157,10 +159,12 @@ def read_tiles_file(path: str, info: dict = None, max_bytes: int = None):
         get_logger().error("%s", problems[None])
     if nbad:
         get_logger().error("tiles file %s is damaged: %d line(s) cannot be used", path, nbad)
-    empty = int(np.count_nonzero((table["PROGRAM"] == "") & (why == "")))
-    if empty:
+    empty = (table["PROGRAM"] == "") & (table["FAFLAVOR"] != "")
+    if empty.any():  # desispec#2251: patched as DESI's tools patch them
+        table["PROGRAM"][empty] = faflavor2program(table["FAFLAVOR"][empty])
         get_logger().info("tiles file %s: %d line(s) with an empty PROGRAM (desispec#2251), "
-                          "loaded as ''", path, empty)
+                          "PROGRAM taken from FAFLAVOR (faflavor2program)", path,
+                          int(np.count_nonzero(empty & (why == ""))))
     return table[tid_ok], problems, nbad
 
 
