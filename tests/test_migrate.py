@@ -431,6 +431,39 @@ def test_an_unrecorded_current_layout_is_recorded(pg_dsn, schema_name):
     assert layout(pg_dsn, schema_name) == (migrate.CURRENT_LAYOUT, "recorded")
 
 
+#: Layout -> the tables ``init`` created then (before the row recording it existed).
+EARLIER_LAYOUTS = {
+    "2.0": FIRST_LAYOUT,
+    "2.1": tuple(t for t in LAYOUT_2_3 if t.name != "tile_history"
+                 and t.name not in AFTERBURNERS),
+    "2.2": tuple(t for t in LAYOUT_2_3 if t.name not in AFTERBURNERS),
+    "2.3": LAYOUT_2_3,
+}
+
+
+@pytest.mark.parametrize("source", migrate.LAYOUTS[:-1])
+def test_every_earlier_layout_migrates_to_the_current_one(pg_dsn, schema_name,
+                                                          fresh_catalog, source):
+    """Each earlier layout, with rows in its data tables, identified by inspection:
+    migrate takes it to init's catalog, the rows intact, the current layout recorded."""
+    if source == migrate.OLD_TOOL_LAYOUT:
+        build_old_tool_schema(pg_dsn, schema_name)
+        tables = OLD_TOOL_TABLES
+    else:
+        tables = EARLIER_LAYOUTS[source]
+        build_layout(pg_dsn, schema_name, tables)
+    data = [t for t in tables if not t.bookkeeping]
+    fill(pg_dsn, schema_name, data)
+    assert layout(pg_dsn, schema_name) == (source, "inspected")
+    rows = dump_schema(pg_dsn, schema_name, [t.name for t in data])
+    r = migrate_cli(pg_dsn, schema_name)
+    assert r.returncode == 0, r.stderr
+    assert f"{source} -> " in r.stdout and "2.3 -> 2.4" in r.stdout
+    assert_same(catalog(pg_dsn, schema_name), fresh_catalog)
+    assert dump_schema(pg_dsn, schema_name, [t.name for t in data]) == rows
+    assert layout(pg_dsn, schema_name) == (migrate.CURRENT_LAYOUT, "recorded")
+
+
 def test_layouts_are_ordered_and_current_is_what_init_creates():
     assert migrate.LAYOUTS == ("1.3", "2.0", "2.1", "2.2", "2.3", "2.4")
     assert migrate.CURRENT_LAYOUT == migrate.MIGRATIONS[-1].target
