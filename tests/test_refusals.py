@@ -14,7 +14,6 @@ One damaged copy of the small production per rank count (module scope), two morn
    missing target row; its refusal is decoded (TARGETID, petal, file); the tile keeps
    its rows.
 """
-import json
 import os
 import re
 import secrets
