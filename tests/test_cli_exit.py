@@ -66,7 +66,7 @@ def reference(pg_dsn, small_production, mpiexec, tmp_path_factory):
 # --- configuration and argument errors: exit 2 -----------------------------------------
 
 @pytest.mark.parametrize("ranks", [1, 3])
-@pytest.mark.parametrize("case", ["DESI_ROOT unset", "bad --tiles"])
+@pytest.mark.parametrize("case", ["DESI_ROOT unset", "bad --tiles", "schema missing"])
 def test_configuration_errors_are_refused(case, ranks, pg_dsn, schemas, small_production,
                                           mpiexec, tmp_path):
     name, prod = schemas(), small_production[0]
@@ -75,12 +75,16 @@ def test_configuration_errors_are_refused(case, ranks, pg_dsn, schemas, small_pr
         for var in ("DESI_ROOT", "DESI_SPECTRO_REDUX", "SPECPROD"):
             env.pop(var, None)
         expect = "DESI_ROOT"
-    else:
+    elif case == "bad --tiles":
         extra, expect = ["--tiles", "100,abc"], "--tiles must be a comma-separated list"
+    else:
+        name = name + "_never_made"
+        expect = f"schema {name} does not exist; run 'specprod-db init"
     r = run(load_argv(mpiexec, ranks, name, tmp_path / "stage", *extra), env)
     assert r.returncode == 2, r.stderr
     assert len(errors(r.stderr)) == 1 and expect in r.stderr, r.stderr  # once, not per rank
-    nothing_written(pg_dsn, name)
+    if case != "schema missing":
+        nothing_written(pg_dsn, name)
 
 
 def schema_commands():
