@@ -508,7 +508,9 @@ class Tree:
 
     def _do_cut_tiles(self, how, line=None, at=0.5):
         """Damage to tiles-daily.csv: ``last`` (the file ends mid-line, no newline),
-        ``fields`` (line ``line`` loses its last fields)."""
+        ``fields`` (line ``line`` loses its last fields), ``lines`` (cut at a line
+        boundary, keeping a fraction ``at`` of the lines: a well-formed file that only
+        the mass-delete guard can catch)."""
         m = self.mock()
         path = m.layout.tiles_csv()
         with open(path, "rb") as f:
@@ -520,6 +522,10 @@ class Tree:
             last = rows[-1]
             rows[-1] = last[:max(1, int(len(last) * at))]
             data = "\n".join(rows)
+        elif how == "lines":            # cut at a line boundary: a well-formed file
+            data = "\n".join(rows[:1 + max(1, int((len(rows) - 1) * at))]) + "\n"
+            self.damage(self.rel(path), data.encode(), kind="tiles_short", how=how)
+            return f"tiles file cut after {max(1, int((len(rows) - 1) * at))} whole lines"
         else:
             k = 1 + line % (len(rows) - 1)
             parts = rows[k].split(",")
@@ -795,7 +801,7 @@ def draw(tree, rng):
         return dict(kind="truncate", file=tree.rel(path),
                     keep=round(float(rng.choice([0.0, 0.1, 0.5, 0.9, 0.99])), 2))
     if kind == "cut_tiles":
-        return dict(kind="cut_tiles", how=pick(["last", "fields"]),
+        return dict(kind="cut_tiles", how=pick(["last", "fields", "lines"]),
                     line=int(rng.integers(0, 1000)), at=round(float(rng.uniform(0.05, 0.95)), 2))
     if kind == "bad_value":
         col = pick(sorted(BAD_VALUES))
@@ -1163,7 +1169,7 @@ def run_seed(seed, steps, ranks, dsn, mpiexec, workdir, script=None, log=None,
             result.mornings.append(m)
             damages = tree.damages()
             run_a = run_load(mpiexec, ranks, dsn, schema_a, prod, stage_a, env=env)
-            if run_a.rc == 2 and "mass delete" in run_a.err.lower():
+            if run_a.rc == 2 and "--allow-mass-delete" in run_a.err:
                 dump_a = table_rows(dump_schema(dsn, schema_a))
                 if dump_a != prev_a:
                     m.findings.append("a refused mass delete changed the tables")
@@ -1197,32 +1203,57 @@ def run_seed(seed, steps, ranks, dsn, mpiexec, workdir, script=None, log=None,
     return result
 
 
+def signature(findings):
+    """What a divergence is, without its numbers: the first line of each finding with
+    digits and quoted values blurred, plus the tables that differ."""
+    out = set()
+    for f in findings:
+        lines = f.splitlines()
+        out.add(re.sub(r"'[^']*'|\d+", "_", lines[0])[:70])
+        out |= {ln.split(":")[0].strip() for ln in lines[1:] if re.match(r"  \w", ln)}
+    return out
+
+
+def _script(items):
+    """Mornings from ``[(morning, index, spec)]``: the first load, then each morning that still
+    has a spec, in order."""
+    mornings = {}
+    for step, _, spec in items:
+        mornings.setdefault(step, []).append(spec)
+    return [[]] + [mornings[k] for k in sorted(mornings) if k > 0]
+
+
 def shrink(seed, script, ranks, dsn, mpiexec, workdir, log=None, budget=40, env=None):
-    """Remove specs from a diverging ``script`` while it still diverges (one spec at a
-    time, the diverging morning last; at most ``budget`` replays). Returns the
-    smallest script found and its :class:`SeedResult`."""
+    """The smallest script found that still diverges the same way (:func:`signature`):
+    delta debugging over the changes of the mornings up to the diverging one (chunks
+    removed, halving; a morning left without changes is dropped), at most ``budget``
+    replays. Returns the script and its :class:`SeedResult`."""
     log = log or (lambda s: None)
-    best = [list(s) for s in script]
-    res = run_seed(seed, 0, ranks, dsn, mpiexec, workdir, script=best, env=env)
+    res = run_seed(seed, 0, ranks, dsn, mpiexec, workdir, script=script, env=env)
     if not res.diverged:
-        return best, res
-    best = best[:res.diverged[0].step + 1]
-    tries = 0
-    changed = True
-    while changed and tries < budget:
-        changed = False
-        for step in range(len(best)):
-            j = 0
-            while j < len(best[step]) and tries < budget:
-                cand = [list(s) for s in best]
-                del cand[step][j]
-                tries += 1
-                r = run_seed(seed, 0, ranks, dsn, mpiexec, workdir, script=cand, env=env)
-                if r.diverged:
-                    best, res = cand[:r.diverged[0].step + 1], r
-                    changed = True
-                    log(f"shrink: {sum(map(len, best))} spec(s) left")
-                else:
-                    j += 1
-    # drop empty trailing-less mornings in the middle (keep morning 0: the first load)
-    return best, res
+        return script, res
+    want = signature(res.diverged[0].findings)
+    items = [(k, j, spec) for k, specs in enumerate(script[:res.diverged[0].step + 1])
+             for j, spec in enumerate(specs)]
+    tries, n = 0, 2
+    while len(items) >= 1 and tries < budget:
+        size = max(1, len(items) // n)
+        chunks = [items[i:i + size] for i in range(0, len(items), size)]
+        for chunk in chunks:
+            gone = {(k, j) for k, j, _ in chunk}
+            cand = [x for x in items if (x[0], x[1]) not in gone]
+            tries += 1
+            r = run_seed(seed, 0, ranks, dsn, mpiexec, workdir, script=_script(cand),
+                         env=env)
+            if r.diverged and signature(r.diverged[0].findings) & want:
+                items, res = cand, r
+                n = max(n - 1, 2)
+                log(f"shrink: {len(items)} change(s) left ({tries} replays)")
+                break
+            if tries >= budget:
+                break
+        else:
+            if size == 1:
+                break
+            n = min(2 * n, len(items))
+    return _script(items), res
