@@ -28,8 +28,7 @@ def check_schema_name(name: str) -> str:
     """``name`` if PostgreSQL can hold it as a schema name unchanged, else
     :class:`~specprod_db.errors.UsageError` saying why: empty, a NUL character, longer
     than :data:`MAX_IDENTIFIER_BYTES` bytes in UTF-8 (the server would truncate it, and
-    two long names would become one schema), or ``pg_...`` (reserved by PostgreSQL).
-    Every command taking ``--schema`` checks its names with this function."""
+    two long names would become one schema).  Every command taking ``--schema`` checks its names with this function."""
     if not name:
         raise UsageError("schema name is empty")
     if "\0" in name:
@@ -40,9 +39,6 @@ def check_schema_name(name: str) -> str:
         raise UsageError(f"schema name {name!r} is {size} bytes long; PostgreSQL keeps at "
                          f"most {MAX_IDENTIFIER_BYTES} bytes of a name (it would silently "
                          f"truncate it to {cut!r})")
-    if name.lower().startswith("pg_"):
-        raise UsageError(f"schema name {name!r}: names starting with pg_ are reserved by "
-                         f"PostgreSQL")
     return name
 
 
