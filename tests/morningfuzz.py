@@ -175,8 +175,10 @@ class Tree:
             try:
                 with open(path, "rb") as f:
                     now = _sha(f.read())
+            except FileNotFoundError:
+                now = None                  # a file removed on purpose: bad is None
             except OSError:
-                now = None
+                now = "unreadable"
             if now != self.journal[rel]["bad"]:
                 del self.journal[rel]
 
@@ -184,18 +186,22 @@ class Tree:
         """Write ``bad_bytes`` over ``rel``, keeping its whole bytes to repair it;
         ``what`` (kind, expid ...) is kept for the checks of :func:`morning_check`."""
         path = self.abspath(rel)
-        with open(path, "rb") as f:
-            orig = f.read()
         kinds = []
         if rel in self.journal:                     # keep the whole bytes of the first
             orig = self.journal[rel]["orig"]
             kinds = self.journal[rel]["what"]
-        tmp = path + ".fuzz-tmp"
-        with open(tmp, "wb") as f:
-            f.write(bad_bytes)
-        os.replace(tmp, path)
-        self.journal[rel] = dict(orig=orig, bad=_sha(bad_bytes), bad_bytes=bad_bytes,
-                                 what=kinds + ([what] if what else []))
+        else:
+            with open(path, "rb") as f:
+                orig = f.read()
+        if bad_bytes is None:               # the file removed
+            os.remove(path)
+        else:
+            tmp = path + ".fuzz-tmp"
+            with open(tmp, "wb") as f:
+                f.write(bad_bytes)
+            os.replace(tmp, path)
+        self.journal[rel] = dict(orig=orig, bad=None if bad_bytes is None else _sha(bad_bytes),
+                                 bad_bytes=bad_bytes, what=kinds + ([what] if what else []))
 
     def damages(self):
         """``[(file, what)]`` of the damages in place now."""
@@ -375,7 +381,7 @@ class Tree:
     def _do_redrock(self, tile, night, how, salt=0, petals=(), rows=()):
         """Re-reduction of one LASTNIGHT directory: ``rewrite`` (new redshifts),
         ``drop`` / ``add`` petals, ``edit`` rows of one petal (Z, ZWARN), ``afterburner``
-        (a petal's emline file removed)."""
+        (a petal's emline file removed), ``afterburner_edit`` (OII_FLUX of a few rows)."""
         m = self.mock()
         d = m.layout.cumulative_dir(tile, night)
         if not os.path.isdir(d):
@@ -394,6 +400,18 @@ class Tree:
             now = self.present_petals(m, tile, night)
             self.write_redrock(m, tile, night, m.s["seed"], petals=sorted(set(now) | set(petals)))
             return f"tile {tile}: petal(s) {list(petals)} written in {night}"
+        if how == "afterburner_edit":
+            p = petals[0]
+            path = m.layout.tile_file("emline", p, tile, night)
+            if not os.path.exists(path):
+                return f"no-op: no {self.rel(path)}"
+
+            def edit_em(ext, data):
+                if ext == "EMLINEFIT" and len(data):
+                    data["OII_FLUX"][[r % len(data) for r in rows]] += 1.0
+                return data
+            rewrite_fits(path, edit_em)
+            return f"tile {tile}: emline petal {p} of {night}: OII_FLUX of rows {list(rows)} changed"
         if how == "afterburner":
             done = []
             for p in petals:
@@ -420,7 +438,9 @@ class Tree:
 
     def _do_exposure(self, tile, how, redo, expid=None, salt=0):
         """``add`` an exposure to the tile's LASTNIGHT, ``withdraw`` one (EFFTIME_SPEC
-        0), ``remove`` one from the file, ``restore`` a withdrawn one; ``redo``:
+        0), ``remove`` one from the file, ``restore`` a withdrawn one, change a
+        ``field`` (AIRMASS, SEEING_ETC, EBV, MJD or EXPTIME), drop or restore a petal's
+        ``cameras`` (its FRAMES rows); ``redo``:
         ``none`` (exposures file only), ``line`` (the tile's line recomputed), ``all``
         (and its redrock files)."""
         from specprod_db.mock import exposures as X
@@ -452,6 +472,18 @@ class Tree:
                 if len(mine) < 2:
                     return f"no-op: exposure {expid} is the tile's last"
                 m.s["exposures"].remove(e)
+            elif how == "field":               # a value recomputed, EFFTIME_SPEC kept
+                rng = np.random.default_rng([salt, 9])
+                key = ("airmass", "seeing", "ebv", "mjd", "exptime")[int(rng.integers(0, 5))]
+                e[key] = round(float(e[key]) * 1.01 + 0.001, 4)
+                how = f"field {key}"
+            elif how == "cameras":             # frames of a petal gone (or back)
+                rng = np.random.default_rng([salt, 10])
+                p = int(rng.integers(0, 10))
+                mp = set(e.get("missing_petals", []))
+                mp ^= {p}
+                e["missing_petals"] = sorted(mp)
+                how = f"cameras of petal {p} {'dropped' if p in mp else 'back'}"
             what = f"exposure {expid} {how}"
         if redo in ("line", "all"):
             if not any(x["efftime"] > 0 for x in m.s["exposures"] if x["tileid"] == tile) \
@@ -513,6 +545,8 @@ class Tree:
         the mass-delete guard can catch)."""
         m = self.mock()
         path = m.layout.tiles_csv()
+        if not os.path.exists(path):
+            return "no-op: no tiles CSV"
         with open(path, "rb") as f:
             text = f.read().decode()
         rows = text.splitlines()
@@ -549,6 +583,8 @@ class Tree:
         text = [TL._fmt(line[c]) for c in TL.COLUMNS]
         text[TL.COLUMNS.index(column)] = value
         path = m.layout.tiles_csv()
+        if not os.path.exists(path):
+            return "no-op: no tiles CSV"
         with open(path, "rb") as f:
             data = f.read()
         if not data.endswith(b"\n"):
@@ -596,6 +632,16 @@ class Tree:
         return self._do_line(tile, set={"LASTNIGHT": night}, updated=updated,
                              how="append") + f"; {self.rel(dst)} holds tile {other}'s files"
 
+    def _do_fits_only(self):
+        """tiles-daily.csv removed: the loader reads tiles-daily.fits (astropy's copy of
+        the CSV, int64 integers) until the next tiles write."""
+        m = self.mock()
+        path = m.layout.tiles_csv()
+        if not os.path.exists(path) or not os.path.exists(m.layout.tiles_fits()):
+            return "no-op: no CSV or no FITS tiles file"
+        self.damage(self.rel(path), None, kind="fits_only")
+        return "tiles-daily.csv removed (the FITS file is read)"
+
     def _do_repair(self, file):
         if file not in self.journal:
             return f"no-op: {file} not damaged (or rewritten since)"
@@ -634,7 +680,7 @@ KINDS = {
     "advance": 14, "line_field": 14, "line_lastnight": 6, "line_withdraw": 6,
     "line_return": 5, "line_updated": 5, "line_duplicate": 4, "line_stale": 4,
     "remove": 2, "reobserve": 5, "redrock": 9, "exposure": 7, "fiberassign": 3,
-    "truncate": 5, "cut_tiles": 3, "bad_value": 3, "nan_exposure": 2, "foreign_dir": 2,
+    "fits_only": 2, "truncate": 5, "cut_tiles": 3, "bad_value": 3, "nan_exposure": 2, "foreign_dir": 2,
     "repair": 0,          # weight: 4 per damaged file
 }
 FIELD_CHOICES = ["PROGRAM", "PROGRAM", "SURVEY", "FAPRGRM", "FAFLAVOR", "OBSSTATUS",
@@ -751,7 +797,7 @@ def draw(tree, rng):
         return dict(kind="reobserve", tile=pick(cand), night=night,
                     salt=int(rng.integers(0, 2**31)))
     if kind == "redrock":
-        how = pick(["rewrite", "drop", "add", "edit", "afterburner"])
+        how = pick(["rewrite", "drop", "add", "edit", "afterburner", "afterburner_edit"])
         present = tree.present_petals(m, tid, cur["LASTNIGHT"])
         if how == "drop" and present:
             k = int(rng.integers(1, 3))
@@ -766,7 +812,7 @@ def draw(tree, rng):
                     rows=sorted(int(x) for x in rng.integers(0, 50, 3)))
     if kind == "exposure":
         mine = [e["expid"] for e in m.s["exposures"] if e["tileid"] == tid]
-        how = pick(["add", "add", "withdraw", "remove", "restore"])
+        how = pick(["add", "add", "withdraw", "remove", "restore", "field", "cameras"])
         withdrawn = [e["expid"] for e in m.s["exposures"] if "fuzz_efftime" in e]
         if how == "restore" and withdrawn:
             e = pick(withdrawn)
@@ -820,6 +866,8 @@ def draw(tree, rng):
                         cur["LASTNIGHT"], int) else night)), updated=upd())
     if kind == "repair":
         return dict(kind="repair", file=pick(sorted(tree.journal)))
+    if kind == "fits_only":
+        return dict(kind="fits_only")
     raise ValueError(kind)
 
 
