@@ -161,3 +161,11 @@ def test_errors_are_one_line_on_stderr(pg_dsn):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [
         "specprod-db: schema no_such_schema_here does not exist"], r.stderr
+
+
+def test_mock_refusal_is_on_stderr(tmp_path):
+    out = tmp_path / "static"
+    assert script(["mock", out, "--small", "--static", "fuji", "--tiles", "2"]).returncode == 0
+    r = script(["mock", out, "--advance"])
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("specprod-db mock: "), r.stderr

@@ -196,8 +196,8 @@ def _closed_cause(conn, text):
     (the server started after ``conn`` was opened), or the idle timeout matching what the
     session was doing (in a transaction or not)."""
     dsn = getattr(conn, "conninfo", None)
-    if dsn is None:
-        dsn = resolve_dsn()
+    if dsn is None:  # not one of ours: which server it was is unknown
+        return text
     try:
         probe = psycopg2.connect(dsn, connect_timeout=5,
                                  application_name="specprod-db (why was the connection lost)")

@@ -1,4 +1,5 @@
 """``specprod-db mock OUTDIR``: write or advance a mock DESI daily production."""
+import sys
 import time
 
 
@@ -38,7 +39,7 @@ def run(args):
             s = advance_production(args.outdir, new_tiles=args.new_tiles,
                                    reobserve=args.reobserve, withdraw=args.withdraw)
         except ValueError as err:  # a static production
-            print(f"specprod-db mock: {err}")
+            print(f"specprod-db mock: {err}", file=sys.stderr)
             return 2
     else:
         s = make_production(args.outdir, tiles=args.tiles, seed=args.seed, small=args.small,
