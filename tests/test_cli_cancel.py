@@ -36,9 +36,9 @@ def errors(stderr):
         r"(\[rank \d+/\d+\] )?(DEBUG|INFO|WARNING|ERROR|CRITICAL):", line)]
 
 
-def start_load(mpiexec, ranks, name, stage, env):
+def start_load(mpiexec, ranks, name, stage, env, *extra):
     return subprocess.Popen([mpiexec, "-n", str(ranks), SCRIPT, "load", "--schema", name,
-                             "--stage-dir", str(stage)], env=env, text=True,
+                             "--stage-dir", str(stage), *extra], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -100,20 +100,22 @@ def rerun_converges(mpiexec, ranks, pg_dsn, name, prod, stage, reference):
     assert dump_schema(pg_dsn, name) == reference
 
 
-@pytest.mark.parametrize("ranks", [1, 3])
-def test_statement_timeout(ranks, pg_dsn, schemas, small_production, mpiexec, tmp_path,
-                           reference):
+@pytest.mark.parametrize("ranks, extra", [(1, []), (3, []), (4, ["--writers", "2"])])
+def test_statement_timeout(ranks, extra, pg_dsn, schemas, small_production, mpiexec,
+                           tmp_path, reference):
+    """With --writers 2 the writer ranks' statements are cancelled: the run stops too."""
     name, prod, stage = schemas(), small_production[0], tmp_path / "stage"
     lock = TableLock(pg_dsn, name)
     try:
         env = mock_env(prod, SPECPROD_DB_DSN=pg_dsn,
                        PGOPTIONS="-c statement_timeout=1500")
-        proc = start_load(mpiexec, ranks, name, stage, env)
+        proc = start_load(mpiexec, ranks, name, stage, env, *extra)
         out, err = finish(proc)
     finally:
         lock.release()
     line = assert_stopped(proc, out, err, "statement_timeout = 1500ms expired", pg_dsn, name)
-    assert "statement cancelled by the server while writing tile 100" in line
+    assert re.search(r"statement cancelled by the server while writing tile "
+                     + ("100:" if not extra else r"\d+:"), line), line
     rerun_converges(mpiexec, ranks, pg_dsn, name, prod, stage, reference)
 
 
