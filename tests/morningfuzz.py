@@ -691,8 +691,13 @@ BAD_VALUES = {"EFFTIME_SPEC": ["", "nan", "inf", "-nan", "abc"],
               "LASTNIGHT": ["", "20241399", "2024110", "20240230", "x"],
               "UPDATED": ["2024-02-30T08:00:00-0800", "2024-11-02T99:00:00-0700",
                           "2024-11-02T08:20:57.1234567-0700", "yesterday"],
-              "PROGRAM": ["", "d\u00f6rk"], "SURVEY": ["", "m\u00e4in"],
-              "TILEID": ["", "12x"]}
+              "PROGRAM": ["d\u00f6rk", "darkbrightbackup"], "SURVEY": ["", "m\u00e4in"],
+              "TILEID": ["", "12x"], "FAFLAVOR": [""], "OBSSTATUS": ["", "obs\x01end"],
+              "NEXP": ["1.5", "x"]}
+#: Values a line may hold (doc/daily.md "A bad line"): an empty PROGRAM (desispec#2251,
+#: taken from FAFLAVOR), NaN or blank in a float column the plan does not read.
+ODD_BUT_VALID = {"PROGRAM": [""], "EFFTIME_ETC": ["nan", ""], "EFFTIME_GFA": ["nan"],
+                 "LRG_EFFTIME_DARK": [""], "EXPTIME": ["nan"]}
 
 
 def _other(rng, choices, current):
@@ -728,7 +733,9 @@ def draw(tree, rng):
     if kind == "line_field":
         col = pick(FIELD_CHOICES)
         v = cur[col]
-        if col == "PROGRAM" or col == "FAPRGRM":
+        if col in ODD_BUT_VALID and rng.uniform() < 0.25:
+            v = pick(ODD_BUT_VALID[col])
+        elif col == "PROGRAM" or col == "FAPRGRM":
             v = _other(rng, PROGRAMS, v)
         elif col == "SURVEY":
             v = _other(rng, SURVEYS, v)
@@ -745,7 +752,10 @@ def draw(tree, rng):
         elif col == "EFFTIME_SPEC" and not float(v) > 0:
             v = 100.0
         else:
-            v = round(float(v) * float(rng.uniform(0.8, 1.2)) + 0.5, 1)
+            try:
+                v = round(float(v) * float(rng.uniform(0.8, 1.2)) + 0.5, 1)
+            except ValueError:                  # an odd value before: a number again
+                v = 1.5
         return dict(kind="line", tile=tid, set={col: v}, updated=upd("any"),
                     how=pick(["append", "replace"]))
     if kind == "line_lastnight":
