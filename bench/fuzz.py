@@ -81,8 +81,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, action="append", default=[],
                     help="run this seed (repeatable)")
     ap.add_argument("--steps", type=int, default=12, help="mornings per seed (default 12)")
-    ap.add_argument("--ranks", default="1,3",
-                    help="ranks of the morning loads, cycled over the seeds (default 1,3)")
+    ap.add_argument("--ranks", default="1,3,1,3,4w2",
+                    help="ranks of the morning loads, cycled over the seeds; NwK: N ranks "
+                         "with --writers K (default 1,3,1,3,4w2)")
     ap.add_argument("--workdir", default="/tmp/specprod-fuzz")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "fuzz.md"))
     ap.add_argument("--shrink", action="store_true", help="shrink each divergence")
@@ -96,7 +97,10 @@ def main(argv=None):
         seeds += list(range(args.first, args.first + args.seeds))
     if not seeds:
         seeds = list(range(1, 11))
-    ranks = [int(r) for r in args.ranks.split(",")]
+    ranks = []
+    for r in args.ranks.split(","):
+        n, _, k = r.partition("w")
+        ranks.append((int(n), ("--writers", k) if k else ()))
     env = {"PYTHONPATH": args.pythonpath} if args.pythonpath else None
     dsn, mpi = server(), mpiexec()
     log = lambda s: print(s, file=sys.stderr, flush=True)   # noqa: E731
@@ -104,15 +108,15 @@ def main(argv=None):
     started = datetime.datetime.now(datetime.timezone.utc)
     results, shrunk = [], {}
     for i, seed in enumerate(seeds):
-        r = ranks[i % len(ranks)]
+        r, load_args = ranks[i % len(ranks)]
         res = F.run_seed(seed, args.steps, r, dsn, mpi, args.workdir, log=log, env=env,
-                         stop_at_divergence=not args.keep_going)
+                         stop_at_divergence=not args.keep_going, load_args=load_args)
         results.append(res)
         if res.diverged:
             log(res.report())
             if args.shrink:
                 best, sres = F.shrink(seed, res.script(), r, dsn, mpi, args.workdir,
-                                      log=log, env=env)
+                                      log=log, env=env, load_args=load_args)
                 shrunk[seed] = (best, sres)
                 log("shrunk:\n" + sres.report() + "\nscript: " + json.dumps(best))
     elapsed = time.time() - t0
@@ -153,7 +157,8 @@ def write_report(args, results, shrunk, elapsed, started):
     if not div:
         lines.append("None.")
     for r, m in div:
-        lines.append(f"* seed {r.seed}, morning {m.step} ({r.ranks} rank(s)):")
+        lines.append(f"* seed {r.seed}, morning {m.step} ({r.ranks} rank(s)"
+                     f"{' ' + ' '.join(r.load_args) if r.load_args else ''}):")
         for f in m.findings:
             first = f.splitlines()
             lines.append("  " + first[0])
@@ -184,7 +189,8 @@ def write_report(args, results, shrunk, elapsed, started):
     with open(js, "w") as f:
         json.dump(dict(started=started.isoformat(), seconds=elapsed, commit=commit(),
                        steps=args.steps, ranks=args.ranks,
-                       seeds=[dict(seed=r.seed, ranks=r.ranks, mornings=len(r.mornings),
+                       seeds=[dict(seed=r.seed, ranks=r.ranks, load_args=r.load_args,
+                                   mornings=len(r.mornings),
                                    diverged=[m.step for m in r.diverged],
                                    findings=[f for m in r.diverged for f in m.findings],
                                    script=r.script() if r.diverged else None)

@@ -1078,6 +1078,7 @@ class SeedResult:
     seed: int
     ranks: int
     mornings: list = field(default_factory=list)
+    load_args: list = field(default_factory=list)
 
     @property
     def diverged(self):
@@ -1089,7 +1090,7 @@ class SeedResult:
 
     def report(self, upto=None):
         """Seed, morning, the changes applied, and the findings."""
-        out = [f"seed {self.seed}, {self.ranks} rank(s):"]
+        out = [f"seed {self.seed}, {self.ranks} rank(s) {' '.join(self.load_args)}:"]
         for m in self.mornings[:upto]:
             out.append(f" morning {m.step}: A exit {m.rc_a}, B exit {m.rc_b}, held back "
                        f"A {sorted(m.held_a)} B {sorted(m.held_b)} ({m.seconds:.1f} s)")
@@ -1181,7 +1182,7 @@ def morning_check(m, run_a, run_b, prev_a, dump_a, dump_b, damages=()):
 
 
 def run_seed(seed, steps, ranks, dsn, mpiexec, workdir, script=None, log=None,
-             stop_at_divergence=True, base=None, env=None):
+             stop_at_divergence=True, base=None, env=None, load_args=()):
     """Fuzz ``steps`` mornings of seed ``seed`` (or replay ``script``: one list of specs
     per morning, morning 0 being the first load); returns a :class:`SeedResult`.
 
@@ -1189,7 +1190,8 @@ def run_seed(seed, steps, ranks, dsn, mpiexec, workdir, script=None, log=None,
     ``fz<hex>_a`` / ``_b`` are dropped at the end. ``base``: a production to copy instead
     of making one (it must be ``make_production(small=True, seed=seed)``'s). ``env``:
     added to the environment of ``init`` and the loads (``PYTHONPATH`` of another
-    checkout's ``py/``, to run the fuzzer against older code)."""
+    checkout's ``py/``, to run the fuzzer against older code). ``load_args``: more
+    options of the morning loads (``--writers 2`` ...)."""
     from specprod_db.mock import make_production
     log = log or (lambda s: None)
     os.makedirs(workdir, exist_ok=True)
@@ -1205,7 +1207,7 @@ def run_seed(seed, steps, ranks, dsn, mpiexec, workdir, script=None, log=None,
     tag = "fz" + secrets.token_hex(4)
     schema_a, schema_b = tag + "_a", tag + "_b"
     stage_a = os.path.join(workdir, f"stage-{tag}-a")
-    result = SeedResult(seed, ranks)
+    result = SeedResult(seed, ranks, load_args=list(load_args))
     init(dsn, schema_a, env)
     prev_a = table_rows(dump_schema(dsn, schema_a))
     total = len(script) if script is not None else steps + 1
@@ -1226,14 +1228,15 @@ def run_seed(seed, steps, ranks, dsn, mpiexec, workdir, script=None, log=None,
             m = Morning(step, specs)
             result.mornings.append(m)
             damages = tree.damages()
-            run_a = run_load(mpiexec, ranks, dsn, schema_a, prod, stage_a, env=env)
+            run_a = run_load(mpiexec, ranks, dsn, schema_a, prod, stage_a, *load_args,
+                             env=env)
             if run_a.rc == 2 and "--allow-mass-delete" in run_a.err:
                 dump_a = table_rows(dump_schema(dsn, schema_a))
                 if dump_a != prev_a:
                     m.findings.append("a refused mass delete changed the tables")
                 m.notes.append("mass delete refused; run again with --allow-mass-delete")
                 run_a = run_load(mpiexec, ranks, dsn, schema_a, prod, stage_a,
-                                 "--allow-mass-delete", env=env)
+                                 *load_args, "--allow-mass-delete", env=env)
             dump_a = table_rows(dump_schema(dsn, schema_a))
             run_b = dump_b = None
             if run_a.rc in (0, 1):
@@ -1281,13 +1284,15 @@ def _script(items):
     return [[]] + [mornings[k] for k in sorted(mornings) if k > 0]
 
 
-def shrink(seed, script, ranks, dsn, mpiexec, workdir, log=None, budget=40, env=None):
+def shrink(seed, script, ranks, dsn, mpiexec, workdir, log=None, budget=40, env=None,
+           load_args=()):
     """The smallest script found that still diverges the same way (:func:`signature`):
     delta debugging over the changes of the mornings up to the diverging one (chunks
     removed, halving; a morning left without changes is dropped), at most ``budget``
     replays. Returns the script and its :class:`SeedResult`."""
     log = log or (lambda s: None)
-    res = run_seed(seed, 0, ranks, dsn, mpiexec, workdir, script=script, env=env)
+    res = run_seed(seed, 0, ranks, dsn, mpiexec, workdir, script=script, env=env,
+                   load_args=load_args)
     if not res.diverged:
         return script, res
     want = signature(res.diverged[0].findings)
@@ -1302,7 +1307,7 @@ def shrink(seed, script, ranks, dsn, mpiexec, workdir, log=None, budget=40, env=
             cand = [x for x in items if (x[0], x[1]) not in gone]
             tries += 1
             r = run_seed(seed, 0, ranks, dsn, mpiexec, workdir, script=_script(cand),
-                         env=env)
+                         env=env, load_args=load_args)
             if r.diverged and signature(r.diverged[0].findings) & want:
                 items, res = cand, r
                 n = max(n - 1, 2)
