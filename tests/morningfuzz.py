@@ -36,7 +36,8 @@ fresh load's.
 * A exits 0: H_A must be empty, and A equals B exactly.
 * A exits 1: every tile of H_A is named (its TILEID in the run's stdout or stderr) with
   a non-empty reason; exit 1 with nothing held back is allowed only when the run
-  reports a damaged tiles file (a bad line whose TILEID cannot be read).
+  reports a damaged tiles file (a bad line whose TILEID cannot be read). The same two
+  rules hold for the fresh load B.
 * A exits 2 (the run refused to start): A must be unchanged from the morning before and
   the refusal said on stderr; B is not loaded (nothing to compare with a run that did
   nothing).
@@ -204,9 +205,21 @@ class Tree:
                                  bad_bytes=bad_bytes, what=kinds + ([what] if what else []))
 
     def damages(self):
-        """``[(file, what)]`` of the damages in place now."""
+        """``[(file, what)]`` of the damages in place now (a bad tiles line only while
+        the file still holds it: a later cut may have taken it away)."""
         self.refresh_journal()
-        return [(rel, w) for rel, ent in sorted(self.journal.items()) for w in ent["what"]]
+        out = []
+        for rel, ent in sorted(self.journal.items()):
+            for w in ent["what"]:
+                if w.get("kind") == "tiles":
+                    text = (ent["bad_bytes"] or b"").decode("utf-8", "replace")
+                    if "tail" in w and not (text.endswith(w["tail"]) and
+                                            not text.endswith("\n")):
+                        continue
+                    if "line" in w and w["line"] not in text.split("\n"):
+                        continue
+                out.append((rel, w))
+        return out
 
     def restore(self, rel):
         ent = self.journal.pop(rel)
@@ -255,6 +268,19 @@ class Tree:
     def petal_files(self, m, tid, night, petal):
         d = m.layout.cumulative_dir(tid, night)
         return sorted(glob.glob(os.path.join(d, f"*-{petal}-{tid}-thru{night}.fits")))
+
+    def broken_tiles(self, m):
+        """Tiles whose winning line names a LASTNIGHT directory without redrock files
+        of the tile (a line moved to a night not reduced, a foreign directory)."""
+        out = []
+        for tid in sorted({l["TILEID"] for l in m.s["lines"]}):
+            line = m.s["lines"][winner(m.s["lines"], tid)]
+            night = line["LASTNIGHT"]
+            if isinstance(night, int) and float(line["EFFTIME_SPEC"]) > 0 and \
+                    any(e["tileid"] == tid for e in m.s["exposures"]) and \
+                    not self.present_petals(m, tid, night):
+                out.append(tid)
+        return out
 
     def nights_of(self, m, tid):
         """The tile's cumulative directories (nights), sorted."""
@@ -333,15 +359,13 @@ class Tree:
         return f"tile {tile}: line {'replaced' if how == 'replace' else 'appended'} with {set or {}} UPDATED {line['UPDATED']!r}"
 
     def _do_recompute(self, tile, updated, how="append"):
-        """The tile's line recomputed from its exposures (EFFTIME_SPEC back, NEXP ...)."""
+        """The tile's line recomputed from its exposures, as the pipeline writes it
+        (EFFTIME_SPEC back, LASTNIGHT its last good night, NEXP ...)."""
         from specprod_db.mock import tiles as TL
         m = self.mock()
         if not any(e["tileid"] == tile for e in m.s["exposures"]):
             return f"no-op: tile {tile} has no exposures"
         line = TL.tile_line(m.tile(tile), m.s["exposures"], updated)
-        i = winner(m.s["lines"], tile)
-        if i is not None and "LASTNIGHT" in m.s["lines"][i]:
-            line["LASTNIGHT"] = m.s["lines"][i]["LASTNIGHT"]      # the same directory
         put_line(m.s["lines"], line, how)
         self.write_tiles(m)
         self.save(m)
@@ -554,8 +578,10 @@ class Tree:
             return "no-op: tiles file too short"
         if how == "last":
             last = rows[-1]
-            rows[-1] = last[:max(1, int(len(last) * at))]
+            rows[-1] = bad = last[:max(1, int(len(last) * at))]
             data = "\n".join(rows)
+            self.damage(self.rel(path), data.encode(), kind="tiles", how=how, tail=bad)
+            return f"damaged: tiles file cut (last line, at {at:.2f})"
         elif how == "lines":            # cut at a line boundary: a well-formed file
             data = "\n".join(rows[:1 + max(1, int((len(rows) - 1) * at))]) + "\n"
             self.damage(self.rel(path), data.encode(), kind="tiles_short", how=how)
@@ -565,7 +591,7 @@ class Tree:
             parts = rows[k].split(",")
             rows[k] = ",".join(parts[:max(1, int(len(parts) * at))])
             data = "\n".join(rows) + "\n"
-        self.damage(self.rel(path), data.encode(), kind="tiles", how=how)
+        self.damage(self.rel(path), data.encode(), kind="tiles", how=how, line=rows[k])
         return f"damaged: tiles file cut ({how}, at {at:.2f})"
 
     def _do_bad_value(self, tile, column, value, updated=None):
@@ -590,7 +616,7 @@ class Tree:
         if not data.endswith(b"\n"):
             data += b"\n"
         self.damage(self.rel(path), data + (",".join(text) + "\n").encode(), kind="tiles",
-                    how=f"{column}={value!r}")
+                    how=f"{column}={value!r}", line=",".join(text))
         return f"damaged: tile {tile} line with {column}={value!r}"
 
     def _do_nan_exposure(self, expid):
@@ -682,6 +708,7 @@ KINDS = {
     "remove": 2, "reobserve": 5, "redrock": 9, "exposure": 7, "fiberassign": 3,
     "fits_only": 2, "truncate": 5, "cut_tiles": 3, "bad_value": 3, "nan_exposure": 2, "foreign_dir": 2,
     "repair": 0,          # weight: 4 per damaged file
+    "heal": 0,            # weight: 4 per tile whose line names a directory without its files
 }
 FIELD_CHOICES = ["PROGRAM", "PROGRAM", "SURVEY", "FAPRGRM", "FAFLAVOR", "OBSSTATUS",
                  "GOALTYPE", "NEXP", "EXPTIME", "GOALTIME", "TILERA", "TILEDEC",
@@ -710,7 +737,8 @@ def draw(tree, rng):
     m = tree.mock()
     lines = m.s["lines"]
     tiles = sorted({l["TILEID"] for l in lines})
-    weights = dict(KINDS, repair=4 * len(tree.journal))
+    broken = tree.broken_tiles(m)
+    weights = dict(KINDS, repair=4 * len(tree.journal), heal=4 * len(broken))
     if not tiles:
         weights = {"advance": 1}
     kinds = list(weights)
@@ -761,8 +789,11 @@ def draw(tree, rng):
     if kind == "line_lastnight":
         back = [d for d in tree.nights_of(m, tid) if d != cur["LASTNIGHT"]]
         from specprod_db.mock.production import next_night
-        if back and rng.uniform() < 0.6:
+        u = rng.uniform()
+        if back and u < 0.7:
             v = pick(back)                                     # another real directory
+        elif not back and u < 0.6:                             # nothing to go back to
+            return dict(kind="line", tile=tid, set={}, updated=upd("any"), how="append")
         elif rng.uniform() < 0.5:
             v = next_night(int(cur["LASTNIGHT"]))              # forwards, no directory
         else:
@@ -876,6 +907,8 @@ def draw(tree, rng):
                         cur["LASTNIGHT"], int) else night)), updated=upd())
     if kind == "repair":
         return dict(kind="repair", file=pick(sorted(tree.journal)))
+    if kind == "heal":          # the pipeline writes the tile's line again
+        return dict(kind="recompute", tile=pick(broken), updated=upd(), how="append")
     if kind == "fits_only":
         return dict(kind="fits_only")
     raise ValueError(kind)
@@ -1158,6 +1191,12 @@ def morning_check(m, run_a, run_b, prev_a, dump_a, dump_b, damages=()):
     if run_b.rc not in (0, 1):
         m.findings.append(f"fresh load: unexpected exit:\n{run_b.tail()}")
         return
+    text_b = run_b.out + "\n" + run_b.err
+    if run_b.rc == 0 and run_b.held:
+        m.findings.append(f"fresh load: exit 0 but tiles held back: {sorted(run_b.held)}")
+    if run_b.rc == 1 and not run_b.held and "tiles file damaged" not in text_b:
+        m.findings.append("fresh load: exit 1 but no tile held back and no damaged tiles "
+                          "file reported:\n" + run_b.tail())
     excluded = set(run_a.held) | set(run_b.held)
     diffs = compare(dump_a, dump_b, excluded)
     if diffs:

@@ -76,6 +76,25 @@ def test_known(pg_dsn, mpiexec, tmp_path):
         and 60000 in held[6], result.report()
 
 
+#: Divergences found and not fixed yet: (why, seed, ranks, script). Each runs as a strict
+#: xfail: once fixed it XPASSes, which fails the run until it moves to KNOWN.
+OPEN = [
+    # make_production(small, seed=302): petal 0 of backup tile 40000 holds 15 fibres, all
+    # sky or unassigned; read_petal keeps no row and reshapes COEFF of 0 rows -> ValueError
+    ("a petal without a non-sky row is an internal error (extract/redshift.read_petal)",
+     302, 1, [[]]),
+]
+
+
+@pytest.mark.parametrize("why,seed,ranks,script", [
+    pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason=case[0]),
+                 id=f"seed{case[1]}") for case in OPEN])
+def test_open(why, seed, ranks, script, pg_dsn, mpiexec, tmp_path):
+    result = F.run_seed(seed, 0, ranks, pg_dsn, mpiexec, str(tmp_path), script=script)
+    if result.diverged:
+        _fail(result, why)
+
+
 #: (seed, ranks, mornings) of the short run of ``make test`` (~60 s together).
 DEFAULT = [(1, 1, 6), (2, 3, 4)]
 
