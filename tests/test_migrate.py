@@ -511,3 +511,31 @@ def test_not_a_production_schema_is_refused(pg_dsn, schema_name, capsys):
     assert "not a production schema" in capsys.readouterr().err
     assert main(["migrate", "--schema", schema_name + "x", "--db", pg_dsn]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_server_stop_during_a_migration_is_exit_3(pg_dsn, schema_name):
+    """The database stopping a migration (here lock_timeout, while another session holds
+    frame) is exit 3 naming the cause and the setting, rolled back (layout 2.3 still),
+    not "migration failed" (exit 1); the same command later goes ahead."""
+    import os
+    build_layout_2_3(pg_dsn, schema_name)
+    fill(pg_dsn, schema_name, [t for t in LAYOUT_2_3 if not t.bookkeeping])
+    record(pg_dsn, schema_name, "2.3")
+    holder = psycopg2.connect(pg_dsn)
+    try:
+        with holder.cursor() as cur:
+            cur.execute(f'LOCK TABLE "{schema_name}".frame IN ACCESS EXCLUSIVE MODE')
+        r = subprocess.run(CLI + ["migrate", "--schema", schema_name, "--db", pg_dsn],
+                           capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, PGOPTIONS="-c lock_timeout=300"))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert r.returncode == 3, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert "lock_timeout" in err and "migrating schema" in err, r.stderr
+    assert "Traceback" not in r.stderr
+    assert layout(pg_dsn, schema_name) == ("2.3", "recorded")
+    assert not FRAME_INDEXES_V2_4 & set(catalog(pg_dsn, schema_name)["indexes"])
+    assert migrate_cli(pg_dsn, schema_name).returncode == 0
+    assert layout(pg_dsn, schema_name) == ("2.4", "recorded")

@@ -507,7 +507,12 @@ def migrate(conn, schema_name, dry_run=False):
                 db.record_layout(cur, schema_name, m.target)
             conn.commit()
         except Exception as err:
-            conn.rollback()
+            stop = db.server_stop(err, conn, f"migrating schema {schema_name} from layout "
+                                  f"{m.source} to {m.target} (rolled back)")
+            if not conn.closed:
+                conn.rollback()
+            if stop is not None:  # the database stopping the work: exit 3, not a failure
+                raise stop from None
             from .errors import one_line
             raise MigrationFailed(
                 f"migration of schema {schema_name} from layout {m.source} to {m.target} "
