@@ -497,3 +497,30 @@ def test_tiles_file_symlink_recorded(pg_dsn, schemas, copy_production, mpirun, t
     out = r.stdout + r.stderr
     assert f"tiles file {link} is {real}" in out
     assert f"tiles file: {link} -> {real} ({len(data)} bytes, sha256 " in r.stdout
+
+
+def test_suspended_delete_of_a_failed_tile_is_recorded(pg_dsn, schemas, copy_production,
+                                                       mpirun, tmp_path):
+    """1001 fails its UPDATE and keeps its older rows; then it is withdrawn in a damaged
+    tiles file: its delete is suspended (SKIP), and, as for a loaded tile, the SKIP is
+    in its history and among the pending tiles of ``status`` (both looked at status
+    ``loaded`` only, so the tile holding rows went unrecorded)."""
+    prod = copy_production()
+    name = schemas()
+    stage = tmp_path / "stage"
+    load(mpirun, 1, pg_dsn, name, prod, stage)
+    edit_tiles_csv(prod, _set({1001: {"LASTNIGHT": "20241105"}}))
+    assert load(mpirun, 1, pg_dsn, name, prod, stage, check=False).returncode == 1
+    assert tile_state(pg_dsn, name)[1001][0] == "failed"
+    edit_tiles_csv(prod, _set({1001: {"EFFTIME_SPEC": "0.0", "LASTNIGHT": "20241105"},
+                               40000: {"EFFTIME_SPEC": "nan"}}))
+    r = load(mpirun, 1, pg_dsn, name, prod, stage, check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 1001 in tiles_of(pg_dsn, name)
+    rows = query(pg_dsn, f'SELECT action, outcome, reason FROM "{name}".tile_history '
+                         f'WHERE tileid = 1001 ORDER BY id DESC LIMIT 1')
+    assert rows[0][:2] == ("SKIP", "skipped") and "deletes suspended" in rows[0][2], rows
+    code, report = _status(pg_dsn, name, prod)
+    assert code == 1
+    pending = {p["tileid"]: p for p in report["tiles"]["pending"]}
+    assert pending[1001]["action"] == "SKIP", report["tiles"]["pending"]

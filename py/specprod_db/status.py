@@ -40,7 +40,7 @@ def pending(opts):
     (a :class:`specprod_db.pipeline.Options`), as dicts; or ``(None, why)`` when they
     cannot be known (tiles file unreachable, a load running ...)."""
     from .pipeline import Run
-    from .plan import SKIP, UNCHANGED
+    from .plan import SKIP, UNCHANGED, holds_rows
     run = Run(opts)
     try:
         run.plan()
@@ -50,7 +50,7 @@ def pending(opts):
         run.close()
     out = []
     for a in run.actions:
-        held = (run.state.get(a.tileid) or {}).get("status") == "loaded"
+        held = holds_rows(run.state.get(a.tileid))
         if a.action == UNCHANGED or (a.action == SKIP and not held):
             continue
         out.append({"tileid": a.tileid, "action": a.action, "reason": a.reason})

@@ -462,10 +462,12 @@ def record_failure(conn, schema_name, tileid, message, run_id, internal=False, a
 
 def record_skip(conn, schema_name, action, run_id, state=None):
     """History of a SKIP of a tile the database holds (``state``: its ``tile_state`` as
-    the planner read it, status ``loaded``): a delete refused (``--no-delete``) or
-    suspended (damaged tiles file).  Any other action, or a SKIP of a tile not loaded
-    (EFFTIME_SPEC <= 0, never loaded), records nothing and costs nothing."""
-    if action.action != "SKIP" or not state or state.get("status") != "loaded":
+    the planner read it, holding rows: loaded, or failed with its older rows kept,
+    :func:`specprod_db.plan.holds_rows`): a delete refused (``--no-delete``) or
+    suspended (damaged tiles file).  Any other action, or a SKIP of a tile holding no
+    rows (EFFTIME_SPEC <= 0, never loaded), records nothing and costs nothing."""
+    from .plan import holds_rows
+    if action.action != "SKIP" or not holds_rows(state):
         return
     with transaction(conn) as cur:
         record_history(cur, schema_name, run_id, action.tileid, action.action, action.reason,
