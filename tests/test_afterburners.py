@@ -287,3 +287,36 @@ def test_extraction_rules(copy_production):
     with pytest.raises(InputError, match=rf"tile {tileid}: .*{os.path.basename(qn)}: "
                                          "cannot be read"):
         afterburner.afterburner_rows(paths, tileid, night, info["files"], z)
+
+
+def test_a_petal_of_sky_fibres_only(copy_production):
+    """A petal whose every fibre is sky or unassigned (TARGETID < 0: found by the
+    fuzzer, seed 302, a small backup tile) loads no row from that petal and the others'
+    rows as before; it was an internal error (reshape of COEFF with 0 rows)."""
+    prod = copy_production()
+    paths = _paths(prod)
+    from specprod_db.extract import tile as tile_extract
+    table, _, _ = tile_extract.read_tiles_file(paths.tiles())
+    line = next(ln for ln in table if ln["EFFTIME_SPEC"] > 0)
+    tileid, night = int(line["TILEID"]), int(line["LASTNIGHT"])
+    survey, program = str(line["SURVEY"]), str(line["PROGRAM"])
+    z, info = redshift.ztile_rows(paths, tileid, night, survey, program)
+    petal = sorted(info["files"])[0]
+    path = info["files"][petal]
+    with fitsio.FITS(path) as fx:
+        from_petal = set(fx["REDSHIFTS"].read(columns=["TARGETID"])["TARGETID"].tolist())
+
+    def unassigned(d):
+        d = d.copy()
+        d["TARGETID"] = -1 - np.arange(len(d))
+        return d
+    for ext in ("REDSHIFTS", "FIBERMAP", "EXP_FIBERMAP", "TSNR2"):
+        rewrite(path, ext, unassigned)
+    for prefix, ext in (("emline", "EMLINEFIT"), ("qso_mgii", "MGII"), ("qso_qn", "QN_RR")):
+        rewrite(paths.redrock_file(tileid, night, petal, prefix=prefix), ext, unassigned)
+    got, info = redshift.ztile_rows(paths, tileid, night, survey, program)
+    keep = ~np.isin(z["targetid"], list(from_petal))
+    assert len(got) == keep.sum() < len(z)
+    assert got.tobytes() == z[keep].tobytes()
+    rows, _ = afterburner.afterburner_rows(paths, tileid, night, info["files"], got)
+    assert all(len(rows[t]) == len(got) for t in TABLES)

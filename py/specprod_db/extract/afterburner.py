@@ -119,7 +119,7 @@ def read_afterburner(path, table, hdu, columns, tileid, targetids, zt_sorted, zi
             "targetid": targetid, "tileid": tileid}
     for c in columns:
         if c == "COEFF_NEW":
-            coeff = np.asarray(data[c]).reshape(n, -1)
+            coeff = np.asarray(data[c]).reshape(n, -1) if n else np.zeros((0, 10))
             for k in range(10):
                 cols[f"coeff_new_{k}"] = coeff[:, k] if k < coeff.shape[1] else 0.0
         else:

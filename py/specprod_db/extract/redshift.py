@@ -239,7 +239,8 @@ def read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str
     for c in ("Z", "ZERR", "ZWARN", "CHI2", "NPIXELS", "SPECTYPE", "SUBTYPE", "NCOEFF",
               "DELTACHI2"):
         cols[c.lower()] = z[c]
-    coeff = np.asarray(z["COEFF"]).reshape(n, -1)
+    # a petal of sky fibres only keeps no row (reshape cannot infer -1 for it)
+    coeff = np.asarray(z["COEFF"]).reshape(n, -1) if n else np.zeros((0, 10))
     for k in range(10):
         cols[f"coeff_{k}"] = coeff[:, k] if k < coeff.shape[1] else 0.0
     for c in _FIBERMAP:

@@ -542,7 +542,7 @@ def photometry_from_targetphot(targetphot, stats=None):
     nonfinite = np.zeros(len(tp), dtype=bool)
     for c, v in cols.items():
         v = np.asarray(v)
-        if v.dtype.kind == "f":
+        if v.dtype.kind == "f" and len(tp):  # (reshape cannot infer -1 for 0 rows)
             nonfinite |= ~np.isfinite(v).reshape(len(tp), -1).all(axis=1)
     stats["rows_finitized"] = stats.get("rows_finitized", 0) + int(nonfinite.sum())
     return rows.build("photometry", cols, n=len(tp), stats=stats)
