@@ -57,6 +57,10 @@ fresh load's.
 * A tile in H_A but not in H_B (the incremental run fails what a fresh load loads) is
   reported as a note (``asymmetric``), not a divergence: the invariant allows it, but it
   is worth a look.
+* Not differential, but checked on the way: after a run that exits 0 on a tree without
+  damage, ``specprod-db verify`` of its schema finds nothing; a tiles file with a bad
+  line never gives exit 0; an exposure whose EFFTIME_SPEC is NaN is never left out
+  without its EXPID in the log.
 
 A divergence prints the seed, the morning, the specs applied so far and the first
 differing rows per table, only the differing columns; :func:`shrink` removes specs while
@@ -952,6 +956,18 @@ def run_load(mpiexec, ranks, dsn, schema, prod, stage, *extra, env=None):
     return run
 
 
+def run_verify(dsn, schema, prod, env=None):
+    """``specprod-db verify --json`` of the schema: ``(exit, drift items or the output)``."""
+    proc = subprocess.run(CLI + ["verify", "--schema", schema, "--json"],
+                          capture_output=True, text=True, timeout=LOAD_TIMEOUT,
+                          env=mock_env(prod, SPECPROD_DB_DSN=dsn, **(env or {})))
+    try:
+        drift = json.loads(proc.stdout).get("drift", [])
+    except ValueError:
+        drift = [proc.stdout[-800:] + proc.stderr[-800:]]
+    return proc.returncode, drift
+
+
 def last_run_id(dsn, schema):
     return _query(dsn, f'SELECT max(id) FROM "{schema}".load_run')[0][0]
 
@@ -1133,13 +1149,20 @@ class SeedResult:
         return "\n".join(out)
 
 
-def morning_check(m, run_a, run_b, prev_a, dump_a, dump_b, damages=()):
+def morning_check(m, run_a, run_b, prev_a, dump_a, dump_b, damages=(), verified=()):
     """The rule of comparison (module docstring) for one morning: fills ``m.findings``
     and ``m.notes``. ``damages``: the tree's damages at load time (:meth:`Tree.damages`),
     for the two rules that are not differential: a tiles file with a bad line never
     gives exit 0 (decisions 12 and 14), and an exposure whose EFFTIME_SPEC is NaN is
-    never dropped or loaded without its EXPID in the log (issue 20)."""
+    never dropped or loaded without its EXPID in the log (issue 20). ``verified``:
+    ``[(name, exit, drift)]`` of ``specprod-db verify`` after a run that exited 0 on a
+    tree without damage, which must find nothing."""
     text = run_a.out + "\n" + run_a.err
+    for name, rc, drift in verified:
+        if rc != 0:
+            m.findings.append(f"verify of the {name} schema after exit 0 on an undamaged "
+                              f"tree: exit {rc}, drift: "
+                              + "; ".join(json.dumps(d, default=str)[:300] for d in drift[:5]))
     for rel, what in damages:
         if what.get("kind") != "tiles":
             continue
@@ -1288,7 +1311,13 @@ def run_seed(seed, steps, ranks, dsn, mpiexec, workdir, script=None, log=None,
             m.rc_a, m.held_a = run_a.rc, run_a.held
             if run_b is not None:
                 m.rc_b, m.held_b = run_b.rc, run_b.held
-            morning_check(m, run_a, run_b, prev_a, dump_a, dump_b, damages)
+            verified = []
+            if not damages:
+                for name, run, schema in (("incremental", run_a, schema_a),
+                                          ("fresh", run_b, schema_b)):
+                    if run is not None and run.rc == 0:
+                        verified.append((name, *run_verify(dsn, schema, prod, env)))
+            morning_check(m, run_a, run_b, prev_a, dump_a, dump_b, damages, verified)
             prev_a = dump_a
             m.seconds = time.time() - t0
             log(f"seed {seed} morning {step}: A exit {m.rc_a} held {sorted(m.held_a)}, "
