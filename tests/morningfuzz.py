@@ -132,6 +132,10 @@ def stamp(when, offset):
     return when.astimezone(tz).strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+class NoOp(Exception):
+    """A spec that cannot apply to the tree as it is (it does nothing)."""
+
+
 def _sha(data):
     return hashlib.sha256(data).hexdigest()
 
@@ -307,7 +311,10 @@ class Tree:
         t["missing_petals"] = [p for p in range(10) if p not in petals]
         exps = [e for e in self.tile_exposures(m, tid) if e["night"] <= night]
         if not exps:
-            exps = [e for e in m.s["exposures"] if e["tileid"] == tid][:1]
+            exps = [e for e in m.s["exposures"] if e["tileid"] == tid
+                    and e["night"] <= night][:1]
+        if not exps:
+            raise NoOp(f"tile {tid} has no exposure up to {night}")
         RR.write_tile(m.layout, t, self.fiberassign_rows(m, tid), exps, night, seed)
 
     def recompute_line(self, m, tid, when, how="replace"):
@@ -322,7 +329,10 @@ class Tree:
         """Apply ``spec`` to the tree; returns what was done (or ``no-op: why``)."""
         self.refresh_journal()
         fn = getattr(self, "_do_" + spec["kind"])
-        return fn(**{k: v for k, v in spec.items() if k != "kind"})
+        try:
+            return fn(**{k: v for k, v in spec.items() if k != "kind"})
+        except NoOp as why:
+            return f"no-op: {why}"
 
     def _do_advance(self, new, reobserve, withdraw):
         from specprod_db.mock import advance_production
