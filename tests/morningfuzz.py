@@ -114,7 +114,7 @@ def _parse_updated(value):
     return _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
 
 
-def winner(lines, tileid):
+def winner(lines: list, tileid: int) -> int | None:
     """Index of a tile's winning line (latest UPDATED, ties: the last), else None."""
     best = None
     for i, line in enumerate(lines):
@@ -125,7 +125,7 @@ def winner(lines, tileid):
     return None if best is None else best[1]
 
 
-def stamp(when, offset):
+def stamp(when: _dt.datetime, offset: float | None) -> str:
     """``when`` (aware) as an UPDATED string in US/Pacific (``offset`` None) or at a UTC
     offset of ``offset`` hours."""
     tz = PACIFIC if offset is None else _dt.timezone(_dt.timedelta(hours=offset))
@@ -145,7 +145,7 @@ class Tree:
     damaged file (path relative to ``root``) to its whole bytes and the damaged bytes'
     hash, so :meth:`apply` can repair it and knows when a writer already has."""
 
-    def __init__(self, root):
+    def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.journal = {}
         self.clock = None
@@ -212,7 +212,7 @@ class Tree:
         self.journal[rel] = dict(orig=orig, bad=None if bad_bytes is None else _sha(bad_bytes),
                                  bad_bytes=bad_bytes, what=kinds + ([what] if what else []))
 
-    def damages(self):
+    def damages(self) -> list:
         """``[(file, what)]`` of the damages in place now (a bad tiles line only while
         the file still holds it: a later cut may have taken it away)."""
         self.refresh_journal()
@@ -325,7 +325,7 @@ class Tree:
         return line
 
     # -- applying one spec
-    def apply(self, spec):
+    def apply(self, spec: dict) -> str:
         """Apply ``spec`` to the tree; returns what was done (or ``no-op: why``)."""
         self.refresh_journal()
         fn = getattr(self, "_do_" + spec["kind"])
@@ -746,7 +746,7 @@ def _other(rng, choices, current):
     return str(rng.choice(rest))
 
 
-def draw(tree, rng):
+def draw(tree: Tree, rng: np.random.Generator) -> dict:
     """One random change (a spec) for the tree as it is now."""
     m = tree.mock()
     lines = m.s["lines"]
@@ -944,7 +944,8 @@ class Run:
                 f"{self.err[-n:]}")
 
 
-def run_load(mpiexec, ranks, dsn, schema, prod, stage, *extra, env=None):
+def run_load(mpiexec: str, ranks: int, dsn: str, schema: str, prod: str, stage: str,
+             *extra: str, env: dict | None = None) -> Run:
     env = mock_env(prod, SPECPROD_DB_DSN=dsn, **(env or {}))
     argv = [mpiexec, "-n", str(ranks), *CLI, "load", "--schema", schema,
             "--stage-dir", str(stage), *extra]
@@ -966,7 +967,7 @@ def run_load(mpiexec, ranks, dsn, schema, prod, stage, *extra, env=None):
     return run
 
 
-def run_verify(dsn, schema, prod, env=None):
+def run_verify(dsn: str, schema: str, prod: str, env: dict | None = None) -> tuple:
     """``specprod-db verify --json`` of the schema: ``(exit, drift items or the output)``."""
     proc = subprocess.run(CLI + ["verify", "--schema", schema, "--json"],
                           capture_output=True, text=True, timeout=LOAD_TIMEOUT,
@@ -995,7 +996,7 @@ def _query(dsn, statement, args=None):
         conn.close()
 
 
-def held_back(dsn, schema):
+def held_back(dsn: str, schema: str) -> dict:
     """``{tileid: (outcome, action, reason)}`` the schema's last run held back."""
     rows = _query(dsn, f'SELECT h.tileid, h.outcome, h.action, coalesce(h.error, h.reason) '
                        f'FROM "{schema}".tile_history h WHERE h.run_id = (SELECT max(id) '
@@ -1012,14 +1013,14 @@ def held_back(dsn, schema):
     return out
 
 
-def init(dsn, schema, env=None):
+def init(dsn: str, schema: str, env: dict | None = None) -> None:
     """``specprod-db init`` (the environment ``env`` added, e.g. another PYTHONPATH)."""
     subprocess.run(CLI + ["init", "--schema", schema, "--db", dsn, "--no-grant"],
                    check=True, capture_output=True, timeout=120,
                    env=dict(os.environ, **(env or {})))
 
 
-def drop_schema(dsn, schema):
+def drop_schema(dsn: str, schema: str) -> None:
     _query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
@@ -1031,7 +1032,7 @@ def _norm(v):
     return v
 
 
-def table_rows(dump):
+def table_rows(dump: dict) -> dict:
     """``{table: {primary key: {column: value}}}`` of a :func:`conftest.dump_schema`."""
     from specprod_db import schema as S
     out = {}
@@ -1043,7 +1044,7 @@ def table_rows(dump):
     return out
 
 
-def compare(a, b, excluded, limit=3):
+def compare(a: dict, b: dict, excluded: set, limit: int = 3) -> dict:
     """Differences of the table rows ``a`` and ``b`` (:func:`table_rows`), the tiles
     ``excluded`` set aside as the module docstring says. Returns ``{table: {"only_a":
     n, "only_b": n, "differ": n, "examples": [...], "tiles": [...]}}`` for the tables
@@ -1107,7 +1108,7 @@ def _key(k):
     return ",".join(str(x) for x in k)
 
 
-def format_diffs(diffs):
+def format_diffs(diffs: dict) -> str:
     out = []
     for table, d in diffs.items():
         out.append(f"  {table}: {d['only_a']} row(s) only in A (incremental), "
@@ -1159,7 +1160,8 @@ class SeedResult:
         return "\n".join(out)
 
 
-def morning_check(m, run_a, run_b, prev_a, dump_a, dump_b, damages=(), verified=()):
+def morning_check(m: "Morning", run_a: Run, run_b: Run | None, prev_a: dict, dump_a: dict,
+                  dump_b: dict | None, damages=(), verified=()) -> None:
     """The rule of comparison (module docstring) for one morning: fills ``m.findings``
     and ``m.notes``. ``damages``: the tree's damages at load time (:meth:`Tree.damages`),
     for the two rules that are not differential: a tiles file with a bad line never
@@ -1253,8 +1255,10 @@ def morning_check(m, run_a, run_b, prev_a, dump_a, dump_b, damages=(), verified=
                            f"by a fresh load")
 
 
-def run_seed(seed, steps, ranks, dsn, mpiexec, workdir, script=None, log=None,
-             stop_at_divergence=True, base=None, env=None, load_args=()):
+def run_seed(seed: int, steps: int, ranks: int, dsn: str, mpiexec: str, workdir: str,
+             script: list | None = None, log=None, stop_at_divergence: bool = True,
+             base: str | None = None, env: dict | None = None,
+             load_args: tuple = ()) -> "SeedResult":
     """Fuzz ``steps`` mornings of seed ``seed`` (or replay ``script``: one list of specs
     per morning, morning 0 being the first load); returns a :class:`SeedResult`.
 
@@ -1342,7 +1346,7 @@ def run_seed(seed, steps, ranks, dsn, mpiexec, workdir, script=None, log=None,
     return result
 
 
-def signature(findings):
+def signature(findings: list) -> set:
     """What a divergence is, without its numbers: the first line of each finding with
     digits and quoted values blurred, plus the tables that differ."""
     out = set()
@@ -1362,8 +1366,9 @@ def _script(items):
     return [[]] + [mornings[k] for k in sorted(mornings) if k > 0]
 
 
-def shrink(seed, script, ranks, dsn, mpiexec, workdir, log=None, budget=40, env=None,
-           load_args=()):
+def shrink(seed: int, script: list, ranks: int, dsn: str, mpiexec: str, workdir: str,
+           log=None, budget: int = 40, env: dict | None = None,
+           load_args: tuple = ()) -> tuple:
     """The smallest script found that still diverges the same way (:func:`signature`):
     delta debugging over the changes of the mornings up to the diverging one (chunks
     removed, halving; a morning left without changes is dropped), at most ``budget``
