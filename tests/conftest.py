@@ -169,13 +169,21 @@ def small_production(tmp_path_factory):
 def copy_production(small_production, tmp_path):
     """A private copy of the small production, safe to advance or damage."""
     def _copy(name="production"):
-        dest = tmp_path / name
-        shutil.copytree(small_production[0], dest, symlinks=True)
-        # env.sh names the original tree: rewrite it for the copy
-        env_sh = dest / "env.sh"
-        env_sh.write_text(env_sh.read_text().replace(small_production[0], str(dest)))
-        return str(dest)
+        return copy_mock(small_production[0], tmp_path / name)
     return _copy
+
+
+def copy_mock(src, dest):
+    """Copy the mock production ``src`` to ``dest`` (its ``env.sh``, which names the
+    original tree, rewritten for the copy); returns ``dest`` as a string.  For fixtures
+    of a wider scope than ``copy_production``."""
+    shutil.copytree(src, dest, symlinks=True)
+    env_sh = os.path.join(dest, "env.sh")
+    with open(env_sh) as f:
+        text = f.read().replace(str(src), str(dest))
+    with open(env_sh, "w") as f:
+        f.write(text)
+    return str(dest)
 
 
 def dump_schema(dsn, schema_name, tables=None):

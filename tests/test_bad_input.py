@@ -28,7 +28,7 @@ import fitsio
 import numpy as np
 import pytest
 
-from conftest import (CLI, dump_schema, fresh_load_dump, init, load, mock_env, query,
+from conftest import (CLI, copy_mock, dump_schema, fresh_load_dump, init, load, mock_env, query,
                       run_mpi)
 from test_daily import edit_tiles_csv, last_run, tile_state, tiles_csv, tiles_of
 
@@ -65,16 +65,7 @@ def truncate(path):
         f.truncate(size // 3)
 
 
-def copy_prod(src, dest):
-    """A copy of the mock production ``src`` at ``dest`` (its env.sh names the copy)."""
-    dest = str(dest)
-    shutil.copytree(src, dest, symlinks=True)
-    env_sh = os.path.join(dest, "env.sh")
-    with open(env_sh) as f:
-        text = f.read().replace(src, dest)
-    with open(env_sh, "w") as f:
-        f.write(text)
-    return dest
+copy_prod = copy_mock  # a copy of the mock production src at dest (env.sh names the copy)
 
 
 def fresh_load_dump_of(dsn, mpiexec, prod, tileids, base):
@@ -121,9 +112,7 @@ def pristine(small_production, tmp_path_factory):
     """The small production advanced by one night with 3 new tiles (8 loadable tiles)."""
     from specprod_db.mock import advance_production
     dest = tmp_path_factory.mktemp("bad") / "pristine"
-    shutil.copytree(small_production[0], dest, symlinks=True)
-    env_sh = dest / "env.sh"
-    env_sh.write_text(env_sh.read_text().replace(small_production[0], str(dest)))
+    copy_mock(small_production[0], dest)
     s = advance_production(str(dest), new_tiles=3, reobserve=0)
     assert s["new_tiles"] == [1002, 50000, 50001]
     return str(dest)
@@ -493,13 +482,7 @@ def warned(pg_dsn, small_production, mpiexec, tmp_path_factory):
     """The small production with the three damages above, loaded once (1 rank)."""
     import secrets
     base = tmp_path_factory.mktemp("warned")
-    prod = str(base / "production")
-    shutil.copytree(small_production[0], prod, symlinks=True)
-    env_sh = os.path.join(prod, "env.sh")
-    with open(env_sh) as f:
-        text = f.read().replace(small_production[0], prod)
-    with open(env_sh, "w") as f:
-        f.write(text)
+    prod = copy_mock(small_production[0], base / "production")
     _nonfinite(prod)
     pick = _targetid_mismatch(prod)
     _orphan_exposures(prod)

@@ -14,12 +14,11 @@ The helpers here are shared with ``test_status.py`` and ``test_verify.py``.
 import json
 import os
 import secrets
-import shutil
 import subprocess
 
 import pytest
 
-from conftest import CLI, mock_env, query
+from conftest import CLI, copy_mock, mock_env, query
 
 from specprod_db import db, mpi, pipeline, schema, writer
 from specprod_db.mock import environment
@@ -30,13 +29,7 @@ from specprod_db.paths import Paths
 
 def copy_prod(small_production, dest):
     """A private copy of the session's small production at ``dest``."""
-    shutil.copytree(small_production[0], dest, symlinks=True)
-    env_sh = os.path.join(dest, "env.sh")
-    with open(env_sh) as f:
-        text = f.read()
-    with open(env_sh, "w") as f:
-        f.write(text.replace(small_production[0], str(dest)))
-    return str(dest)
+    return copy_mock(small_production[0], dest)
 
 
 def new_schema(dsn):

@@ -17,13 +17,12 @@ One damaged copy of the small production per rank count (module scope), two morn
 import os
 import re
 import secrets
-import shutil
 
 import fitsio
 import numpy as np
 import pytest
 
-from conftest import dump_schema, init, load, mock_env, query, run_mpi
+from conftest import copy_mock, dump_schema, init, load, mock_env, query, run_mpi
 from test_bad_input import rewrite_fits
 
 from specprod_db import ids
@@ -115,13 +114,7 @@ def _state(dsn, name):
 def mornings(request, pg_dsn, small_production, mpiexec, tmp_path_factory):
     ranks, extra = request.param
     base = tmp_path_factory.mktemp(f"refusals{ranks}")
-    prod = str(base / "production")
-    shutil.copytree(small_production[0], prod, symlinks=True)
-    env_sh = os.path.join(prod, "env.sh")
-    with open(env_sh) as f:
-        text = f.read().replace(small_production[0], prod)
-    with open(env_sh, "w") as f:
-        f.write(text)
+    prod = copy_mock(small_production[0], base / "production")
     paths = _paths(prod)
     name = "test_" + secrets.token_hex(4)
     init(pg_dsn, name)

@@ -12,14 +12,13 @@ import glob
 import json
 import os
 import secrets
-import shutil
 
 import fitsio
 import numpy as np
 import pytest
 from numpy.lib import recfunctions
 
-from conftest import CLI, init, mock_env, query, run_mpi
+from conftest import CLI, copy_mock, init, mock_env, query, run_mpi
 from test_targetphot import TILEID, _desispec, assert_same_as_desispec, tile  # noqa: F401
 
 from specprod_db.extract import targetphot as tp
@@ -81,13 +80,7 @@ def test_a_load_counts_them(pg_dsn, small_production, mpiexec, tmp_path):
     """Through a real load (1 rank): one main dark primary file without DESI_TARGET;
     the load succeeds, its rows have desi_target 0, the run counts them in
     warnings.missing_target_bits and the log names tile, file and column."""
-    prod = str(tmp_path / "production")
-    shutil.copytree(small_production[0], prod, symlinks=True)
-    env_sh = os.path.join(prod, "env.sh")
-    with open(env_sh) as f:
-        text = f.read().replace(small_production[0], prod)
-    with open(env_sh, "w") as f:
-        f.write(text)
+    prod = copy_mock(small_production[0], tmp_path / "production")
     paths = Paths.from_environment(mock_env(prod))
     files = sorted(glob.glob(os.path.join(paths.target, "catalogs", "dr9", "*", "targets",
                                           "main", "resolve", "dark", "*-hp-*.fits")))

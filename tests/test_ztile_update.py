@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from desiutil.names import radec_to_desiname
 
-from conftest import dump_schema, init, load, mock_env, query
+from conftest import copy_mock, dump_schema, init, load, mock_env, query
 from specprod_db import ids
 from specprod_db.paths import Paths
 
@@ -82,13 +82,7 @@ def runs(request, pg_dsn, small_production, mpiexec, tmp_path_factory):
     from conftest import run_mpi
     ranks = request.param
     base = tmp_path_factory.mktemp(f"ztile{ranks}")
-    prod = str(base / "production")
-    shutil.copytree(small_production[0], prod, symlinks=True)
-    env_sh = os.path.join(prod, "env.sh")
-    with open(env_sh) as f:
-        text = f.read().replace(small_production[0], prod)
-    with open(env_sh, "w") as f:
-        f.write(text)
+    prod = copy_mock(small_production[0], base / "production")
     special = small_production[1]["special"]
     y = special["missing_petal"]
     name = "test_" + secrets.token_hex(4)
