@@ -26,7 +26,7 @@ pg:
 # Starts the private cluster unless SPECPROD_DB_DSN or PGHOST/PGPORT/PGDATABASE/PGSERVICE
 # names a server; prints the conninfo in use.
 db: env pg
-	$(VPY) -m specprod_db.pgcluster ensure
+	$(VPY) -m specprod_db.devdb.pgcluster ensure
 
 test: db docs
 	bash etc/ensure-chromium.sh
@@ -56,5 +56,5 @@ demo: db
 	$(VENV)/bin/specprod-db demo
 
 clean-db:
-	if [ -x $(VPY) ]; then $(VPY) -m specprod_db.pgcluster stop --remove; \
-	else PYTHONPATH=py $(PYTHON) -m specprod_db.pgcluster stop --remove; fi
+	if [ -x $(VPY) ]; then $(VPY) -m specprod_db.devdb.pgcluster stop --remove; \
+	else PYTHONPATH=py $(PYTHON) -m specprod_db.devdb.pgcluster stop --remove; fi

@@ -2,7 +2,7 @@
 
 For every table, on the same rows (all staged rows of the mock tiles, concatenated):
 
-* ``ours``: ``writer.copy_rows`` — ``pgcopy.Encoder`` from numpy + ``copy_expert`` from
+* ``ours``: ``tile_writer.copy_rows`` — ``pgcopy.Encoder`` from numpy + ``copy_expert`` from
   STDIN, exactly what the writer does per tile — then COMMIT;
 * ``ceiling``: the same PGCOPY bytes written once to a file in /tmp (mode 644, readable by
   the server's ``postgres`` user) and ``COPY table FROM '/tmp/...' (FORMAT binary)``, run
@@ -28,7 +28,8 @@ import time
 import numpy as np
 from psycopg2 import sql
 
-from specprod_db import pgcopy, writer
+from specprod_db.db import pgcopy
+from specprod_db.load import tile_writer
 from specprod_db.schema import table as schema_table
 
 #: The tables a tile load COPYs, as the writer does, parents first.
@@ -95,7 +96,7 @@ def run(conn, schema_name, rows_by_table, tmpdir="/tmp", repeats=3, log=print):
 
         def ours():
             with conn.cursor() as cur:
-                writer.copy_rows(cur, schema_name, name, rows, target=dest)
+                tile_writer.copy_rows(cur, schema_name, name, rows, target=dest)
             conn.commit()
 
         def ceiling():
@@ -107,7 +108,7 @@ def run(conn, schema_name, rows_by_table, tmpdir="/tmp", repeats=3, log=print):
         def stdin():
             with conn.cursor() as cur:
                 cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
-                    dest, cols).as_string(conn), io.BytesIO(data), size=writer.COPY_READ_SIZE)
+                    dest, cols).as_string(conn), io.BytesIO(data), size=tile_writer.COPY_READ_SIZE)
             conn.commit()
 
         times = {"ours": [], "ceiling": [], "stdin": []}

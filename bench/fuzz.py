@@ -35,7 +35,7 @@ def server():
     dsn = os.environ.get("SPECPROD_DB_TEST_DSN", "").strip()
     if dsn:
         return dsn
-    from specprod_db import pgcluster
+    from specprod_db.devdb import pgcluster
     return pgcluster.ensure_server()
 
 

@@ -14,7 +14,7 @@ Usage (from the checkout)::
 
 The mock production is written once under ``--workdir`` and reused by later runs.
 The database is the tests' one: ``SPECPROD_DB_TEST_DSN`` if set, else the private
-cluster (``specprod_db.pgcluster.ensure_server``). Every schema made here is called
+cluster (``specprod_db.devdb.pgcluster.ensure_server``). Every schema made here is called
 ``bench_<hex>`` and dropped at the end. This is not a test: nothing here asserts a goal,
 it prints measurements (and the goals next to them).
 """
@@ -109,7 +109,7 @@ def get_dsn():
     dsn = os.environ.get("SPECPROD_DB_TEST_DSN", "").strip()
     if dsn:
         return dsn
-    from specprod_db import pgcluster
+    from specprod_db.devdb import pgcluster
     return pgcluster.ensure_server()
 
 

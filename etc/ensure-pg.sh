@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the PostgreSQL server binaries and the q3c extension are installed (Debian).
-# The private test/demo cluster (py/specprod_db/pgcluster.py) is started from these
+# The private test/demo cluster (py/specprod_db/devdb/pgcluster.py) is started from these
 # system binaries; nothing here starts or configures a server.
 set -euo pipefail
 

@@ -2,7 +2,7 @@
 
 Database: ``SPECPROD_DB_TEST_DSN`` if set, else the configured server (``SPECPROD_DB_DSN``
 or PGHOST/PGPORT/PGDATABASE/PGSERVICE), else the private cluster, started on demand
-(``specprod_db.pgcluster.ensure_server``). No database mocks: if no server can be had,
+(``specprod_db.devdb.pgcluster.ensure_server``). No database mocks: if no server can be had,
 the tests needing one fail saying what was checked.
 """
 import os
@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from specprod_db import pgcluster
+from specprod_db.devdb import pgcluster
 
 _server = {}
 

@@ -1,4 +1,4 @@
-"""Which tables a daily run ANALYZEs (:func:`specprod_db.finalize.stale_tables`).
+"""Which tables a daily run ANALYZEs (:func:`specprod_db.load.finalize.stale_tables`).
 
 Real tables on the test server; the server's statistics counters are flushed
 asynchronously, so the test waits for them (polling ``pg_stat_user_tables``) before
@@ -9,7 +9,7 @@ import time
 import psycopg2
 import pytest
 
-from specprod_db import finalize
+from specprod_db.load import finalize
 
 
 def _stat(conn, schema_name, name):

@@ -1,10 +1,10 @@
-"""specprod_db.brickgrid names bricks exactly as desiutil.brick does: every brick of the
+"""specprod_db.extract.brickgrid names bricks exactly as desiutil.brick does: every brick of the
 sky, random points, and points on (and one ulp either side of) every brick edge."""
 import numpy as np
 import pytest
 from desiutil.brick import Bricks
 
-from specprod_db import brickgrid as bg
+from specprod_db.extract import brickgrid as bg
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Targeting catalogs read once per wave (specprod_db.catalogs): a wave of overlapping
+"""Targeting catalogs read once per wave (specprod_db.load.catalogs): a wave of overlapping
 tiles opens each catalog file exactly once, and every tile's rows are those of
 targetphot_onetile (itself checked against desispec's gather_targetphot in
 test_targetphot.py); the stages are reused by a rerun; a load reports the files it
@@ -10,7 +10,8 @@ import fitsio
 import numpy as np
 import pytest
 
-from specprod_db import catalogs, ecsv, tasks
+from specprod_db.load import catalogs, tasks
+from specprod_db.extract import ecsv
 from specprod_db.extract import targetphot as tp
 from specprod_db.paths import Paths
 
@@ -25,7 +26,7 @@ run = test_writer.run
 
 @pytest.fixture
 def opened(monkeypatch):
-    """Every catalog file opened (fitsio.FITS, specprod_db.ecsv.read) and every catalog
+    """Every catalog file opened (fitsio.FITS, specprod_db.extract.ecsv.read) and every catalog
     header read (fitsio.read_header), in order (fiberassign files aside); the
     per-process caches emptied first."""
     tp._TARGETID_CACHE.clear()

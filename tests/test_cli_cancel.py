@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 
 from conftest import LOAD_TIMEOUT, dump_schema, fresh_load_dump, mock_env, query
-from specprod_db import runlock
+from specprod_db.db import lock
 
 SCRIPT = str(Path(sys.executable).parent / "specprod-db")
 TILES = [100, 1000, 1001, 40000, 60000]  # write order of the small production
@@ -162,7 +162,7 @@ def test_idle_in_transaction_session_timeout(ranks, pg_dsn, schemas, small_produ
         # the server ends the idle session: its advisory lock goes with it
         while query(pg_dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                             "AND classid = %s AND objid = %s",
-                    (runlock.LOCK_NAMESPACE, runlock.lock_key(name)))[0][0]:
+                    (lock.LOCK_NAMESPACE, lock.lock_key(name)))[0][0]:
             assert time.time() < end
             time.sleep(0.1)
     finally:

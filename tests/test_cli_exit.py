@@ -25,7 +25,7 @@ import psycopg2
 import pytest
 
 from conftest import LOAD_TIMEOUT, dump_schema, fresh_load_dump, mock_env, query
-from specprod_db import runlock
+from specprod_db.db import lock
 
 SCRIPT = str(Path(sys.executable).parent / "specprod-db")
 TILES = [100, 1000, 1001, 40000, 60000]  # write order of the small production
@@ -213,7 +213,7 @@ def test_database_lost_while_planning(ranks, pg_dsn, schemas, small_production, 
         terminated = query(pg_dsn, "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
                                    "WHERE l.locktype = 'advisory' AND l.classid = %s AND "
                                    "l.objid = %s AND l.granted",
-                           (runlock.LOCK_NAMESPACE, runlock.lock_key(name)))
+                           (lock.LOCK_NAMESPACE, lock.lock_key(name)))
         assert terminated == [(True,)]
         (faults / "resume-plan").touch()
         out, err = proc.communicate(timeout=LOAD_TIMEOUT)

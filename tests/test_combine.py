@@ -21,7 +21,10 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from conftest import CLI, mock_env, query, run_mpi
-from specprod_db import combine, db, finalize, ids, schema
+from specprod_db.ops import combine
+from specprod_db import ids, schema
+from specprod_db.db import ddl
+from specprod_db.load import finalize
 
 OLDER_TILES = (100, 1000, 40000)
 NEWER_TILES = (100, 1001, 50000, 50001, 60000)
@@ -223,7 +226,7 @@ def _reference_flags(conn, rows, ref_schema):
     survey, tileid, zwarn, tsnr2_lrg); -> {id: (six flags)}."""
     with conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(ref_schema)))
-        cur.execute(db.create_table_sql(schema.Table(
+        cur.execute(ddl.create_table_sql(schema.Table(
             "ztile", schema.ZTILE.spec, primary_key=("id",)), ref_schema))
         defaults = []
         for c in schema.ZTILE.columns:

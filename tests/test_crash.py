@@ -143,7 +143,7 @@ def test_database_restarted_mid_run(ranks, small_production, mpiexec, mpirun, tm
                                     reference, committed_reference):
     """A separate private cluster, restarted while the writer holds an open transaction
     (paused after the COPY of the victim tile's rows)."""
-    from specprod_db import pgcluster
+    from specprod_db.devdb import pgcluster
     prod = small_production[0]
     cdir, port = tmp_path / "cluster", _free_port()
     dsn = pgcluster.start(cdir, port=port, dbname="crash")

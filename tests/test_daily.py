@@ -191,7 +191,7 @@ def test_touched_files_with_the_same_bytes_are_not_reloaded(ranks, pg_dsn, schem
                                                             tmp_path):
     """Decision 2 with worker-side hashing: the planner sees new mtimes and plans an
     UPDATE; the worker finds the recorded contents and only the state is refreshed."""
-    from specprod_db import fingerprints
+    from specprod_db.load import fingerprints
     from specprod_db.extract import redshift, tile
     from specprod_db.mock import environment
     from specprod_db.paths import Paths

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from astropy.table import MaskedColumn, Table
 
-from specprod_db import ecsv
+from specprod_db.extract import ecsv
 from specprod_db.mock import make_production
 
 

@@ -25,7 +25,8 @@ import pytest
 
 from conftest import (CLI, LOAD_TIMEOUT, dump_schema, fresh_load_dump, load, mock_env,
                       query, tractor_files)
-from specprod_db import runlock, schema
+from specprod_db.db import lock
+from specprod_db import schema
 
 TILES = [100, 1000, 1001, 40000, 60000]  # write order of the small production
 TILE_TABLES = [t.name for t in schema.tile_tables()]
@@ -273,7 +274,7 @@ def test_unreadable_file_fails_only_its_tile(ranks, pg_dsn, schemas, copy_produc
 def test_unreadable_healpix_file_is_bad_input(kind, tmp_path):
     """A HEALPix redrock file of a static production that cannot be read fails its task
     as bad input naming the file (a symlink loop used to be an internal error)."""
-    from specprod_db import tasks
+    from specprod_db.load import tasks
     from specprod_db.errors import InputError
     from specprod_db.paths import Paths
     paths = Paths.from_environment({}, desi_root=str(tmp_path), specprod="fuji")
@@ -362,7 +363,7 @@ def test_no_transaction_open_while_planning(pg_dsn, schemas, small_production, t
         states = query(pg_dsn, "SELECT a.state FROM pg_stat_activity a JOIN pg_locks l "
                                "ON l.pid = a.pid WHERE l.locktype = 'advisory' AND "
                                "l.classid = %s AND l.objid = %s AND l.granted",
-                       (runlock.LOCK_NAMESPACE, runlock.lock_key(name)))
+                       (lock.LOCK_NAMESPACE, lock.lock_key(name)))
         assert states == [("idle",)], states
     finally:
         (faults / "resume-plan").touch()
@@ -399,16 +400,17 @@ def test_initial_load_killed_half_way_and_rerun(ranks, pg_dsn, schemas, small_pr
     """An initial load in waves, its writer killed after the third tile: the same command
     again reuses complete stage files, redoes only what is missing, rebuilds the indexes
     and every flag, and equals an uninterrupted load."""
-    from specprod_db import db
+    from specprod_db.db import ddl
+    from specprod_db.db.connect import connect
     name, prod, stage = schemas(), small_production[0], tmp_path / "stage"
     args = ("--initial", "--wave-tiles", "2")
     r = load(mpirun, ranks, pg_dsn, name, prod, stage, *args, check=False,
              env={"SPECPROD_DB_FAULT": f"kill:commit-{TILES[2]}"})
     assert r.returncode != 0
     assert set(rows_per_tile(pg_dsn, name)) == set(TILES[:3])
-    conn = db.connect(pg_dsn)
+    conn = connect(pg_dsn)
     try:
-        assert db.missing_indexes(conn, name)  # dropped for the bulk load, not rebuilt
+        assert ddl.missing_indexes(conn, name)  # dropped for the bulk load, not rebuilt
     finally:
         conn.close()
     r = load(mpirun, ranks, pg_dsn, name, prod, stage, *args)
@@ -417,8 +419,8 @@ def test_initial_load_killed_half_way_and_rerun(ranks, pg_dsn, schemas, small_pr
     assert plan == {"INSERT": len(TILES) - 3, "UNCHANGED": 3, "SKIP": 1}
     assert dump_schema(pg_dsn, name) == reference
     assert orphan_photometry(pg_dsn, name) == 0
-    conn = db.connect(pg_dsn)
+    conn = connect(pg_dsn)
     try:
-        assert db.missing_indexes(conn, name) == []
+        assert ddl.missing_indexes(conn, name) == []
     finally:
         conn.close()

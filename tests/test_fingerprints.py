@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from specprod_db import fingerprints
+from specprod_db.load import fingerprints
 from specprod_db.errors import InputError
 
 

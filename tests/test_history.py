@@ -20,7 +20,12 @@ import pytest
 
 from conftest import CLI, copy_mock, mock_env, query
 
-from specprod_db import db, mpi, pipeline, schema, writer
+from specprod_db import mpi, schema
+
+from specprod_db.db import ddl
+
+from specprod_db.db.connect import connect
+from specprod_db.load import pipeline, tile_writer
 from specprod_db.mock import environment
 from specprod_db.paths import Paths
 
@@ -34,8 +39,8 @@ def copy_prod(small_production, dest):
 
 def new_schema(dsn):
     name = "test_" + secrets.token_hex(4)
-    conn = db.connect(dsn)
-    db.create_schema(conn, name)
+    conn = connect(dsn)
+    ddl.create_schema(conn, name)
     conn.close()
     return name
 
@@ -208,19 +213,19 @@ def test_history_command(runs, pg_dsn, capsys):
 def test_history_is_written_in_the_tiles_transaction(runs, pg_dsn, monkeypatch):
     """A tile whose transaction fails after its rows were replaced leaves neither its
     history row nor any change: history and data are committed together."""
-    from specprod_db.plan import TileAction
+    from specprod_db.load.plan import TileAction
     name = runs["schema"]
     before = rows_per_tile(pg_dsn, name, 1001)
     n = len(history_rows(pg_dsn, name))
 
     def boom(*args, **kwargs):
         raise RuntimeError("injected after the COPY")
-    monkeypatch.setattr(writer, "update_primary", boom)
-    conn = db.connect(pg_dsn)
+    monkeypatch.setattr(tile_writer, "update_primary", boom)
+    conn = connect(pg_dsn)
     try:
         action = TileAction(1001, "UPDATE", "test", {}, False, {})
         with pytest.raises(RuntimeError):
-            writer.write_tile(conn, name, action,
+            tile_writer.write_tile(conn, name, action,
                               {t.name: t.empty() for t in schema.tile_tables()}, {},
                               runs["run3"])
     finally:
@@ -230,9 +235,9 @@ def test_history_is_written_in_the_tiles_transaction(runs, pg_dsn, monkeypatch):
 
 
 def test_init_adds_the_table_to_an_existing_schema(pg_dsn, schema_name):
-    conn = db.connect(pg_dsn)
+    conn = connect(pg_dsn)
     try:
-        db.create_schema(conn, schema_name)
+        ddl.create_schema(conn, schema_name)
         with conn.cursor() as cur:
             cur.execute(f'DROP TABLE "{schema_name}".tile_history')
         conn.commit()

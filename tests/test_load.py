@@ -95,15 +95,15 @@ def test_initial_load_equals_normalload(pg_dsn, schemas, small_production, mpiru
     load(mpirun, 2, pg_dsn, initial, prod, tmp_path / "i", "--initial")
     assert dump_schema(pg_dsn, initial) == dump_schema(pg_dsn, normal)
     conn = psycopg2.connect(pg_dsn)
-    from specprod_db import db
-    assert db.missing_indexes(conn, initial) == []
+    from specprod_db.db import ddl
+    assert ddl.missing_indexes(conn, initial) == []
     # an initial load interrupted before its indexes were rebuilt: a plain rerun repairs it
-    db.drop_secondary_indexes(conn, initial)
+    ddl.drop_secondary_indexes(conn, initial)
     with conn.cursor() as cur:
         cur.execute(f'UPDATE "{initial}".ztile SET zcat_primary = false, zcat_nspec = 0')
     conn.commit()
     load(mpirun, 1, pg_dsn, initial, prod, tmp_path / "i")
-    assert db.missing_indexes(conn, initial) == []
+    assert ddl.missing_indexes(conn, initial) == []
     assert dump_schema(pg_dsn, initial) == dump_schema(pg_dsn, normal)
     conn.close()
 

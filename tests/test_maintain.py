@@ -12,7 +12,13 @@ import pytest
 from conftest import CLI, query
 from test_history import load_in_process
 
-from specprod_db import db, maintain, runlock, schema
+from specprod_db import schema
+
+from specprod_db.db import ddl
+
+from specprod_db.db.connect import connect
+from specprod_db.ops import maintain
+from specprod_db.db import lock
 
 Q3C_TABLES = ("photometry", "tile", "exposure", "fiberassign")
 
@@ -20,8 +26,8 @@ Q3C_TABLES = ("photometry", "tile", "exposure", "fiberassign")
 @pytest.fixture(scope="module")
 def loaded(pg_dsn, small_production, tmp_path_factory):
     name = "test_" + secrets.token_hex(4)
-    conn = db.connect(pg_dsn)
-    db.create_schema(conn, name)
+    conn = connect(pg_dsn)
+    ddl.create_schema(conn, name)
     conn.close()
     try:
         assert load_in_process(pg_dsn, name, small_production[0],
@@ -158,7 +164,7 @@ def test_a_running_load_refuses_cluster_not_vacuum(loaded, pg_dsn):
     try:
         with holder.cursor() as cur:
             cur.execute("SELECT pg_advisory_lock(%s, %s)",
-                        (runlock.LOCK_NAMESPACE, runlock.lock_key(loaded)))
+                        (lock.LOCK_NAMESPACE, lock.lock_key(loaded)))
         code, report, err = run(pg_dsn, loaded)
         assert code == 2 and "another load" in err and report is None
         code, report, err = run(pg_dsn, loaded, "--cluster", "never")

@@ -15,7 +15,12 @@ from conftest import CLI, dump_schema, mock_env, query
 from test_history import load_in_process
 from test_schema import _reference
 
-from specprod_db import db, migrate, schema
+from specprod_db import schema
+
+from specprod_db.db import ddl, migrate
+
+from specprod_db.db.sql import qualified
+from specprod_db.db import migrate
 from specprod_db.cli import main
 
 #: The tables added by layout 2.3 (the tile afterburners), absent from older layouts.
@@ -42,8 +47,8 @@ def build_layout(dsn, name, tables):
     with conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
         for t in tables:
-            cur.execute(db.create_table_sql(t, name))
-            for statement in db.index_sql(t, name):
+            cur.execute(ddl.create_table_sql(t, name))
+            for statement in ddl.index_sql(t, name):
                 cur.execute(statement)
     conn.commit()
     conn.close()
@@ -52,7 +57,7 @@ def build_layout(dsn, name, tables):
 def record(dsn, name, layout_version):
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
-        db.record_layout(cur, name, layout_version)
+        migrate.record_layout(cur, name, layout_version)
     conn.commit()
     conn.close()
 
@@ -133,12 +138,12 @@ def build_old_tool_schema(dsn, name):
         cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
         for t in OLD_TOOL_TABLES:  # the old tool's creation order
             cur.execute(sql.SQL("CREATE TABLE {} ({})").format(
-                db.qualified(name, t.name), sql.SQL(", ").join(tables[t.name])))
+                qualified(name, t.name), sql.SQL(", ").join(tables[t.name])))
         here = sql.Identifier(name).as_string(conn) + "."
         constraints = sorted(ref["constraints"].items(), key=lambda kv: kv[1][1] == "f")
         for conname, (table, _, definition) in constraints:
             cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                db.qualified(name, table), sql.Identifier(conname),
+                qualified(name, table), sql.Identifier(conname),
                 sql.SQL(definition.replace("SCHEMA.", here))))
         for indexname, (_, indexdef) in ref["indexes"].items():
             if indexname not in ref["constraints"]:
@@ -158,7 +163,7 @@ def fill(dsn, name, tables, n=3):
                                              "numpy", "redshift", "release", "specprod",
                                              "specprod-db", "sqlalchemy", "tiles"), 1):
                     cur.execute(sql.SQL("INSERT INTO {} (id, package, version) VALUES "
-                                        "(%s, %s, %s)").format(db.qualified(name, "version")),
+                                        "(%s, %s, %s)").format(qualified(name, "version")),
                                 (i, package, "1.3.0" if package == "specprod-db" else "x"))
                 continue
             for k in range(1, n + 1):
@@ -177,7 +182,7 @@ def fill(dsn, name, tables, n=3):
                     else:
                         values.append(str(k))
                 cur.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                    db.qualified(name, t.name),
+                    qualified(name, t.name),
                     sql.SQL(", ").join(map(sql.Identifier, t.names)),
                     sql.SQL(", ").join(sql.Placeholder() * len(values))), values)
     conn.commit()
@@ -423,7 +428,7 @@ def test_init_records_the_layout_and_migrate_leaves_it(pg_dsn, schemas):
 def test_an_unrecorded_current_layout_is_recorded(pg_dsn, schema_name):
     """A schema init made before layouts were recorded: identified, then recorded."""
     conn = psycopg2.connect(pg_dsn)
-    db.create_schema(conn, schema_name)
+    ddl.create_schema(conn, schema_name)
     conn.close()
     assert layout(pg_dsn, schema_name) == (migrate.CURRENT_LAYOUT, "inspected")
     r = migrate_cli(pg_dsn, schema_name)

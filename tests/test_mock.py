@@ -46,7 +46,7 @@ def _tiles(tree):
 
 def test_healpix_matches_healpy():
     healpy = require("healpy")
-    from specprod_db.healpix import radec2pix
+    from specprod_db.extract.healpix import radec2pix
     rng = np.random.default_rng(3)
     ra, dec = rng.uniform(0, 360, 50000), np.degrees(np.arcsin(rng.uniform(-1, 1, 50000)))
     for nside in (1, 2, 8, 64):

@@ -13,7 +13,7 @@ import subprocess
 import psycopg2
 import pytest
 
-from specprod_db import pgcluster
+from specprod_db.devdb import pgcluster
 
 
 def _free_port():

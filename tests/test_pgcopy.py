@@ -8,7 +8,12 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from specprod_db import db, ids, pgcopy, schema
+from specprod_db import ids, schema
+
+from specprod_db.db import ddl
+
+from specprod_db.db.sql import qualified
+from specprod_db.db import pgcopy
 
 _EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -193,11 +198,11 @@ def test_strings_and_chunks_round_trip(pg_dsn, schema_name):
     conn = psycopg2.connect(pg_dsn)
     with conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema_name)))
-        cur.execute(db.create_table_sql(table, schema_name))
+        cur.execute(ddl.create_table_sql(table, schema_name))
         cur.copy_expert(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(
-            db.qualified(schema_name, "tile")).as_string(conn), pgcopy.StreamReader(blocks))
+            qualified(schema_name, "tile")).as_string(conn), pgcopy.StreamReader(blocks))
         cur.execute(sql.SQL("SELECT tileid, survey, tilera FROM {} ORDER BY tileid").format(
-            db.qualified(schema_name, "tile")))
+            qualified(schema_name, "tile")))
         got = cur.fetchall()
     conn.rollback()
     conn.close()
@@ -302,9 +307,9 @@ def test_stream_reader_over_arrays_and_bytes():
 
 @pytest.mark.parametrize("name", ["photometry", "ztile"])
 def test_writer_copy_rows_loads_what_the_reference_path_loads(pg_dsn, schema_name, name):
-    """``writer.copy_rows`` (growing blocks encoded in a thread, array blocks read in
+    """``tile_writer.copy_rows`` (growing blocks encoded in a thread, array blocks read in
     1 MiB pieces) loads exactly the rows of a plain ``iter_bytes`` stream."""
-    from specprod_db import writer
+    from specprod_db.load import tile_writer
     table = schema.table(name)
     rows = _sample(table, 12345, np.random.default_rng(2))
     conn = psycopg2.connect(pg_dsn)
@@ -325,7 +330,7 @@ def test_writer_copy_rows_loads_what_the_reference_path_loads(pg_dsn, schema_nam
                     ).as_string(conn), pgcopy.StreamReader(
                         pgcopy.Encoder(table).iter_bytes(rows, chunk_rows=1000)))
                 else:
-                    assert writer.copy_rows(cur, schema_name, name, rows,
+                    assert tile_writer.copy_rows(cur, schema_name, name, rows,
                                             target=target) == len(rows)
                 dumps.append(_server_copy(cur, conn, target, list(table.names)))
     finally:

@@ -3,7 +3,7 @@ deletes and their guards (decision 3)."""
 import numpy as np
 import pytest
 
-from specprod_db import plan
+from specprod_db.load import plan
 
 DT = [("TILEID", "i4"), ("EFFTIME_SPEC", "f8"), ("LASTNIGHT", "i4"), ("SURVEY", "U8"),
       ("UPDATED", "U24")]

@@ -29,7 +29,7 @@ from test_bad_input import rewrite_fits
 from test_daily import (edit_tiles_csv, last_run, plan_lines, tile_state, tiles_csv,
                         tiles_of)
 
-from specprod_db import plan
+from specprod_db.load import plan
 from specprod_db.extract import tile
 from specprod_db.extract.faflavor import faflavor2program
 from specprod_db.paths import InputError

@@ -12,7 +12,10 @@ from astropy.table import Table
 from desispec.zcatalog import find_primary_spectra
 from psycopg2.extras import execute_values
 
-from specprod_db import db, finalize, ids, schema
+from specprod_db import ids, schema
+
+from specprod_db.db import ddl
+from specprod_db.load import finalize
 
 SURVEYS = np.array(["main", "sv1", "sv2", "sv3", "cmx", "special"])
 
@@ -54,7 +57,7 @@ def _create_with_defaults(conn, schema_name, data):
     """ztile rows with every non-key column zero/false, then the test columns set."""
     with conn.cursor() as cur:
         cur.execute(f'CREATE SCHEMA "{schema_name}"')
-        cur.execute(db.create_table_sql(schema.Table(
+        cur.execute(ddl.create_table_sql(schema.Table(
             "ztile", schema.ZTILE.spec, primary_key=("id",),
             unique=schema.ZTILE.unique), schema_name))
         names = schema.ZTILE.names

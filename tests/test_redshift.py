@@ -16,7 +16,9 @@ import pytest
 from desispec.scripts.zcatalog import read_redrock
 from desiutil.names import radec_to_desiname
 
-from specprod_db import fingerprints, ids, rows, schema
+from specprod_db.load import fingerprints
+from specprod_db import ids, schema
+from specprod_db.extract import rows
 from specprod_db.extract import redshift, tile
 from specprod_db.mock import make_production
 from specprod_db.paths import InputError, Paths

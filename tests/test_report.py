@@ -17,7 +17,8 @@ from conftest import query
 from test_history import (copy_prod, drop_schema, edit_tiles, last_run_id, load_in_process,
                           new_schema)
 
-from specprod_db import cli, report
+from specprod_db import cli
+from specprod_db.ops import report
 from specprod_db.mock import environment
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -185,8 +186,8 @@ def test_tables_hold_the_database_counts(page, loaded, pg_dsn):
 
 
 def test_values_are_escaped(loaded, pg_dsn):
-    from specprod_db import db
-    conn = db.connect(pg_dsn)
+    from specprod_db.db.connect import connect
+    conn = connect(pg_dsn)
     try:
         r = report.collect(conn, loaded[0])
     finally:
@@ -222,7 +223,7 @@ def test_no_such_schema(pg_dsn, tmp_path, capsys):
 def test_help_imports_no_matplotlib():
     code = ("import sys; from specprod_db import cli\n"
             "try:\n    cli.main(['report', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print('matplotlib' in sys.modules, 'specprod_db.report' in sys.modules)")
+            "print('matplotlib' in sys.modules, 'specprod_db.ops.report' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120).stdout
     assert "--out DIR" in out and out.strip().endswith("False False")

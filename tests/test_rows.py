@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from specprod_db import rows, schema
+from specprod_db.extract import rows
+from specprod_db import schema
 
 TSNR2 = {c: 0 for c in schema.FRAME.names if c.startswith("tsnr2_")}
 

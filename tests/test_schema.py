@@ -14,7 +14,9 @@ import os
 import psycopg2
 import pytest
 
-from specprod_db import db, schema
+from specprod_db import schema
+
+from specprod_db.db import ddl
 from specprod_db.commands import init
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -54,7 +56,7 @@ def _reference(name, delimiter):
 @pytest.fixture
 def created(pg_dsn, schema_name):
     conn = psycopg2.connect(pg_dsn)
-    db.create_schema(conn, schema_name)
+    ddl.create_schema(conn, schema_name)
     yield conn
     conn.close()
 
@@ -213,19 +215,19 @@ def test_secondary_indexes_dropped_and_rebuilt(created, schema_name):
                         (schema_name,))
             return {r[0] for r in cur.fetchall()}
     before = names()
-    dropped = db.drop_secondary_indexes(created, schema_name)
+    dropped = ddl.drop_secondary_indexes(created, schema_name)
     after = names()
     assert set(dropped) == before - after
     assert "ix_ztile_z" in dropped and "ix_photometry_q3c_ang2ipix" in dropped
     assert {"ix_ztile_unique", "ztile_pkey", "ix_target_unique"} <= after
-    db.create_indexes(created, schema_name)
+    ddl.create_indexes(created, schema_name)
     assert names() == before
 
 
 def test_overwrite_refused_while_a_load_runs(pg_dsn, schema_name, capsys):
     """init --overwrite takes the schema's load lock before dropping anything: with a load
     holding it, init says so in one line, exits 2 and the schema is left intact."""
-    from specprod_db import runlock
+    from specprod_db.db import lock
     from specprod_db.cli import main
     assert init.run(init_args(pg_dsn, schema_name)) == 0
     holder = psycopg2.connect(pg_dsn, application_name="specprod-db")
@@ -237,7 +239,7 @@ def test_overwrite_refused_while_a_load_runs(pg_dsn, schema_name, capsys):
             cur.execute(f'INSERT INTO "{schema_name}".version (package, version) '
                         "VALUES ('marker', 'kept')")
             cur.execute("SELECT pg_advisory_lock(%s, %s)",
-                        (runlock.LOCK_NAMESPACE, runlock.lock_key(schema_name)))
+                        (lock.LOCK_NAMESPACE, lock.lock_key(schema_name)))
         capsys.readouterr()
         code = main(["init", "--schema", schema_name, "--db", pg_dsn, "--no-grant",
                      "--overwrite", "--yes"])
@@ -253,7 +255,7 @@ def test_overwrite_refused_while_a_load_runs(pg_dsn, schema_name, capsys):
             cur.execute(f'SELECT count(*) FROM "{schema_name}".load_run')
             assert cur.fetchone() == (1,)
             cur.execute("SELECT pg_advisory_unlock(%s, %s)",
-                        (runlock.LOCK_NAMESPACE, runlock.lock_key(schema_name)))
+                        (lock.LOCK_NAMESPACE, lock.lock_key(schema_name)))
         # once the load is gone, the overwrite goes ahead
         assert main(["init", "--schema", schema_name, "--db", pg_dsn, "--no-grant",
                      "--overwrite", "--yes"]) == 0

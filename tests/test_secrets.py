@@ -11,7 +11,8 @@ from psycopg2 import sql
 from psycopg2.extensions import encrypt_password, make_dsn, parse_dsn
 
 from conftest import CLI, load, query
-from specprod_db import db, pgcluster
+from specprod_db.db.connect import connect, describe
+from specprod_db.devdb import pgcluster
 from specprod_db.errors import ConnectionFailed
 
 
@@ -78,14 +79,14 @@ def test_wrong_password_is_refused_without_echo(pg_dsn, role, role_dsn):
                  f"?user={name}&password={wrong}&connect_timeout=10")
     for dsn in forms:
         with pytest.raises(ConnectionFailed) as e:
-            db.connect(dsn)
+            connect(dsn)
         message = str(e.value)
         if "authentication failed" not in message:
             pytest.skip(f"the test server does not check passwords: {message}")
         _assert_no(wrong, message)
         _assert_no(password, message)
         assert f"user={name}" in message and "Traceback" not in message
-        _assert_no(wrong, *map(str, db.describe(dsn).values()))
+        _assert_no(wrong, *map(str, describe(dsn).values()))
         with pytest.raises(pgcluster.ClusterError) as e:
             pgcluster.ensure_q3c(dsn, where="the test server")
         _assert_no(wrong, str(e.value))
@@ -97,7 +98,7 @@ def test_unparsable_conninfo_is_not_echoed(role_dsn):
     dsn = role_dsn.replace("password=", "password=first-half hidden-second-half ", 1)
     assert "hidden-second-half" in dsn
     with pytest.raises(ConnectionFailed) as e:
-        db.connect(dsn)
+        connect(dsn)
     assert "hidden-second-half" not in str(e.value) and "first-half" not in str(e.value)
     assert "connection info string" in str(e.value)
 

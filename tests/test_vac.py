@@ -23,7 +23,11 @@ from psycopg2 import sql
 from conftest import CLI, query
 from test_history import load_in_process
 
-from specprod_db import db, mpi, vac
+from specprod_db import mpi, vac
+
+from specprod_db.db import ddl
+
+from specprod_db.db.connect import connect
 from specprod_db.errors import InputError, RunRefused
 
 #: The written columns: FITS name -> (numpy dtype, expected PostgreSQL type).
@@ -243,7 +247,7 @@ def loaded_old(pg_dsn, bare, tmp_path):
 def _intact(pg_dsn, schema_name, before):
     assert repr(fetch(pg_dsn, schema_name, "cat")) == repr(before)  # NaN == NaN
     assert tables(pg_dsn, schema_name) == {"vac_cat"}  # no __new left
-    assert [v["rows"] for v in vac.describe_all(db.connect(pg_dsn), schema_name)] == [10]
+    assert [v["rows"] for v in vac.describe_all(connect(pg_dsn), schema_name)] == [10]
 
 
 @pytest.mark.parametrize("kind, column, what", [
@@ -318,7 +322,7 @@ def test_names_and_other_tables(pg_dsn, bare, tmp_path):
     with pytest.raises(RunRefused, match="not a VAC"):
         load(pg_dsn, bare, "mine", path, stage_dir=tmp_path)
     with pytest.raises(RunRefused, match="not a VAC"):
-        vac.drop(db.connect(pg_dsn), bare, "mine")
+        vac.drop(connect(pg_dsn), bare, "mine")
     assert tables(pg_dsn, bare) == {"vac_mine"}
 
 
@@ -500,7 +504,7 @@ def test_reload_is_atomic_for_readers(pg_dsn, bare, tmp_path, monkeypatch, caplo
     assert {s for s in seen} == {(old, old), (new, new)}, set(seen)
     assert seen[-1] == (new, new) and count(pg_dsn, bare, "cat") == new
     assert tables(pg_dsn, bare) == {"vac_cat"}
-    assert [v["rows"] for v in vac.describe_all(db.connect(pg_dsn), bare)] == [new]
+    assert [v["rows"] for v in vac.describe_all(connect(pg_dsn), bare)] == [new]
 
 
 # --- foreign keys to a loaded production -----------------------------------------------
@@ -509,8 +513,8 @@ def test_reload_is_atomic_for_readers(pg_dsn, bare, tmp_path, monkeypatch, caplo
 def production(pg_dsn, small_production, tmp_path_factory):
     """A schema with the small mock production loaded (photometry, ztile ...)."""
     name = "test_" + secrets.token_hex(4)
-    conn = db.connect(pg_dsn)
-    db.create_schema(conn, name)
+    conn = connect(pg_dsn)
+    ddl.create_schema(conn, name)
     conn.close()
     try:
         assert load_in_process(pg_dsn, name, small_production[0],
@@ -566,7 +570,7 @@ def test_foreign_keys(pg_dsn, production, tmp_path):
                          f'"{production}".ztile z USING (targetid, spgrp, spgrpval, '
                          f'tileid)')[0][0] == len(z)
     for name in ("fk", "emline"):
-        assert vac.drop(db.connect(pg_dsn), production, name)
+        assert vac.drop(connect(pg_dsn), production, name)
 
 
 # --- MPI, list, drop -------------------------------------------------------------------

@@ -261,7 +261,7 @@ def test_desiname_sql_equals_desiutil(pg_dsn):
     import numpy as np
     from desiutil.names import radec_to_desiname
     from psycopg2 import sql
-    from specprod_db.verify import _desiname_sql
+    from specprod_db.ops.verify import _desiname_sql
     rng = np.random.default_rng(7)
     ra = np.concatenate([rng.uniform(0, 360, 2000), [0.0, 359.99999, 150.12345, 5.0, 10.0,
                                                      0.00004, 359.999999999, 1e-9]])

@@ -7,11 +7,16 @@ import numpy as np
 import psycopg2
 import pytest
 
-from specprod_db import db, schema, tasks, writer
+from specprod_db import schema
+
+from specprod_db.db import ddl
+
+from specprod_db.db.connect import connect
+from specprod_db.load import tasks, tile_writer
 from specprod_db.mock import environment
 from specprod_db.paths import Paths
-from specprod_db.pipeline import Options, Run
-from specprod_db.plan import INSERT
+from specprod_db.load.pipeline import Options, Run
+from specprod_db.load.plan import INSERT
 
 from test_failures import orphan_photometry
 
@@ -20,8 +25,8 @@ from test_failures import orphan_photometry
 def run(pg_dsn, schema_name, copy_production, tmp_path):
     """A planned (not yet extracted) Run of a copy of the small production on a fresh
     schema."""
-    conn = db.connect(pg_dsn)
-    db.create_schema(conn, schema_name)
+    conn = connect(pg_dsn)
+    ddl.create_schema(conn, schema_name)
     conn.close()
     paths = Paths.from_environment(environment(copy_production()))
     r = Run(Options(schema=schema_name, paths=paths, dsn=pg_dsn,
@@ -56,26 +61,26 @@ def test_a_tile_is_all_or_nothing(run, pg_dsn):
     bad["targetid"] = targeting["targetid"][0]
     bad["morphtype"] = b"P\x00S"  # PostgreSQL refuses NUL in text
     with pytest.raises(psycopg2.DataError):
-        writer.write_tile(conn, name, action, tables, result.state, run.run_id,
+        tile_writer.write_tile(conn, name, action, tables, result.state, run.run_id,
                           [bad, targeting])
     for table in [t.name for t in schema.tile_tables()]:
         assert _count(conn, name, table, 100) == 0, table
     assert _count(conn, name, "photometry") == 0
     assert _count(conn, name, "tile_state") == 0
 
-    counts = writer.write_tile(conn, name, action, tables, result.state, run.run_id,
+    counts = tile_writer.write_tile(conn, name, action, tables, result.state, run.run_id,
                                [targeting])
     assert counts["photometry"] == len(np.unique(targeting["targetid"]))
     for table in ("tile", "exposure", "frame", "fiberassign", "potential", "target",
                   "ztile"):
         assert _count(conn, name, table, 100) == counts[table] == len(tables[table])
     # written again (a full UPDATE): the same rows, photometry kept, none orphaned
-    again = writer.write_tile(conn, name, action, tables, result.state, run.run_id,
+    again = tile_writer.write_tile(conn, name, action, tables, result.state, run.run_id,
                               [targeting])
     assert again["photometry_deleted"] == 0 and again["photometry"] == 0
     assert orphan_photometry(pg_dsn, name) == 0
     # DELETE: every row of the tile and the photometry only it referenced
-    gone = writer.delete_tile(conn, name, action, run.run_id)
+    gone = tile_writer.delete_tile(conn, name, action, run.run_id)
     assert gone["photometry"] == counts["photometry"]
     for table in ("tile", "exposure", "frame", "fiberassign", "potential", "target",
                   "ztile", "photometry"):
@@ -87,11 +92,11 @@ def test_keep_protects_photometry_of_the_runs_other_tiles(run, pg_dsn):
     action, result = _extract(run, 100)
     tables = result.stage.tables()
     targeting = tables.pop("photometry")
-    writer.write_tile(conn, name, action, tables, result.state, run.run_id, [targeting])
-    keep = writer.keep_targetids(conn)
-    writer.keep_more(conn, keep, result.targetids[:5])
-    writer.keep_more(conn, keep, result.targetids[3:10])  # overlapping: no duplicate
-    counts = writer.delete_tile(conn, name, action, run.run_id, keep)
+    tile_writer.write_tile(conn, name, action, tables, result.state, run.run_id, [targeting])
+    keep = tile_writer.keep_targetids(conn)
+    tile_writer.keep_more(conn, keep, result.targetids[:5])
+    tile_writer.keep_more(conn, keep, result.targetids[3:10])  # overlapping: no duplicate
+    counts = tile_writer.delete_tile(conn, name, action, run.run_id, keep)
     assert _count(conn, name, "photometry") == 10
     assert counts["photometry"] == len(np.unique(targeting["targetid"])) - 10
 
@@ -103,14 +108,14 @@ def test_photometry_a_catalog_references_is_kept(run):
     action, result = _extract(run, 100)
     tables = result.stage.tables()
     targeting = tables.pop("photometry")
-    writer.write_tile(conn, name, action, tables, result.state, run.run_id, [targeting])
-    with writer.transaction(conn) as cur:
+    tile_writer.write_tile(conn, name, action, tables, result.state, run.run_id, [targeting])
+    with tile_writer.transaction(conn) as cur:
         cur.execute(f'CREATE TABLE "{name}".vac_x (targetid bigint PRIMARY KEY '
                     f'REFERENCES "{name}".photometry (targetid))')
         cur.execute(f'INSERT INTO "{name}".vac_x VALUES (%s), (%s)',
                     (int(result.targetids[0]), int(result.targetids[1])))
-        assert ("vac_x", "targetid") in writer.photometry_references(cur, name)
-    writer.delete_tile(conn, name, action, run.run_id)
+        assert ("vac_x", "targetid") in tile_writer.photometry_references(cur, name)
+    tile_writer.delete_tile(conn, name, action, run.run_id)
     assert _count(conn, name, "photometry") == 2
 
 
@@ -130,7 +135,7 @@ def test_tile_stage_file_reused_only_for_the_same_inputs(run):
 
 def test_brick_group_with_a_failed_brick_is_never_reused(run, tmp_path):
     results = [_extract(run, t)[1] for t in (100, 1000)]
-    from specprod_db import bricks
+    from specprod_db.load import bricks
     jobs, _ = bricks.brick_jobs(run.conn, run.opts.schema, run.opts.paths, run.stage_dir,
                                 results)
     job = jobs[0]
@@ -162,23 +167,23 @@ def test_concurrent_photometry_upserts_never_deadlock(pg_dsn, schema_name):
     own transaction held open for a while: copy_upsert inserts in TARGETID order, so one
     waits for the other and both succeed, with one row per TARGETID."""
     import threading
-    conn = db.connect(pg_dsn)
-    db.create_schema(conn, schema_name)
+    conn = connect(pg_dsn)
+    ddl.create_schema(conn, schema_name)
     conn.close()
     errors, rounds, n = [], 3, 40_000
     barrier = threading.Barrier(2)
 
     def session(flip):
-        c = db.connect(pg_dsn)
+        c = connect(pg_dsn)
         try:
             for k in range(rounds):
                 ids = np.arange(k * 2 * n, k * 2 * n + n, dtype=np.int64) + (n // 2 if flip
                                                                             else 0)
                 rows = schema.table("photometry").empty(n)
                 rows["targetid"] = ids[::-1] if flip else ids  # opposite orders
-                with writer.transaction(c) as cur:
+                with tile_writer.transaction(c) as cur:
                     barrier.wait(60)  # both insert at the same time
-                    writer.copy_upsert(cur, schema_name, "photometry", rows, ("targetid",))
+                    tile_writer.copy_upsert(cur, schema_name, "photometry", rows, ("targetid",))
         except psycopg2.Error as err:
             errors.append(err)
         finally:
@@ -189,7 +194,7 @@ def test_concurrent_photometry_upserts_never_deadlock(pg_dsn, schema_name):
     for t in threads:
         t.join(120)
     assert not errors, errors
-    conn = db.connect(pg_dsn)
+    conn = connect(pg_dsn)
     with conn.cursor() as cur:
         cur.execute(f'SELECT count(*), count(DISTINCT targetid) FROM "{schema_name}".photometry')
         assert cur.fetchone() == (rounds * n * 3 // 2, rounds * n * 3 // 2)

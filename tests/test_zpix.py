@@ -309,7 +309,7 @@ def test_desiname_mismatch_counted_in_a_load(ranks, pg_dsn, static, mpirun, tmp_
 def test_verify_checks_zpix_desiname(pg_dsn, loaded):
     """verify: every zpix desiname is radec_to_desiname of a fiberassign TARGET_RA/DEC of
     its TARGETID; one changed by hand is drift naming the row."""
-    from specprod_db import verify
+    from specprod_db.ops import verify
     _, names = loaded
     name = names[0]
     tid, survey, program, right = query(pg_dsn, f'SELECT targetid, survey, program, desiname '

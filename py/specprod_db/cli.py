@@ -21,7 +21,7 @@ COMMANDS = {
     "combine": ("specprod_db.commands.combine", "create a schema of views combining loaded productions"),
     "demo": ("specprod_db.commands.demo", "run the main job end to end on a mock production"),
     "mock": ("specprod_db.mock.cli", "write or advance a mock DESI daily production"),
-    "cluster": ("specprod_db.pgcluster", "start, stop or show a private throwaway PostgreSQL cluster"),
+    "cluster": ("specprod_db.devdb.pgcluster", "start, stop or show a private throwaway PostgreSQL cluster"),
     "status": ("specprod_db.commands.status", "tiles loaded, failed and pending, last runs, table sizes"),
     "verify": ("specprod_db.commands.verify", "check that the database holds what was loaded; touch nothing"),
     "history": ("specprod_db.commands.history", "what each load did to each tile, and why"),
@@ -57,7 +57,7 @@ class _LazyCommand(argparse.ArgumentParser):
 def parser():
     """The ``specprod-db`` parser; a sub-command's options are added when it parses
     (``.load()`` on its sub-parser adds them without parsing)."""
-    from . import __version__
+    from specprod_db import __version__
     top = argparse.ArgumentParser(
         prog="specprod-db",
         description="Load DESI spectroscopic productions into PostgreSQL.")

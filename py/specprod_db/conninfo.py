@@ -16,7 +16,7 @@ An unquoted value ends at white space, or at a ``"`` or ``'`` that closes the st
 is written in (followed by white space, ``,``, ``:``, ``;``, ``)``, ``]``, ``}`` or the
 end), so a conninfo inside JSON or a ``repr`` stays well-formed.
 
-Only the standard library is used: :mod:`specprod_db.pgcluster` imports this module and
+Only the standard library is used: :mod:`specprod_db.devdb.pgcluster` imports this module and
 must run without the rest of the package.
 """
 import re

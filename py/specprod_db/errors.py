@@ -81,7 +81,7 @@ class DatabaseLost(SpecprodDBError):
     """The database stopped the work: the connection broke (server restarted, session
     terminated or timed out) or the server cancelled a statement (``statement_timeout``,
     ``lock_timeout``, ``pg_cancel_backend``).  The run stops; what was committed is whole.
-    :func:`specprod_db.db.server_stop` tells a psycopg2 error of this kind from a
+    :func:`specprod_db.db.connect.server_stop` tells a psycopg2 error of this kind from a
     refusal of the data."""
 
     exit_code = EXIT_INTERRUPTED

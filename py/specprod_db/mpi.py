@@ -28,9 +28,9 @@ import traceback
 from collections import deque
 from dataclasses import dataclass
 
-from . import faults
-from .errors import EXIT_INTERNAL, DatabaseLost, InputError, one_line
-from .log import get_logger
+from specprod_db import faults
+from specprod_db.errors import EXIT_INTERNAL, DatabaseLost, InputError, one_line
+from specprod_db.log import get_logger
 
 _TAG_TASK, _TAG_RESULT = 11, 12
 _STOP = "stop"

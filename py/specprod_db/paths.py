@@ -23,7 +23,7 @@ import glob
 import os
 from dataclasses import dataclass, fields
 
-from .errors import InputError  # noqa: F401  (raised here; defined in errors.py)
+from specprod_db.errors import InputError
 
 
 def present(path: str) -> bool:

@@ -445,7 +445,7 @@ text: error
     foreign_keys={"run_id": "load_run.id"}, bookkeeping=True)
 
 #: One row per tile and run that did something to the tile (or refused to), written in
-#: the tile's own transaction (:mod:`specprod_db.writer`): ``action`` and ``reason`` are
+#: the tile's own transaction (:mod:`specprod_db.load.tile_writer`): ``action`` and ``reason`` are
 #: the plan's; ``outcome`` is ``loaded``, ``refreshed``, ``deleted``, ``failed``,
 #: ``internal_error`` or ``skipped``; ``error`` the failure's message; ``counts`` (JSON)
 #: the rows written, deleted or re-flagged; ``tile_rows`` (JSON ``{table: rows}``) what

@@ -24,9 +24,9 @@ import time
 import h5py
 import numpy as np
 
-from . import faults
-from .errors import StageError, StageWriteFailed
-from .schema import table as schema_table
+from specprod_db import faults
+from specprod_db.errors import StageError, StageWriteFailed
+from specprod_db.schema import table as schema_table
 
 FORMAT_VERSION = 1
 
@@ -351,7 +351,7 @@ def remove_bricks(stage_dir):
 
 
 def remove_catalogs(stage_dir):
-    """Remove every catalog stage file (:mod:`specprod_db.catalogs`; at the end of a
+    """Remove every catalog stage file (:mod:`specprod_db.load.catalogs`; at the end of a
     run: a rerun's waves want other rows)."""
     return _remove(stage_dir, lambda n: n.startswith("catalog-") and n.endswith(".h5"))
 

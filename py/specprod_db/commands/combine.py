@@ -4,12 +4,14 @@
 data table, ``{table}_all`` (UNION ALL of the sources, ``specprod`` column added) and
 ``{table}`` (each tile and object once, from the last source listed that holds it;
 primary flags of ``ztile`` and ``zpix`` recomputed over the combination).  Nothing is
-copied.  Rules and costs: :mod:`specprod_db.combine`, doc/combine.md.
+copied.  Rules and costs: :mod:`specprod_db.ops.combine`, doc/combine.md.
 """
-from .. import combine, db
-from ..log import get_logger
-from .common import (add_db_arguments, add_grant_arguments, grant_roles, report_errors,
-                     schema_name)
+from specprod_db.ops import combine
+from specprod_db.db import ddl
+from specprod_db.db.connect import connect
+from specprod_db.log import get_logger
+from specprod_db.commands.common import (add_db_arguments, add_grant_arguments,
+    grant_roles, report_errors, schema_name)
 
 
 def add_arguments(parser):
@@ -28,10 +30,10 @@ def add_arguments(parser):
 @report_errors
 def run(args):
     log = get_logger()
-    conn = db.connect(args.db)
+    conn = connect(args.db)
     try:
         sources = combine.create(conn, args.schema, args.sources, replace=args.replace)
-        granted = db.grant_read(conn, args.schema, grant_roles(args))
+        granted = ddl.grant_read(conn, args.schema, grant_roles(args))
     finally:
         conn.close()
     for s in sources:

@@ -4,14 +4,15 @@ import functools
 import sys
 from contextlib import contextmanager
 
-from ..conninfo import mask
-from ..db import DSN_ENV, MAX_IDENTIFIER_BYTES, check_schema_name, server_stop
-from ..errors import EXIT_INTERNAL, SpecprodDBError, UsageError, one_line
+from specprod_db.conninfo import mask
+from specprod_db.db.connect import DSN_ENV, server_stop
+from specprod_db.db.sql import MAX_IDENTIFIER_BYTES, check_schema_name
+from specprod_db.errors import EXIT_INTERNAL, SpecprodDBError, UsageError, one_line
 
 
 def schema_name(text: str) -> str:
     """argparse type of every option or argument naming a schema: ``text`` if
-    PostgreSQL can hold it unchanged (:func:`specprod_db.db.check_schema_name`), else an
+    PostgreSQL can hold it unchanged (:func:`specprod_db.db.sql.check_schema_name`), else an
     argparse error (exit 2, the usage and the reason)."""
     try:
         return check_schema_name(text)
@@ -61,9 +62,9 @@ def grant_roles(args):
 def plan_options(args, command):
     """``(Options for a read-only plan, None)``, or ``(None, why)`` when the input
     locations are unknown: what ``status`` and ``report`` show as pending tiles."""
-    from ..errors import InputError, one_line
-    from ..paths import paths_from_args
-    from ..pipeline import Options  # not for --help (the pipeline's imports are heavy)
+    from specprod_db.errors import InputError, one_line
+    from specprod_db.paths import paths_from_args
+    from specprod_db.load.pipeline import Options
     try:
         return Options(schema=args.schema, paths=paths_from_args(args), dsn=args.db,
                        dry_run=True, command=command), None
@@ -74,10 +75,10 @@ def plan_options(args, command):
 def connect_to_schema(args):
     """A connection to ``--db``, after checking that ``--schema`` exists
     (:class:`~specprod_db.errors.RunRefused` otherwise)."""
-    from .. import db
-    from ..errors import RunRefused
-    conn = db.connect(args.db)
-    if not db.schema_exists(conn, args.schema):
+    from specprod_db.db.connect import connect, schema_exists
+    from specprod_db.errors import RunRefused
+    conn = connect(args.db)
+    if not schema_exists(conn, args.schema):
         conn.close()
         raise RunRefused(f"schema {args.schema} does not exist")
     return conn
@@ -98,7 +99,7 @@ def log_level(args):
     """``-v`` / ``-q`` of ``args`` applied (DEBUG / WARNING) while the block runs, in
     this process and the processes it starts; a command called in-process (tests, the
     demo) leaves no level behind."""
-    from ..log import set_level
+    from specprod_db.log import set_level
     level = "DEBUG" if getattr(args, "verbose", False) else \
         "WARNING" if getattr(args, "quiet", False) else None
     if level is None:
@@ -114,7 +115,7 @@ def log_level(args):
 def expected_error(err: BaseException) -> "SpecprodDBError | None":
     """``err`` if it is one of ours, the :class:`~specprod_db.errors.DatabaseLost` a
     psycopg2 error means when it is the database stopping the work (a cancelled
-    statement, a session ended, a lost connection: :func:`specprod_db.db.server_stop`),
+    statement, a session ended, a lost connection: :func:`specprod_db.db.connect.server_stop`),
     else None (a bug)."""
     if isinstance(err, SpecprodDBError):
         return err

@@ -12,10 +12,13 @@ import sys
 
 from psycopg2 import sql
 
-from .. import db, pgcluster
-from ..conninfo import mask, mask_argv
-from ..log import get_logger
-from .common import report_errors, schema_name
+from specprod_db.db.connect import connect, resolve_dsn
+
+from specprod_db.db.sql import qualified
+from specprod_db.devdb import pgcluster
+from specprod_db.conninfo import mask, mask_argv
+from specprod_db.log import get_logger
+from specprod_db.commands.common import report_errors, schema_name
 
 
 def add_arguments(parser):
@@ -54,9 +57,9 @@ def _run(argv, env):
 
 @report_errors
 def run(args):
-    from ..mock import advance_production, environment, make_production
+    from specprod_db.mock import advance_production, environment, make_production
     log = get_logger()
-    dsn = args.db or db.resolve_dsn() or pgcluster.configured_dsn() or pgcluster.ensure_server()
+    dsn = args.db or resolve_dsn() or pgcluster.configured_dsn() or pgcluster.ensure_server()
     prod = os.path.join(args.outdir, "production")
     if os.path.exists(prod):
         shutil.rmtree(prod)
@@ -87,10 +90,10 @@ def run(args):
 
 
 def _show(dsn, schema_name, summary):
-    conn = db.connect(dsn)
+    conn = connect(dsn)
 
     def table(name):
-        return db.qualified(schema_name, name)
+        return qualified(schema_name, name)
     with conn.cursor() as cur:
         print(f"\nschema {schema_name}:")
         for t in ("tile", "exposure", "frame", "photometry", "target", "fiberassign",

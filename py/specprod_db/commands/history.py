@@ -7,9 +7,11 @@ import json
 
 import psycopg2
 
-from .. import db, history
-from ..errors import RunRefused, one_line
-from .common import add_db_arguments, add_schema_argument, report_errors, tile_list
+from specprod_db.db.connect import connect
+from specprod_db.ops import history
+from specprod_db.errors import RunRefused, one_line
+from specprod_db.commands.common import (add_db_arguments, add_schema_argument,
+    report_errors, tile_list)
 
 
 def add_arguments(parser):
@@ -31,7 +33,7 @@ def add_arguments(parser):
 
 @report_errors
 def run(args):
-    conn = db.connect(args.db)
+    conn = connect(args.db)
     try:
         history.require_table(conn, args.schema)
         try:

@@ -2,7 +2,7 @@
 
 Idempotent: running it twice changes nothing.  ``--overwrite`` drops the schema first and
 requires ``--yes`` as well, because it destroys everything loaded in it; it first takes
-the schema's load lock (:func:`specprod_db.runlock.acquire_lock`), so a running load is
+the schema's load lock (:func:`specprod_db.db.lock.acquire_lock`), so a running load is
 never dropped from under it: init then refuses with exit 2.
 
 An existing schema is brought up to date without ``CREATE SCHEMA``, so a role that owns
@@ -13,12 +13,14 @@ import sys
 
 import psycopg2
 
-from .. import db
-from ..errors import RunRefused, one_line
-from ..runlock import acquire_lock
-from ..log import get_logger
-from .common import (add_db_arguments, add_grant_arguments, add_schema_argument, grant_roles,
-                     report_errors)
+from specprod_db.db import ddl, migrate
+
+from specprod_db.db.connect import connect, schema_exists, server_stop
+from specprod_db.errors import RunRefused, one_line
+from specprod_db.db.lock import acquire_lock
+from specprod_db.log import get_logger
+from specprod_db.commands.common import (add_db_arguments, add_grant_arguments,
+    add_schema_argument, grant_roles, report_errors)
 
 
 def add_arguments(parser):
@@ -43,15 +45,15 @@ def run(args):
               "add --yes to confirm", file=sys.stderr)
         return 2
     specprod = args.specprod or os.environ.get("SPECPROD") or args.schema
-    conn = db.connect(args.db)
+    conn = connect(args.db)
     try:
-        if args.overwrite and db.schema_exists(conn, args.schema):
+        if args.overwrite and schema_exists(conn, args.schema):
             _lock_out_loads(conn, args.schema)
-        created = db.create_schema(conn, args.schema, overwrite=args.overwrite)
-        db.record_versions(conn, args.schema, specprod)
-        granted = db.grant_read(conn, args.schema, grant_roles(args))
+        created = ddl.create_schema(conn, args.schema, overwrite=args.overwrite)
+        migrate.record_versions(conn, args.schema, specprod)
+        granted = ddl.grant_read(conn, args.schema, grant_roles(args))
     except psycopg2.Error as err:  # a role without CREATE ...: rolled back, exit 2
-        raise db.server_stop(err, conn) or RunRefused(
+        raise server_stop(err, conn) or RunRefused(
             f"init of schema {args.schema} refused by the database: {one_line(err)}") \
             from None
     finally:

@@ -5,10 +5,10 @@ tasks, and writes; the other ranks extract.  The result is the same for every N 
 """
 import argparse
 
-from .. import mpi
-from ..errors import UsageError, one_line
-from ..paths import InputError, add_path_arguments, paths_from_args
-from .common import add_db_arguments, add_schema_argument, report_errors
+from specprod_db import mpi
+from specprod_db.errors import UsageError, one_line
+from specprod_db.paths import InputError, add_path_arguments, paths_from_args
+from specprod_db.commands.common import add_db_arguments, add_schema_argument, report_errors
 
 
 def add_arguments(parser, dry_run_flag=True):
@@ -93,7 +93,7 @@ def _count(text):
 
 
 def options_from_args(args, dry_run=None):
-    from ..pipeline import Options      # here: 'load --help' needs no pipeline
+    from specprod_db.load.pipeline import Options
     try:
         paths = paths_from_args(args)
     except InputError as err:  # DESI_ROOT unset ...: the run cannot start (exit 2)
@@ -119,7 +119,7 @@ def options_from_args(args, dry_run=None):
 
 @report_errors
 def run(args):
-    from ..pipeline import load
+    from specprod_db.load.pipeline import load
     comm = mpi.world()
     try:
         opts = options_from_args(args)

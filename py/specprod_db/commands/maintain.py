@@ -2,7 +2,7 @@
 
 VACUUM ANALYZE every table of the schema; CLUSTER the q3c tables on their q3c index
 when it pays (``auto``: measured order and bloat, thresholds in
-:mod:`specprod_db.maintain`), always, or never.  Locks and when to run it:
+:mod:`specprod_db.ops.maintain`), always, or never.  Locks and when to run it:
 doc/maintenance.md (``--cluster never`` is safe beside readers and loads).
 
 Exit 0 when everything decided was done; 1 when a CLUSTER was skipped because its lock
@@ -11,12 +11,12 @@ a load running while CLUSTER may be needed).
 """
 import json
 
-from .common import add_db_arguments, add_schema_argument, report_errors
+from specprod_db.commands.common import add_db_arguments, add_schema_argument, report_errors
 
 
 def add_arguments(parser):
-    from ..maintain import CLUSTER_MODES, LOCK_TIMEOUT, MAX_DEAD_FRACTION, MIN_CORRELATION, \
-        MIN_PAGES
+    from specprod_db.ops.maintain import (CLUSTER_MODES, LOCK_TIMEOUT, MAX_DEAD_FRACTION,
+        MIN_CORRELATION, MIN_PAGES)
     add_schema_argument(parser)
     add_db_arguments(parser)
     parser.add_argument("--cluster", choices=CLUSTER_MODES, default="auto",
@@ -35,14 +35,15 @@ def add_arguments(parser):
 @report_errors
 def run(args):
     import psycopg2
-    from .. import db, maintain
-    from ..errors import RunRefused, one_line
-    conn = db.connect(args.db, application_name="specprod-db maintain")
+    from specprod_db.db.connect import connect, server_stop
+    from specprod_db.ops import maintain
+    from specprod_db.errors import RunRefused, one_line
+    conn = connect(args.db, application_name="specprod-db maintain")
     try:
         report = maintain.maintain(conn, args.schema, cluster=args.cluster,
                                    lock_timeout=args.lock_timeout)
     except psycopg2.Error as err:  # the database stopping the work is exit 3
-        raise db.server_stop(err, conn) or RunRefused(one_line(err)) from None
+        raise server_stop(err, conn) or RunRefused(one_line(err)) from None
     finally:
         conn.close()
     print(json.dumps(report, indent=1) if args.json else maintain.format_text(report))

@@ -1,6 +1,6 @@
 """``specprod-db migrate --schema S [--dry-run]``: bring a schema to the current layout.
 
-Applies the migrations of :mod:`specprod_db.migrate` the schema lacks, in order, each in
+Applies the migrations of :mod:`specprod_db.db.migrate` the schema lacks, in order, each in
 one transaction that records the layout it reaches in the ``version`` table; prints what
 each step did.  A schema already at the current layout is left as it is (a layout found
 by inspection, on a schema made before layouts were recorded, is recorded).  It takes the
@@ -13,9 +13,9 @@ this specprod-db, a load running, no database).
 """
 import json
 
-from .. import db
-from ..errors import RunRefused, one_line
-from .common import add_db_arguments, add_schema_argument, report_errors
+from specprod_db.db.connect import connect, schema_exists, server_stop
+from specprod_db.errors import RunRefused, one_line
+from specprod_db.commands.common import add_db_arguments, add_schema_argument, report_errors
 
 
 def add_arguments(parser):
@@ -29,17 +29,17 @@ def add_arguments(parser):
 @report_errors
 def run(args):
     import psycopg2
-    from .. import migrate
-    from ..runlock import acquire_lock
-    conn = db.connect(args.db)
+    from specprod_db.db import migrate
+    from specprod_db.db.lock import acquire_lock
+    conn = connect(args.db)
     try:
-        if not db.schema_exists(conn, args.schema):
+        if not schema_exists(conn, args.schema):
             raise RunRefused(f"schema {args.schema} does not exist")
         if not args.dry_run:
             acquire_lock(conn, args.schema)  # held until the connection closes
         report = migrate.migrate(conn, args.schema, dry_run=args.dry_run)
     except psycopg2.Error as err:  # outside a migration's transaction: nothing written
-        raise db.server_stop(err, conn) or RunRefused(one_line(err)) from None
+        raise server_stop(err, conn) or RunRefused(one_line(err)) from None
     finally:
         conn.close()
     print(json.dumps(report, indent=1) if args.json else migrate.format_report(report))

@@ -2,9 +2,9 @@
 
 The same as ``specprod-db load --dry-run`` (one rank, no MPI needed).
 """
-from .. import mpi
-from . import load as load_command
-from .common import report_errors
+from specprod_db import mpi
+from specprod_db.commands import load as load_command
+from specprod_db.commands.common import report_errors
 
 
 def add_arguments(parser):
@@ -13,5 +13,5 @@ def add_arguments(parser):
 
 @report_errors
 def run(args):
-    from ..pipeline import load     # here: 'plan --help' needs no pipeline
+    from specprod_db.load.pipeline import load
     return load(mpi.SerialComm(), load_command.options_from_args(args, dry_run=True))

@@ -5,10 +5,10 @@ Reads only (the pending tiles are planned as ``specprod-db status`` plans them; 
 tiles file is unreachable the page says so).  Exit 0 when the page is written, whatever
 it shows; 2 when the schema does not exist or the database cannot be reached.
 """
-from ..errors import EXIT_OK
-from ..paths import add_path_arguments
-from .common import (add_db_arguments, add_schema_argument, connect_to_schema,
-                     plan_options as plan_options_of, report_errors)
+from specprod_db.errors import EXIT_OK
+from specprod_db.paths import add_path_arguments
+from specprod_db.commands.common import (add_db_arguments, add_schema_argument,
+    connect_to_schema, plan_options as plan_options_of, report_errors)
 
 
 def add_arguments(parser):
@@ -24,7 +24,7 @@ def add_arguments(parser):
 def run(args):
     import os
 
-    from .. import report  # matplotlib: not for --help
+    from specprod_db.ops import report
     plan_options, plan_error = plan_options_of(args, "report")
     conn = connect_to_schema(args)
     try:

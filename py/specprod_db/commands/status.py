@@ -7,11 +7,11 @@ schema does not exist or the database cannot be reached.  ``--json``: doc/status
 """
 import json
 
-from .. import status
-from ..errors import EXIT_FAILED, EXIT_OK
-from ..paths import add_path_arguments
-from .common import (add_db_arguments, add_schema_argument, connect_to_schema,
-                     plan_options as plan_options_of, report_errors)
+from specprod_db.ops import status
+from specprod_db.errors import EXIT_FAILED, EXIT_OK
+from specprod_db.paths import add_path_arguments
+from specprod_db.commands.common import (add_db_arguments, add_schema_argument,
+    connect_to_schema, plan_options as plan_options_of, report_errors)
 
 
 def add_arguments(parser):

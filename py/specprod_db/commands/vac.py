@@ -12,7 +12,8 @@ import json
 import sys
 import traceback
 
-from .common import add_db_arguments, add_schema_argument, log_level, report_errors
+from specprod_db.commands.common import (add_db_arguments, add_schema_argument, log_level,
+    report_errors)
 
 
 def add_arguments(parser):
@@ -73,9 +74,9 @@ def _load(args):
 
 
 def _load_ranks(args):
-    from .. import mpi, vac
-    from ..errors import EXIT_INTERNAL, one_line
-    from ..log import set_rank
+    from specprod_db import mpi, vac
+    from specprod_db.errors import EXIT_INTERNAL, one_line
+    from specprod_db.log import set_rank
     comm = mpi.world()
     set_rank(comm.rank, comm.size)
     if comm.rank != 0:
@@ -98,7 +99,7 @@ def _load_ranks(args):
 
 
 def _root(dispatcher, opts):
-    from .. import vac
+    from specprod_db import vac
     info = vac.load(dispatcher, opts)
     print(f"{opts.schema}.{vac.table_name(opts.name)}: {info['rows']} rows, key "
           f"{', '.join(info['key']) or 'none'}, foreign keys "
@@ -109,8 +110,9 @@ def _root(dispatcher, opts):
 
 @report_errors
 def _list(args):
-    from .. import db, vac
-    conn = db.connect(args.db, application_name="specprod-db vac")
+    from specprod_db import vac
+    from specprod_db.db.connect import connect
+    conn = connect(args.db, application_name="specprod-db vac")
     try:
         vac._check_schema(conn, args.schema)
         vacs = vac.describe_all(conn, args.schema)
@@ -133,9 +135,10 @@ def _list(args):
 
 @report_errors
 def _drop(args):
-    from .. import db, vac
-    from ..log import get_logger
-    conn = db.connect(args.db, application_name="specprod-db vac")
+    from specprod_db import vac
+    from specprod_db.db.connect import connect
+    from specprod_db.log import get_logger
+    conn = connect(args.db, application_name="specprod-db vac")
     try:
         dropped = vac.drop(conn, args.schema, args.name)
     finally:

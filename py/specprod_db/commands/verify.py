@@ -1,16 +1,18 @@
 """``specprod-db verify``: does the database still hold what was loaded?  Touches nothing.
 
-The checks are those of :mod:`specprod_db.verify`.  Exit 0 when nothing drifted, 1 when
+The checks are those of :mod:`specprod_db.ops.verify`.  Exit 0 when nothing drifted, 1 when
 something did, 2 when the schema does not exist or the database cannot be reached.
 ``--json``: doc/status.md.
 """
 import json
 
-from .. import db, history, verify
-from ..errors import EXIT_FAILED, EXIT_OK, InputError, one_line
-from ..log import get_logger
-from ..paths import add_path_arguments, paths_from_args
-from .common import add_db_arguments, add_schema_argument, report_errors, tile_list
+from specprod_db.db.connect import connect
+from specprod_db.ops import history, verify
+from specprod_db.errors import EXIT_FAILED, EXIT_OK, InputError, one_line
+from specprod_db.log import get_logger
+from specprod_db.paths import add_path_arguments, paths_from_args
+from specprod_db.commands.common import (add_db_arguments, add_schema_argument,
+    report_errors, tile_list)
 
 
 def add_arguments(parser):
@@ -35,7 +37,7 @@ def run(args):
         paths = paths_from_args(args)
     except InputError as err:
         get_logger().warning("input files not compared: %s", one_line(err))
-    conn = db.connect(args.db)
+    conn = connect(args.db)
     try:
         history.require_table(conn, args.schema)
         report = verify.verify(conn, args.schema, args.tiles, paths, args.hash)

@@ -10,7 +10,7 @@ its prefix, and is row-matched to its REDSHIFTS (ZBEST) HDU.  Rules:
   not those of REDSHIFTS in the same order fails the tile (:class:`InputError` naming
   tile and file);
 * rows are those of the petal's ztile rows (:func:`specprod_db.ids.no_sky`), each with
-  the ``id`` of its ztile row; values follow :func:`specprod_db.rows.build` (finitize).
+  the ``id`` of its ztile row; values follow :func:`specprod_db.extract.rows.build` (finitize).
 
 Only the columns ``read_redrock`` (desispec 0.70) reads are loaded; the files hold more.
 """
@@ -19,10 +19,11 @@ import os
 import fitsio
 import numpy as np
 
-from .. import ids, rows
-from ..log import get_logger
-from ..paths import InputError, present
-from ..schema import table as schema_table
+from specprod_db import ids
+from specprod_db.extract import rows
+from specprod_db.log import get_logger
+from specprod_db.paths import InputError, present
+from specprod_db.schema import table as schema_table
 
 #: table -> (file prefix, HDU, columns read besides TARGETID)
 AFTERBURNERS = {

@@ -48,10 +48,11 @@ import fitsio
 import numpy as np
 from desiutil.names import radec_to_desiname
 
-from .. import ids, rows, schema
-from ..log import get_logger
-from ..paths import InputError, present
-from .tile import _header_dict
+from specprod_db import ids, schema
+from specprod_db.extract import rows
+from specprod_db.log import get_logger
+from specprod_db.paths import InputError, present
+from specprod_db.extract.tile import _header_dict
 
 PETALS = range(10)
 #: Names shown when a directory holds none of the tile's petal files.
@@ -84,7 +85,7 @@ def redrock_files(paths, tileid, lastnight):
     petal file, its three afterburner files (:mod:`specprod_db.extract.afterburner`),
     path None where absent, so that an afterburner rewritten, added or removed changes
     the fingerprint too (an UPDATE of the tile)."""
-    from .afterburner import afterburner_files
+    from specprod_db.extract.afterburner import afterburner_files
     out = []
     for petal in PETALS:
         path = petal_file(paths, tileid, lastnight, petal)
@@ -328,7 +329,7 @@ def lost_petals(recorded: Optional[str], missing: Iterable[int]) -> List[int]:
     loaded (its recorded redrock fingerprint, :meth:`Fingerprint.to_text`): their
     ``ztile`` rows go with the UPDATE (the tile then holds what a fresh load of today's
     files gives), worth a warning naming them."""
-    from ..fingerprints import Fingerprint
+    from specprod_db.load.fingerprints import Fingerprint
     fp = Fingerprint.from_text(recorded)
     if fp is None:
         return []

@@ -14,7 +14,7 @@ Our own equivalent of desispec's ``desispec.io.photo.gather_targetphot`` for one
    the tile fails (desispec fails too); the rest is de-duplicated and sorted
    alphabetically;
 3. a file whose name contains ``ToO`` (or ends in ``.ecsv``) is an ECSV ledger (read as
-   astropy's ``ascii.ecsv`` reader reads it, by :mod:`specprod_db.ecsv`), any other file
+   astropy's ``ascii.ecsv`` reader reads it, by :mod:`specprod_db.extract.ecsv`), any other file
    a FITS catalog (secondary targets), and a directory holds primary targets split in nested HEALPix files
    ``{prefix}hp-{pix}.fits``.  (desispec tests for ``secondary`` and ``ToO`` anywhere in
    the path, which misreads every catalog when a parent directory, e.g. ``$DESI_ROOT``,
@@ -43,7 +43,7 @@ The output has the 122 columns of desispec's ``targetphot_datamodel`` (§4.6) wi
 native byte order and bytes (``S``) strings instead of desispec's unicode.
 
 ``targetphot_onetile`` is two steps, which the load runs apart so that a wave of tiles
-reads each catalog file once (:mod:`specprod_db.catalogs`): :func:`catalog_plan` (steps
+reads each catalog file once (:mod:`specprod_db.load.catalogs`): :func:`catalog_plan` (steps
 1-3: the catalogs, and for a primary directory the existing files of the pixels of all
 the targets with finite RA/Dec; FILENSID is read once per process and file) and
 :func:`assemble` (steps 3-6 over a ``read(file, kind, want)``: the files of the pixels
@@ -55,12 +55,13 @@ import os
 
 import numpy as np
 
-from .. import ids, rows
-from ..healpix import radec2pix
-from ..log import get_logger
-from ..errors import InputError
-from ..paths import present
-from ..schema import table as _table
+from specprod_db import ids
+from specprod_db.extract import rows
+from specprod_db.extract.healpix import radec2pix
+from specprod_db.log import get_logger
+from specprod_db.errors import InputError
+from specprod_db.paths import present
+from specprod_db.schema import table as _table
 
 #: desispec's ``targetphot_datamodel`` (datamodel.md §4.6): ``dtype[shape]: NAMES``.
 _DATAMODEL = """
@@ -259,10 +260,10 @@ def _fits_targets(path, want, label, cache=False):
 def _ecsv_targets(path, want, label):
     """Rows of a ToO ledger whose TARGETID is in ``want``, as a dict of columns, or None.
 
-    Read with :mod:`specprod_db.ecsv` (equal to astropy's ``ascii.ecsv`` reader, masked
+    Read with :mod:`specprod_db.extract.ecsv` (equal to astropy's ``ascii.ecsv`` reader, masked
     values filled with 0 as ``numpy.ma.filled(column, 0)``), not astropy: its import and
     its reader cost seconds and left reference cycles of every row's strings."""
-    from .. import ecsv
+    from specprod_db.extract import ecsv
     try:
         tab = ecsv.read(path, columns=TARGETPHOT_DTYPE.names)
     except (OSError, ValueError, UnicodeDecodeError) as err:
@@ -453,7 +454,7 @@ def _primary_files(entry, ra, dec, tileid, stats):
 def targetphot_onetile(tileid, header, targets, paths, stats=None):
     """Targeting photometry of a tile's potential targets (see the module docstring),
     reading the catalogs itself.  The load reads them once per wave of tiles instead
-    (:mod:`specprod_db.catalogs`), through the same :func:`catalog_plan` and
+    (:mod:`specprod_db.load.catalogs`), through the same :func:`catalog_plan` and
     :func:`assemble`.
 
     Parameters

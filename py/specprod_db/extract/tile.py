@@ -1,7 +1,7 @@
 """Per-tile inputs: the tiles file, exposures and frames, the fiberassign file.
 
 Readers return numpy structured arrays; the ``*_rows`` functions return arrays of the
-tables of :mod:`specprod_db.schema` (built by :func:`specprod_db.rows.build`, which
+tables of :mod:`specprod_db.schema` (built by :func:`specprod_db.extract.rows.build`, which
 applies the value rules).  This module imports neither MPI nor psycopg2.
 
 Data quirks handled here (datamodel.md §1, §2, §3, §10.4):
@@ -27,10 +27,11 @@ import re
 import fitsio
 import numpy as np
 
-from .. import ids, rows, schema
-from ..log import get_logger
-from .faflavor import faflavor2program
-from ..paths import InputError
+from specprod_db import ids, schema
+from specprod_db.extract import rows
+from specprod_db.log import get_logger
+from specprod_db.extract.faflavor import faflavor2program
+from specprod_db.paths import InputError
 
 #: Microseconds per day, and the MJD of the PostgreSQL epoch 2000-01-01T00:00:00 UTC.
 _US_PER_DAY = 86_400_000_000
@@ -91,12 +92,12 @@ def read_tiles_file(path: str, info: dict = None, max_bytes: int = None):
         How many lines (FITS: rows) could not be used: a missing, unparsable or
         out-of-range required field, an unreadable TILEID, a blank, NaN or infinite
         EFFTIME_SPEC, a LASTNIGHT that is not a calendar night ``YYYYMMDD``, an
-        ``UPDATED`` that :func:`specprod_db.plan.parse_updated` does not read, an empty
+        ``UPDATED`` that :func:`specprod_db.load.plan.parse_updated` does not read, an empty
         string column other than :data:`MAY_BE_EMPTY`, non-ASCII text, a line with more
         or fewer fields than the header, a last line without its newline (the file ends
         mid-line).  Blank lines are not counted.  Any bad line makes the file *damaged*:
         the plan then deletes nothing (decision 12,
-        :func:`specprod_db.plan.guard_deletes`).
+        :func:`specprod_db.load.plan.guard_deletes`).
 
     ``info``, if given, is filled with what was read: ``path`` (as given), ``resolved``
     (symbolic links resolved), ``size`` (bytes) and ``sha256`` (of those bytes); the
@@ -308,10 +309,10 @@ def _tiles_from_csv(data, path):
 def _convert(raw, dtype, name):
     """``raw`` as ``dtype``; returns (values, problems) with '' where a row is fine.
 
-    The plan's fields are read by the plan's own parsers (:func:`specprod_db.plan.
-    parse_updated`, :func:`specprod_db.plan.parse_night`); a value they refuse is a
+    The plan's fields are read by the plan's own parsers (:func:`specprod_db.load.plan.
+    parse_updated`, :func:`specprod_db.load.plan.parse_night`); a value they refuse is a
     problem of its line, and is replaced by a fill value (0, NaN, '')."""
-    from ..plan import parse_night, parse_updated
+    from specprod_db.load.plan import parse_night, parse_updated
     raw = np.ma.asarray(raw)
     n = len(raw)
     mask = np.ma.getmaskarray(raw)

@@ -27,7 +27,7 @@ matching columns are read first, then only the matched rows and the columns the
 matter: real DR9 files are lower case).  Photometry rows
 follow §9.2 "T": LS_ID = (RELEASE << 40) | (BRICKID << 16) | OBJID, brick_objid from
 OBJID, morphtype from TYPE, DCHISQ expanded into dchisq_psf ... dchisq_ser, then the
-finitize rule (NaN -> -9999) of :func:`specprod_db.rows.build`.  The PM zeroing of
+finitize rule (NaN -> -9999) of :func:`specprod_db.extract.rows.build`.  The PM zeroing of
 targeting rows does not apply here.
 
 The caller uses targeting photometry for the rows left unmatched (``matched_mask``).
@@ -37,12 +37,13 @@ import stat
 
 import numpy as np
 
-from .. import brickgrid, ids, rows
-from . import fitstable
-from ..log import get_logger
-from ..paths import InputError
-from .targetphot import error_text
-from ..schema import table as _table
+from specprod_db.extract import brickgrid, rows
+from specprod_db import ids
+from specprod_db.extract import fitstable
+from specprod_db.log import get_logger
+from specprod_db.paths import InputError
+from specprod_db.extract.targetphot import error_text
+from specprod_db.schema import table as _table
 
 #: desitarget's north/south Dec boundary (``desitarget.io.desitarget_resolve_dec``).
 RESOLVE_DEC = 32.375
@@ -68,7 +69,7 @@ TRACTOR_COLUMNS = tuple(dict.fromkeys(
 
 def bricknames(ra, dec):
     """Legacy Surveys brick names (``desiutil.brick.brickname``'s) as ``S8`` bytes, from
-    :mod:`specprod_db.brickgrid` (no table of every brick built).
+    :mod:`specprod_db.extract.brickgrid` (no table of every brick built).
 
     Non-finite positions (some SV1 targets, desispec issue 1711) get ``b''``: desiutil
     would fail on them.

@@ -26,7 +26,7 @@ same file, TSNR2; nothing re-coadded, desispec not imported), and gives the rows
   failing the file;
 * ``id`` is ``(programid(PROGRAM) << 96) | (surveyid(SURVEY) << 64) | TARGETID``
   (:func:`specprod_db.ids.zpix_id`); the primary flags start at 0/False and are set by
-  :func:`specprod_db.finalize.update_primary` over the zpix rows (decision 13).
+  :func:`specprod_db.load.finalize.update_primary` over the zpix rows (decision 13).
 
 Any bad file raises :class:`InputError` naming the file: the file fails alone.  This
 module imports neither MPI nor psycopg2.
@@ -37,10 +37,11 @@ from typing import Optional, Tuple
 import fitsio
 import numpy as np
 
-from .. import ids, rows, schema
-from ..errors import InputError
-from .redshift import _REDSHIFTS, _TSNR2, desiname_column
-from .tile import _header_dict
+from specprod_db import ids, schema
+from specprod_db.extract import rows
+from specprod_db.errors import InputError
+from specprod_db.extract.redshift import _REDSHIFTS, _TSNR2, desiname_column
+from specprod_db.extract.tile import _header_dict
 
 #: zpix columns taken from FIBERMAP under their own (upper-case) name.
 _FIBERMAP = [n.upper() for n in schema.ZPIX.names
@@ -57,7 +58,7 @@ def zpix_rows(path: str, survey: str, program: str, healpix: int,
     """``zpix`` rows of one HEALPix redrock file; returns ``(rows, info)``.
 
     ``info``: ``file``, ``rows``.  ``stats`` (a dict) receives the counts of
-    :func:`specprod_db.rows.build` and of DESINAMEs that differ from the file's.
+    :func:`specprod_db.extract.rows.build` and of DESINAMEs that differ from the file's.
     """
     healpix = int(healpix)
     where = f"healpix {survey}/{program}/{healpix}: {path}"

@@ -19,8 +19,8 @@ photometry source of every potential target (``id``, ``position``, ``targeting``
 sky targets and the NaN-proper-motion targets; ``outdir/mock-state.json`` is the state
 ``advance`` continues from. CLI: ``specprod-db mock OUTDIR [--advance] ...``.
 """
-from .layout import Layout
-from .production import advance_production, make_production
+from specprod_db.mock.layout import Layout
+from specprod_db.mock.production import advance_production, make_production
 
 __all__ = ["advance_production", "environment", "make_production"]
 

@@ -32,7 +32,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from .production import advance_production, make_production
+    from specprod_db.mock.production import advance_production, make_production
     t0 = time.time()
     if args.advance:
         try:

@@ -8,8 +8,8 @@ import os
 import fitsio
 import numpy as np
 
-from . import columns as C
-from .layout import makedirs_for, obscon
+from specprod_db.mock import columns as C
+from specprod_db.mock.layout import makedirs_for, obscon
 
 CAMERAS = [f"{b}{p}" for p in range(10) for b in "brz"]
 

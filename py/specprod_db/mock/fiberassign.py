@@ -14,10 +14,11 @@ from functools import lru_cache
 import fitsio
 import numpy as np
 
-from . import columns as C
-from . import sky
-from .layout import SECONDARY_FILES, TARGET_DIRS, TOO_FILES, makedirs_for, obscon
-from .targets import photometry_rows, selected, target_bits
+from specprod_db.mock import columns as C
+from specprod_db.mock import sky
+from specprod_db.mock.layout import (SECONDARY_FILES, TARGET_DIRS, TOO_FILES, makedirs_for,
+    obscon)
+from specprod_db.mock.targets import photometry_rows, selected, target_bits
 
 MM_PER_DEG = 256.0
 DESIROOT_DESIGN = "/global/cfs/cdirs/desi"

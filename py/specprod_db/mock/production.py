@@ -10,14 +10,14 @@ import os
 
 import numpy as np
 
-from . import exposures as X
-from . import fiberassign as FA
-from . import redrock as RR
-from . import sky
-from . import targets as TG
-from . import tiles as TL
-from . import tractor as TR
-from .layout import Layout
+from specprod_db.mock import exposures as X
+from specprod_db.mock import fiberassign as FA
+from specprod_db.mock import redrock as RR
+from specprod_db.mock import sky
+from specprod_db.mock import targets as TG
+from specprod_db.mock import tiles as TL
+from specprod_db.mock import tractor as TR
+from specprod_db.mock.layout import Layout
 
 FULL = dict(fibers=5000, radius=1.6, nights=3, targets_per_fiber=2.5)
 SMALL = dict(fibers=150, radius=0.3, nights=3, targets_per_fiber=2.5)

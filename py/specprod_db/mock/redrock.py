@@ -11,8 +11,8 @@ import os
 import fitsio
 import numpy as np
 
-from . import columns as C
-from .layout import makedirs_for
+from specprod_db.mock import columns as C
+from specprod_db.mock.layout import makedirs_for
 
 SPECTYPES = np.array(["GALAXY", "QSO", "STAR"])
 
@@ -179,7 +179,7 @@ def write_healpix(layout, survey, program, tile_files, seed):
     exposure rows.  Redshifts are a new fit per (seed, survey, program, pixel).
     Returns the redrock paths written.
     """
-    from ..healpix import radec2pix
+    from specprod_db.extract.healpix import radec2pix
     parts = {"REDSHIFTS": [], "FIBERMAP": [], "EXP_FIBERMAP": [], "TSNR2": []}
     for path in tile_files:
         with fitsio.FITS(path) as f:

@@ -17,7 +17,7 @@ TARGETIDs follow desitarget's bit layout (datamodel.md §6.1).
 """
 import numpy as np
 
-from .. import brickgrid
+from specprod_db.extract import brickgrid
 
 KINDS = ("LS", "LSX", "SCND", "TOO", "SKY", "GAIA")
 LS, LSX, SCND, TOO, SKY, GAIA = range(6)

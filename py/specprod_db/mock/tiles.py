@@ -14,8 +14,8 @@ import zoneinfo
 import numpy as np
 from astropy.table import Table
 
-from . import columns as C
-from .layout import makedirs_for, obscon
+from specprod_db.mock import columns as C
+from specprod_db.mock.layout import makedirs_for, obscon
 
 PACIFIC = zoneinfo.ZoneInfo("America/Los_Angeles")
 COLUMNS = C.names(C.TILES)

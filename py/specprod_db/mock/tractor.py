@@ -11,9 +11,9 @@ import os
 import fitsio
 import numpy as np
 
-from . import columns as C
-from . import sky
-from .layout import makedirs_for
+from specprod_db.mock import columns as C
+from specprod_db.mock import sky
+from specprod_db.mock.layout import makedirs_for
 
 DTYPE = C.dtype(C.TRACTOR)
 

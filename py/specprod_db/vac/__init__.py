@@ -11,7 +11,7 @@
 2. **check** (rank 0): every file has the same columns; no key appears twice (the file,
    column and value named); nothing is written before this;
 3. **build** (rank 0, one transaction): ``S.vac_NAME__new`` is created, every stage file
-   COPYed into it by the binary encoder of :mod:`specprod_db.pgcopy` (a
+   COPYed into it by the binary encoder of :mod:`specprod_db.db.pgcopy` (a
    :class:`~.columns.VacTable` plays ``schema.Table``), then its primary key, its foreign keys
    (checked first: an unmatched key is named with its file), its q3c index, its
    description (``COMMENT ON TABLE``, JSON) and ANALYZE;
@@ -43,14 +43,14 @@ The modules, by what they own:
 The names below are this package's interface (``specprod-db vac``, the tests); they are
 re-exports, so a test changing a setting patches its module (``vac.catalog.SWAP_ATTEMPT``).
 """
-from .catalog import (BUILDING, LOCK_NAMESPACE, MARKER, MAX_NAME, NAME_PATTERN, PREFIX,
-                      REFERENCES, SWAP_ATTEMPT, _check_schema, check_name, describe_all,
-                      drop, drop_building, swap, table_name)
-from .check import Keys, choose_key, merge_columns
-from .columns import VacColumn, VacTable, describe_column, describe_hdu
-from .convert import (HANDLERS, ConvertTask, convert_file, fingerprint, parse_source,
-                      read_fits, source_label)
-from .loader import Q3C_PAIRS, READ_ROWS, Options, build, foreign_keys, load
+from specprod_db.vac.catalog import (BUILDING, LOCK_NAMESPACE, MARKER, MAX_NAME,
+    NAME_PATTERN, PREFIX, REFERENCES, SWAP_ATTEMPT, _check_schema, check_name,
+    describe_all, drop, drop_building, swap, table_name)
+from specprod_db.vac.check import Keys, choose_key, merge_columns
+from specprod_db.vac.columns import VacColumn, VacTable, describe_column, describe_hdu
+from specprod_db.vac.convert import (HANDLERS, ConvertTask, convert_file, fingerprint,
+    parse_source, read_fits, source_label)
+from specprod_db.vac.loader import Q3C_PAIRS, READ_ROWS, Options, build, foreign_keys, load
 
 __all__ = ["BUILDING", "HANDLERS", "LOCK_NAMESPACE", "MARKER", "MAX_NAME", "NAME_PATTERN",
            "PREFIX", "Q3C_PAIRS", "READ_ROWS", "REFERENCES", "SWAP_ATTEMPT", "ConvertTask",

@@ -19,9 +19,10 @@ import zlib
 import psycopg2
 from psycopg2 import sql
 
-from ..db import qualified, schema_exists
-from ..errors import RunRefused
-from ..log import get_logger
+from specprod_db.db.sql import qualified
+from specprod_db.db.connect import schema_exists
+from specprod_db.errors import RunRefused
+from specprod_db.log import get_logger
 
 #: Table name prefix of every VAC (never a production or bookkeeping table's name).
 PREFIX = "vac_"

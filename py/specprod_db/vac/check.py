@@ -9,9 +9,9 @@ and ``-0.0`` equals ``0.0``.
 """
 import numpy as np
 
-from ..errors import InputError
-from .columns import VacColumn
-from .convert import _read_stage, source_label
+from specprod_db.errors import InputError
+from specprod_db.vac.columns import VacColumn
+from specprod_db.vac.convert import _read_stage, source_label
 
 
 def merge_columns(results):

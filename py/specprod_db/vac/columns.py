@@ -3,7 +3,7 @@
 :func:`describe_hdu` reads a binary table's header and gives every column's
 :class:`VacColumn` (PostgreSQL type, staged numpy dtype, shape) and how its raw values
 are converted (the table in doc/vac.md); :class:`VacTable` is the VAC's columns in the
-shape :class:`~specprod_db.pgcopy.Encoder` expects of a ``schema.Table``.
+shape :class:`~specprod_db.db.pgcopy.Encoder` expects of a ``schema.Table``.
 """
 import re
 from dataclasses import dataclass
@@ -11,8 +11,8 @@ from functools import cached_property
 
 import numpy as np
 
-from ..errors import InputError
-from ..log import get_logger
+from specprod_db.errors import InputError
+from specprod_db.log import get_logger
 
 #: Unsigned conventions: (TFORM letter, TZERO) -> staged numpy dtype and PostgreSQL type.
 _UNSIGNED = {("B", -128): ("i1", "smallint"), ("I", 32768): ("u2", "integer"),
@@ -65,7 +65,7 @@ class VacColumn:
 
 @dataclass(frozen=True)
 class VacTable:
-    """A VAC's columns, in the shape :class:`~specprod_db.pgcopy.Encoder` expects of a
+    """A VAC's columns, in the shape :class:`~specprod_db.db.pgcopy.Encoder` expects of a
     ``schema.Table`` (``columns``, ``column(name)``, ``names``, ``dtype``)."""
     name: str
     columns: tuple

@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .. import stage
-from ..errors import InputError
-from .columns import VacTable, describe_hdu
+from specprod_db import stage
+from specprod_db.errors import InputError
+from specprod_db.vac.columns import VacTable, describe_hdu
 
 
 def parse_source(text):

@@ -3,7 +3,7 @@
 The files are converted on the worker ranks (:mod:`~specprod_db.vac.convert`) into the
 load's stage directory, checked (:mod:`~specprod_db.vac.check`), then :func:`build` creates
 and fills ``S.vac_NAME__new`` in one committed transaction: every stage file COPYed by the
-binary encoder of :mod:`specprod_db.pgcopy`, its primary key, its q3c index, its foreign
+binary encoder of :mod:`specprod_db.db.pgcopy`, its primary key, its q3c index, its foreign
 keys (checked first: an unmatched key is named with its file), its description and
 ANALYZE; finally :func:`~specprod_db.vac.catalog.swap` puts it in place.  The stage files
 are removed whatever happens.
@@ -17,17 +17,18 @@ from datetime import datetime, timezone
 import psycopg2
 from psycopg2 import sql
 
-from .. import __version__, mpi, stage
-from ..db import ensure_q3c, qualified, server_stop
-from ..errors import InputError, RunRefused
-from ..log import get_logger
-from ..pgcopy import Encoder, StreamReader, prefetch
-from .catalog import (BUILDING, MARKER, REFERENCES, _check_schema, _column_names,
-                      _description, _lock, _names, _tables, check_name, check_privileges,
-                      permission_refused, swap, table_name)
-from .check import Keys, choose_key, merge_columns
-from .columns import VacTable
-from .convert import ConvertTask, _read_stage, _stage_rows, source_label
+from specprod_db import __version__, mpi, stage
+from specprod_db.db.connect import ensure_q3c, server_stop
+from specprod_db.db.sql import qualified
+from specprod_db.errors import InputError, RunRefused
+from specprod_db.log import get_logger
+from specprod_db.db.pgcopy import Encoder, StreamReader, prefetch
+from specprod_db.vac.catalog import (BUILDING, MARKER, REFERENCES, _check_schema,
+    _column_names, _description, _lock, _names, _tables, check_name, check_privileges,
+    permission_refused, swap, table_name)
+from specprod_db.vac.check import Keys, choose_key, merge_columns
+from specprod_db.vac.columns import VacTable
+from specprod_db.vac.convert import ConvertTask, _read_stage, _stage_rows, source_label
 
 #: (ra, dec) column pairs, in order of preference, for the q3c index.
 Q3C_PAIRS = (("ra", "dec"), ("target_ra", "target_dec"),
@@ -75,7 +76,7 @@ def _q3c_pair(columns):
 
 def _copy_blocks(encoder, results):
     """PGCOPY blocks of every stage file's rows, read a slice at a time."""
-    from ..pgcopy import HEADER, TRAILER
+    from specprod_db.db.pgcopy import HEADER, TRAILER
     yield HEADER
     for r in results:
         n = _stage_rows(r["stage"])
@@ -163,7 +164,7 @@ def _check_references(cur, opts, target, ref, cols, keys):
 
 
 def _stage_directory(conn, opts):
-    from ..runlock import database_identity
+    from specprod_db.db.lock import database_identity
     identity = database_identity(conn)
     base = opts.stage_dir or stage.default_directory(identity, opts.schema)
     stage.check_directory(base)
@@ -178,12 +179,12 @@ def _stage_directory(conn, opts):
 def load(dispatcher, opts):
     """Rank 0 of ``specprod-db vac load``: convert (over ``dispatcher``), check, build,
     swap.  Returns the VAC's description."""
-    from .. import db
+    from specprod_db.db.connect import connect
     log = get_logger()
     check_name(opts.name)
     if not opts.sources:
         raise RunRefused("no FITS file given")
-    conn = db.connect(opts.dsn, application_name="specprod-db vac")
+    conn = connect(opts.dsn, application_name="specprod-db vac")
     staged = []
     try:
         _check_schema(conn, opts.schema)

@@ -23,11 +23,11 @@ was probed and how to fix it.
 This module is the rule and the entry points (:func:`configured_dsn`, :func:`ensure_server`,
 :func:`start`, :func:`stop`, :func:`status`, :func:`dsn`); one cluster directory and the
 server running in it (layout, initdb, start and stop, making it private) are
-:class:`specprod_db.pgcluster_dir._Cluster`.
+:class:`specprod_db.devdb.pgcluster_dir._Cluster`.
 
 This module is also the ``specprod-db cluster`` sub-command (``add_arguments``, ``run``)
-and runs as ``python -m specprod_db.pgcluster`` without the rest of the package: it and
-:mod:`specprod_db.pgcluster_dir` import only :mod:`specprod_db.conninfo`. They import
+and runs as ``python -m specprod_db.devdb.pgcluster`` without the rest of the package: it and
+:mod:`specprod_db.devdb.pgcluster_dir` import only :mod:`specprod_db.conninfo`. They import
 neither mpi4py nor, at module level, psycopg2.
 """
 import argparse
@@ -38,13 +38,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conninfo import mask
-from .pgcluster_dir import (DEFAULT_PORT, DIR_MODE, FIX_INSTALL, HOST_AUTH, MAX_SOCKET_PATH,
-                            PASSWORD_FILE, PG_MAJOR, PORT_RANGE, RECORD, SUPERUSER,
-                            ClusterError, PostgresMissingError, _Cluster, _quote,
-                            default_cluster_dir, hba_without_host_trust)
+from specprod_db.conninfo import mask
+from specprod_db.devdb.pgcluster_dir import (DEFAULT_PORT, DIR_MODE, FIX_INSTALL,
+    HOST_AUTH, MAX_SOCKET_PATH, PASSWORD_FILE, PG_MAJOR, PORT_RANGE, RECORD, SUPERUSER,
+    ClusterError, PostgresMissingError, _Cluster, _quote, default_cluster_dir,
+    hba_without_host_trust)
 
-#: The interface of the private cluster, with what :mod:`specprod_db.pgcluster_dir` owns.
+#: The interface of the private cluster, with what :mod:`specprod_db.devdb.pgcluster_dir` owns.
 __all__ = ["ACTIONS", "CONFIG_ENV", "DEFAULT_DBNAME", "DEFAULT_PORT", "DIR_MODE",
            "FIX_INSTALL", "HOST_AUTH", "MAX_SOCKET_PATH", "PASSWORD_FILE", "PG_MAJOR",
            "PORT_RANGE", "RECORD", "SUPERUSER", "ClusterError", "PostgresMissingError",
@@ -160,11 +160,12 @@ def ensure_q3c(conninfo, where="the database", timeout=30):
         conn = psycopg2.connect(conninfo, connect_timeout=min(timeout, 30),
                                 options=f"-c statement_timeout={int(timeout * 1000)}")
     except psycopg2.OperationalError as e:
-        from .conninfo import scrub
+        from specprod_db.conninfo import scrub
         raise ClusterError(f"cannot connect to {where} with conninfo {mask(conninfo)!r}: "
                            f"{scrub(str(e).strip(), conninfo)}. Fix the server or unset "
                            f"SPECPROD_DB_DSN and PG* to use the private cluster") from None
-    from .db import ExtensionMissing, ensure_q3c as _ensure_q3c
+    from specprod_db.errors import ExtensionMissing
+    from specprod_db.db.connect import ensure_q3c as _ensure_q3c
     try:
         conn.autocommit = True
         _ensure_q3c(conn)
@@ -268,7 +269,7 @@ def run(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m specprod_db.pgcluster",
+    parser = argparse.ArgumentParser(prog="python -m specprod_db.devdb.pgcluster",
                                      description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

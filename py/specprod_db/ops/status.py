@@ -3,7 +3,7 @@
 Reads only.  :func:`collect` returns the report (its keys are documented in
 ``doc/status.md``), :func:`format_text` renders it for an 80-column terminal.  The
 pending tiles are the plan of the next load, made by the loader's own planner
-(:meth:`specprod_db.pipeline.Run.plan`, as ``specprod-db plan`` does): every action but
+(:meth:`specprod_db.load.pipeline.Run.plan`, as ``specprod-db plan`` does): every action but
 UNCHANGED and the SKIP of a tile that is not loaded.
 """
 import json
@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 
 from psycopg2 import sql
 
-from . import schema
-from .db import qualified
-from .errors import SpecprodDBError, one_line
-from .runlock import LOCK_NAMESPACE, lock_key
+from specprod_db import schema
+from specprod_db.db.sql import qualified
+from specprod_db.errors import SpecprodDBError, one_line
+from specprod_db.db.lock import LOCK_NAMESPACE, lock_key
 
 #: Tables with more rows than this (``pg_class.reltuples``) are not counted exactly.
 EXACT_COUNT_LIMIT = 1_000_000
@@ -37,10 +37,10 @@ def _iso(value):
 
 def pending(opts):
     """``(actions, None)``: the pending actions of the next load planned with ``opts``
-    (a :class:`specprod_db.pipeline.Options`), as dicts; or ``(None, why)`` when they
+    (a :class:`specprod_db.load.pipeline.Options`), as dicts; or ``(None, why)`` when they
     cannot be known (tiles file unreachable, a load running ...)."""
-    from .pipeline import Run
-    from .plan import SKIP, UNCHANGED, holds_rows
+    from specprod_db.load.pipeline import Run
+    from specprod_db.load.plan import SKIP, UNCHANGED, holds_rows
     run = Run(opts)
     try:
         run.plan()

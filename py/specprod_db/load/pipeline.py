@@ -6,26 +6,26 @@ every other rank serves tasks (:func:`specprod_db.mpi.serve`) until the root sto
 with the run's exit status, which every rank returns:
 
 1. **plan** — connect, check, take the schema's lock, read the tiles file, the exposures
-   file and the load state, and diff them (:mod:`specprod_db.plan`).  Files are only
+   file and the load state, and diff them (:mod:`specprod_db.load.plan`).  Files are only
    ``stat``-ed here; no transaction stays open.
 2. **tile tasks** — every INSERT/UPDATE tile is extracted and staged by a worker
-   (:func:`specprod_db.tasks.extract_tile`), which also fingerprints what it read; the
+   (:func:`specprod_db.load.tasks.extract_tile`), which also fingerprints what it read; the
    targeting rows of new fiberassign data come next, from **catalog tasks** then
    **targetphot tasks**: each targeting catalog file the wave's tiles name is read once
    for all of them, then each tile's target and targeting-photometry rows are assembled
-   from those reads by a worker (:mod:`specprod_db.catalogs`).
+   from those reads by a worker (:mod:`specprod_db.load.catalogs`).
 3. **brick tasks** — the targets of new fiberassign data that the database lacks
-   photometry for, grouped by brick (:mod:`specprod_db.bricks`), matched to the Legacy
-   Surveys by workers (:func:`specprod_db.tasks.extract_brick`).
-4. **write** — one transaction per tile (:mod:`specprod_db.writer`): its rows, the
+   photometry for, grouped by brick (:mod:`specprod_db.load.bricks`), matched to the Legacy
+   Surveys by workers (:func:`specprod_db.load.tasks.extract_brick`).
+4. **write** — one transaction per tile (:mod:`specprod_db.load.tile_writer`): its rows, the
    photometry its targets need, its state and its TARGETIDs' primary flags; deletes and
    refreshes likewise; failures recorded.
 5. **HEALPix** — a named (static) production only (:meth:`Run.loads_healpix`): its
-   HEALPix redrock files, one task each (:func:`specprod_db.tasks.extract_healpix`),
-   each written in one transaction into ``zpix`` (:func:`specprod_db.writer.write_healpix`)
+   HEALPix redrock files, one task each (:func:`specprod_db.load.tasks.extract_healpix`),
+   each written in one transaction into ``zpix`` (:func:`specprod_db.load.tile_writer.write_healpix`)
    after every tile, whose photometry their TARGETIDs need.
 6. **finalize** — after a bulk load, every primary flag and the secondary indexes; then
-   ANALYZE (:mod:`specprod_db.finalize`).
+   ANALYZE (:mod:`specprod_db.load.finalize`).
 
 Exit statuses are those of :mod:`specprod_db.errors`.  Expected errors end the run with
 their status and one line; any other exception on the root ends the job with
@@ -42,15 +42,18 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg2
 
-from . import (bricks, catalogs, db, faults, finalize, fingerprints, mpi, runrecord,
-               schema, stage, tasks, writer, writers, zpixstage)
-from .errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DatabaseLost, InputError,
-                     RunRefused, SpecprodDBError, one_line)
-from .extract import redshift, targetphot, tile
-from .log import get_logger, set_rank
-from .plan import (DELETE, FAIL, INSERT, REFRESH, UPDATE, MassDeleteRefused, absent_tiles,
-                   format_plan, make_plan)
-from .runlock import acquire_lock, check_write_access, database_identity, read_state
+from specprod_db.load import (bricks, catalogs, finalize, fingerprints, runrecord, tasks,
+    tile_writer, writer_ranks, zpix)
+from specprod_db import faults, mpi, schema, stage
+from specprod_db.db import ddl
+from specprod_db.db.connect import bulk_session, connect, schema_exists, server_stop
+from specprod_db.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DatabaseLost,
+    InputError, RunRefused, SpecprodDBError, one_line)
+from specprod_db.extract import redshift, targetphot, tile
+from specprod_db.log import get_logger, set_rank
+from specprod_db.load.plan import (DELETE, FAIL, INSERT, REFRESH, UPDATE,
+    MassDeleteRefused, absent_tiles, format_plan, make_plan)
+from specprod_db.db.lock import acquire_lock, check_write_access, database_identity, read_state
 
 
 @dataclass
@@ -68,7 +71,7 @@ class Options:
     show_unchanged: bool = False
     initial: bool = False  # bulk mode: secondary indexes and primary flags built at the end
     wave_tiles: int = 64   # tiles extracted, matched and written together (memory bound)
-    writers: int = 1       # >1: ranks 1..writers write tiles concurrently (writers.py)
+    writers: int = 1       # >1: ranks 1..writers write tiles concurrently (writer_ranks.py)
     stage_min_free: int = 0  # bytes the stage directory must have free to start
     command: str = "load"
     healpix: bool = None   # HEALPix redshifts (zpix); None: when the production is not daily
@@ -100,7 +103,7 @@ def root(comm, opts):
         try:
             status = run.execute(dispatcher)
         except psycopg2.Error as err:  # the database stopping the work is no bug: exit 3
-            raise db.server_stop(err, run.conn) or err
+            raise server_stop(err, run.conn) or err
     except SpecprodDBError as err:
         status = err.exit_code
         print(f"specprod-db: {run.describe_stop(err)}", file=sys.stderr, flush=True)
@@ -137,7 +140,7 @@ class Run:
         self.failures = {}       # tileid -> Failure
         self.written = []        # StageFiles whose rows are committed
         self.wrote = False       # something was written (ANALYZE)
-        self.keep = None         # table of the run's TARGETIDs (writer.keep_more)
+        self.keep = None         # table of the run's TARGETIDs (tile_writer.keep_more)
         self.touched = None      # --writers: TARGETIDs whose flags the root recomputes
         self.rebuild = False     # secondary indexes and every flag built at the end
         self.overlap = mpi.Overlap()
@@ -198,11 +201,11 @@ class Run:
                              f"ranks (the root, the writers and one to extract); this job "
                              f"has {self.ranks}")
         try:
-            self.conn = db.connect(opts.dsn)
-            if not db.schema_exists(self.conn, opts.schema):
+            self.conn = connect(opts.dsn)
+            if not schema_exists(self.conn, opts.schema):
                 raise RunRefused(f"schema {opts.schema} does not exist; run "
                                  f"'specprod-db init --schema {opts.schema}' first")
-            from .migrate import check_layout  # another layout: exit 2, how to migrate
+            from specprod_db.db.migrate import check_layout
             check_layout(self.conn, opts.schema)
             if not opts.dry_run:
                 check_write_access(self.conn, opts.schema)
@@ -212,7 +215,7 @@ class Run:
             faults.hit("plan")  # failure tests only (faults.py)
             self.actions = self._plan_actions()
         except (InputError, OSError, psycopg2.Error) as err:
-            raise db.server_stop(err, self.conn, "planning") or RunRefused(one_line(err)) \
+            raise server_stop(err, self.conn, "planning") or RunRefused(one_line(err)) \
                 from None
 
     def _plan_actions(self):
@@ -310,7 +313,7 @@ class Run:
         batch.results.clear()
 
     def targetphot(self, dispatcher, wave):
-        """The wave's targeting rows (:mod:`specprod_db.catalogs`): each catalog file its
+        """The wave's targeting rows (:mod:`specprod_db.load.catalogs`): each catalog file its
         tiles name read once (catalog tasks, largest first), then each tile's rows
         assembled from them by a worker (targetphot tasks)."""
         pending = [self.results[a.tileid] for a in wave if a.tileid in self.results
@@ -362,7 +365,7 @@ class Run:
         faults.hit("bricks")  # failure tests only (faults.py)
         staged = [self.results[a.tileid] for a in wave
                   if a.tileid in self.results and a.tileid not in self.failures]
-        writer.keep_more(self.conn, self.keep, np.concatenate(
+        tile_writer.keep_more(self.conn, self.keep, np.concatenate(
             [r.targetids for r in staged if r.targetids is not None]
             + [np.zeros(0, np.int64)]))
         jobs, self.tiles_of_brick = bricks.brick_jobs(
@@ -396,30 +399,30 @@ class Run:
         """Before the first write: the indexes of a bulk load, the run's ``keep``
         table, the writer session's settings."""
         opts, conn = self.opts, self.conn
-        self.rebuild = opts.initial or bool(db.missing_indexes(conn, opts.schema))
+        self.rebuild = opts.initial or bool(ddl.missing_indexes(conn, opts.schema))
         if opts.initial:
             self.log.info("initial load: dropping secondary indexes until the end: %s",
-                          ", ".join(db.drop_secondary_indexes(conn, opts.schema)))
-            db.bulk_session(conn)
-        writers.drop_shared(conn, opts.schema)  # left by a crashed run
+                          ", ".join(ddl.drop_secondary_indexes(conn, opts.schema)))
+            bulk_session(conn)
+        writer_ranks.drop_shared(conn, opts.schema)  # left by a crashed run
         if opts.writers > 1:
-            self.keep, self.touched = writers.create_shared(conn, opts.schema, self.run_id)
+            self.keep, self.touched = writer_ranks.create_shared(conn, opts.schema, self.run_id)
         else:
-            self.keep = writer.keep_targetids(conn)
+            self.keep = tile_writer.keep_targetids(conn)
 
     def write(self, actions, dispatcher=None):
         """One transaction per tile, in plan order; a failure is recorded and the run
         goes on, unless the database went away (:class:`DatabaseLost`).  Between two
         tiles the dispatcher is polled, so workers extract the next wave meanwhile.
         With ``--writers K`` the wave's tiles are written by the writer ranks
-        (:mod:`specprod_db.writers`) while the root records the rest."""
+        (:mod:`specprod_db.load.writer_ranks`) while the root records the rest."""
         opts, conn = self.opts, self.conn
         try:
             stage.write_manifest(self.stage_dir, self._manifest())
         except OSError as err:  # a full stage disk: the manifest is for the operator only
             self.log.warning("stage directory %s: manifest.json not written: %s",
                              self.stage_dir, err)
-        legacy = writer.WavePhotometry(self.brick_results, [
+        legacy = tile_writer.WavePhotometry(self.brick_results, [
             self.results[a.tileid] for a in actions
             if a.tileid in self.results and a.tileid not in self.failures])
         remote = None
@@ -437,12 +440,12 @@ class Run:
             try:
                 self._write_one(a, legacy, self.keep)
             except psycopg2.Error as err:
-                stop = db.server_stop(err, conn, f"writing tile {a.tileid}")
+                stop = server_stop(err, conn, f"writing tile {a.tileid}")
                 if stop is not None:  # cancelled, timed out, connection lost: exit 3
                     raise stop from None
                 message = f"tile {a.tileid}: the database refused its rows: {one_line(err)}"
                 self.fail(a.tileid, message)
-                writer.record_failure(conn, opts.schema, a.tileid, message, self.run_id,
+                tile_writer.record_failure(conn, opts.schema, a.tileid, message, self.run_id,
                                       action=a)
         if remote is not None:
             for job, result in dispatcher.wait(remote):
@@ -466,7 +469,7 @@ class Run:
         if message:
             internal = getattr(result, "internal", False)
             self.fail(a.tileid, message, internal)
-            writer.record_failure(self.conn, self.opts.schema, a.tileid, message,
+            tile_writer.record_failure(self.conn, self.opts.schema, a.tileid, message,
                                   self.run_id, internal, action=a)
             return
         c, tc = result["counts"], self.counts["tables"]
@@ -495,33 +498,33 @@ class Run:
         opts, conn, tc = self.opts, self.conn, self.counts["tables"]
         if a.tileid in self.failures or a.action == FAIL:
             failure = self.failures.setdefault(a.tileid, Failure(a.reason))
-            writer.record_failure(conn, opts.schema, a.tileid, failure.message, self.run_id,
+            tile_writer.record_failure(conn, opts.schema, a.tileid, failure.message, self.run_id,
                                   failure.internal, action=a)
             return
         if a.action in (INSERT, UPDATE):
             result = self.results[a.tileid]
             if result.refresh:
-                writer.refresh_state(conn, opts.schema, a, self.run_id, result.state)
+                tile_writer.refresh_state(conn, opts.schema, a, self.run_id, result.state)
                 self.log.info("tile %d: inputs touched, same contents: state refreshed",
                               a.tileid)
                 return
             tables = result.stage.tables()
             tables.pop("photometry", None)  # the wave's rows (WavePhotometry) instead
-            c = writer.write_tile(conn, opts.schema, a, tables, result.state, self.run_id,
+            c = tile_writer.write_tile(conn, opts.schema, a, tables, result.state, self.run_id,
                                   [legacy.rows_for(result.targetids)], keep,
                                   primary=not self.rebuild)
             self.written.append(result.stage)
             self.log.info("tile %d %s: %s", a.tileid, a.action,
                           ", ".join(f"{k} {v}" for k, v in c.items()))
         elif a.action == DELETE:
-            c = writer.delete_tile(conn, opts.schema, a, self.run_id, keep)
+            c = tile_writer.delete_tile(conn, opts.schema, a, self.run_id, keep)
             self.log.warning("tile %d DELETED (%s): %s", a.tileid, a.reason,
                              ", ".join(f"{k} {v}" for k, v in c.items()))
         elif a.action == REFRESH:
             c = {}
-            writer.refresh_state(conn, opts.schema, a, self.run_id)
+            tile_writer.refresh_state(conn, opts.schema, a, self.run_id)
         else:
-            writer.record_skip(conn, opts.schema, a, self.run_id, self.state.get(a.tileid))
+            tile_writer.record_skip(conn, opts.schema, a, self.run_id, self.state.get(a.tileid))
             return
         self.wrote = True
         for k, v in c.items():
@@ -539,8 +542,8 @@ class Run:
         return opts.paths.specprod != "daily" and not opts.tiles
 
     def extract_healpix(self, dispatcher):
-        """The HEALPix stage of a named production (:func:`zpixstage.load`)."""
-        zpixstage.load(self, dispatcher)
+        """The HEALPix stage of a named production (:func:`zpix.load`)."""
+        zpix.load(self, dispatcher)
 
     def finalize(self):
         """After a bulk load, every primary flag and the secondary indexes; ANALYZE."""
@@ -552,7 +555,7 @@ class Run:
                               "rows changed", finalize.update_primary(
                                   conn, schema_name, table=self.touched))
                 conn.commit()
-            writers.drop_shared(conn, schema_name)
+            writer_ranks.drop_shared(conn, schema_name)
         if self.rebuild:
             # after an initial bulk load, or a rerun of an interrupted one: flags of every
             # TARGETID at once, then the secondary indexes, built once not row by row
@@ -560,10 +563,10 @@ class Run:
                           finalize.update_primary(conn, schema_name))
             self.log.info("primary flags of all zpix rows: %d rows changed",
                           finalize.update_primary(conn, schema_name, redshifts="zpix"))
-            db.create_indexes(conn, schema_name)
+            ddl.create_indexes(conn, schema_name)
             conn.commit()
             self.log.info("tables clustered on their q3c index: %s",
-                          ", ".join(db.cluster_q3c(conn, schema_name)))
+                          ", ".join(ddl.cluster_q3c(conn, schema_name)))
         if self.rebuild or self.wrote:
             tables = [t.name for t in schema.TABLES]
             if not self.rebuild:  # a daily run: only the tables whose statistics went stale

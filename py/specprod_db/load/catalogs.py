@@ -16,7 +16,7 @@ catalogs, ToO ledgers.  Instead of each tile task opening them
    union) and the targetphot columns present, and stages them
    (``catalog-HASH.h5``, key: the file's path, size, mtime and the wanted set, so a rerun
    of the same wave reuses it);
-3. **targetphot tasks** (:func:`specprod_db.tasks.assemble_targetphot`), one per tile:
+3. **targetphot tasks** (:func:`specprod_db.load.tasks.assemble_targetphot`), one per tile:
    the tile's rows merged from the catalog stages by
    :func:`~specprod_db.extract.targetphot.assemble` — the same code
    ``targetphot_onetile`` runs on the files themselves: plan order, files read only while
@@ -38,9 +38,9 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from . import stage
-from .errors import InputError
-from .extract import targetphot
+from specprod_db import stage
+from specprod_db.errors import InputError
+from specprod_db.extract import targetphot
 
 #: A catalog stage holding no row (no wanted TARGETID in the file).
 _EMPTY = np.zeros(0, dtype=[("TARGETID", "i8")])

@@ -8,8 +8,8 @@ holds, and groups the rest by brick into tasks of ``BRICKS_PER_TASK`` bricks.
 import numpy as np
 from psycopg2 import sql
 
-from . import tempids
-from .db import qualified
+from specprod_db.db import tempids
+from specprod_db.db.sql import qualified
 
 #: Bricks per brick task: fewer stage files and messages than one per brick (a brick
 #: holds ~50 targets of a day), still many tasks to balance over the ranks.

@@ -32,7 +32,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from specprod_db.errors import InputError
 
 _BLOCK = 1 << 22
 

@@ -28,7 +28,7 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .schema import PG_TO_NUMPY
+from specprod_db.schema import PG_TO_NUMPY
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 TRAILER = (-1).to_bytes(2, "big", signed=True)

@@ -5,7 +5,7 @@ server, no script, nothing fetched from elsewhere): a Mollweide sky map of the l
 tiles coloured by program, the tiles the last run changed highlighted; the tiles loaded
 per night (``tile.lastnight``); the tiles by survey and program; the rows per table; the
 last runs and their per-stage timings (``load_run.counts → timers``); the failed and
-pending tiles.  Everything :func:`specprod_db.status.collect` computes is taken from it
+pending tiles.  Everything :func:`specprod_db.ops.status.collect` computes is taken from it
 (tiles, failures, pending, runs, tables); this module reads only what status does not:
 the tiles' positions and nights, the last run's ``tile_history`` rows and the runs'
 timers.
@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 
 from psycopg2 import sql
 
-from . import status
-from .db import qualified
+from specprod_db.ops import status
+from specprod_db.db.sql import qualified
 
 #: The page and its images, in ``DIR``.
 INDEX = "index.html"
@@ -54,7 +54,7 @@ def _fetch(conn, statement, args=None):
 # --- what status does not read ---------------------------------------------------------
 
 def collect(conn, schema_name, plan_options=None, plan_error=None):
-    """The status report (:func:`specprod_db.status.collect`) plus ``sky`` (every loaded
+    """The status report (:func:`specprod_db.ops.status.collect`) plus ``sky`` (every loaded
     tile: tileid, survey, program, ra, dec, lastnight), ``last_run`` (the newest
     ``load_run`` id or None), ``changed`` (its ``tile_history`` rows) and ``timers``
     (``{run id: {stage: seconds}}`` of the runs status lists)."""

@@ -24,7 +24,7 @@ creates.  Layouts:
 
 A schema without the row (made before the row existed) is identified by inspection
 (:func:`inspect_layout`).  ``specprod-db init`` records a new schema's layout by
-inspecting what it created (:func:`specprod_db.db.record_versions`), so inspection
+inspecting what it created (:func:`specprod_db.db.migrate.record_versions`), so inspection
 learns every new layout too (2.4: the index ``ix_frame_unique``).
 
 A loader refuses a schema of another layout (:func:`check_layout`, exit 2) and names
@@ -44,11 +44,16 @@ as they were at their layout (the ``_V2_0`` ... tables below), never from
 import json
 from dataclasses import dataclass
 
+import psycopg2
 from psycopg2 import sql
 
-from . import db
-from .errors import InputError, RunRefused, SpecprodDBError
-from .schema import Table
+from specprod_db import __version__
+from specprod_db.db import ddl
+from specprod_db.db.connect import server_stop
+from specprod_db.db.sql import qualified
+from specprod_db.log import get_logger
+from specprod_db.errors import InputError, RunRefused, SpecprodDBError
+from specprod_db.schema import Table
 
 #: ``version.package`` of the row recording the layout (``version.version``).
 LAYOUT_PACKAGE = "specprod-db-schema"
@@ -161,7 +166,7 @@ _Q3C = {"tile": ("tilera", "tiledec"), "exposure": ("tilera", "tiledec"),
 # --- helpers ----------------------------------------------------------------------------
 
 def _q(schema_name, name):
-    return db.qualified(schema_name, name)
+    return qualified(schema_name, name)
 
 
 def _tables(cur, schema_name):
@@ -205,7 +210,7 @@ def _create(cur, schema_name, *tables):
     """CREATE TABLE IF NOT EXISTS; the names of the tables that were missing."""
     present = _tables(cur, schema_name)
     for t in tables:
-        cur.execute(db.create_table_sql(t, schema_name))
+        cur.execute(ddl.create_table_sql(t, schema_name))
     created = [t.name for t in tables if t.name not in present]
     _grant_like(cur, schema_name, "tile", created)
     return f"created {', '.join(created)}" if created else "already there"
@@ -277,7 +282,7 @@ def _tile_state_line(cur, schema_name):
         cur.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
             _q(schema_name, old), sql.Identifier(f"tile_state_{constraint}"),
             sql.Identifier(f"{old}_{constraint}")))
-    cur.execute(db.create_table_sql(_TILE_STATE_V2_1, schema_name))
+    cur.execute(ddl.create_table_sql(_TILE_STATE_V2_1, schema_name))
     names = [n for n in _TILE_STATE_V2_1.names if n != "line"]
     columns = sql.SQL(", ").join(map(sql.Identifier, names))
     cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
@@ -302,7 +307,7 @@ def _afterburners(cur, schema_name):
     tables = (_ZTILE_EMLINE_V2_3, _ZTILE_QSO_MGII_V2_3, _ZTILE_QSO_QN_V2_3)
     note = _create(cur, schema_name, *tables)
     for t in tables:
-        for statement in db.index_sql(t, schema_name):
+        for statement in ddl.index_sql(t, schema_name):
             cur.execute(statement)
     return note
 
@@ -504,16 +509,16 @@ def migrate(conn, schema_name, dry_run=False):
                 for s in m.steps:
                     entry["steps"].append({"description": s.description,
                                            "result": s.apply(cur, schema_name)})
-                db.record_layout(cur, schema_name, m.target)
+                record_layout(cur, schema_name, m.target)
             conn.commit()
         except Exception as err:
-            stop = db.server_stop(err, conn, f"migrating schema {schema_name} from layout "
+            stop = server_stop(err, conn, f"migrating schema {schema_name} from layout "
                                   f"{m.source} to {m.target} (rolled back)")
             if not conn.closed:
                 conn.rollback()
             if stop is not None:  # the database stopping the work: exit 3, not a failure
                 raise stop from None
-            from .errors import one_line
+            from specprod_db.errors import one_line
             raise MigrationFailed(
                 f"migration of schema {schema_name} from layout {m.source} to {m.target} "
                 f"failed and was rolled back (the schema is at layout {m.source}): "
@@ -522,7 +527,7 @@ def migrate(conn, schema_name, dry_run=False):
         report["recorded"] = True
         if not dry_run:
             with conn.cursor() as cur:
-                db.record_layout(cur, schema_name, CURRENT_LAYOUT)
+                record_layout(cur, schema_name, CURRENT_LAYOUT)
             conn.commit()
     return report
 
@@ -550,3 +555,75 @@ def format_report(report):
     lines.append(f"{'would migrate' if report['dry_run'] else 'migrated'} schema {s} to "
                  f"layout {report['to']}")
     return "\n".join(lines)
+
+
+# --- recording a schema's versions and layout ---------------------------------
+
+def package_versions(specprod):
+    """Rows of the ``version`` table: the old tool's packages, then our own libraries."""
+    import astropy
+    import desiutil
+    import numpy
+    versions = [
+        ("astropy", astropy.__version__),
+        ("desiutil", desiutil.__version__),
+        ("lsd9-photometry", "computed"),
+        ("numpy", numpy.__version__),
+        ("redshift", f"{specprod}/v0"),
+        ("release", specprod),
+        ("specprod", specprod),
+        ("specprod-db", __version__),
+        ("psycopg2", psycopg2.__version__.split()[0]),
+        ("tiles", "trunk" if specprod == "daily" else specprod),
+    ]
+    for name in ("fitsio", "h5py", "mpi4py"):
+        try:
+            mod = __import__(name)
+            versions.append((name, str(mod.__version__)))
+        except ImportError:  # pragma: no cover - declared dependencies
+            pass
+    return versions
+
+
+def record_versions(conn, schema_name, specprod):
+    """Fill ``version`` once (an existing table is left as it is), and record the
+    schema's layout version (:mod:`specprod_db.db.migrate`) when it is the current one and
+    not recorded yet.  Returns True when the package rows were written."""
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            qualified(schema_name, "version")))
+        filled = not cur.fetchone()[0]
+        if filled:
+            for package, version in package_versions(specprod):
+                cur.execute(sql.SQL("INSERT INTO {} (package, version) VALUES (%s, %s)")
+                            .format(qualified(schema_name, "version")),
+                            (package, version[:20]))
+        layout = recorded_layout(cur, schema_name)
+        if layout is None:
+            # init on an older schema creates the tables it lacks but widens, rebuilds
+            # nothing: its layout is recorded by 'specprod-db migrate', not here
+            layout = inspect_layout(cur, schema_name)
+            if layout == CURRENT_LAYOUT:
+                record_layout(cur, schema_name, layout)
+    conn.commit()
+    if layout != CURRENT_LAYOUT:
+        get_logger().warning("schema %s has layout %s, not %s: run 'specprod-db migrate "
+                             "--schema %s'", schema_name, layout, CURRENT_LAYOUT,
+                             schema_name)
+    return filled
+
+
+def record_layout(cur, schema_name, layout):
+    """Set the ``version`` row of the schema's layout (:data:`LAYOUT_PACKAGE`).
+
+    The id is given explicitly and the sequence moved past it: the old tool assigned the
+    ids of its rows explicitly, leaving ``version_id_seq`` behind them."""
+    table = qualified(schema_name, "version")
+    cur.execute(sql.SQL("UPDATE {} SET version = %s WHERE package = %s").format(table),
+                (layout, LAYOUT_PACKAGE))
+    if cur.rowcount:
+        return
+    cur.execute(sql.SQL("INSERT INTO {} (id, package, version) SELECT coalesce(max(id), 0) "
+                        "+ 1, %s, %s FROM {}").format(table, table), (LAYOUT_PACKAGE, layout))
+    cur.execute(sql.SQL("SELECT setval(pg_get_serial_sequence(quote_ident(%s) || '.version', "
+                        "'id'), max(id)) FROM {}").format(table), (schema_name,))

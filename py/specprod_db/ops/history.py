@@ -1,15 +1,15 @@
 """``tile_history``: what each run did to each tile and why (read side).
 
-The rows are written by :mod:`specprod_db.writer` inside each tile's own transaction
-(:func:`specprod_db.writer.record_history`), so the history never disagrees with the
+The rows are written by :mod:`specprod_db.load.tile_writer` inside each tile's own transaction
+(:func:`specprod_db.load.tile_writer.record_history`), so the history never disagrees with the
 data.  This module reads them for ``specprod-db history`` and ``specprod-db status``.
 """
 import json
 
 from psycopg2 import sql
 
-from .db import qualified
-from .errors import RunRefused
+from specprod_db.db.sql import qualified
+from specprod_db.errors import RunRefused
 
 #: Columns of a history row, in output order (``--json`` keys).
 COLUMNS = ("id", "run_id", "tileid", "action", "reason", "outcome", "error", "at", "counts",

@@ -8,7 +8,7 @@ holding only views (nothing is copied; doc/combine.md says why and what it costs
 * ``{table}`` (the table's own name) for every data table but ``version``: the
   de-duplicated union, each tile and each object once, from the *preferred* source, with
   the same ``specprod`` column; in ``ztile`` and ``zpix`` the primary-spectrum flags are
-  recomputed over the combination (:mod:`specprod_db.finalize`'s rule);
+  recomputed over the combination (:mod:`specprod_db.load.finalize`'s rule);
 * ``sources``: the sources in argument order with their rank and production name.
 
 **The rule** (:func:`dedup_rule`): sources are ranked by their position on the command
@@ -34,7 +34,7 @@ keeps every branch a plain scan of one table, so the planner pushes a predicate 
 cone search, ``targetid = ...``) into each branch and uses each source's own index.
 
 The production name in ``specprod`` is the ``specprod`` row of the source's ``version``
-table (written by ``init``, :func:`specprod_db.db.record_versions`), else the schema
+table (written by ``init``, :func:`specprod_db.db.migrate.record_versions`), else the schema
 name; the ``sources`` view says which (``specprod_from``).  Two sources with the same
 name are refused: the column would not tell their rows apart.
 """
@@ -43,9 +43,9 @@ from dataclasses import dataclass
 import psycopg2
 from psycopg2 import sql
 
-from . import finalize
-from .errors import RunRefused
-from .schema import DATA_TABLES, tile_tables
+from specprod_db.load import finalize
+from specprod_db.errors import RunRefused
+from specprod_db.schema import DATA_TABLES, tile_tables
 
 #: First words of the comment on a combined schema; ``--replace`` drops only such schemas.
 MARKER = "specprod-db combine"

@@ -24,17 +24,21 @@ With ``--cluster never`` only step 2 takes locks: safe beside readers and loads.
 MIN_CORRELATION``) or bloated (``dead fraction > MAX_DEAD_FRACTION``); ``always``
 clusters every q3c table.  The figures behind the thresholds: doc/maintenance.md.
 
-CLUSTER takes the schema's load lock (:mod:`specprod_db.runlock`) so that no load writes
+CLUSTER takes the schema's load lock (:mod:`specprod_db.db.lock`) so that no load writes
 while a table is rewritten: with a load running, ``auto``/``always`` are refused (exit 2).
 """
 import time
 
 from psycopg2 import errors, sql
 
-from . import db
-from .errors import RunRefused
-from .runlock import acquire_lock
-from .schema import TABLES
+from specprod_db.db import ddl
+
+from specprod_db.db.connect import schema_exists
+
+from specprod_db.db.sql import qualified
+from specprod_db.errors import RunRefused
+from specprod_db.db.lock import acquire_lock
+from specprod_db.schema import TABLES
 
 #: auto: a table of at most this many 8 kB pages is never clustered (a cone search then
 #: reads the whole table in one or two reads whatever the order).
@@ -104,7 +108,7 @@ def maintain(conn, schema_name, cluster="auto", lock_timeout=LOCK_TIMEOUT, log=N
     ``reason``, ``cluster_seconds``, ``correlation_after``, ``pages_after``."""
     if cluster not in CLUSTER_MODES:
         raise ValueError(f"cluster must be one of {CLUSTER_MODES}")
-    if not db.schema_exists(conn, schema_name):
+    if not schema_exists(conn, schema_name):
         raise RunRefused(f"schema {schema_name} does not exist")
     conn.rollback()
     conn.autocommit = True
@@ -121,7 +125,7 @@ def maintain(conn, schema_name, cluster="auto", lock_timeout=LOCK_TIMEOUT, log=N
         for table in TABLES:
             if table.name not in present:
                 continue
-            target = db.qualified(schema_name, table.name)
+            target = qualified(schema_name, table.name)
             _, live, dead = _figures(cur, schema_name, table.name)
             entry = {"table": table.name, "dead_rows": dead,
                      "dead_fraction": round(dead / (live + dead), 4) if live + dead else 0.0}
@@ -149,7 +153,7 @@ def _cluster(cur, conn, schema_name, table, entry, lock_timeout):
     cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(lock_timeout * 1000)}",))
     t0 = time.monotonic()
     try:
-        db.cluster_q3c(conn, schema_name, tables=[table.name])
+        ddl.cluster_q3c(conn, schema_name, tables=[table.name])
     except errors.LockNotAvailable:
         entry["reason"] += (f"; CLUSTER skipped: ACCESS EXCLUSIVE lock not obtained within "
                             f"{lock_timeout} s (a reader or writer holds the table)")
@@ -157,7 +161,7 @@ def _cluster(cur, conn, schema_name, table, entry, lock_timeout):
     finally:
         cur.execute("SELECT set_config('lock_timeout', '0', false)")
     entry["cluster_seconds"] = round(time.monotonic() - t0, 3)
-    cur.execute(sql.SQL("ANALYZE {}").format(db.qualified(schema_name, table.name)))
+    cur.execute(sql.SQL("ANALYZE {}").format(qualified(schema_name, table.name)))
     entry["clustered"] = True
     entry["correlation_after"] = correlation(cur, schema_name, entry["q3c_index"])
     entry["pages_after"] = _figures(cur, schema_name, table.name)[0]

@@ -34,7 +34,7 @@ transaction.
 import numpy as np
 from psycopg2 import sql
 
-from . import tempids
+from specprod_db.db import tempids
 
 #: ``primary`` flag pairs: column prefix -> SQL condition selecting the subset (or None).
 SUBSETS = {
@@ -70,7 +70,7 @@ def flag_expressions(tie_break=TIE_BREAK):
     """``{flag column: SQL expression}`` of the six flags, as window functions over a
     relation with columns ``targetid``, ``survey``, ``zwarn``, ``inv`` (:func:`inv_sql`)
     and ``tie_break``: the rule of this module, used by :func:`update_primary` and by the
-    de-duplicated redshift views of :mod:`specprod_db.combine`."""
+    de-duplicated redshift views of :mod:`specprod_db.ops.combine`."""
     order = sql.SQL("ORDER BY (zwarn <> 0), inv, {}").format(
         sql.SQL(", ").join(map(sql.Identifier, tie_break)))
     out = {}
@@ -128,7 +128,7 @@ def update_primary(conn, schema_name, targetids=None, table=None, redshifts="zti
     schema_name : str
     targetids : array-like of int, optional
         Only the rows of these TARGETIDs (all their rows, on every tile) are recomputed
-        (through a temporary table, :mod:`specprod_db.tempids`).
+        (through a temporary table, :mod:`specprod_db.db.tempids`).
     table : psycopg2.sql.Identifier, optional
         Or: only the rows of the TARGETIDs in this temporary table.
         All rows when neither is given.

@@ -15,10 +15,10 @@ import time
 
 from psycopg2 import sql
 
-from . import conninfo
-from .db import qualified
-from .plan import DELETE, INSERT, REFRESH, UNCHANGED, UPDATE, summary
-from .writer import transaction
+from specprod_db import conninfo
+from specprod_db.db.sql import qualified
+from specprod_db.load.plan import DELETE, INSERT, REFRESH, UNCHANGED, UPDATE, summary
+from specprod_db.load.tile_writer import transaction
 
 
 def start(conn, schema_name, ranks, command, options):
@@ -44,7 +44,7 @@ def finish(conn, schema_name, run_id, outcome, counts):
 
 
 def summary_counts(run):
-    """``load_run.counts`` of a :class:`specprod_db.pipeline.Run`: plan, tables,
+    """``load_run.counts`` of a :class:`specprod_db.load.pipeline.Run`: plan, tables,
     warnings, timers, failures (bad input and internal errors apart), bad lines,
     ranks."""
     return dict(run.counts, plan=summary(run.actions), timers=run.timers,

@@ -1,6 +1,6 @@
 """What the database would refuse of a tile's rows, said in the inputs' terms.
 
-A tile's transaction (:func:`specprod_db.writer.write_tile`) COPYs rows whose keys the
+A tile's transaction (:func:`specprod_db.load.tile_writer.write_tile`) COPYs rows whose keys the
 tables enforce: primary keys made of 39-digit composite ids (:mod:`specprod_db.ids`),
 foreign keys from ``ztile`` to ``target`` and ``photometry``.  A refusal as PostgreSQL
 words it (``duplicate key value violates unique constraint "ztile_pkey"``, ``Key
@@ -34,8 +34,8 @@ from typing import Optional
 import numpy as np
 import psycopg2
 
-from . import ids, schema
-from .errors import InputError
+from specprod_db import ids, schema
+from specprod_db.errors import InputError
 
 
 class RowsRefused(psycopg2.IntegrityError, InputError):

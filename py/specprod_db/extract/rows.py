@@ -11,7 +11,7 @@ which returns a structured array of exactly the table's dtype and column order
 """
 import numpy as np
 
-from .schema import table as _table
+from specprod_db.schema import table as _table
 
 FINITIZE_VALUE = -9999.0
 

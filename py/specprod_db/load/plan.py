@@ -40,9 +40,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from .errors import MassDeleteRefused
-from .ids import SURVEYID
-from .log import get_logger
+from specprod_db.errors import MassDeleteRefused
+from specprod_db.ids import SURVEYID
+from specprod_db.log import get_logger
 
 INSERT, UPDATE, DELETE, REFRESH, SKIP, UNCHANGED, FAIL = (
     "INSERT", "UPDATE", "DELETE", "REFRESH", "SKIP", "UNCHANGED", "FAIL")
@@ -51,7 +51,7 @@ _OLDEST = datetime.min.replace(tzinfo=timezone.utc)
 
 #: The fields of a tiles-file line that feed the rows an UPDATE without ``full`` keeps
 #: (``target.survey``, ``target.program`` and ``target.id``, which encodes the survey:
-#: :func:`specprod_db.tasks.extract_tile` passes SURVEY and PROGRAM to the targetphot
+#: :func:`specprod_db.load.tasks.extract_tile` passes SURVEY and PROGRAM to the targetphot
 #: step).  Any other field feeds only the tables every UPDATE rewrites (tile, exposure,
 #: frame, ztile and its afterburners).
 FULL_LINE_FIELDS = ("SURVEY", "PROGRAM")
@@ -120,7 +120,7 @@ def parse_night(value) -> int:
 def holds_rows(old: dict | None) -> bool:
     """Whether the tile of ``tile_state`` row ``old`` holds rows in the tables: it was
     loaded, or a later load of it failed and kept the older rows (``in_tile_table``:
-    its ``tile`` row exists, :func:`specprod_db.runlock.read_state`)."""
+    its ``tile`` row exists, :func:`specprod_db.db.lock.read_state`)."""
     return old is not None and (old.get("status") == "loaded"
                                 or bool(old.get("in_tile_table")))
 

@@ -5,12 +5,12 @@ Checks (each reported with the tiles, tables and rows or counts that drifted):
 ``tile_rows``
     Per tile and table, the rows found against those recorded when the tile was last
     loaded or deleted (``tile_history.tile_rows``, written in the tile's transaction by
-    :mod:`specprod_db.writer`).  A tile loaded before ``tile_history`` existed has no
+    :mod:`specprod_db.load.tile_writer`).  A tile loaded before ``tile_history`` existed has no
     recorded counts: noted, not checked.  Rows of a tile the load state does not hold
     (no ``tile_state`` row, or ``deleted``) are drift.
 ``inputs``
     For every loaded tile, the ``stat`` of its fiberassign and redrock files against the
-    recorded fingerprints (:mod:`specprod_db.fingerprints`), and its qualifying exposure
+    recorded fingerprints (:mod:`specprod_db.load.fingerprints`), and its qualifying exposure
     rows against their recorded digest.  With ``hash=True`` the files are re-hashed: a
     file touched with the same bytes is then a note, not drift.  A file that is there
     but cannot be stat-ed or read (symlink loop, a directory in its place, EACCES, EIO)
@@ -52,9 +52,10 @@ from dataclasses import asdict, dataclass, field
 
 from psycopg2 import sql
 
-from . import fingerprints, ids, schema
-from .db import qualified
-from .errors import InputError
+from specprod_db.load import fingerprints
+from specprod_db import ids, schema
+from specprod_db.db.sql import qualified
+from specprod_db.errors import InputError
 
 CHECKS = ("tile_rows", "inputs", "photometry", "primary", "constraints", "ids",
           "desiname")
@@ -183,7 +184,7 @@ class Verifier:
         if self.paths is None:
             check.skipped = "input locations unknown"
             return
-        from .extract import redshift, tile
+        from specprod_db.extract import redshift, tile
         loaded = {t: s for t, s in self.state().items() if s["status"] == "loaded"}
         try:
             exposures, frames = tile.read_exposures_file(self.paths.exposures())

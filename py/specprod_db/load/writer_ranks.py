@@ -4,13 +4,13 @@ By default the root writes every tile itself.  With ``--writers K`` (K > 1), ran
 1..K only write: the root sends each tile of a wave as a ``write`` task (the tile's
 stage file, its recorded state, and the photometry rows its targets need) and the
 writer rank loads it in one transaction on its own connection, exactly as the root
-would (:func:`specprod_db.writer.write_tile`).  The other ranks go on extracting.
+would (:func:`specprod_db.load.tile_writer.write_tile`).  The other ranks go on extracting.
 
 What makes concurrent transactions safe:
 
 * every tile writes disjoint rows (its TILEID) but photometry is shared: each tile's
   photometry rows are inserted in one ``INSERT ... ORDER BY targetid ON CONFLICT DO
-  NOTHING`` (:func:`specprod_db.writer.first_per_targetid`), so two writers inserting
+  NOTHING`` (:func:`specprod_db.load.tile_writer.first_per_targetid`), so two writers inserting
   the same TARGETIDs lock them in the same order: one waits for the other, never a
   deadlock;
 * the photometry rows of a TARGETID are the same in every tile of a wave (the root
@@ -26,9 +26,9 @@ What makes concurrent transactions safe:
 import psycopg2
 from psycopg2 import sql
 
-from . import db
-from .errors import one_line
-from .plan import TileAction
+from specprod_db.db.connect import bulk_session, connect, server_stop
+from specprod_db.errors import one_line
+from specprod_db.load.plan import TileAction
 
 #: This process's connection, per (conninfo, schema, bulk).
 _session = {}
@@ -69,9 +69,9 @@ def _connection(job):
     key = (job["dsn"], job["schema"], job["bulk"])
     conn = _session.get(key)
     if conn is None or conn.closed:
-        conn = db.connect(job["dsn"])
+        conn = connect(job["dsn"])
         if job["bulk"]:
-            db.bulk_session(conn)
+            bulk_session(conn)
         _session.clear()
         _session[key] = conn
     return conn
@@ -81,18 +81,18 @@ def write_task(job):
     """A writer rank's task: load one tile; returns ``{"counts"}`` or ``{"error"}``
     (the database refused the rows: the tile fails, the run goes on).  A lost
     connection raises :class:`DatabaseLost`, which stops the run."""
-    from . import writer
+    from specprod_db.load import tile_writer
     conn = _connection(job)
     action = TileAction(**job["action"])
     tables = job["stage"].tables()
     tables.pop("photometry", None)  # the wave's rows come with the task
     try:
-        counts = writer.write_tile(
+        counts = tile_writer.write_tile(
             conn, job["schema"], action, tables, job["state"], job["run_id"],
             [job["photometry"]], keep=shared_table(job["schema"], job["run_id"], "keep"),
             primary=False, touched_into=shared_table(job["schema"], job["run_id"], "touched"))
     except psycopg2.Error as err:
-        stop = db.server_stop(err, conn, f"writing tile {action.tileid}")
+        stop = server_stop(err, conn, f"writing tile {action.tileid}")
         if stop is not None:  # cancelled, timed out, connection lost: the run stops
             raise stop from None
         return {"error": f"tile {action.tileid}: the database refused its rows: "

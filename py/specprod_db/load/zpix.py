@@ -1,8 +1,8 @@
 """The HEALPix stage of a named (static) production: ``zpix`` from the per-HEALPix
 redrock files, after every tile (decision 13, doc/initial.rst).
 
-One task per file (:func:`specprod_db.tasks.extract_healpix`), each file written in one
-transaction as its result arrives (:func:`specprod_db.writer.write_healpix`); files the
+One task per file (:func:`specprod_db.load.tasks.extract_healpix`), each file written in one
+transaction as its result arrives (:func:`specprod_db.load.tile_writer.write_healpix`); files the
 schema already holds are skipped, so a rerun completes an interrupted or partly failed
 load.
 """
@@ -10,21 +10,24 @@ import os
 
 import psycopg2
 
-from . import db, mpi, tasks, writer
-from .errors import InputError, one_line
-from .extract import redshift, zpix
+from specprod_db import mpi
+
+from specprod_db.db.connect import server_stop
+from specprod_db.load import tasks, tile_writer
+from specprod_db.errors import InputError, one_line
+from specprod_db.extract import redshift, zpix
 
 
 def load(run, dispatcher):
     """The production's HEALPix redrock files that ``zpix`` lacks, one task each;
-    each written as it arrives, in one transaction (:func:`writer.write_healpix`),
+    each written as it arrives, in one transaction (:func:`tile_writer.write_healpix`),
     after every tile: their TARGETIDs' photometry comes from the tiles.  A failed
     file is recorded (the run exits 1) and loads on the next run.  A file whose
     FIBERMAP DESINAME differs from the computed one is counted
     (``warnings.desiname_mismatch``, one line per file with an example)."""
     opts, conn = run.opts, run.conn
     files = opts.paths.healpix_files()
-    loaded = writer.loaded_healpix(conn, opts.schema)
+    loaded = tile_writer.loaded_healpix(conn, opts.schema)
     todo = [f for f in files if f[:3] not in loaded]
     run.counts["healpix"] = {"files": len(files), "already_loaded": len(files) - len(todo),
                               "written": 0, "failed": run.healpix_failures}
@@ -58,14 +61,14 @@ def load(run, dispatcher):
         if mismatch:  # the computed DESINAME is loaded, never the file's
             run.warn("desiname_mismatch", mismatch[0], "healpix %s: %s", name, mismatch[1])
         try:
-            c = writer.write_healpix(conn, opts.schema, job["survey"], job["program"],
+            c = tile_writer.write_healpix(conn, opts.schema, job["survey"], job["program"],
                                      job["healpix"], result.stage.tables(("zpix",))["zpix"],
                                      primary=not run.rebuild)
         except InputError as err:
             run.healpix_failures[name] = one_line(err)
             continue
         except psycopg2.Error as err:
-            stop = db.server_stop(err, conn, f"writing healpix {name}")
+            stop = server_stop(err, conn, f"writing healpix {name}")
             if stop is not None:  # cancelled, timed out, connection lost: the run stops
                 raise stop from None
             message = f"healpix {name}: the database refused its rows: {one_line(err)}"

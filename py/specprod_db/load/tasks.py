@@ -3,13 +3,13 @@
 *Tile task* (:func:`extract_tile`): the tile row, its qualifying exposures and frames,
 and — for a new tile or a changed fiberassign file (``full``) — fiberassign, potential
 and the tile's targeting-catalog plan (the catalogs themselves are read once per wave,
-:mod:`specprod_db.catalogs`; a tile task run alone reads them itself); always its
+:mod:`specprod_db.load.catalogs`; a tile task run alone reads them itself); always its
 redshifts (ztile) and their afterburners (``ztile_emline``, ``ztile_qso_mgii``,
 ``ztile_qso_qn``).  The files read are hashed by the worker, right before reading them,
-and checked unchanged after (:mod:`specprod_db.fingerprints`): the fingerprints recorded
+and checked unchanged after (:mod:`specprod_db.load.fingerprints`): the fingerprints recorded
 for the tile are those of what was loaded.  An UPDATE planned only because files were
 touched (same bytes) comes back as a refresh, with nothing extracted.
-*Catalog task* (:func:`specprod_db.catalogs.read_catalog_task`): one targeting catalog
+*Catalog task* (:func:`specprod_db.load.catalogs.read_catalog_task`): one targeting catalog
 file, the rows a wave's tiles want.
 *Targetphot task* (:func:`assemble_targetphot`): a tile's target rows, targeting-data
 photometry and brick inputs, from the wave's catalog stages, added to its stage file.
@@ -34,12 +34,13 @@ from stat import S_ISDIR
 
 import numpy as np
 
-from . import catalogs, faults, fingerprints, ids, refusals, stage, writers
-from .errors import InputError, one_line
-from .extract import afterburner, redshift, targetphot, tile, tractorphot, zpix
-from .log import get_logger
-from .schema import table as schema_table
-from .stage import StageFile
+from specprod_db.load import catalogs, fingerprints, refusals, writer_ranks
+from specprod_db import faults, ids, stage
+from specprod_db.errors import InputError, one_line
+from specprod_db.extract import afterburner, redshift, targetphot, tile, tractorphot, zpix
+from specprod_db.log import get_logger
+from specprod_db.schema import table as schema_table
+from specprod_db.stage import StageFile
 
 #: Columns of the brick-task input (the targets that may need LS photometry).
 BRICK_INPUT_DTYPE = np.dtype([("TARGETID", "i8"), ("RA", "f8"), ("DEC", "f8"),
@@ -249,7 +250,7 @@ def _tile_result(tileid, out, info, reused=False, brick_input=None, targetids=No
 
 def assemble_targetphot(job):
     """Worker side of a targetphot task: a tile's targeting rows from the wave's catalog
-    stages (:mod:`specprod_db.catalogs`).
+    stages (:mod:`specprod_db.load.catalogs`).
 
     ``job`` = dict(tileid, stage: the tile's stage file, written by its tile task with
     its catalog plan, catalogs: file -> :func:`catalogs.staged`).  The target and
@@ -411,7 +412,7 @@ def _plain(stats):
 
 
 #: The task kinds a worker serves (:func:`specprod_db.mpi.serve`); ``write`` only on the
-#: writer ranks of ``--writers`` (:mod:`specprod_db.writers`).
+#: writer ranks of ``--writers`` (:mod:`specprod_db.load.writer_ranks`).
 HANDLERS = {"tile": extract_tile, "catalog": catalogs.read_catalog_task,
             "targetphot": assemble_targetphot, "brick": extract_brick,
-            "healpix": extract_healpix, "write": writers.write_task}
+            "healpix": extract_healpix, "write": writer_ranks.write_task}

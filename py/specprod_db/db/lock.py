@@ -9,8 +9,8 @@ import re
 import psycopg2
 from psycopg2 import sql
 
-from .db import qualified
-from .errors import RunRefused
+from specprod_db.db.sql import qualified
+from specprod_db.errors import RunRefused
 
 
 LOCK_NAMESPACE = 0x5350  # 'SP': advisory lock class of specprod-db loads

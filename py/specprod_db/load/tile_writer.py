@@ -23,7 +23,7 @@ load or delete, the rows the tile holds per table (``tile_rows``) that
 Which tables hold a tile's rows, which of them an UPDATE keeps, and the order of
 deletes (children first) and inserts (parents first) come from :mod:`specprod_db.schema`
 (``tile_input`` and the foreign keys); TARGETID sets go to SQL as temporary tables
-(:mod:`specprod_db.tempids`).
+(:mod:`specprod_db.db.tempids`).
 """
 import json
 from contextlib import contextmanager
@@ -33,12 +33,14 @@ import numpy as np
 import psycopg2
 from psycopg2 import sql
 
-from . import faults, refusals, schema, tempids
-from .db import qualified
-from .errors import InputError
-from .finalize import update_primary
-from .pgcopy import Encoder, StreamReader, prefetch
-from .schema import table as schema_table
+from specprod_db import faults, schema
+from specprod_db.load import refusals
+from specprod_db.db import tempids
+from specprod_db.db.sql import qualified
+from specprod_db.errors import InputError
+from specprod_db.load.finalize import update_primary
+from specprod_db.db.pgcopy import Encoder, StreamReader, prefetch
+from specprod_db.schema import table as schema_table
 
 #: psycopg2 reads the COPY source in blocks of this size.
 COPY_READ_SIZE = 1 << 20
@@ -306,7 +308,7 @@ def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), 
         caller to recompute their flags later (concurrent writers, :mod:`writers`).
 
     Returns ``counts`` (table -> rows); raises after rolling back on any error.  Rows
-    that break a key are refused as :class:`~specprod_db.refusals.RowsRefused` (a
+    that break a key are refused as :class:`~specprod_db.load.refusals.RowsRefused` (a
     ``psycopg2.IntegrityError``) naming TARGETID, petal and file: found before anything
     is written where numpy sees it (:func:`refusals.check`), else the database's refusal
     decoded (:func:`refusals.explain`).
@@ -463,10 +465,10 @@ def record_failure(conn, schema_name, tileid, message, run_id, internal=False, a
 def record_skip(conn, schema_name, action, run_id, state=None):
     """History of a SKIP of a tile the database holds (``state``: its ``tile_state`` as
     the planner read it, holding rows: loaded, or failed with its older rows kept,
-    :func:`specprod_db.plan.holds_rows`): a delete refused (``--no-delete``) or
+    :func:`specprod_db.load.plan.holds_rows`): a delete refused (``--no-delete``) or
     suspended (damaged tiles file).  Any other action, or a SKIP of a tile holding no
     rows (EFFTIME_SPEC <= 0, never loaded), records nothing and costs nothing."""
-    from .plan import holds_rows
+    from specprod_db.load.plan import holds_rows
     if action.action != "SKIP" or not holds_rows(state):
         return
     with transaction(conn) as cur:

@@ -7,7 +7,7 @@ initdb, ``pg_ctl start`` and ``stop`` and the processes left behind, and making 
 cluster private (0700 directories, a superuser password in :data:`PASSWORD_FILE`, no
 ``trust`` on TCP in pg_hba.conf: :func:`hba_without_host_trust`).
 
-The rule that picks a server and the entry points are :mod:`specprod_db.pgcluster`. Like
+The rule that picks a server and the entry points are :mod:`specprod_db.devdb.pgcluster`. Like
 it, this module needs nothing of the package but :mod:`specprod_db.conninfo`, and imports
 psycopg2 only when it connects.
 """
@@ -27,7 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .conninfo import mask
+from specprod_db.conninfo import mask
 
 #: Default TCP port of the private cluster: never the system server's 5432.
 DEFAULT_PORT = 54329

@@ -1,0 +1,1 @@
+"""The SQL layer: connections, DDL, layouts and migrations, locks, COPY."""

@@ -1,0 +1,162 @@
+"""The DDL generated from :mod:`specprod_db.schema`: tables, indexes, grants, CLUSTER."""
+from specprod_db.db.connect import ensure_q3c, schema_exists
+from specprod_db.db.sql import qualified
+
+from psycopg2 import sql
+
+from specprod_db.log import get_logger
+from specprod_db.schema import DATA_TABLES, TABLES
+
+def create_table_sql(table, schema_name):
+    """``CREATE TABLE IF NOT EXISTS`` for ``table`` in ``schema_name``."""
+    parts = []
+    for col in table.columns:
+        null = sql.SQL("") if col.name in table.nullable else sql.SQL(" NOT NULL")
+        parts.append(sql.SQL("{} {}{}").format(sql.Identifier(col.name),
+                                               sql.SQL(col.ddl_type), null))
+    parts.append(sql.SQL("PRIMARY KEY ({})").format(
+        sql.SQL(", ").join(map(sql.Identifier, table.primary_key))))
+    for col in table.unique_columns:
+        parts.append(sql.SQL("UNIQUE ({})").format(sql.Identifier(col)))
+    for col, ref in table.foreign_keys.items():
+        rtable, rcol = ref.split(".")
+        parts.append(sql.SQL("FOREIGN KEY ({}) REFERENCES {} ({})").format(
+            sql.Identifier(col), qualified(schema_name, rtable), sql.Identifier(rcol)))
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {} (\n  {}\n)").format(
+        qualified(schema_name, table.name), sql.SQL(",\n  ").join(parts))
+
+
+def index_sql(table, schema_name, q3c=True):
+    """``CREATE INDEX IF NOT EXISTS`` statements of ``table`` (unique, single, q3c)."""
+    out = []
+    target = qualified(schema_name, table.name)
+    if table.unique:
+        out.append(sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+            sql.Identifier(f"ix_{table.name}_unique"), target,
+            sql.SQL(", ").join(map(sql.Identifier, table.unique))))
+    for col in table.indexes:
+        out.append(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+            sql.Identifier(f"ix_{table.name}_{col}"), target, sql.Identifier(col)))
+    if q3c and table.q3c:
+        ra, dec = table.q3c
+        out.append(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (q3c_ang2ipix({}, {}))").format(
+            sql.Identifier(f"ix_{table.name}_q3c_ang2ipix"), target,
+            sql.Identifier(ra), sql.Identifier(dec)))
+    return out
+
+
+def secondary_index_names(table):
+    """Names of the non-key indexes of ``table`` (dropped during an initial bulk load)."""
+    names = [f"ix_{table.name}_{c}" for c in table.indexes]
+    if table.q3c:
+        names.append(f"ix_{table.name}_q3c_ang2ipix")
+    return names
+
+
+def drop_secondary_indexes(conn, schema_name):
+    """Drop the non-key indexes of the data tables (before an initial bulk load).
+
+    Primary keys, unique indexes and foreign keys stay: the writer's upserts need them.
+    Returns the names dropped; :func:`create_indexes` builds them again.
+    """
+    dropped = []
+    with conn.cursor() as cur:
+        for table in DATA_TABLES:
+            for name in secondary_index_names(table):
+                cur.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(
+                    sql.Identifier(schema_name), sql.Identifier(name)))
+                dropped.append(name)
+    conn.commit()
+    return dropped
+
+
+def missing_indexes(conn, schema_name):
+    """Names of declared indexes that do not exist (after an interrupted initial load)."""
+    declared = [n for t in DATA_TABLES for n in secondary_index_names(t)]
+    with conn.cursor() as cur:
+        cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema_name,))
+        present = {r[0] for r in cur.fetchall()}
+    conn.rollback()
+    return [n for n in declared if n not in present]
+
+
+def create_indexes(conn, schema_name):
+    """Create every index of every table that is missing (idempotent)."""
+    with conn.cursor() as cur:
+        for table in TABLES:
+            for statement in index_sql(table, schema_name):
+                cur.execute(statement)
+    conn.commit()
+
+
+def create_schema(conn, schema_name, overwrite=False):
+    """Create ``schema_name`` with every table and index (idempotent).
+
+    With ``overwrite`` the schema is dropped first (the caller asks for confirmation).
+    Returns True when tables were created, False when everything already existed.
+    """
+    log = get_logger()
+    ensure_q3c(conn)
+    with conn.cursor() as cur:
+        if overwrite:
+            log.warning("dropping schema %s and everything in it", schema_name)
+            cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(schema_name)))
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema_name,))
+        before = cur.fetchone()[0]
+        # not CREATE SCHEMA IF NOT EXISTS on an existing schema: PostgreSQL checks the
+        # database's CREATE privilege first, which a role owning the schema may lack
+        if overwrite or not schema_exists(conn, schema_name):
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(schema_name)))
+        for table in TABLES:
+            cur.execute(create_table_sql(table, schema_name))
+            for statement in index_sql(table, schema_name):
+                cur.execute(statement)
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema_name,))
+        after = cur.fetchone()[0]
+    conn.commit()
+    return after > before
+
+
+def grant_read(conn, schema_name, roles):
+    """Read access for ``roles`` on the schema, its tables, sequences and future tables.
+
+    A role that does not exist gets a warning, not an error.  Returns the roles granted.
+    """
+    log = get_logger()
+    granted = []
+    with conn.cursor() as cur:
+        for role in roles:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            if cur.fetchone() is None:
+                log.warning("role %s does not exist: no read access granted to it", role)
+                continue
+            s, r = sql.Identifier(schema_name), sql.Identifier(role)
+            for statement in (
+                    "GRANT USAGE ON SCHEMA {s} TO {r}",
+                    "GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}",
+                    "GRANT SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT ON TABLES TO {r}",
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT ON SEQUENCES TO {r}"):
+                cur.execute(sql.SQL(statement).format(s=s, r=r))
+            granted.append(role)
+    conn.commit()
+    return granted
+
+
+def cluster_q3c(conn, schema_name, tables=None):
+    """``CLUSTER`` each table (of ``tables``, names, if given) on its q3c index (as the
+    old tool did after loading), then nothing else: the caller ANALYZEs.  Returns the
+    tables clustered.  ``specprod-db maintain`` decides when it pays
+    (:mod:`specprod_db.ops.maintain`)."""
+    done = []
+    with conn.cursor() as cur:
+        for table in TABLES:
+            if table.q3c and (tables is None or table.name in tables):
+                cur.execute(sql.SQL("CLUSTER {} USING {}").format(
+                    qualified(schema_name, table.name),
+                    sql.Identifier(f"ix_{table.name}_q3c_ang2ipix")))
+                done.append(table.name)
+    conn.commit()
+    return done

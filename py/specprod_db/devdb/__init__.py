@@ -1,0 +1,1 @@
+"""The private throwaway PostgreSQL server of development and tests."""

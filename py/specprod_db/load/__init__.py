@@ -1,0 +1,1 @@
+"""The load pipeline: plan, tasks on worker ranks, the writer, finalize."""
