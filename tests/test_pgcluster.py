@@ -212,3 +212,14 @@ def test_missing_binaries_say_what_was_probed(monkeypatch):
         pgcluster.find_bindir()
     assert isinstance(e.value, FileNotFoundError)
     assert "/nonexistent/bin" in str(e.value) and "make pg" in str(e.value)
+
+
+def test_default_cluster_dir_is_the_checkouts(monkeypatch):
+    """The private cluster lives in ``.pgcluster`` beside the Makefile, wherever the module
+    sits in the package (a move into devdb/ once put it under py/)."""
+    from pathlib import Path
+    from specprod_db.devdb import pgcluster_dir
+    monkeypatch.delenv("SPECPROD_DB_CLUSTER_DIR", raising=False)
+    checkout = Path(__file__).resolve().parents[1]
+    assert (checkout / "Makefile").exists()
+    assert pgcluster_dir.default_cluster_dir() == checkout / ".pgcluster"

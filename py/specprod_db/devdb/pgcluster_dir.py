@@ -67,7 +67,7 @@ def default_cluster_dir():
     env = os.environ.get("SPECPROD_DB_CLUSTER_DIR")
     if env:
         return Path(env).expanduser().resolve()
-    return Path(__file__).resolve().parents[2] / ".pgcluster"
+    return Path(__file__).resolve().parents[3] / ".pgcluster"  # devdb/ -> specprod_db/ -> py/ -> checkout
 
 
 def _quote(value):
