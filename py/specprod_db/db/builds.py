@@ -1,0 +1,650 @@
+"""The keys, foreign keys and indexes of a schema as separate *builds*.
+
+A bulk (initial) load puts rows into tables without their per-row key and foreign-key
+checks, then builds each primary key, unique constraint, unique index, foreign key,
+index and q3c index once, at the end: one validating pass each instead of one check per
+row.  This module owns that list and its catalog state:
+
+* :func:`schema_builds`: every build of the tables of :mod:`specprod_db.schema`, named as
+  ``init`` (:func:`specprod_db.db.ddl.create_schema`) and PostgreSQL name them
+  (``ztile_pkey``, ``version_package_key``, ``ix_ztile_unique``, ``ztile_tileid_fkey``,
+  ``ix_ztile_z``, ``ix_tile_q3c_ang2ipix``), each with its DROP and its ADD / CREATE
+  statements and the builds it depends on (a foreign key needs the referenced key);
+* :func:`bulk_builds`: those a bulk load drops (the data tables' but :data:`BULK_KEEP`);
+* :func:`present` / :func:`missing`: what the catalog of a schema holds;
+* :func:`drop`: drop a set of them (one transaction);
+* :func:`duplicates` / :func:`orphans`: the rows a key or a foreign key would refuse,
+  with their tiles, raised as :class:`KeyViolation`;
+* :func:`build_missing`: build what is missing, in dependency order, on several
+  connections at once; every step is its own transaction, so a run killed at any point
+  leaves each build done, absent, or (a foreign key) added ``NOT VALID`` and not yet
+  validated, and the same call again builds what is left.
+
+Foreign keys are built in two steps by default (:data:`FK_NOT_VALID`): ``ADD CONSTRAINT
+... NOT VALID`` (catalog only, a moment of SHARE ROW EXCLUSIVE on both tables), then
+``VALIDATE CONSTRAINT`` (the scan, holding only SHARE UPDATE EXCLUSIVE on the
+referencing table and ROW SHARE on the referenced one), so that the validations of the
+five foreign keys referencing ``photometry`` run at the same time as each other and as
+index builds on ``photometry``; a direct ``ADD CONSTRAINT ... FOREIGN KEY``
+(:data:`FK_DIRECT`) holds SHARE ROW EXCLUSIVE on both tables for its whole scan, which
+serialises them.  The scheduler never starts a step whose locks conflict with a running
+step's, so no session waits for another one of the same run.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import psycopg2
+from psycopg2 import sql
+
+from specprod_db.db.connect import connect, server_stop
+from specprod_db.db.sql import qualified
+from specprod_db.errors import InputError
+from specprod_db.schema import DATA_TABLES, TABLES, Table
+from specprod_db.schema import table as schema_table
+
+# --- kinds, lock modes --------------------------------------------------------------
+
+PRIMARY_KEY = "primary key"
+UNIQUE = "unique"                # a UNIQUE constraint ({table}_{column}_key)
+UNIQUE_INDEX = "unique index"    # ix_{table}_unique
+FOREIGN_KEY = "foreign key"
+INDEX = "index"
+Q3C = "q3c index"
+
+#: Every kind, in the scheduler's order of preference (keys first: foreign keys wait
+#: for them).
+KINDS = (PRIMARY_KEY, UNIQUE, UNIQUE_INDEX, FOREIGN_KEY, INDEX, Q3C)
+CONSTRAINT_KINDS = (PRIMARY_KEY, UNIQUE, FOREIGN_KEY)
+KEY_KINDS = (PRIMARY_KEY, UNIQUE, UNIQUE_INDEX)
+
+#: Foreign-key mechanisms of :func:`build_missing`.
+FK_NOT_VALID = "not valid"
+FK_DIRECT = "direct"
+
+#: Duplicate / orphan checks of :func:`build_missing`: a query before each key's build,
+#: or only once the server refused it (free when nothing is wrong).
+CHECK_BEFORE = "before"
+CHECK_ON_FAILURE = "on failure"
+
+ROW_SHARE = "ROW SHARE"
+SHARE_UPDATE_EXCLUSIVE = "SHARE UPDATE EXCLUSIVE"
+SHARE = "SHARE"
+SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
+ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
+
+#: Table-level lock conflicts (PostgreSQL documentation, "Table-Level Lock Modes"),
+#: restricted to the modes a build takes.
+_CONFLICTS = {
+    ROW_SHARE: {ACCESS_EXCLUSIVE},
+    SHARE_UPDATE_EXCLUSIVE: {SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE,
+                             ACCESS_EXCLUSIVE},
+    SHARE: {SHARE_UPDATE_EXCLUSIVE, SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE},
+    SHARE_ROW_EXCLUSIVE: {SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE,
+                          ACCESS_EXCLUSIVE},
+    ACCESS_EXCLUSIVE: {ROW_SHARE, SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE,
+                       ACCESS_EXCLUSIVE},
+}
+
+#: Builds a bulk load keeps during its bulk phase: the writer's ``INSERT ... ON
+#: CONFLICT`` on ``tile`` (DO UPDATE) and ``photometry`` (DO NOTHING: the first tile
+#: holding a target gives its photometry) needs their primary keys.
+BULK_KEEP = frozenset({"tile_pkey", "photometry_pkey"})
+
+#: Catalog states (:func:`present`).
+DONE = "done"
+NOT_VALIDATED = "not validated"   # a foreign key added NOT VALID, not yet validated
+
+
+# --- the builds ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    """One transaction of a build: its statement and the table locks it takes."""
+    build: Build
+    label: str
+    statement: sql.Composable
+    locks: tuple[tuple[str, str], ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.build.name}: {self.label}"
+
+    def conflicts(self, other: Step) -> bool:
+        """True when this step would wait for ``other``'s locks (or the reverse)."""
+        return any(t == u and m2 in _CONFLICTS[m1]
+                   for t, m1 in self.locks for u, m2 in other.locks)
+
+
+@dataclass(frozen=True)
+class Build:
+    """A key, foreign key or index of one table, built apart from the table's rows.
+
+    ``columns`` are the key's or index's columns (for a q3c index: ``(ra, dec)``);
+    ``references`` is ``(table, column)`` for a foreign key; ``depends`` names the
+    builds that must exist first (a foreign key: the referenced table's key).
+    """
+    name: str
+    table: str
+    kind: str
+    columns: tuple[str, ...]
+    references: tuple[str, str] | None = None
+    depends: tuple[str, ...] = field(default=())
+
+    @property
+    def is_constraint(self) -> bool:
+        return self.kind in CONSTRAINT_KINDS
+
+    def drop_sql(self, schema_name: str) -> sql.Composable:
+        """``ALTER TABLE ... DROP CONSTRAINT IF EXISTS`` or ``DROP INDEX IF EXISTS``."""
+        if self.is_constraint:
+            return sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                qualified(schema_name, self.table), sql.Identifier(self.name))
+        return sql.SQL("DROP INDEX IF EXISTS {}").format(
+            qualified(schema_name, self.name))
+
+    def create_sql(self, schema_name: str, not_valid: bool = False) -> sql.Composable:
+        """The ``ALTER TABLE ... ADD CONSTRAINT`` or ``CREATE [UNIQUE] INDEX`` making this
+        build as ``init`` does (``not_valid``: a foreign key added ``NOT VALID``)."""
+        target = qualified(schema_name, self.table)
+        name = sql.Identifier(self.name)
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        if self.kind == PRIMARY_KEY:
+            return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+                target, name, cols)
+        if self.kind == UNIQUE:
+            return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE ({})").format(
+                target, name, cols)
+        if self.kind == FOREIGN_KEY:
+            assert self.references is not None
+            rtable, rcol = self.references
+            return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) "
+                           "REFERENCES {} ({}){}").format(
+                target, name, cols, qualified(schema_name, rtable), sql.Identifier(rcol),
+                sql.SQL(" NOT VALID" if not_valid else ""))
+        if self.kind == UNIQUE_INDEX:
+            return sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(name, target, cols)
+        if self.kind == INDEX:
+            return sql.SQL("CREATE INDEX {} ON {} ({})").format(name, target, cols)
+        ra, dec = self.columns
+        return sql.SQL("CREATE INDEX {} ON {} (q3c_ang2ipix({}, {}))").format(
+            name, target, sql.Identifier(ra), sql.Identifier(dec))
+
+    def validate_sql(self, schema_name: str) -> sql.Composable:
+        """``ALTER TABLE ... VALIDATE CONSTRAINT`` of a foreign key added NOT VALID."""
+        return sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+            qualified(schema_name, self.table), sql.Identifier(self.name))
+
+    def steps(self, schema_name: str, fk: str = FK_NOT_VALID,
+              state: str | None = None) -> list[Step]:
+        """The transactions making this build from catalog ``state`` (None: absent;
+        :data:`NOT_VALIDATED`: only the validation is left)."""
+        if self.kind == FOREIGN_KEY:
+            assert self.references is not None
+            parent = self.references[0]
+            if state == NOT_VALIDATED:
+                return [self._validate(schema_name, parent)]
+            if fk == FK_DIRECT:
+                return [Step(self, "add", self.create_sql(schema_name),
+                             ((self.table, SHARE_ROW_EXCLUSIVE),
+                              (parent, SHARE_ROW_EXCLUSIVE)))]
+            if fk != FK_NOT_VALID:
+                raise ValueError(f"foreign-key mechanism {fk!r}: {FK_NOT_VALID!r} or "
+                                 f"{FK_DIRECT!r}")
+            return [Step(self, "add not valid", self.create_sql(schema_name, True),
+                         ((self.table, SHARE_ROW_EXCLUSIVE), (parent, SHARE_ROW_EXCLUSIVE))),
+                    self._validate(schema_name, parent)]
+        mode = ACCESS_EXCLUSIVE if self.is_constraint else SHARE
+        return [Step(self, "add" if self.is_constraint else "create",
+                     self.create_sql(schema_name), ((self.table, mode),))]
+
+    def _validate(self, schema_name: str, parent: str) -> Step:
+        return Step(self, "validate", self.validate_sql(schema_name),
+                    ((self.table, SHARE_UPDATE_EXCLUSIVE), (parent, ROW_SHARE)))
+
+
+def _key_of(t: Table, column: str) -> str:
+    """The build name of ``t``'s key on ``column`` alone (what a foreign key needs)."""
+    if tuple(t.primary_key) == (column,):
+        return f"{t.name}_pkey"
+    if column in t.unique_columns:
+        return f"{t.name}_{column}_key"
+    raise ValueError(f"{t.name}.{column} is referenced by a foreign key but is neither "
+                     f"{t.name}'s primary key nor a unique column")
+
+
+def table_builds(t: Table) -> tuple[Build, ...]:
+    """The builds of table ``t``: primary key, unique constraints, unique index, foreign
+    keys, indexes, q3c index (the order ``init`` creates them in)."""
+    out = [Build(f"{t.name}_pkey", t.name, PRIMARY_KEY, tuple(t.primary_key))]
+    out += [Build(f"{t.name}_{c}_key", t.name, UNIQUE, (c,)) for c in t.unique_columns]
+    if t.unique:
+        out.append(Build(f"ix_{t.name}_unique", t.name, UNIQUE_INDEX, tuple(t.unique)))
+    for col, ref in t.foreign_keys.items():
+        rtable, rcol = ref.split(".")
+        out.append(Build(f"{t.name}_{col}_fkey", t.name, FOREIGN_KEY, (col,),
+                         references=(rtable, rcol),
+                         depends=(_key_of(schema_table(rtable), rcol),)))
+    out += [Build(f"ix_{t.name}_{c}", t.name, INDEX, (c,)) for c in t.indexes]
+    if t.q3c:
+        out.append(Build(f"ix_{t.name}_q3c_ang2ipix", t.name, Q3C, tuple(t.q3c)))
+    return tuple(out)
+
+
+def schema_builds(tables: Iterable[Table] = TABLES) -> tuple[Build, ...]:
+    """Every build of ``tables`` (default: all of them), table by table."""
+    return tuple(b for t in tables for b in table_builds(t))
+
+
+def bulk_builds(keep: Iterable[str] = BULK_KEEP) -> tuple[Build, ...]:
+    """The builds a bulk load drops before its bulk phase and builds after it: those of
+    the data tables (not ``version``, which the load does not write, nor the bookkeeping
+    tables) but the names in ``keep``."""
+    kept = set(keep)
+    return tuple(b for b in schema_builds(t for t in DATA_TABLES if t.name != "version")
+                 if b.name not in kept)
+
+
+def by_name(name: str) -> Build:
+    """The build of the schema called ``name``."""
+    for b in schema_builds():
+        if b.name == name:
+            return b
+    raise KeyError(f"no build {name!r}")
+
+
+# --- the catalog --------------------------------------------------------------------
+
+def present(conn: Any, schema_name: str) -> dict[str, str]:
+    """``{name: state}`` of the constraints and indexes of ``schema_name`` in the catalog
+    (``DONE``, or ``NOT_VALIDATED`` for a constraint added NOT VALID); invalid indexes
+    are left out (a failed CREATE INDEX CONCURRENTLY: not ours)."""
+    with conn.cursor() as cur:
+        cur.execute("""SELECT c.conname, c.convalidated FROM pg_constraint c
+                       JOIN pg_namespace n ON n.oid = c.connamespace
+                       WHERE n.nspname = %s AND c.contype IN ('p', 'u', 'f')""",
+                    (schema_name,))
+        out = {name: DONE if valid else NOT_VALIDATED for name, valid in cur.fetchall()}
+        cur.execute("""SELECT i.relname FROM pg_index x
+                       JOIN pg_class i ON i.oid = x.indexrelid
+                       JOIN pg_namespace n ON n.oid = i.relnamespace
+                       WHERE n.nspname = %s AND x.indisvalid""", (schema_name,))
+        for (name,) in cur.fetchall():
+            out.setdefault(name, DONE)
+    conn.rollback()
+    return out
+
+
+def _state(b: Build, catalog: Mapping[str, str]) -> str | None:
+    """``b``'s state in ``catalog`` (:func:`present`); a key's index without its
+    constraint (not something we make) counts as absent."""
+    return catalog.get(b.name)
+
+
+def missing(conn: Any, schema_name: str,
+            builds: Iterable[Build] | None = None) -> list[Build]:
+    """The builds of ``builds`` (default: :func:`schema_builds`) that ``schema_name``
+    lacks or holds only partly (a foreign key not validated)."""
+    catalog = present(conn, schema_name)
+    return [b for b in (schema_builds() if builds is None else builds)
+            if _state(b, catalog) != DONE]
+
+
+def drop(conn: Any, schema_name: str, builds: Iterable[Build]) -> list[str]:
+    """Drop ``builds`` from ``schema_name`` in one transaction (foreign keys first, keys
+    last); returns the names that were there.  A key still referenced by a foreign key
+    that is not dropped too is refused (ValueError) before anything is dropped."""
+    chosen = list(builds)
+    names = {b.name for b in chosen}
+    catalog = present(conn, schema_name)
+    for other in schema_builds():
+        if other.name in catalog and other.name not in names:
+            needed = names & set(other.depends)
+            if needed:
+                raise ValueError(f"cannot drop {', '.join(sorted(needed))}: "
+                                 f"{other.name} needs it and is not dropped")
+    order = sorted(chosen, key=lambda b: (b.kind != FOREIGN_KEY, b.kind in KEY_KINDS))
+    dropped = []
+    try:
+        with conn.cursor() as cur:
+            for b in order:
+                if b.name in catalog:
+                    cur.execute(b.drop_sql(schema_name))
+                    dropped.append(b.name)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return dropped
+
+
+# --- rows a key or a foreign key refuses --------------------------------------------
+
+class KeyViolation(InputError):
+    """Rows that a key, unique index or foreign key being built refuses: two rows with
+    one key, or rows whose reference is missing.  The message names each build, its
+    table, key values and tiles; ``found`` is ``{build name: [row group, ...]}`` as
+    :func:`duplicates` and :func:`orphans` return them."""
+
+    def __init__(self, message: str, found: Mapping[str, list[dict[str, Any]]]):
+        super().__init__(message)
+        self.found = dict(found)
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, Decimal) and v == v.to_integral_value():
+        return int(v)
+    return v
+
+
+def _tile_list(t: Table, alias: str = "") -> sql.Composable:
+    if "tileid" not in t.names:
+        return sql.SQL("NULL::integer[]")
+    col = sql.SQL("{}.tileid").format(sql.Identifier(alias)) if alias \
+        else sql.Identifier("tileid")
+    return sql.SQL("array_agg(DISTINCT {} ORDER BY {})").format(col, col)
+
+
+def duplicates(conn: Any, schema_name: str, b: Build,
+               limit: int = 10) -> list[dict[str, Any]]:
+    """The values of key ``b`` (primary key, unique constraint or unique index) held by
+    more than one row of its table, at most ``limit`` of them in key order: ``{"key":
+    {column: value}, "rows": n, "tiles": [tileid, ...] or None, "total": number of
+    duplicated values}``."""
+    if b.kind not in KEY_KINDS:
+        raise ValueError(f"{b.name} is a {b.kind}, not a key")
+    t = schema_table(b.table)
+    cols = sql.SQL(", ").join(map(sql.Identifier, b.columns))
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT {}, count(*), {}, count(*) OVER () FROM {} "
+                            "GROUP BY {} HAVING count(*) > 1 ORDER BY {} LIMIT %s").format(
+            cols, _tile_list(t), qualified(schema_name, b.table), cols, cols), (limit,))
+        rows = cur.fetchall()
+    conn.rollback()
+    n = len(b.columns)
+    return [{"key": dict(zip(b.columns, map(_value, r[:n]))), "rows": r[n],
+             "tiles": r[n + 1], "total": r[n + 2]} for r in rows]
+
+
+def orphans(conn: Any, schema_name: str, b: Build,
+            limit: int = 10) -> list[dict[str, Any]]:
+    """The values of foreign key ``b``'s column that no row of the referenced table
+    holds, at most ``limit`` of them: ``{"key": {column: value}, "rows": n, "tiles":
+    [tileid, ...] or None, "total": number of missing values}``."""
+    if b.kind != FOREIGN_KEY or b.references is None:
+        raise ValueError(f"{b.name} is a {b.kind}, not a foreign key")
+    t = schema_table(b.table)
+    (col,) = b.columns
+    rtable, rcol = b.references
+    c = sql.SQL("c.{}").format(sql.Identifier(col))
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL(
+            "SELECT {c}, count(*), {tiles}, count(*) OVER () FROM {child} c "
+            "WHERE {c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {parent} p "
+            "WHERE p.{rcol} = {c}) GROUP BY {c} ORDER BY {c} LIMIT %s").format(
+            c=c, tiles=_tile_list(t, "c"), child=qualified(schema_name, b.table),
+            parent=qualified(schema_name, rtable), rcol=sql.Identifier(rcol)), (limit,))
+        rows = cur.fetchall()
+    conn.rollback()
+    return [{"key": {col: _value(r[0])}, "rows": r[1], "tiles": r[2], "total": r[3]}
+            for r in rows]
+
+
+def violations(conn: Any, schema_name: str, b: Build,
+               limit: int = 10) -> list[dict[str, Any]]:
+    """:func:`duplicates` of a key, :func:`orphans` of a foreign key, [] for an index."""
+    if b.kind in KEY_KINDS:
+        return duplicates(conn, schema_name, b, limit)
+    if b.kind == FOREIGN_KEY:
+        return orphans(conn, schema_name, b, limit)
+    return []
+
+
+def describe_violation(b: Build, found: Sequence[Mapping[str, Any]]) -> str:
+    """One line naming the table, the build, the key values and their tiles."""
+    def group(g: Mapping[str, Any]) -> str:
+        key = ", ".join(f"{k}={v}" for k, v in g["key"].items())
+        tiles = g["tiles"]
+        where = "" if tiles is None else \
+            f", tile{'s' if len(tiles) > 1 else ''} {', '.join(map(str, tiles))}"
+        rows = g["rows"]
+        return f"{key} ({rows} row{'s' if rows != 1 else ''}{where})"
+    total = found[0]["total"] if found else 0
+    shown = "; ".join(group(g) for g in found)
+    more = f"; and {total - len(found)} more" if total > len(found) else ""
+    if b.kind == FOREIGN_KEY:
+        assert b.references is not None
+        rtable, rcol = b.references
+        return (f"{b.table}: {total} value{'s' if total != 1 else ''} of {b.columns[0]} "
+                f"reference{'' if total != 1 else 's'} no {rtable} row (foreign key "
+                f"{b.name}, {b.columns[0]} -> {rtable}.{rcol}): {shown}{more}")
+    return (f"{b.table}: {total} value{'s' if total != 1 else ''} of its {b.kind} "
+            f"{b.name} ({', '.join(b.columns)}) {'are' if total != 1 else 'is'} held by "
+            f"more than one row: {shown}{more}")
+
+
+# --- building -----------------------------------------------------------------------
+
+#: SQLSTATEs of a key or foreign key refused by the rows (unique_violation,
+#: foreign_key_violation).
+_REFUSED = {"23505", "23503"}
+
+
+def session_settings(parallel_workers: int = 2, maintenance_work_mem: str = "1GB",
+                     extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The settings of a build session: parallel workers per index build, memory per
+    build, and ``client_connection_check_interval`` so that the server ends a build
+    whose client was killed instead of finishing it for nothing while holding its
+    locks."""
+    out = {"max_parallel_maintenance_workers": str(parallel_workers),
+           "maintenance_work_mem": maintenance_work_mem,
+           "client_connection_check_interval": "1s"}
+    out.update(extra or {})
+    return out
+
+
+def _run_step(conn: Any, schema_name: str, step: Step, check: str) -> float:
+    """Run ``step`` in its own transaction; its seconds.  Raises :class:`KeyViolation`
+    naming the rows the build refuses, or the :class:`~specprod_db.errors.DatabaseLost`
+    of a server that stopped the work."""
+    b = step.build
+    checked = step.label != "add not valid" and b.kind in KEY_KINDS + (FOREIGN_KEY,)
+    t0 = time.perf_counter()
+    try:
+        if check == CHECK_BEFORE and checked:
+            found = violations(conn, schema_name, b)
+            if found:
+                raise KeyViolation(describe_violation(b, found), {b.name: found})
+        with conn.cursor() as cur:
+            cur.execute(step.statement)
+        conn.commit()
+    except psycopg2.Error as err:
+        lost = server_stop(err, conn, doing=f"building {step.name}")
+        if lost is not None:
+            raise lost from None
+        conn.rollback()
+        if err.pgcode in _REFUSED and checked:
+            found = violations(conn, schema_name, b)
+            if found:
+                raise KeyViolation(describe_violation(b, found), {b.name: found}) from None
+        raise
+    return time.perf_counter() - t0
+
+
+def _sizes(conn: Any, schema_name: str) -> dict[str, int]:
+    """A rough size of each table (live rows times columns), from the statistics: no
+    lock taken (``pg_relation_size`` would wait for a table someone holds locked), and
+    ``relpages`` is 0 after a COPY until the table is analysed."""
+    with conn.cursor() as cur:
+        cur.execute("""SELECT relname, n_live_tup FROM pg_stat_user_tables
+                       WHERE schemaname = %s""", (schema_name,))
+        rows = cur.fetchall()
+    conn.rollback()
+    width = {t.name: len(t.names) for t in TABLES}
+    return {name: int(n) * width.get(name, 1) for name, n in rows}
+
+
+def plan(conn: Any, schema_name: str, builds: Iterable[Build] | None = None,
+         fk: str = FK_NOT_VALID) -> list[Step]:
+    """The steps making the missing builds of ``builds`` (default: all), in the order
+    of preference of the scheduler: keys first, then the largest tables first.  A build
+    whose dependency is neither present nor among ``builds`` is refused (ValueError)."""
+    catalog = present(conn, schema_name)
+    wanted = list(schema_builds() if builds is None else builds)
+    todo = [b for b in wanted if _state(b, catalog) != DONE]
+    names = {b.name for b in todo}
+    for b in todo:
+        absent = [d for d in b.depends if catalog.get(d) != DONE and d not in names]
+        if absent:
+            raise ValueError(f"{b.name} needs {', '.join(absent)}, which {schema_name} "
+                             f"lacks and which is not to be built")
+    sizes = _sizes(conn, schema_name)
+    steps = [s for b in todo for s in b.steps(schema_name, fk, _state(b, catalog))]
+    return sorted(steps, key=lambda s: (s.build.kind not in KEY_KINDS,
+                                        -sizes.get(s.build.table, 0)))
+
+
+def build_missing(dsn: str | None, schema_name: str, builds: Iterable[Build] | None = None,
+                  connections: int = 3, parallel_workers: int = 2,
+                  maintenance_work_mem: str = "1GB", fk: str = FK_NOT_VALID,
+                  check: str = CHECK_ON_FAILURE, settings: Mapping[str, str] | None = None,
+                  progress: Callable[[str, float], None] | None = None) -> dict[str, float]:
+    """Build what ``schema_name`` lacks of ``builds`` (default: every build of the
+    schema) on ``connections`` sessions at once; returns ``{build: seconds}``.
+
+    A step starts when the builds it depends on are done and when no running step holds
+    a conflicting lock; each step is its own transaction (a run killed at any point
+    leaves every build done, absent or not yet validated; calling this again finishes
+    the work).  Every session gets :func:`session_settings`; ``fk`` is
+    :data:`FK_NOT_VALID` or :data:`FK_DIRECT`; ``check`` is :data:`CHECK_ON_FAILURE`
+    (look for duplicates or orphans once the server refused a key) or
+    :data:`CHECK_BEFORE` (look first).  ``progress(step name, seconds)`` is called after
+    each step.  When rows are refused, the other builds go on (but those depending on
+    the refused one) and one :class:`KeyViolation` names them all at the end; a lost
+    server (:class:`~specprod_db.errors.DatabaseLost`) or any other error stops the
+    scheduling, lets the running steps finish, and is raised.
+    """
+    if check not in (CHECK_BEFORE, CHECK_ON_FAILURE):
+        raise ValueError(f"check {check!r}: {CHECK_BEFORE!r} or {CHECK_ON_FAILURE!r}")
+    if connections < 1:
+        raise ValueError("connections must be at least 1")
+    conns = []
+    seconds: dict[str, float] = {}
+    try:
+        first = connect(dsn, application_name="specprod-db build")
+        conns.append(first)
+        pending = plan(first, schema_name, builds, fk)
+        if not pending:
+            return seconds
+        while len(conns) < min(connections, len(pending)):
+            conns.append(connect(dsn, application_name="specprod-db build"))
+        values = session_settings(parallel_workers, maintenance_work_mem, settings)
+        for conn in conns:
+            with conn.cursor() as cur:
+                for name, value in values.items():
+                    cur.execute("SELECT set_config(%s, %s, false)", (name, value))
+            conn.commit()
+        _schedule(conns, schema_name, pending, check, progress, seconds)
+    except psycopg2.Error as err:
+        lost = server_stop(err, conns[-1] if conns else None, doing="planning the builds")
+        if lost is not None:
+            raise lost from None
+        raise
+    finally:
+        for conn in conns:
+            conn.close()
+    return seconds
+
+
+def _schedule(conns: list[Any], schema_name: str, pending: list[Step], check: str,
+              progress: Callable[[str, float], None] | None,
+              seconds: dict[str, float]) -> None:
+    """Run ``pending`` on ``conns`` (see :func:`build_missing`)."""
+    building = {s.build.name for s in pending}
+    finished: set[str] = set()        # step names
+    refused: dict[str, KeyViolation] = {}
+    fatal: BaseException | None = None
+    idle = list(conns)
+    running: dict[Future[float], tuple[Step, Any]] = {}
+
+    built: set[str] = set()           # builds whose every step is done
+    order: dict[str, list[str]] = {}  # build -> its step names, in order
+    for s in pending:
+        order.setdefault(s.build.name, []).append(s.name)
+
+    def ready(step: Step) -> bool:
+        b = step.build
+        before = order[b.name][:order[b.name].index(step.name)]
+        if not set(before) <= finished:
+            return False  # an earlier step of the same build is not done
+        if any(d in building and d not in built for d in b.depends):
+            return False
+        return not any(step.conflicts(r) for r, _ in running.values())
+
+    with ThreadPoolExecutor(max_workers=len(conns)) as pool:
+        try:
+            while True:
+                if fatal is None:
+                    for step in [s for s in pending if ready(s)]:
+                        if not idle:
+                            break
+                        if not ready(step):   # a step started in this pass conflicts
+                            continue
+                        conn = idle.pop()
+                        pending.remove(step)
+                        running[pool.submit(_run_step, conn, schema_name, step, check)] = \
+                            (step, conn)
+                if not running:
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    step, conn = running.pop(future)
+                    idle.append(conn)
+                    b = step.build
+                    try:
+                        took = future.result()
+                    except KeyViolation as err:
+                        refused[b.name] = err
+                        _forget(pending, b.name)
+                        continue
+                    except BaseException as err:
+                        if fatal is None:
+                            fatal = err
+                        continue
+                    finished.add(step.name)
+                    seconds[b.name] = seconds.get(b.name, 0.0) + took
+                    if step.name == order[b.name][-1]:
+                        built.add(b.name)
+                    if progress is not None:
+                        progress(step.name, took)
+        except BaseException:
+            for _, conn in running.values():
+                conn.cancel()
+            raise
+    if fatal is not None:
+        raise fatal
+    if refused:
+        found = {k: v for err in refused.values() for k, v in err.found.items()}
+        raise KeyViolation("; ".join(str(err) for err in refused.values()), found)
+    if pending:  # pragma: no cover - a dependency the plan did not see
+        raise RuntimeError(f"builds left unscheduled: {', '.join(s.name for s in pending)}")
+
+
+def _forget(pending: list[Step], refused: str) -> None:
+    """Remove from ``pending`` the steps of ``refused`` and of every build depending on it
+    (directly or not): they cannot be made."""
+    gone = {refused}
+    changed = True
+    while changed:
+        changed = False
+        for s in list(pending):
+            if s.build.name in gone or gone & set(s.build.depends):
+                pending.remove(s)
+                if s.build.name not in gone:
+                    gone.add(s.build.name)
+                    changed = True
