@@ -17,7 +17,10 @@ import os
 import pstats
 import re
 import shutil
+import subprocess
 import time
+
+from mocks import mock_digest, mock_is_current
 
 
 def tile_ids(mockdir):
@@ -38,7 +41,6 @@ def ensure_advanced(base, new_tiles, reobserve, withdraw, log=print):
     """A copy of the mock production ``base`` advanced one night, written once."""
     from specprod_db.mock.production import advance_production
     outdir = f"{base}-next-n{new_tiles}-r{reobserve}{'-w' if withdraw else ''}"
-    from run import mock_digest, mock_is_current
     done = os.path.join(outdir, "bench-complete.json")
     if mock_is_current(done):
         log(f"advanced mock: reusing {outdir}")
@@ -47,7 +49,6 @@ def ensure_advanced(base, new_tiles, reobserve, withdraw, log=print):
     t = time.time()
     log(f"advanced mock: copying {base} and advancing it one night ...")
     # cp -a keeps the mtimes: the copied tiles' fingerprints (name, size, mtime) match
-    import subprocess
     subprocess.run(["cp", "-a", base, outdir], check=True)
     os.remove(os.path.join(outdir, "bench-complete.json"))
     advance_production(outdir, new_tiles=new_tiles, reobserve=reobserve, withdraw=withdraw)
