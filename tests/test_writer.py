@@ -2,6 +2,7 @@
 CLI, no MPI): a tile is all or nothing, photometry included; a stage file is reused only
 for the same inputs, and never when a brick in it failed."""
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import psycopg2
@@ -15,7 +16,9 @@ from specprod_db.db.connect import connect
 from specprod_db.load import tasks, tile_writer
 from specprod_db.mock import environment
 from specprod_db.paths import Paths
-from specprod_db.load.pipeline import Options, Run
+from specprod_db.load import prepare, waves
+from specprod_db.load.prepare import Options
+from specprod_db.load.tally import Tally
 from specprod_db.load.plan import INSERT
 
 from test_failures import orphan_photometry
@@ -29,17 +32,45 @@ def run(pg_dsn, schema_name, copy_production, tmp_path):
     ddl.create_schema(conn, schema_name)
     conn.close()
     paths = Paths.from_environment(environment(copy_production()))
-    r = Run(Options(schema=schema_name, paths=paths, dsn=pg_dsn,
-                    stage_dir=str(tmp_path / "stage")))
-    r.plan()
-    r.begin()
-    yield r
-    r.close()
+    opts = Options(schema=schema_name, paths=paths, dsn=pg_dsn,
+                   stage_dir=str(tmp_path / "stage"))
+    session = prepare.open_session(opts)
+    plan = prepare.plan_run(session.conn, opts, Tally())
+    prepare.begin(session, opts, plan, 1)
+    yield Planned(opts, session, plan)
+    session.close()
+
+
+@dataclass
+class Planned:
+    """A planned run's values, as the root holds them before its waves."""
+    opts: Options
+    session: prepare.Session
+    plan: prepare.Plan
+
+    @property
+    def conn(self):
+        return self.session.conn
+
+    @property
+    def run_id(self):
+        return self.session.run_id
+
+    @property
+    def stage_dir(self):
+        return self.session.stage_dir
+
+    @property
+    def actions(self):
+        return self.plan.actions
+
+    def tile_job(self, action):
+        return waves.tile_job(action, self.opts, self.session, self.plan)
 
 
 def _extract(run, tileid):
     action = next(a for a in run.actions if a.tileid == tileid)
-    return action, tasks.extract_tile(run._tile_job(action))
+    return action, tasks.extract_tile(run.tile_job(action))
 
 
 def _count(conn, schema_name, table, tileid=None):
@@ -127,7 +158,7 @@ def test_tile_stage_file_reused_only_for_the_same_inputs(run):
     assert np.array_equal(second.targetids, first.targetids)
     assert np.array_equal(second.brick_input, first.brick_input)
     # another plan line (e.g. a new LASTNIGHT or any column): extracted again
-    job = run._tile_job(action)
+    job = run.tile_job(action)
     job["action"]["line"] = dict(job["action"]["line"], GOALTIME=job["action"]["line"]
                                  ["GOALTIME"] + 1)
     assert not tasks.extract_tile(job).reused

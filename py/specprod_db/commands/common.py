@@ -64,7 +64,7 @@ def plan_options(args, command):
     locations are unknown: what ``status`` and ``report`` show as pending tiles."""
     from specprod_db.errors import InputError, one_line
     from specprod_db.paths import paths_from_args
-    from specprod_db.load.pipeline import Options
+    from specprod_db.load.prepare import Options
     try:
         return Options(schema=args.schema, paths=paths_from_args(args), dsn=args.db,
                        dry_run=True, command=command), None

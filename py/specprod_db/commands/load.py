@@ -93,7 +93,7 @@ def _count(text):
 
 
 def options_from_args(args, dry_run=None):
-    from specprod_db.load.pipeline import Options
+    from specprod_db.load.prepare import Options
     try:
         paths = paths_from_args(args)
     except InputError as err:  # DESI_ROOT unset ...: the run cannot start (exit 2)

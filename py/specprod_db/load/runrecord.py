@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from psycopg2 import sql
 
@@ -19,6 +20,10 @@ from specprod_db import conninfo
 from specprod_db.db.sql import qualified
 from specprod_db.load.plan import DELETE, INSERT, REFRESH, UNCHANGED, UPDATE, summary
 from specprod_db.load.tile_writer import transaction
+
+if TYPE_CHECKING:  # annotations only: prepare imports this module
+    from specprod_db.load.prepare import Plan
+    from specprod_db.load.tally import Tally
 
 
 def start(conn, schema_name, ranks, command, options):
@@ -43,16 +48,19 @@ def finish(conn, schema_name, run_id, outcome, counts):
                     (outcome, json.dumps(counts, default=str), run_id))
 
 
-def summary_counts(run):
-    """``load_run.counts`` of a :class:`specprod_db.load.pipeline.Run`: plan, tables,
-    warnings, timers, failures (bad input and internal errors apart), bad lines,
-    ranks."""
-    return dict(run.counts, plan=summary(run.actions), timers=run.timers,
-                failed={str(t): f.message for t, f in run.failures.items()
-                        if not f.internal},
-                internal_errors={str(t): f.message for t, f in run.failures.items()
-                                 if f.internal},
-                bad_lines=run.bad_lines)
+def summary_counts(plan: "Plan", tally: "Tally") -> dict:
+    """``load_tally.counts`` of a run: plan, tables, warnings, timers, failures (bad input
+    and internal errors apart; HEALPix files' under ``healpix``), bad lines, ranks."""
+    counts = dict(tally.counts, plan=summary(plan.actions), timers=tally.timers,
+                  failed={str(t): f.message for t, f in tally.failures.items()
+                          if not f.internal},
+                  internal_errors={str(t): f.message for t, f in tally.failures.items()
+                                   if f.internal},
+                  bad_lines=plan.bad_lines)
+    if "healpix" in counts:
+        counts["healpix"] = dict(counts["healpix"], failed={
+            n: f.message for n, f in tally.healpix_failures.items()})
+    return counts
 
 
 def tiles_file_line(info: dict) -> str:
@@ -64,18 +72,18 @@ def tiles_file_line(info: dict) -> str:
     return f"  tiles file: {where} ({info['size']} bytes, sha256 {info['sha256']})"
 
 
-def report_lines(run):
+def report_lines(run_id: int, plan: "Plan", tally: "Tally") -> list[str]:
     """The run's report: plan, rows, timings, ranks, warnings, failures."""
-    plan_counts = summary(run.actions)
-    lines = [f"load run {run.run_id} finished in {time.time() - run.t0:.1f} s",
+    plan_counts = summary(plan.actions)
+    lines = [f"load run {run_id} finished in {time.time() - tally.t0:.1f} s",
              "  plan: " + ", ".join(f"{k} {v}" for k, v in sorted(plan_counts.items())),
              "  rows written:"]
-    lines += [f"    {k:<28} {v:>10}" for k, v in sorted(run.counts["tables"].items())]
-    lines += ["  timing:"] + [f"    {k:<28} {v:>9.2f} s" for k, v in run.timers.items()]
-    tf = getattr(run, "tiles_file", None)
+    lines += [f"    {k:<28} {v:>10}" for k, v in sorted(tally.counts["tables"].items())]
+    lines += ["  timing:"] + [f"    {k:<28} {v:>9.2f} s" for k, v in tally.timers.items()]
+    tf = plan.tiles_file
     if tf:
         lines.append(tiles_file_line(tf))
-    ranks = run.counts.get("ranks")
+    ranks = tally.counts.get("ranks")
     if ranks:
         busy = ranks["busy_seconds"]
         lines.append("  ranks busy (s): " + ", ".join(f"{r}: {t:.1f}" for r, t in
@@ -85,34 +93,34 @@ def report_lines(run):
             lines.append(f"  write time with workers extracting: "
                          f"{ranks['write_seconds_with_workers_busy']:.1f} of "
                          f"{ranks['write_seconds']:.1f} s")
-    if run.counts["warnings"]:
+    if tally.counts["warnings"]:
         lines.append("  warnings: " + ", ".join(
-            f"{k} {v}" for k, v in sorted(run.counts["warnings"].items())))
-    cat = run.counts.get("catalogs")
+            f"{k} {v}" for k, v in sorted(tally.counts["warnings"].items())))
+    cat = tally.counts.get("catalogs")
     if cat:
         lines.append(f"  targeting catalogs: {cat['files_opened']} files opened for "
                      f"{cat['tile_reads']} reads tile by tile ({cat['reads_saved']} saved)")
-    healpix = run.counts.get("healpix")
+    healpix = tally.counts.get("healpix")
     if healpix:
         lines.append(f"  HEALPix files: {healpix['files']}, {healpix['already_loaded']} "
                      f"loaded before, {healpix['written']} written, "
-                     f"{len(healpix['failed'])} failed")
+                     f"{len(tally.healpix_failures)} failed")
     if not any(plan_counts.get(k) for k in (INSERT, UPDATE, DELETE, REFRESH)) \
-            and not run.failures and not (healpix and healpix["written"]):
+            and not tally.failures and not (healpix and healpix["written"]):
         lines.append(f"  nothing to do: {plan_counts.get(UNCHANGED, 0)} tile(s) "
                      f"unchanged, the database is not changed")
-    if run.bad_lines:
-        lines.append(f"  tiles file damaged: {run.bad_lines} bad line(s); deletes "
+    if plan.bad_lines:
+        lines.append(f"  tiles file damaged: {plan.bad_lines} bad line(s); deletes "
                      f"suspended")
     for internal, title in ((False, "FAILED tiles (bad input)"),
                             (True, "INTERNAL ERRORS (a bug: see the traceback logged "
                                    "by the rank that raised)")):
-        failed = sorted((t, f) for t, f in run.failures.items()
+        failed = sorted((t, f) for t, f in tally.failures.items()
                         if f.internal == internal)
         if failed:
             lines.append(f"  {title} ({len(failed)}):")
             lines += [f"    {t}: {f.message}" for t, f in failed]
-    if run.healpix_failures:
-        lines.append(f"  FAILED HEALPix files ({len(run.healpix_failures)}):")
-        lines += [f"    {n}: {m}" for n, m in sorted(run.healpix_failures.items())]
+    if tally.healpix_failures:
+        lines.append(f"  FAILED HEALPix files ({len(tally.healpix_failures)}):")
+        lines += [f"    {n}: {f.message}" for n, f in sorted(tally.healpix_failures.items())]
     return lines

@@ -11,41 +11,43 @@ import os
 import psycopg2
 
 from specprod_db import mpi
-
 from specprod_db.db.connect import server_stop
-from specprod_db.load import tasks, tile_writer
 from specprod_db.errors import InputError, one_line
 from specprod_db.extract import redshift, zpix
+from specprod_db.load import tasks, tile_writer
+from specprod_db.load.prepare import Options, Session
+from specprod_db.load.tally import Tally
+from specprod_db.log import get_logger
 
 
-def load(run, dispatcher):
+def load(dispatcher: mpi.Dispatcher, opts: Options, session: Session, tally: Tally) -> None:
     """The production's HEALPix redrock files that ``zpix`` lacks, one task each;
     each written as it arrives, in one transaction (:func:`tile_writer.write_healpix`),
     after every tile: their TARGETIDs' photometry comes from the tiles.  A failed
     file is recorded (the run exits 1) and loads on the next run.  A file whose
     FIBERMAP DESINAME differs from the computed one is counted
     (``warnings.desiname_mismatch``, one line per file with an example)."""
-    opts, conn = run.opts, run.conn
+    conn, log = session.conn, get_logger()
     files = opts.paths.healpix_files()
     loaded = tile_writer.loaded_healpix(conn, opts.schema)
     todo = [f for f in files if f[:3] not in loaded]
-    run.counts["healpix"] = {"files": len(files), "already_loaded": len(files) - len(todo),
-                              "written": 0, "failed": run.healpix_failures}
-    names = {os.path.basename(tasks.healpix_stage(run.stage_dir, zpix.healpix_name(
+    tally.counts["healpix"] = {"files": len(files), "already_loaded": len(files) - len(todo),
+                               "written": 0}
+    names = {os.path.basename(tasks.healpix_stage(session.stage_dir, zpix.healpix_name(
         *f[:3])).path) for f in todo}
-    for name in os.listdir(run.stage_dir):  # of files since loaded, or gone
+    for name in os.listdir(session.stage_dir):  # of files since loaded, or gone
         if name.startswith("healpix-") and name.endswith(".h5") and name not in names:
-            tasks.healpix_stage(run.stage_dir, name[8:-3]).remove()
-    run.log.info("HEALPix redrock files: %d, %d loaded before, %d to load", len(files),
+            tasks.healpix_stage(session.stage_dir, name[8:-3]).remove()
+    log.info("HEALPix redrock files: %d, %d loaded before, %d to load", len(files),
                   len(files) - len(todo), len(todo))
     if not todo:
         return
     sizes = {f[:3]: os.path.getsize(f[3]) for f in todo}
     jobs = [{"survey": s, "program": p, "healpix": h, "paths": opts.paths,
-             "stage_dir": run.stage_dir} for s, p, h, _ in todo]
+             "stage_dir": session.stage_dir} for s, p, h, _ in todo]
     batch = dispatcher.submit("healpix", jobs, progress=mpi.Progress("healpix", len(jobs)),
                               size=lambda j: sizes[(j["survey"], j["program"], j["healpix"])])
-    done, tc = 0, run.counts["tables"]
+    done = 0
     while done < batch.n:
         if done == len(batch.results):
             dispatcher.poll(block=True)
@@ -55,30 +57,29 @@ def load(run, dispatcher):
         done += 1
         name = zpix.healpix_name(job["survey"], job["program"], job["healpix"])
         if isinstance(result, mpi.TaskFailure):
-            run.healpix_failures[name] = result.message
+            tally.fail_healpix(name, result.message)
             continue
         mismatch = redshift.desiname_mismatch(result.stats)
         if mismatch:  # the computed DESINAME is loaded, never the file's
-            run.warn("desiname_mismatch", mismatch[0], "healpix %s: %s", name, mismatch[1])
+            tally.warn("desiname_mismatch", mismatch[0], "healpix %s: %s", name, mismatch[1])
         try:
             c = tile_writer.write_healpix(conn, opts.schema, job["survey"], job["program"],
                                      job["healpix"], result.stage.tables(("zpix",))["zpix"],
-                                     primary=not run.rebuild)
+                                     primary=not session.rebuild)
         except InputError as err:
-            run.healpix_failures[name] = one_line(err)
+            tally.fail_healpix(name, one_line(err))
             continue
         except psycopg2.Error as err:
             stop = server_stop(err, conn, f"writing healpix {name}")
             if stop is not None:  # cancelled, timed out, connection lost: the run stops
                 raise stop from None
             message = f"healpix {name}: the database refused its rows: {one_line(err)}"
-            run.healpix_failures[name] = message
+            tally.fail_healpix(name, message)
             continue
         result.stage.remove()
-        run.wrote = True
-        run.counts["healpix"]["written"] += 1
-        for k, v in c.items():
-            tc[k] = tc.get(k, 0) + v
+        session.wrote = True
+        tally.counts["healpix"]["written"] += 1
+        tally.add_rows(c)
         dispatcher.poll()
-    for name, message in sorted(run.healpix_failures.items()):
-        run.log.error("healpix %s failed: %s", name, message)
+    for name, failure in sorted(tally.healpix_failures.items()):
+        log.error("healpix %s failed: %s", name, failure.message)

@@ -3,7 +3,7 @@
 Reads only.  :func:`collect` returns the report (its keys are documented in
 ``doc/status.md``), :func:`format_text` renders it for an 80-column terminal.  The
 pending tiles are the plan of the next load, made by the loader's own planner
-(:meth:`specprod_db.load.pipeline.Run.plan`, as ``specprod-db plan`` does): every action but
+(:func:`specprod_db.load.prepare.plan_run`, as ``specprod-db plan`` does): every action but
 UNCHANGED and the SKIP of a tile that is not loaded.
 """
 import json
@@ -37,20 +37,23 @@ def _iso(value):
 
 def pending(opts):
     """``(actions, None)``: the pending actions of the next load planned with ``opts``
-    (a :class:`specprod_db.load.pipeline.Options`), as dicts; or ``(None, why)`` when they
+    (a :class:`specprod_db.load.prepare.Options`), as dicts; or ``(None, why)`` when they
     cannot be known (tiles file unreachable, a load running ...)."""
-    from specprod_db.load.pipeline import Run
+    from specprod_db.load import prepare
     from specprod_db.load.plan import SKIP, UNCHANGED, holds_rows
-    run = Run(opts)
+    from specprod_db.load.tally import Tally
+    session = None
     try:
-        run.plan()
+        session = prepare.open_session(opts)
+        plan = prepare.plan_run(session.conn, opts, Tally())
     except SpecprodDBError as err:
         return None, one_line(err)
     finally:
-        run.close()
+        if session is not None:
+            session.close()
     out = []
-    for a in run.actions:
-        held = holds_rows(run.state.get(a.tileid))
+    for a in plan.actions:
+        held = holds_rows(plan.state.get(a.tileid))
         if a.action == UNCHANGED or (a.action == SKIP and not held):
             continue
         out.append({"tileid": a.tileid, "action": a.action, "reason": a.reason})

@@ -1,0 +1,145 @@
+"""Writing: one transaction per tile, in plan order (:mod:`specprod_db.load.tile_writer`).
+
+:func:`write_wave` writes a wave's tiles — on the root, or with ``--writers K`` on the
+writer ranks (:mod:`specprod_db.load.writer_ranks`) while the root records the rest —
+then removes the stage files committed (a tile that failed keeps its wave's brick files
+for a rerun).  :func:`write_others` writes the actions that read no input: DELETE,
+REFRESH, FAIL and SKIP.  A tile that fails is recorded and the run goes on, unless the
+database went away (:class:`~specprod_db.errors.DatabaseLost`, exit 3).
+"""
+from typing import Any, Optional
+
+import psycopg2
+
+from specprod_db import faults, mpi
+from specprod_db.db.connect import server_stop
+from specprod_db.errors import DatabaseLost, one_line
+from specprod_db.load import tile_writer
+from specprod_db.load.plan import DELETE, FAIL, INSERT, REFRESH, UPDATE, TileAction
+from specprod_db.load.prepare import Options, Plan, Session
+from specprod_db.load.tally import Failure, Tally
+from specprod_db.load.waves import Wave
+from specprod_db.log import get_logger
+
+
+def write_wave(wave: Wave, dispatcher: mpi.Dispatcher, opts: Options, session: Session,
+               plan: Plan, tally: Tally) -> None:
+    """Write a wave's tiles, then remove the stage files committed."""
+    _write(wave.actions, wave, dispatcher, opts, session, plan, tally)
+    for f in wave.written:
+        f.remove()
+    if not any(tally.failed(a.tileid) for a in wave.actions):
+        for r in wave.brick_results:
+            r.stage.remove()
+
+
+def write_others(actions: list[TileAction], opts: Options, session: Session, plan: Plan,
+                 tally: Tally) -> None:
+    """The actions that read no input (DELETE, REFRESH, FAIL, SKIP), on the root."""
+    _write(actions, Wave(actions), None, opts, session, plan, tally)
+
+
+def _write(actions: list[TileAction], wave: Wave, dispatcher: Optional[mpi.Dispatcher],
+           opts: Options, session: Session, plan: Plan, tally: Tally) -> None:
+    """One transaction per tile; between two tiles the dispatcher is polled, so workers
+    extract the next wave meanwhile."""
+    conn = session.conn
+    session.write_manifest(plan, tally)
+    legacy = tile_writer.WavePhotometry(wave.brick_results, wave.staged(tally))
+    remote = None
+    if opts.writers > 1 and dispatcher is not None:
+        sent = [a for a in actions if a.action in (INSERT, UPDATE)
+                and not tally.failed(a.tileid) and not wave.results[a.tileid].refresh]
+        tally.progress["write"].total += len(sent)
+        remote = dispatcher.submit("write", [_write_job(a, wave, legacy, opts, session)
+                                             for a in sent],
+                                   progress=tally.progress["write"])
+        actions = [a for a in actions if a not in sent]
+    for a in actions:
+        if dispatcher is not None:
+            dispatcher.poll()
+            tally.overlap.sample(dispatcher)
+        try:
+            _write_one(a, wave, legacy, opts, session, plan, tally)
+        except psycopg2.Error as err:
+            stop = server_stop(err, conn, f"writing tile {a.tileid}")
+            if stop is not None:  # cancelled, timed out, connection lost: exit 3
+                raise stop from None
+            message = f"tile {a.tileid}: the database refused its rows: {one_line(err)}"
+            tally.fail(a.tileid, message)
+            tile_writer.record_failure(conn, opts.schema, a.tileid, message, session.run_id,
+                                       action=a)
+    if remote is not None:
+        for job, result in dispatcher.wait(remote):
+            _written_remotely(job, result, wave, opts, session, tally)
+    if dispatcher is not None:
+        tally.overlap.sample(dispatcher, end=True)
+
+
+def _write_job(a: TileAction, wave: Wave, photometry: Any, opts: Options,
+               session: Session) -> dict:
+    result = wave.results[a.tileid]
+    return {"dsn": opts.dsn, "schema": opts.schema, "bulk": opts.initial,
+            "run_id": session.run_id, "action": a.as_dict(), "stage": result.stage,
+            "state": result.state, "photometry": photometry.rows_for(result.targetids)}
+
+
+def _written_remotely(job: dict, result: Any, wave: Wave, opts: Options, session: Session,
+                      tally: Tally) -> None:
+    """The outcome of a writer rank's tile: counted, or its failure recorded."""
+    a = next(x for x in wave.actions if x.tileid == job["action"]["tileid"])
+    if isinstance(result, mpi.TaskFailure) and result.fatal:
+        raise DatabaseLost(result.message)
+    message = result.message if isinstance(result, mpi.TaskFailure) \
+        else result.get("error")
+    if message:
+        internal = getattr(result, "internal", False)
+        tally.fail(a.tileid, message, internal)
+        tile_writer.record_failure(session.conn, opts.schema, a.tileid, message,
+                                   session.run_id, internal, action=a)
+        return
+    c = result["counts"]
+    wave.written.append(job["stage"])
+    session.wrote = True
+    tally.add_rows(c)
+    get_logger().info("tile %d %s: %s", a.tileid, a.action,
+                      ", ".join(f"{k} {v}" for k, v in c.items()))
+    faults.hit("write")  # failure tests only (faults.py): after a committed tile
+
+
+def _write_one(a: TileAction, wave: Wave, legacy: Any, opts: Options, session: Session,
+               plan: Plan, tally: Tally) -> None:
+    conn, log = session.conn, get_logger()
+    if tally.failed(a.tileid) or a.action == FAIL:
+        failure = tally.failures.setdefault(a.tileid, Failure(a.reason))
+        tile_writer.record_failure(conn, opts.schema, a.tileid, failure.message,
+                                   session.run_id, failure.internal, action=a)
+        return
+    if a.action in (INSERT, UPDATE):
+        result = wave.results[a.tileid]
+        if result.refresh:
+            tile_writer.refresh_state(conn, opts.schema, a, session.run_id, result.state)
+            log.info("tile %d: inputs touched, same contents: state refreshed", a.tileid)
+            return
+        tables = result.stage.tables()
+        tables.pop("photometry", None)  # the wave's rows (WavePhotometry) instead
+        c = tile_writer.write_tile(conn, opts.schema, a, tables, result.state, session.run_id,
+                                   [legacy.rows_for(result.targetids)], session.keep,
+                                   primary=not session.rebuild)
+        wave.written.append(result.stage)
+        log.info("tile %d %s: %s", a.tileid, a.action,
+                 ", ".join(f"{k} {v}" for k, v in c.items()))
+    elif a.action == DELETE:
+        c = tile_writer.delete_tile(conn, opts.schema, a, session.run_id, session.keep)
+        log.warning("tile %d DELETED (%s): %s", a.tileid, a.reason,
+                    ", ".join(f"{k} {v}" for k, v in c.items()))
+    elif a.action == REFRESH:
+        c = {}
+        tile_writer.refresh_state(conn, opts.schema, a, session.run_id)
+    else:
+        tile_writer.record_skip(conn, opts.schema, a, session.run_id,
+                                plan.state.get(a.tileid))
+        return
+    session.wrote = True
+    tally.add_rows(c)
+    faults.hit("write")  # failure tests only (faults.py): after a committed tile

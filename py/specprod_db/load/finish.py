@@ -1,0 +1,66 @@
+"""The end of a load: primary flags, indexes, ANALYZE; the run recorded and reported.
+
+* :func:`finalize` — after a bulk load (or a rerun of an interrupted one), every primary
+  flag and the secondary indexes, then CLUSTER; the flags of the TARGETIDs writer ranks
+  touched; ANALYZE of the tables whose statistics went stale
+  (:mod:`specprod_db.load.finalize` has the SQL).
+* :func:`finish` — stage files of the run removed, ``load_run`` finished, the report
+  printed on stdout (:mod:`specprod_db.load.runrecord`); returns the exit status.
+"""
+from specprod_db import faults, mpi, schema, stage
+from specprod_db.db import ddl
+from specprod_db.errors import EXIT_FAILED, EXIT_OK
+from specprod_db.load import finalize as flags, runrecord, writer_ranks
+from specprod_db.load.prepare import Plan, Session
+from specprod_db.load.tally import Tally
+from specprod_db.log import get_logger
+
+
+def finalize(session: Session, tally: Tally) -> None:
+    """After a bulk load, every primary flag and the secondary indexes; ANALYZE."""
+    faults.hit("finalize")  # failure tests only (faults.py)
+    conn, schema_name, log = session.conn, session.schema, get_logger()
+    if session.touched is not None:
+        if not session.rebuild:  # the writer ranks left the flags to the root
+            log.info("primary flags of the TARGETIDs the writers touched: %d rows changed",
+                     flags.update_primary(conn, schema_name, table=session.touched))
+            conn.commit()
+        writer_ranks.drop_shared(conn, schema_name)
+    if session.rebuild:
+        # after an initial bulk load, or a rerun of an interrupted one: flags of every
+        # TARGETID at once, then the secondary indexes, built once not row by row
+        log.info("primary flags of all ztile rows: %d rows changed",
+                 flags.update_primary(conn, schema_name))
+        log.info("primary flags of all zpix rows: %d rows changed",
+                 flags.update_primary(conn, schema_name, redshifts="zpix"))
+        ddl.create_indexes(conn, schema_name)
+        conn.commit()
+        log.info("tables clustered on their q3c index: %s",
+                 ", ".join(ddl.cluster_q3c(conn, schema_name)))
+    if session.rebuild or session.wrote:
+        tables = [t.name for t in schema.TABLES]
+        if not session.rebuild:  # a daily run: only the tables whose statistics went stale
+            tables = flags.stale_tables(conn, schema_name, tables,
+                                        flags.changed_rows(tally.counts["tables"]))
+        flags.analyze(conn, schema_name, tables)
+        conn.commit()
+        tally.counts["analyzed"] = tables
+        log.info("ANALYZE: %s", ", ".join(tables) or "no table had enough changes")
+
+
+def finish(dispatcher: mpi.Dispatcher, session: Session, plan: Plan, tally: Tally) -> int:
+    """The run recorded and reported (with each rank's busy time); its exit status."""
+    if not tally.failures:  # bricks of a crashed run too; kept for a rerun after failures
+        stage.remove_bricks(session.stage_dir)
+    stage.remove_catalogs(session.stage_dir)  # a rerun's waves want other rows
+    busy, balance = dispatcher.balance()
+    tally.counts["ranks"] = {
+        "busy_seconds": {str(r): round(t, 2) for r, t in busy.items()},
+        "balance_max_over_mean": round(balance, 3),
+        "write_seconds": round(tally.overlap.total, 2),
+        "write_seconds_with_workers_busy": round(tally.overlap.hidden, 2)}
+    failed = tally.any_failed() or plan.bad_lines
+    runrecord.finish(session.conn, session.schema, session.run_id,
+                     "failed" if failed else "ok", runrecord.summary_counts(plan, tally))
+    print("\n".join(runrecord.report_lines(session.run_id, plan, tally)), flush=True)
+    return EXIT_FAILED if failed else EXIT_OK
