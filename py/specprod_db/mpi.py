@@ -27,6 +27,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 from specprod_db import faults
 from specprod_db.errors import EXIT_INTERNAL, DatabaseLost, InputError, one_line
@@ -143,6 +144,15 @@ def serve(comm, handlers):
     except Exception as err:
         abort(comm, f"internal error on worker {where(comm)}: {one_line(err)}",
               traceback.format_exc())
+
+
+def run_roles(comm: Any, handlers: Mapping[str, Callable], root: Callable[[], int]) -> int:
+    """The split of a job's ranks, written once: rank 0 runs ``root()`` (which builds its
+    :class:`Dispatcher` and stops the workers with its status), every other rank serves
+    tasks with ``handlers`` (:func:`serve`); returns the common exit status."""
+    if comm.rank != 0:
+        return serve(comm, handlers)
+    return root()
 
 
 def _collect_garbage():

@@ -75,12 +75,15 @@ def _load(args):
 
 def _load_ranks(args):
     from specprod_db import mpi, vac
-    from specprod_db.errors import EXIT_INTERNAL, one_line
     from specprod_db.log import set_rank
     comm = mpi.world()
     set_rank(comm.rank, comm.size)
-    if comm.rank != 0:
-        return mpi.serve(comm, vac.HANDLERS)
+    return mpi.run_roles(comm, vac.HANDLERS, lambda: _load_root(comm, args))
+
+
+def _load_root(comm, args):
+    from specprod_db import mpi, vac
+    from specprod_db.errors import EXIT_INTERNAL, one_line
     key = [] if args.no_key else (args.key.split(",") if args.key is not None else None)
     opts = vac.Options(schema=args.schema, name=args.name,
                        sources=[vac.parse_source(f) for f in args.files], dsn=args.db,
