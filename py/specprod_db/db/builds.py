@@ -27,7 +27,11 @@ referencing table and ROW SHARE on the referenced one), so that the validations 
 five foreign keys referencing ``photometry`` run at the same time as each other and as
 index builds on ``photometry``; a direct ``ADD CONSTRAINT ... FOREIGN KEY``
 (:data:`FK_DIRECT`) holds SHARE ROW EXCLUSIVE on both tables for its whole scan, which
-serialises them.  The scheduler never starts a step whose locks conflict with a running
+serialises them.  ``bench/bulk_mechanism.py`` measured both (40 mock tiles, 1.7 M rows, a
+busy 2-core machine): the foreign keys alone on 3 sessions took 2.9-3.0 s NOT VALID
+against 3.5-3.8 s direct; and looking for duplicates and orphans before each key doubled
+the builds' wall time (16.2 s against 7.2 s), hence :data:`CHECK_ON_FAILURE` by default:
+the same report, made only once the server refused a key.  The scheduler never starts a step whose locks conflict with a running
 step's, so no session waits for another one of the same run.
 """
 from __future__ import annotations
