@@ -10,6 +10,7 @@ import psycopg2
 from psycopg2.extensions import STATUS_IN_TRANSACTION, parse_dsn
 
 from specprod_db.conninfo import mask, scrub
+from specprod_db.db.sql import reading, transaction
 from specprod_db.errors import ConnectionFailed, DatabaseLost, ExtensionMissing
 from specprod_db.log import get_logger
 
@@ -144,11 +145,9 @@ def _setting(conn, name):
     if conn is None or conn.closed:
         return ""
     try:
-        conn.rollback()
-        with conn.cursor() as cur:
+        with reading(conn, fresh=True) as cur:
             cur.execute("SELECT current_setting(%s)", (name,))
             value = cur.fetchone()[0]
-        conn.rollback()
         return f" = {value}"
     except psycopg2.Error:
         return ""
@@ -211,7 +210,10 @@ def schema_exists(conn, schema_name):
 
 
 def ensure_q3c(conn):
-    """``CREATE EXTENSION IF NOT EXISTS q3c``; :class:`ExtensionMissing` when impossible."""
+    """``CREATE EXTENSION IF NOT EXISTS q3c``; :class:`ExtensionMissing` when impossible.
+
+    Runs in the caller's transaction (:func:`specprod_db.db.sql.transaction`, which
+    rolls it back on the error) or on an autocommit connection."""
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'q3c'")
         if cur.fetchone():
@@ -219,7 +221,6 @@ def ensure_q3c(conn):
         try:
             cur.execute("CREATE EXTENSION IF NOT EXISTS q3c")
         except psycopg2.Error as err:
-            conn.rollback()
             raise ExtensionMissing(
                 "the q3c extension is not installed in this database and cannot be created "
                 f"({' '.join(str(err).split())}); install the server package "
@@ -236,7 +237,6 @@ BULK_SESSION = {"synchronous_commit": "off", "maintenance_work_mem": "1GB"}
 
 def bulk_session(conn):
     """Apply :data:`BULK_SESSION` to this connection's session."""
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
         for name, value in BULK_SESSION.items():
             cur.execute("SELECT set_config(%s, %s, false)", (name, value))
-    conn.commit()

@@ -1,13 +1,16 @@
 """The DDL generated from :mod:`specprod_db.schema`: tables, indexes, grants, CLUSTER."""
-from specprod_db.db.connect import ensure_q3c, schema_exists
-from specprod_db.db.sql import qualified
+from collections.abc import Collection, Iterable
 
 from psycopg2 import sql
+from psycopg2.extensions import connection
 
+from specprod_db.db.connect import ensure_q3c, schema_exists
+from specprod_db.db.sql import qualified, reading, transaction
 from specprod_db.log import get_logger
-from specprod_db.schema import DATA_TABLES, TABLES
+from specprod_db.schema import DATA_TABLES, TABLES, Table
 
-def create_table_sql(table, schema_name):
+
+def create_table_sql(table: Table, schema_name: str) -> sql.Composed:
     """``CREATE TABLE IF NOT EXISTS`` for ``table`` in ``schema_name``."""
     parts = []
     for col in table.columns:
@@ -26,7 +29,7 @@ def create_table_sql(table, schema_name):
         qualified(schema_name, table.name), sql.SQL(",\n  ").join(parts))
 
 
-def index_sql(table, schema_name, q3c=True):
+def index_sql(table: Table, schema_name: str, q3c: bool = True) -> list[sql.Composed]:
     """``CREATE INDEX IF NOT EXISTS`` statements of ``table`` (unique, single, q3c)."""
     out = []
     target = qualified(schema_name, table.name)
@@ -45,7 +48,7 @@ def index_sql(table, schema_name, q3c=True):
     return out
 
 
-def secondary_index_names(table):
+def secondary_index_names(table: Table) -> list[str]:
     """Names of the non-key indexes of ``table`` (dropped during an initial bulk load)."""
     names = [f"ix_{table.name}_{c}" for c in table.indexes]
     if table.q3c:
@@ -53,51 +56,48 @@ def secondary_index_names(table):
     return names
 
 
-def drop_secondary_indexes(conn, schema_name):
+def drop_secondary_indexes(conn: connection, schema_name: str) -> list[str]:
     """Drop the non-key indexes of the data tables (before an initial bulk load).
 
     Primary keys, unique indexes and foreign keys stay: the writer's upserts need them.
     Returns the names dropped; :func:`create_indexes` builds them again.
     """
     dropped = []
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
         for table in DATA_TABLES:
             for name in secondary_index_names(table):
                 cur.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(
                     sql.Identifier(schema_name), sql.Identifier(name)))
                 dropped.append(name)
-    conn.commit()
     return dropped
 
 
-def missing_indexes(conn, schema_name):
+def missing_indexes(conn: connection, schema_name: str) -> list[str]:
     """Names of declared indexes that do not exist (after an interrupted initial load)."""
     declared = [n for t in DATA_TABLES for n in secondary_index_names(t)]
-    with conn.cursor() as cur:
+    with reading(conn) as cur:
         cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema_name,))
         present = {r[0] for r in cur.fetchall()}
-    conn.rollback()
     return [n for n in declared if n not in present]
 
 
-def create_indexes(conn, schema_name):
+def create_indexes(conn: connection, schema_name: str) -> None:
     """Create every index of every table that is missing (idempotent)."""
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
         for table in TABLES:
             for statement in index_sql(table, schema_name):
                 cur.execute(statement)
-    conn.commit()
 
 
-def create_schema(conn, schema_name, overwrite=False):
+def create_schema(conn: connection, schema_name: str, overwrite: bool = False) -> bool:
     """Create ``schema_name`` with every table and index (idempotent).
 
     With ``overwrite`` the schema is dropped first (the caller asks for confirmation).
     Returns True when tables were created, False when everything already existed.
     """
     log = get_logger()
-    ensure_q3c(conn)
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
+        ensure_q3c(conn)
         if overwrite:
             log.warning("dropping schema %s and everything in it", schema_name)
             cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
@@ -115,18 +115,17 @@ def create_schema(conn, schema_name, overwrite=False):
                 cur.execute(statement)
         cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema_name,))
         after = cur.fetchone()[0]
-    conn.commit()
     return after > before
 
 
-def grant_read(conn, schema_name, roles):
+def grant_read(conn: connection, schema_name: str, roles: Iterable[str]) -> list[str]:
     """Read access for ``roles`` on the schema, its tables, sequences and future tables.
 
     A role that does not exist gets a warning, not an error.  Returns the roles granted.
     """
     log = get_logger()
     granted = []
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
         for role in roles:
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
             if cur.fetchone() is None:
@@ -141,22 +140,21 @@ def grant_read(conn, schema_name, roles):
                     "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT ON SEQUENCES TO {r}"):
                 cur.execute(sql.SQL(statement).format(s=s, r=r))
             granted.append(role)
-    conn.commit()
     return granted
 
 
-def cluster_q3c(conn, schema_name, tables=None):
+def cluster_q3c(conn: connection, schema_name: str,
+                tables: Collection[str] | None = None) -> list[str]:
     """``CLUSTER`` each table (of ``tables``, names, if given) on its q3c index (as the
     old tool did after loading), then nothing else: the caller ANALYZEs.  Returns the
     tables clustered.  ``specprod-db maintain`` decides when it pays
     (:mod:`specprod_db.ops.maintain`)."""
     done = []
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
         for table in TABLES:
             if table.q3c and (tables is None or table.name in tables):
                 cur.execute(sql.SQL("CLUSTER {} USING {}").format(
                     qualified(schema_name, table.name),
                     sql.Identifier(f"ix_{table.name}_q3c_ang2ipix")))
                 done.append(table.name)
-    conn.commit()
     return done

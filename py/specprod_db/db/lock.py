@@ -5,20 +5,24 @@ and names the running one); ``check_write_access`` refuses a database user that 
 write every table; ``read_state`` reads ``tile_state`` joined with ``tile``.
 """
 import re
+import zlib
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extensions import connection
 
-from specprod_db.db.sql import qualified
+from specprod_db.db.sql import qualified, reading
 from specprod_db.errors import RunRefused
 
+#: Advisory lock class of specprod-db loads ('SP').
+LOCK_NAMESPACE = 0x5350
 
-LOCK_NAMESPACE = 0x5350  # 'SP': advisory lock class of specprod-db loads
 
-def check_write_access(conn, schema_name):
+def check_write_access(conn: connection, schema_name: str) -> None:
     """RunRefused unless the user may write every table of the schema (and use temp
     tables); checked before anything is written."""
-    with conn.cursor() as cur:
+    with reading(conn) as cur:
         cur.execute("""SELECT current_user, has_schema_privilege(%(s)s, 'USAGE'),
                               has_database_privilege(current_database(), 'TEMP')""",
                     {"s": schema_name})
@@ -31,7 +35,6 @@ def check_write_access(conn, schema_name):
                          AND has_table_privilege(c.oid, 'DELETE')) ORDER BY 1""",
                     {"s": schema_name})
         lacking = [r[0] for r in cur.fetchall()] if usage else []
-    conn.rollback()
     if not usage or lacking or not temp:
         what = (f"USAGE on schema {schema_name}" if not usage else
                 f"INSERT/UPDATE/DELETE on {schema_name}." + f", {schema_name}.".join(lacking)
@@ -39,18 +42,21 @@ def check_write_access(conn, schema_name):
         raise RunRefused(f"database user {user} lacks {what}; nothing written")
 
 
-def lock_key(schema_name):
-    import zlib
+def lock_key(schema_name: str) -> int:
+    """The advisory lock key of a schema (in the class :data:`LOCK_NAMESPACE`)."""
     return zlib.crc32(schema_name.encode()) & 0x7FFFFFFF
 
 
-def acquire_lock(conn, schema_name):
-    """Session advisory lock per schema; RunRefused naming the running load if held."""
+def acquire_lock(conn: connection, schema_name: str) -> None:
+    """Session advisory lock per schema; RunRefused naming the running load if held.
+
+    Taken, it leaves the caller's transaction open (the lock is the session's)."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_try_advisory_lock(%s, %s)",
                     (LOCK_NAMESPACE, lock_key(schema_name)))
         if cur.fetchone()[0]:
             return
+    with reading(conn) as cur:  # the same transaction, rolled back: who holds it
         cur.execute("""SELECT a.pid, a.application_name, a.client_addr, a.backend_start
                        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                        WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s
@@ -60,7 +66,6 @@ def acquire_lock(conn, schema_name):
                             "ORDER BY id DESC LIMIT 1").format(
             qualified(schema_name, "load_run")))
         run = cur.fetchone()
-    conn.rollback()
     who = f"backend pid {holder[0]} ({holder[1]}) since {holder[3]:%Y-%m-%d %H:%M:%S %Z}" \
         if holder else "another session"
     what = f"load run {run[0]} started {run[1]:%Y-%m-%d %H:%M:%S %Z}: {run[2]}" if run else ""
@@ -68,23 +73,26 @@ def acquire_lock(conn, schema_name):
                      f"{'; ' + what if what else ''}); not starting")
 
 
-def database_identity(conn):
+def database_identity(conn: connection) -> str:
     """``SYSTEMID-DBNAME``: which database this is, whatever host name reached it (the
     cluster's system identifier and the database name); keys the stage directory."""
-    with conn.cursor() as cur:
-        try:
+    try:
+        with reading(conn) as cur:
             cur.execute("SELECT (SELECT system_identifier FROM pg_control_system()), "
                         "current_database()")
             system, name = cur.fetchone()
-        except psycopg2.Error:  # no right to read the control data: host and port
-            conn.rollback()
+    except psycopg2.Error:  # no right to read the control data: host and port
+        if conn.closed:
+            raise
+        with reading(conn) as cur:
             cur.execute("SELECT current_database()")
             system, name = f"{conn.info.host}:{conn.info.port}", cur.fetchone()[0]
-    conn.rollback()
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{system}-{name}")
 
 
-def read_state(conn, schema_name):
+def read_state(conn: connection, schema_name: str) -> dict[int, dict[str, Any]]:
+    """``{tileid: row}`` of ``tile_state`` (its columns, and ``in_tile_table``: whether
+    the tile's ``tile`` row exists); the caller ends the transaction."""
     with conn.cursor() as cur:
         cur.execute(sql.SQL("""SELECT s.tileid, s.status, s.updated, s.lastnight, s.tile_hash,
                    s.exposures_hash, s.redrock_fingerprint, s.fiberassign_fingerprint, s.line,

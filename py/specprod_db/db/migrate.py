@@ -42,17 +42,20 @@ as they were at their layout (the ``_V2_0`` ... tables below), never from
 :mod:`specprod_db.schema`, which moves on.
 """
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extensions import connection, cursor
 
 from specprod_db import __version__
 from specprod_db.db import ddl
 from specprod_db.db.connect import server_stop
-from specprod_db.db.sql import qualified
+from specprod_db.db.sql import qualified, reading, transaction
+from specprod_db.errors import InputError, RunRefused, SpecprodDBError, one_line
 from specprod_db.log import get_logger
-from specprod_db.errors import InputError, RunRefused, SpecprodDBError
 from specprod_db.schema import Table
 
 #: ``version.package`` of the row recording the layout (``version.version``).
@@ -439,15 +442,12 @@ def inspect_layout(cur, schema_name):
 def layout_version(conn, schema_name):
     """``(layout, how)``: how is ``'recorded'`` or ``'inspected'``; ``(None, None)`` for
     a schema that is not a production schema.  Leaves no transaction open."""
-    try:
-        with conn.cursor() as cur:
-            layout = recorded_layout(cur, schema_name)
-            if layout is not None:
-                return layout, "recorded"
-            layout = inspect_layout(cur, schema_name)
-            return layout, (None if layout is None else "inspected")
-    finally:
-        conn.rollback()
+    with reading(conn) as cur:
+        layout = recorded_layout(cur, schema_name)
+        if layout is not None:
+            return layout, "recorded"
+        layout = inspect_layout(cur, schema_name)
+        return layout, (None if layout is None else "inspected")
 
 
 def pending(layout):
@@ -505,20 +505,16 @@ def migrate(conn, schema_name, dry_run=False):
                               for s in m.steps]
             continue
         try:
-            with conn.cursor() as cur:
+            with transaction(conn) as cur:
                 for s in m.steps:
                     entry["steps"].append({"description": s.description,
                                            "result": s.apply(cur, schema_name)})
                 record_layout(cur, schema_name, m.target)
-            conn.commit()
-        except Exception as err:
+        except Exception as err:  # rolled back
             stop = server_stop(err, conn, f"migrating schema {schema_name} from layout "
                                   f"{m.source} to {m.target} (rolled back)")
-            if not conn.closed:
-                conn.rollback()
             if stop is not None:  # the database stopping the work: exit 3, not a failure
                 raise stop from None
-            from specprod_db.errors import one_line
             raise MigrationFailed(
                 f"migration of schema {schema_name} from layout {m.source} to {m.target} "
                 f"failed and was rolled back (the schema is at layout {m.source}): "
@@ -526,9 +522,8 @@ def migrate(conn, schema_name, dry_run=False):
     if not todo and how == "inspected":
         report["recorded"] = True
         if not dry_run:
-            with conn.cursor() as cur:
+            with transaction(conn) as cur:
                 record_layout(cur, schema_name, CURRENT_LAYOUT)
-            conn.commit()
     return report
 
 
@@ -589,7 +584,7 @@ def record_versions(conn, schema_name, specprod):
     """Fill ``version`` once (an existing table is left as it is), and record the
     schema's layout version (:mod:`specprod_db.db.migrate`) when it is the current one and
     not recorded yet.  Returns True when the package rows were written."""
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(
             qualified(schema_name, "version")))
         filled = not cur.fetchone()[0]
@@ -605,7 +600,6 @@ def record_versions(conn, schema_name, specprod):
             layout = inspect_layout(cur, schema_name)
             if layout == CURRENT_LAYOUT:
                 record_layout(cur, schema_name, layout)
-    conn.commit()
     if layout != CURRENT_LAYOUT:
         get_logger().warning("schema %s has layout %s, not %s: run 'specprod-db migrate "
                              "--schema %s'", schema_name, layout, CURRENT_LAYOUT,

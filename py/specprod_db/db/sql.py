@@ -1,7 +1,14 @@
-"""Small SQL helpers every layer uses: qualified names, schema names, transactions."""
+"""Small SQL helpers every layer uses: qualified names, schema names, transactions.
+
+Every transaction of this package goes through :func:`transaction` (writes: committed on
+success, rolled back on any error) or :func:`reading` (reads: always rolled back, so no
+transaction stays open after them).
+"""
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from psycopg2 import sql
+from psycopg2.extensions import connection, cursor
 
 from specprod_db.errors import UsageError
 
@@ -14,7 +21,8 @@ def check_schema_name(name: str) -> str:
     """``name`` if PostgreSQL can hold it as a schema name unchanged, else
     :class:`~specprod_db.errors.UsageError` saying why: empty, a NUL character, longer
     than :data:`MAX_IDENTIFIER_BYTES` bytes in UTF-8 (the server would truncate it, and
-    two long names would become one schema).  Every command taking ``--schema`` checks its names with this function."""
+    two long names would become one schema).  Every command taking ``--schema`` checks
+    its names with this function."""
     if not name:
         raise UsageError("schema name is empty")
     if "\0" in name:
@@ -28,18 +36,43 @@ def check_schema_name(name: str) -> str:
     return name
 
 
-def qualified(schema_name, table_name):
+def qualified(schema_name: str, table_name: str) -> sql.Composed:
     """``schema.table`` as a composable SQL identifier."""
     return sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier(table_name))
 
 
+def _rollback(conn: connection) -> None:
+    # a closed connection has no transaction left; its rollback() would only raise
+    # InterfaceError and hide the error that closed it
+    if not conn.closed:
+        conn.rollback()
+
+
 @contextmanager
-def transaction(conn):
-    """A cursor in a transaction committed on success, rolled back on any error."""
+def transaction(conn: connection, fresh: bool = False) -> Iterator[cursor]:
+    """A cursor in a transaction committed on success, rolled back on any error (the
+    commit's own included).  ``fresh``: first roll back whatever transaction is open
+    (one a failed statement aborted)."""
+    if fresh:
+        _rollback(conn)
     try:
         with conn.cursor() as cur:
             yield cur
         conn.commit()
     except BaseException:
-        conn.rollback()
+        _rollback(conn)
         raise
+
+
+@contextmanager
+def reading(conn: connection, fresh: bool = False) -> Iterator[cursor]:
+    """A cursor for reads, its transaction rolled back when the block ends whatever
+    happens: nothing stays open (nor locked, nor written).  ``fresh`` as in
+    :func:`transaction`."""
+    if fresh:
+        _rollback(conn)
+    try:
+        with conn.cursor() as cur:
+            yield cur
+    finally:
+        _rollback(conn)

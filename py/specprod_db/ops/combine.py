@@ -43,8 +43,9 @@ from dataclasses import dataclass
 import psycopg2
 from psycopg2 import sql
 
-from specprod_db.load import finalize
+from specprod_db.db.sql import transaction
 from specprod_db.errors import RunRefused
+from specprod_db.load import finalize
 from specprod_db.schema import DATA_TABLES, tile_tables
 
 #: First words of the comment on a combined schema; ``--replace`` drops only such schemas.
@@ -270,39 +271,34 @@ def create(conn, target, schema_names, replace=False):
     ``replace``, or when it is not a combination made by this command)."""
     if target in schema_names:
         raise RunRefused(f"the combined schema {target} cannot be one of its sources")
-    try:
-        with conn.cursor() as cur:
-            sources = inspect_sources(cur, list(schema_names))
-            exists, comment, others = _describe_target(cur, target)
-            if exists:
-                if not replace:
-                    raise RunRefused(f"schema {target} already exists; --replace recreates "
-                                     "a combination")
-                if not (comment or "").startswith(MARKER) or others:
-                    raise RunRefused(
-                        f"--replace refused: schema {target} is not a combination made by "
-                        "specprod-db combine"
-                        + (f" (it holds {', '.join(sorted(others)[:5])})" if others else "")
-                        + "; it is left as it is")
-                _drop(cur, target)
-            try:
-                cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(target)))
-            except psycopg2.errors.DuplicateSchema:  # another combine got there first
-                raise RunRefused(f"schema {target} was created meanwhile by someone else; "
-                                 "nothing created") from None
-            cur.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
-                sql.Identifier(target), sql.Literal(
-                    f"{MARKER}: {', '.join(schema_names)} (where they overlap, the later "
-                    "wins)")))
-            for name, select, comment in view_definitions(target, sources):
-                view = sql.Identifier(target, name)
-                cur.execute(sql.SQL("CREATE VIEW {} AS\n{}").format(view, select))
-                cur.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(
-                    view, sql.Literal(comment)))
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
+    with transaction(conn) as cur:
+        sources = inspect_sources(cur, list(schema_names))
+        exists, comment, others = _describe_target(cur, target)
+        if exists:
+            if not replace:
+                raise RunRefused(f"schema {target} already exists; --replace recreates "
+                                 "a combination")
+            if not (comment or "").startswith(MARKER) or others:
+                raise RunRefused(
+                    f"--replace refused: schema {target} is not a combination made by "
+                    "specprod-db combine"
+                    + (f" (it holds {', '.join(sorted(others)[:5])})" if others else "")
+                    + "; it is left as it is")
+            _drop(cur, target)
+        try:
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(target)))
+        except psycopg2.errors.DuplicateSchema:  # another combine got there first
+            raise RunRefused(f"schema {target} was created meanwhile by someone else; "
+                             "nothing created") from None
+        cur.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+            sql.Identifier(target), sql.Literal(
+                f"{MARKER}: {', '.join(schema_names)} (where they overlap, the later "
+                "wins)")))
+        for name, select, comment in view_definitions(target, sources):
+            view = sql.Identifier(target, name)
+            cur.execute(sql.SQL("CREATE VIEW {} AS\n{}").format(view, select))
+            cur.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(
+                view, sql.Literal(comment)))
     return sources
 
 

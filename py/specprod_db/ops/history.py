@@ -8,7 +8,7 @@ import json
 
 from psycopg2 import sql
 
-from specprod_db.db.sql import qualified
+from specprod_db.db.sql import qualified, reading
 from specprod_db.errors import RunRefused
 
 #: Columns of a history row, in output order (``--json`` keys).
@@ -18,13 +18,12 @@ COLUMNS = ("id", "run_id", "tileid", "action", "reason", "outcome", "error", "at
 
 def require_table(conn, schema_name):
     """RunRefused unless the schema exists and has ``tile_history`` (an older ``init``)."""
-    with conn.cursor() as cur:
+    with reading(conn) as cur:
         cur.execute("SELECT to_regclass(%s) IS NOT NULL, EXISTS (SELECT 1 FROM pg_namespace "
                     "WHERE nspname = %s)",
                     (sql.SQL("{}.tile_history").format(sql.Identifier(schema_name))
                      .as_string(conn), schema_name))
         table, namespace = cur.fetchone()
-    conn.rollback()
     if not namespace:
         raise RunRefused(f"schema {schema_name} does not exist")
     if not table:
@@ -51,10 +50,9 @@ def read(conn, schema_name, since=None, tiles=None, limit=None):
         sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
         qualified(schema_name, "tile_history"), sql.SQL(" AND ").join(where),
         sql.SQL(" LIMIT {}").format(sql.Literal(int(limit))) if limit else sql.SQL(""))
-    with conn.cursor() as cur:
+    with reading(conn) as cur:
         cur.execute(statement, args)
         rows = [dict(zip(COLUMNS, r)) for r in cur.fetchall()]
-    conn.rollback()
     for r in rows:
         for key in ("counts", "tile_rows"):
             r[key] = json.loads(r[key]) if r[key] else None

@@ -32,12 +32,10 @@ import time
 from psycopg2 import errors, sql
 
 from specprod_db.db import ddl
-
 from specprod_db.db.connect import schema_exists
-
-from specprod_db.db.sql import qualified
-from specprod_db.errors import RunRefused
 from specprod_db.db.lock import acquire_lock
+from specprod_db.db.sql import qualified, reading
+from specprod_db.errors import RunRefused
 from specprod_db.schema import TABLES
 
 #: auto: a table of at most this many 8 kB pages is never clustered (a cone search then
@@ -108,9 +106,10 @@ def maintain(conn, schema_name, cluster="auto", lock_timeout=LOCK_TIMEOUT, log=N
     ``reason``, ``cluster_seconds``, ``correlation_after``, ``pages_after``."""
     if cluster not in CLUSTER_MODES:
         raise ValueError(f"cluster must be one of {CLUSTER_MODES}")
-    if not schema_exists(conn, schema_name):
+    with reading(conn):
+        exists = schema_exists(conn, schema_name)
+    if not exists:
         raise RunRefused(f"schema {schema_name} does not exist")
-    conn.rollback()
     conn.autocommit = True
     if cluster != "never":
         acquire_lock(conn, schema_name)  # no load writes while a table is rewritten

@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 
 from psycopg2 import sql
 
+from specprod_db.db.sql import qualified, reading
 from specprod_db.ops import status
-from specprod_db.db.sql import qualified
 
 #: The page and its images, in ``DIR``.
 INDEX = "index.html"
@@ -59,6 +59,13 @@ def collect(conn, schema_name, plan_options=None, plan_error=None):
     ``load_run`` id or None), ``changed`` (its ``tile_history`` rows) and ``timers``
     (``{run id: {stage: seconds}}`` of the runs status lists)."""
     r = status.collect(conn, schema_name, plan_options, plan_error)
+    with reading(conn):
+        _collect_more(conn, schema_name, r)
+    return r
+
+
+def _collect_more(conn, schema_name, r):
+    """``sky``, ``last_run``, ``changed`` and ``timers`` of :func:`collect` into ``r``."""
     q = lambda name: qualified(schema_name, name)  # noqa: E731
     r["sky"] = [dict(zip(("tileid", "survey", "program", "ra", "dec", "lastnight"), row))
                 for row in _fetch(conn, sql.SQL(
@@ -82,8 +89,6 @@ def collect(conn, schema_name, plan_options=None, plan_error=None):
             timers = {}
         r["timers"][rid] = {k: float(v) for k, v in timers.items()
                             if isinstance(v, (int, float))}
-    conn.rollback()
-    return r
 
 
 # --- plots -----------------------------------------------------------------------------

@@ -44,18 +44,22 @@ The names below are this package's interface (``specprod-db vac``, the tests); t
 re-exports, so a test changing a setting patches its module (``vac.catalog.SWAP_ATTEMPT``).
 """
 from specprod_db.vac.catalog import (BUILDING, LOCK_NAMESPACE, MARKER, MAX_NAME,
-    NAME_PATTERN, PREFIX, REFERENCES, SWAP_ATTEMPT, _check_schema, check_name,
-    describe_all, drop, drop_building, swap, table_name)
+                                     NAME_PATTERN, PREFIX, REFERENCES, SWAP_ATTEMPT,
+                                     check_name, check_schema, describe_all, drop,
+                                     drop_building, swap, table_name)
 from specprod_db.vac.check import Keys, choose_key, merge_columns
 from specprod_db.vac.columns import VacColumn, VacTable, describe_column, describe_hdu
 from specprod_db.vac.convert import (HANDLERS, ConvertTask, convert_file, fingerprint,
-    parse_source, read_fits, source_label)
+                                     parse_source, read_fits, source_label)
 from specprod_db.vac.loader import Q3C_PAIRS, READ_ROWS, Options, build, foreign_keys, load
+
+#: The former name of :func:`check_schema`, until ``specprod-db vac list``
+#: (commands/vac.py) uses the new one.
+_check_schema = check_schema
 
 __all__ = ["BUILDING", "HANDLERS", "LOCK_NAMESPACE", "MARKER", "MAX_NAME", "NAME_PATTERN",
            "PREFIX", "Q3C_PAIRS", "READ_ROWS", "REFERENCES", "SWAP_ATTEMPT", "ConvertTask",
            "Keys", "Options", "VacColumn", "VacTable", "build", "check_name", "choose_key",
-           "convert_file", "describe_all", "describe_column", "describe_hdu", "drop",
+           "check_schema", "convert_file", "describe_all", "describe_column", "describe_hdu", "drop",
            "drop_building", "fingerprint", "foreign_keys", "load", "merge_columns",
-           "parse_source", "read_fits", "source_label", "swap", "table_name",
-           "_check_schema"]  # the last one for ``vac list`` (commands/vac.py)
+           "parse_source", "read_fits", "source_label", "swap", "table_name"]

@@ -19,8 +19,8 @@ import zlib
 import psycopg2
 from psycopg2 import sql
 
-from specprod_db.db.sql import qualified
 from specprod_db.db.connect import schema_exists
+from specprod_db.db.sql import qualified, reading, transaction
 from specprod_db.errors import RunRefused
 from specprod_db.log import get_logger
 
@@ -53,6 +53,7 @@ LOCK_NAMESPACE = 0x5641
 
 
 def table_name(name):
+    """The table of the VAC ``name``: ``vac_NAME``."""
     return PREFIX + name
 
 
@@ -65,18 +66,19 @@ def check_name(name):
     return name
 
 
-def _names(table):
+def object_names(table):
     """Names of a VAC table's constraints and indexes (by its table name)."""
     return {"pkey": f"{table}_pkey", "q3c": f"ix_{table}_q3c_ang2ipix",
             **{f"fk_{ref}": f"{table}_{ref}_fkey" for ref, _ in REFERENCES}}
 
 
-def _tables(cur, schema_name):
+def schema_tables(cur, schema_name):
+    """The names of the schema's tables."""
     cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema_name,))
     return {r[0] for r in cur.fetchall()}
 
 
-def _column_names(cur, schema_name, table_name):
+def column_names(cur, schema_name, table_name):
     """The table's columns, from pg_attribute: information_schema shows only those the
     role may use, and a VAC must not lose its foreign key for a missing privilege (the
     load says so instead)."""
@@ -87,7 +89,7 @@ def _column_names(cur, schema_name, table_name):
     return {r[0] for r in cur.fetchall()}
 
 
-def _description(cur, schema_name, table_name):
+def read_description(cur, schema_name, table_name):
     """The VAC description (dict) in a table's comment, or None (not a VAC table)."""
     cur.execute("SELECT obj_description(c.oid, 'pg_class') FROM pg_class c JOIN "
                 "pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND "
@@ -114,24 +116,24 @@ def _readers(cur, schema_name, table_name):
     return sorted(r[0] for r in cur.fetchall())
 
 
-def _lock(conn, schema_name, name):
+def lock_vac(conn, schema_name, name):
     """One load or drop of a VAC at a time (a session advisory lock), else RunRefused."""
     key = zlib.crc32(f"{schema_name}.{name}".encode()) & 0x7FFFFFFF
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
         cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key))
         got = cur.fetchone()[0]
-    conn.commit()
     if not got:
         raise RunRefused(f"another load or drop of VAC {name} in schema {schema_name} is "
                          f"running; not starting")
 
 
-def _check_schema(conn, schema_name):
-    if not schema_exists(conn, schema_name):
-        conn.rollback()
+def check_schema(conn, schema_name):
+    """:class:`RunRefused` unless the schema exists (no transaction stays open)."""
+    with reading(conn):
+        exists = schema_exists(conn, schema_name)
+    if not exists:
         raise RunRefused(f"schema {schema_name} does not exist (create it: CREATE SCHEMA, "
                          f"or specprod-db init for a production)")
-    conn.rollback()
 
 
 def check_privileges(conn, schema_name: str, name: str) -> None:
@@ -140,7 +142,7 @@ def check_privileges(conn, schema_name: str, name: str) -> None:
     and renamed), and, to replace a loaded VAC, to own its table (only its owner may drop
     it) -- checked before any file is converted."""
     final = table_name(name)
-    with conn.cursor() as cur:
+    with reading(conn) as cur:
         cur.execute("SELECT current_user, has_schema_privilege(n.oid, 'USAGE'), "
                     "has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE "
                     "n.nspname = %s", (schema_name,))
@@ -149,7 +151,6 @@ def check_privileges(conn, schema_name: str, name: str) -> None:
                     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE "
                     "n.nspname = %s AND c.relname = %s", (schema_name, final))
         owner = cur.fetchone()
-    conn.rollback()
     if not (usage and create):
         lacks = " and ".join(p for p, ok in (("USAGE", usage), ("CREATE", create)) if not ok)
         raise RunRefused(f"permission denied: database role {user} lacks {lacks} on schema "
@@ -167,11 +168,9 @@ def permission_refused(err, conn, doing: str) -> RunRefused:
     in one line naming the role and what it was doing."""
     user = "?"
     try:
-        conn.rollback()
-        with conn.cursor() as cur:
+        with reading(conn, fresh=True) as cur:
             cur.execute("SELECT current_user")
             user = cur.fetchone()[0]
-        conn.rollback()
     except psycopg2.Error:
         pass
     return RunRefused(f"permission denied: database role {user}, {doing}: "
@@ -184,17 +183,17 @@ def swap(conn, schema_name, name, lock_timeout=300.0):
     seconds, else the new table is dropped and :class:`RunRefused` raised."""
     final = table_name(name)
     new = final + BUILDING
-    old_names, new_names = _names(final), _names(new)
+    old_names, new_names = object_names(final), object_names(new)
     deadline = time.time() + lock_timeout
     while True:
         try:
-            with conn.cursor() as cur:
+            with transaction(conn) as cur:
                 cur.execute("SELECT set_config('lock_timeout', %s, true)",
                             (f"{int(SWAP_ATTEMPT * 1000)}ms",))
-                present = _tables(cur, schema_name)
+                present = schema_tables(cur, schema_name)
                 readers = []
                 if final in present:
-                    if _description(cur, schema_name, final) is None:
+                    if read_description(cur, schema_name, final) is None:
                         raise RunRefused(f"{schema_name}.{final} exists and is not a VAC "
                                          f"loaded by specprod-db; not replacing it")
                     readers = _readers(cur, schema_name, final)
@@ -222,10 +221,8 @@ def swap(conn, schema_name, name, lock_timeout=300.0):
                 for role in readers:
                     cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
                         qualified(schema_name, final), sql.Identifier(role)))
-            conn.commit()
             return readers
-        except psycopg2.errors.LockNotAvailable:
-            conn.rollback()
+        except psycopg2.errors.LockNotAvailable:  # rolled back
             get_logger().info("vac %s: %s.%s is in use; the replacement waits", name,
                               schema_name, final)
             if time.time() >= deadline:
@@ -235,7 +232,6 @@ def swap(conn, schema_name, name, lock_timeout=300.0):
                                  f"discarded; rerun when its readers are done)") from None
             time.sleep(0.2)
         except psycopg2.errors.DependentObjectsStillExist as err:
-            conn.rollback()
             drop_building(conn, schema_name, name)
             raise RunRefused(f"{schema_name}.{final} cannot be replaced: "
                              f"{' '.join(str(err).split())}; the old version is kept"
@@ -244,75 +240,65 @@ def swap(conn, schema_name, name, lock_timeout=300.0):
             refused = permission_refused(err, conn, f"replacing {schema_name}.{final}")
             drop_building(conn, schema_name, name)
             raise refused from None
-        except BaseException:
-            conn.rollback()
-            raise
 
 
 def drop_building(conn, schema_name, name):
-    """Drop ``vac_NAME__new`` if a load left it."""
-    conn.rollback()
-    with conn.cursor() as cur:
+    """Drop ``vac_NAME__new`` if a load left it (whatever transaction is open on
+    ``conn`` is rolled back first)."""
+    with transaction(conn, fresh=True) as cur:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
             qualified(schema_name, table_name(name) + BUILDING)))
-    conn.commit()
 
 
 def describe_all(conn, schema_name):
     """Every VAC of a schema: [dict] from the table comments, with the table's name."""
     out = []
-    with conn.cursor() as cur:
+    with reading(conn) as cur:
         cur.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = "
                     "c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r' AND "
                     "c.relname LIKE 'vac\\_%%' ORDER BY 1", (schema_name,))
         for (relname,) in cur.fetchall():
             if relname.endswith(BUILDING):
                 continue
-            info = _description(cur, schema_name, relname)
+            info = read_description(cur, schema_name, relname)
             if info is not None:
                 out.append(dict(info, table=f"{schema_name}.{relname}"))
-    conn.rollback()
     return out
 
 
 def drop(conn, schema_name, name, lock_timeout=300.0):
     """Drop the VAC ``name`` (only a table this module made); True when it existed."""
     check_name(name)
-    _check_schema(conn, schema_name)
-    _lock(conn, schema_name, name)
+    check_schema(conn, schema_name)
+    lock_vac(conn, schema_name, name)
     final = table_name(name)
     deadline = time.time() + lock_timeout
     while True:
         try:
-            with conn.cursor() as cur:
+            with transaction(conn) as cur:
                 cur.execute("SELECT set_config('lock_timeout', %s, true)",
                             (f"{int(SWAP_ATTEMPT * 1000)}ms",))
-                if final not in _tables(cur, schema_name):
-                    conn.rollback()
-                    drop_building(conn, schema_name, name)
-                    return False
-                if _description(cur, schema_name, final) is None:
-                    raise RunRefused(f"{schema_name}.{final} is not a VAC loaded by "
-                                     f"specprod-db; not dropping it")
-                cur.execute(sql.SQL("DROP TABLE {}").format(qualified(schema_name, final)))
-                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
-                    qualified(schema_name, final + BUILDING)))
-            conn.commit()
-            return True
-        except psycopg2.errors.LockNotAvailable:
-            conn.rollback()
+                exists = final in schema_tables(cur, schema_name)
+                if exists:
+                    if read_description(cur, schema_name, final) is None:
+                        raise RunRefused(f"{schema_name}.{final} is not a VAC loaded by "
+                                         f"specprod-db; not dropping it")
+                    cur.execute(sql.SQL("DROP TABLE {}").format(
+                        qualified(schema_name, final)))
+                    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                        qualified(schema_name, final + BUILDING)))
+            if not exists:
+                drop_building(conn, schema_name, name)
+            return exists
+        except psycopg2.errors.LockNotAvailable:  # rolled back
             if time.time() >= deadline:
                 raise RunRefused(f"{schema_name}.{final} stayed in use for "
                                  f"{lock_timeout:.0f} s: not dropped") from None
             time.sleep(0.2)
         except psycopg2.errors.DependentObjectsStillExist as err:
-            conn.rollback()
             raise RunRefused(f"{schema_name}.{final} cannot be dropped: "
                              f"{' '.join(str(err).split())}") from None
         except psycopg2.errors.InsufficientPrivilege as err:
             refused = permission_refused(err, conn, f"dropping {schema_name}.{final}")
             raise RunRefused(str(refused).replace("; nothing loaded", "; not dropped")) \
                 from None
-        except BaseException:
-            conn.rollback()
-            raise

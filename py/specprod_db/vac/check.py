@@ -11,7 +11,7 @@ import numpy as np
 
 from specprod_db.errors import InputError
 from specprod_db.vac.columns import VacColumn
-from specprod_db.vac.convert import _read_stage, source_label
+from specprod_db.vac.convert import read_stage, source_label
 
 
 def merge_columns(results):
@@ -70,7 +70,7 @@ class Keys:
                        for r in results]
         parts, files, rows = [], [], []
         for k, r in enumerate(results):
-            keys = _read_stage(r["stage"], self.names)
+            keys = read_stage(r["stage"], self.names)
             keys = np.asarray(keys)
             if keys.dtype.names is None:  # one field read as a plain array
                 keys = keys.astype([(self.names[0], keys.dtype)])

@@ -5,7 +5,7 @@ table's stored (big-endian, unscaled) rows, converts them with numpy (unsigned a
 signed-byte conventions, scaling, logical, blank-padded strings) into the staged dtypes
 of :mod:`~specprod_db.vac.columns`, writes them to a stage file
 (:class:`~specprod_db.stage.StageFile`, array ``aux/vac``) and returns the file's column
-description.  Rank 0 reads the stage files back with :func:`_read_stage`.
+description.  Rank 0 reads the stage files back with :func:`read_stage`.
 """
 import os
 from dataclasses import dataclass
@@ -144,7 +144,8 @@ def convert_file(task):
 HANDLERS = {"vac": convert_file}
 
 
-def _read_stage(path, fields=None, start=0, stop=None):
+def read_stage(path, fields=None, start=0, stop=None):
+    """Rows ``start:stop`` of a stage file (only ``fields``, if given)."""
     import h5py
     with h5py.File(path, "r") as f:
         ds = f["aux/vac"]
@@ -153,7 +154,8 @@ def _read_stage(path, fields=None, start=0, stop=None):
         return ds[start:stop]
 
 
-def _stage_rows(path):
+def stage_rows(path):
+    """The number of rows of a stage file."""
     import h5py
     with h5py.File(path, "r") as f:
         return len(f["aux/vac"])

@@ -18,17 +18,19 @@ import psycopg2
 from psycopg2 import sql
 
 from specprod_db import __version__, mpi, stage
-from specprod_db.db.connect import ensure_q3c, server_stop
-from specprod_db.db.sql import qualified
+from specprod_db.db.connect import connect, ensure_q3c, server_stop
+from specprod_db.db.lock import database_identity
+from specprod_db.db.pgcopy import HEADER, TRAILER, Encoder, StreamReader, prefetch
+from specprod_db.db.sql import qualified, reading, transaction
 from specprod_db.errors import InputError, RunRefused
 from specprod_db.log import get_logger
-from specprod_db.db.pgcopy import Encoder, StreamReader, prefetch
-from specprod_db.vac.catalog import (BUILDING, MARKER, REFERENCES, _check_schema,
-    _column_names, _description, _lock, _names, _tables, check_name, check_privileges,
-    permission_refused, swap, table_name)
+from specprod_db.vac.catalog import (BUILDING, MARKER, REFERENCES, check_name,
+                                     check_privileges, check_schema, column_names,
+                                     lock_vac, object_names, permission_refused,
+                                     read_description, schema_tables, swap, table_name)
 from specprod_db.vac.check import Keys, choose_key, merge_columns
 from specprod_db.vac.columns import VacTable
-from specprod_db.vac.convert import ConvertTask, _read_stage, _stage_rows, source_label
+from specprod_db.vac.convert import ConvertTask, read_stage, source_label, stage_rows
 
 #: (ra, dec) column pairs, in order of preference, for the q3c index.
 Q3C_PAIRS = (("ra", "dec"), ("target_ra", "target_dec"),
@@ -53,14 +55,14 @@ class Options:
 
 def foreign_keys(cur, schema_name, key):
     """[(referenced table, columns)] the key columns reference, present in the schema."""
-    present = _tables(cur, schema_name)
+    present = schema_tables(cur, schema_name)
     chosen = []
     for ref, cols in REFERENCES:
         if not set(cols) <= set(key) or ref not in present:
             continue
         if any(set(cols) <= set(c) for _, c in chosen):
             continue
-        if set(cols) <= _column_names(cur, schema_name, ref):
+        if set(cols) <= column_names(cur, schema_name, ref):
             chosen.append((ref, cols))
     return chosen
 
@@ -76,12 +78,11 @@ def _q3c_pair(columns):
 
 def _copy_blocks(encoder, results):
     """PGCOPY blocks of every stage file's rows, read a slice at a time."""
-    from specprod_db.db.pgcopy import HEADER, TRAILER
     yield HEADER
     for r in results:
-        n = _stage_rows(r["stage"])
+        n = stage_rows(r["stage"])
         for start in range(0, n, READ_ROWS):
-            rows = _read_stage(r["stage"], start=start, stop=start + READ_ROWS)
+            rows = read_stage(r["stage"], start=start, stop=start + READ_ROWS)
             yield from encoder.iter_bytes(rows, header=False, trailer=False)
     yield TRAILER
 
@@ -93,9 +94,9 @@ def build(conn, opts, table, key, results, keys):
     schema_name = opts.schema
     final = table_name(opts.name)
     new = final + BUILDING
-    names = _names(new)
+    names = object_names(new)
     target = qualified(schema_name, new)
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))  # a crashed load's
         cur.execute(sql.SQL("CREATE TABLE {} ({})").format(target, sql.SQL(", ").join(
             sql.SQL("{} {} NOT NULL").format(sql.Identifier(c.name), sql.SQL(c.ddl_type))
@@ -135,7 +136,6 @@ def build(conn, opts, table, key, results, keys):
         cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
             target, sql.Literal(json.dumps(info, sort_keys=True))))
         cur.execute(sql.SQL("ANALYZE {}").format(target))
-    conn.commit()
     return info
 
 
@@ -164,7 +164,6 @@ def _check_references(cur, opts, target, ref, cols, keys):
 
 
 def _stage_directory(conn, opts):
-    from specprod_db.db.lock import database_identity
     identity = database_identity(conn)
     base = opts.stage_dir or stage.default_directory(identity, opts.schema)
     stage.check_directory(base)
@@ -179,7 +178,6 @@ def _stage_directory(conn, opts):
 def load(dispatcher, opts):
     """Rank 0 of ``specprod-db vac load``: convert (over ``dispatcher``), check, build,
     swap.  Returns the VAC's description."""
-    from specprod_db.db.connect import connect
     log = get_logger()
     check_name(opts.name)
     if not opts.sources:
@@ -187,12 +185,11 @@ def load(dispatcher, opts):
     conn = connect(opts.dsn, application_name="specprod-db vac")
     staged = []
     try:
-        _check_schema(conn, opts.schema)
-        _lock(conn, opts.schema, opts.name)
-        with conn.cursor() as cur:
-            info = _description(cur, opts.schema, table_name(opts.name))
-            exists = table_name(opts.name) in _tables(cur, opts.schema)
-        conn.rollback()
+        check_schema(conn, opts.schema)
+        lock_vac(conn, opts.schema, opts.name)
+        with reading(conn) as cur:
+            info = read_description(cur, opts.schema, table_name(opts.name))
+            exists = table_name(opts.name) in schema_tables(cur, opts.schema)
         if exists and info is None:
             raise RunRefused(f"{opts.schema}.{table_name(opts.name)} exists and is not a "
                              f"VAC loaded by specprod-db; not replacing it")
@@ -237,14 +234,13 @@ def load(dispatcher, opts):
                 + "; nothing loaded")
         try:
             info = build(conn, opts, table, key, results, keys)
-        except psycopg2.Error as err:
+        except psycopg2.Error as err:  # rolled back
             stop = server_stop(err, conn, f"loading VAC {opts.name}")  # exit 3
             if stop is not None:
                 raise stop from None
             if isinstance(err, psycopg2.errors.InsufficientPrivilege):  # exit 2
                 raise permission_refused(err, conn, f"building {opts.schema}."
                                          f"{table_name(opts.name)}{BUILDING}") from None
-            conn.rollback()
             raise InputError(f"VAC {opts.name}: the database refused the rows: "
                              f"{' '.join(str(err).split())}; nothing loaded") from None
         swap(conn, opts.schema, opts.name, opts.lock_timeout)
