@@ -280,6 +280,62 @@ def test_desiname_sql_equals_desiutil(pg_dsn):
     assert got == radec_to_desiname(ra, dec).tolist()
 
 
+def test_id_expressions_equal_the_numpy_encoding(pg_dsn):
+    """verify's SQL of every composite id and frameid, derived from the constants of
+    specprod_db.ids, equals the numpy encoding of ids on sample values (every survey,
+    program, spgrp and camera band; the largest SPGRPVAL, LOCATION, TILEID, TARGETID)."""
+    import numpy as np
+    from psycopg2 import sql
+    from specprod_db import ids
+    from specprod_db.ops.verify import id_expressions
+    rng = np.random.default_rng(17)
+    n = 64
+    surveys, programs, spgrps = list(ids.SURVEYID), list(ids.PROGRAMID), list(ids.SPGRPID)
+    rows = {
+        "survey": [surveys[i % len(surveys)] for i in range(n)],
+        "program": [programs[i % len(programs)] for i in range(n)],
+        "spgrp": [spgrps[i % len(spgrps)] for i in range(n)],
+        "spgrpval": [0, 20240101, (1 << ids.SPGRPVAL_BITS) - 1]
+        + rng.integers(0, 1 << ids.SPGRPVAL_BITS, n - 3).tolist(),
+        "location": [0, 9999, (1 << 31) - 1] + rng.integers(0, 10000, n - 3).tolist(),
+        "tileid": [0, 1, (1 << 31) - 1] + rng.integers(1, 100000, n - 3).tolist(),
+        "targetid": [0, 1, (1 << 63) - 1] + rng.integers(0, 1 << 62, n - 3).tolist(),
+        "expid": [0, 1, 10 ** 7] + rng.integers(0, 10 ** 6, n - 3).tolist(),
+        "camera": [f"{ids.CAMERA_BANDS[i % 3]}{(i // 3) % 10}" for i in range(n)],
+    }
+    r = {k: np.array(v) for k, v in rows.items()}
+    target = ids.to_int(ids.target_id(r["survey"], r["tileid"], r["targetid"]))
+    fiberassign = ids.to_int(ids.fiberassign_id(r["location"], r["tileid"], r["targetid"]))
+    expected = {
+        ("target", "id"): target,
+        ("fiberassign", "id"): fiberassign,
+        ("potential", "id"): fiberassign,
+        ("ztile", "id"): ids.to_int(ids.ztile_id(r["spgrp"], r["spgrpval"], r["tileid"],
+                                                 r["targetid"])),
+        ("ztile", "targetphotid"): target,
+        ("zpix", "id"): ids.to_int(ids.zpix_id(r["program"], r["survey"], r["targetid"])),
+        ("frame", "frameid"): ids.frameid(r["expid"], r["camera"]).tolist(),
+    }
+    expressions = id_expressions()
+    assert sorted((t, c) for t, c, _ in expressions) == sorted(expected)
+    types = {"survey": "text", "program": "text", "spgrp": "text", "spgrpval": "int4",
+             "location": "int4", "tileid": "int4", "targetid": "int8", "expid": "int4",
+             "camera": "text"}
+    source = sql.SQL("unnest({}) WITH ORDINALITY AS v({}, i)").format(
+        sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types.values()),
+        sql.SQL(", ").join(map(sql.Identifier, types)))
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        with conn.cursor() as cur:
+            for table, column, expression in expressions:
+                cur.execute(sql.SQL("SELECT {} FROM {} ORDER BY i").format(expression, source),
+                            [rows[k] for k in types])
+                got = [int(v) for (v,) in cur.fetchall()]
+                assert got == [int(v) for v in expected[table, column]], (table, column)
+    finally:
+        conn.close()
+
+
 def test_a_desiname_that_is_not_its_coordinates(verify, loaded, pg_dsn):
     """A ztile desiname that is not radec_to_desiname of its coordinates (a name copied
     from a FIBERMAP, desispec#2238, or edited by hand) is drift naming tile and row."""

@@ -26,6 +26,18 @@ PROGRAMID = {"backup": 1, "bright": 2, "dark": 3, "other": 4, "dark1b": 5, "brig
 SPGRPID = {"1x_depth": 1, "4x_depth": 2, "cumulative": 3, "lowspeed": 4, "perexp": 5,
            "pernight": 6, "healpix": 7}
 
+#: Bit layout of a composite id ``(A << HIGH_SHIFT) | (B << MIDDLE_SHIFT) | TARGETID``:
+#: A and B each hold 32 bits, TARGETID 64.
+HIGH_SHIFT = 96
+MIDDLE_SHIFT = 64
+#: The A field of a ztile id: ``(spgrpid(SPGRP) << SPGRPVAL_BITS) | SPGRPVAL``.
+SPGRPVAL_BITS = 27
+#: ``cameraid(CAMERA) = CAMERA_BAND_STEP * CAMERA_BANDS.index(band) + digit``.
+CAMERA_BANDS = "brz"
+CAMERA_BAND_STEP = 10
+#: ``frameid = FRAMEID_EXPID_FACTOR * EXPID + cameraid(CAMERA)``.
+FRAMEID_EXPID_FACTOR = 100
+
 _U32 = np.uint64(0xFFFFFFFF)
 
 
@@ -67,18 +79,18 @@ def cameraid(camera):
         camera = np.char.encode(camera, "ascii")
     raw = camera.astype("S2").view(np.uint8).reshape(-1, 2)
     band = np.full(raw.shape[0], -1, dtype=np.int64)
-    for i, c in enumerate(b"brz"):
+    for i, c in enumerate(CAMERA_BANDS.encode()):
         band[raw[:, 0] == c] = i
     digit = raw[:, 1].astype(np.int64) - ord("0")
     bad = (band < 0) | (digit < 0) | (digit > 9)
     if bad.any():
         raise ValueError(f"invalid camera name(s) {sorted(set(camera[bad].tolist()))}")
-    return (10 * band + digit).reshape(camera.shape)
+    return (CAMERA_BAND_STEP * band + digit).reshape(camera.shape)
 
 
 def frameid(expid, camera):
     """``100 * EXPID + cameraid(CAMERA)``."""
-    return 100 * np.asarray(expid, dtype=np.int64) + cameraid(camera)
+    return FRAMEID_EXPID_FACTOR * np.asarray(expid, dtype=np.int64) + cameraid(camera)
 
 
 def composite(a, b, targetid):
@@ -95,7 +107,8 @@ def composite(a, b, targetid):
     if (targetid < 0).any():
         raise ValueError("composite ids need non-negative TARGETIDs")
     out = np.empty(a.shape + (2,), dtype=np.uint64)
-    out[..., 0] = (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
+    out[..., 0] = ((a.astype(np.uint64) << np.uint64(HIGH_SHIFT - MIDDLE_SHIFT))
+                   | b.astype(np.uint64))
     out[..., 1] = targetid.astype(np.uint64)
     return out
 
@@ -118,16 +131,17 @@ def zpix_id(program, survey, targetid):
 def ztile_id(spgrp, spgrpval, tileid, targetid):
     """``ztile.id``; ``spgrpval`` must be < 2**27 (true for YYYYMMDD nights)."""
     spgrpval = np.asarray(spgrpval, dtype=np.int64)
-    if (spgrpval < 0).any() or (spgrpval >= 1 << 27).any():
-        raise ValueError("SPGRPVAL must be 0 <= value < 2**27")
-    return composite((spgrpid(spgrp) << 27) | spgrpval, tileid, targetid)
+    if (spgrpval < 0).any() or (spgrpval >= 1 << SPGRPVAL_BITS).any():
+        raise ValueError(f"SPGRPVAL must be 0 <= value < 2**{SPGRPVAL_BITS}")
+    return composite((spgrpid(spgrp) << SPGRPVAL_BITS) | spgrpval, tileid, targetid)
 
 
 def decompose(value: int) -> tuple:
     """``(a, b, targetid)`` of the composite id ``(a << 96) | (b << 64) | targetid`` (a
     Python int, e.g. the value in a database message): the inverse of :func:`composite`."""
     value = int(value)
-    return value >> 96, (value >> 64) & 0xFFFFFFFF, value & 0xFFFFFFFFFFFFFFFF
+    return (value >> HIGH_SHIFT, (value >> MIDDLE_SHIFT) & 0xFFFFFFFF,
+            value & ((1 << MIDDLE_SHIFT) - 1))
 
 
 def _name_of(mapping, code):
@@ -144,9 +158,10 @@ def decode_id(table: str, value: int) -> dict:
     ``frame`` id.  For messages: what a 39-digit number means."""
     value = int(value)
     if table == "frame":
-        cam = value % 100
-        return {"EXPID": value // 100, "CAMERA": "brz"[cam // 10] + str(cam % 10)
-                if cam // 10 < 3 else f"code {cam}"}
+        expid, cam = divmod(value, FRAMEID_EXPID_FACTOR)
+        band, digit = divmod(cam, CAMERA_BAND_STEP)
+        return {"EXPID": expid, "CAMERA": CAMERA_BANDS[band] + str(digit)
+                if band < len(CAMERA_BANDS) else f"code {cam}"}
     a, b, targetid = decompose(value)
     if table in ("fiberassign", "potential"):
         return {"TARGETID": targetid, "TILEID": b, "LOCATION": a}
@@ -156,8 +171,9 @@ def decode_id(table: str, value: int) -> dict:
         return {"TARGETID": targetid, "SURVEY": _name_of(SURVEYID, b),
                 "PROGRAM": _name_of(PROGRAMID, a)}
     if table == "ztile" or table.startswith("ztile_"):
-        return {"TARGETID": targetid, "TILEID": b, "SPGRP": _name_of(SPGRPID, a >> 27),
-                "SPGRPVAL": a & ((1 << 27) - 1)}
+        return {"TARGETID": targetid, "TILEID": b,
+                "SPGRP": _name_of(SPGRPID, a >> SPGRPVAL_BITS),
+                "SPGRPVAL": a & ((1 << SPGRPVAL_BITS) - 1)}
     raise KeyError(f"no composite id in table {table!r}")
 
 

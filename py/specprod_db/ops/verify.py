@@ -52,10 +52,10 @@ from dataclasses import asdict, dataclass, field
 
 from psycopg2 import sql
 
-from specprod_db.load import fingerprints
 from specprod_db import ids, schema
-from specprod_db.db.sql import qualified
+from specprod_db.db.sql import qualified, reading
 from specprod_db.errors import InputError
+from specprod_db.load import fingerprints
 
 CHECKS = ("tile_rows", "inputs", "photometry", "primary", "constraints", "ids",
           "desiname")
@@ -63,8 +63,9 @@ CHECKS = ("tile_rows", "inputs", "photometry", "primary", "constraints", "ids",
 #: Examples of offending rows kept per drift item.
 EXAMPLES = 10
 
-_2_96 = sql.SQL("79228162514264337593543950336::numeric")
-_2_64 = sql.SQL("18446744073709551616::numeric")
+#: The weights of the A and B fields of a composite id (:mod:`specprod_db.ids`).
+_HIGH = sql.SQL("{}::numeric").format(sql.Literal(1 << ids.HIGH_SHIFT))
+_MIDDLE = sql.SQL("{}::numeric").format(sql.Literal(1 << ids.MIDDLE_SHIFT))
 
 
 @dataclass
@@ -124,8 +125,8 @@ class Verifier:
 
     def run(self):
         for name in CHECKS:
-            getattr(self, "check_" + name)()
-            self.conn.rollback()  # nothing stays open, nothing was written
+            with reading(self.conn):  # nothing stays open, nothing was written
+                getattr(self, "check_" + name)()
         return self.report()
 
     def state(self):
@@ -374,7 +375,7 @@ class Verifier:
 
     def check_ids(self):
         check = self.checks["ids"]
-        for table, column, expected in _id_expressions():
+        for table, column, expected in id_expressions():
             t = schema.table(table)
             if "tileid" not in t.names and self.tiles is not None:
                 check.notes.append(f"{table}.{column} not checked with --tiles")
@@ -454,35 +455,43 @@ class Verifier:
                 "ok": not drift, "checks": checks, "drift": drift}
 
 
-def _case(column, mapping):
-    """``CASE column WHEN 'key' THEN code ... END`` (NULL for anything else)."""
-    return sql.SQL("(CASE {} {} END)").format(sql.Identifier(column), sql.SQL(" ").join(
+def _case(value, mapping):
+    """``CASE value WHEN 'key' THEN code ... END`` (NULL for anything else); ``value`` a
+    column name or an SQL expression."""
+    if isinstance(value, str):
+        value = sql.Identifier(value)
+    return sql.SQL("(CASE {} {} END)").format(value, sql.SQL(" ").join(
         sql.SQL("WHEN {} THEN {}").format(sql.Literal(k), sql.Literal(v))
         for k, v in mapping.items()))
 
 
 def _composite(a, b):
-    """``(a << 96) | (b << 64) | targetid`` in numeric."""
-    return sql.SQL("({a}::numeric * {h} + {b}::numeric * {l} + targetid::numeric)").format(
-        a=a, b=b, h=_2_96, l=_2_64)
+    """``(a << HIGH_SHIFT) | (b << MIDDLE_SHIFT) | targetid`` in numeric
+    (:func:`specprod_db.ids.composite`)."""
+    return sql.SQL("({a}::numeric * {h} + {b}::numeric * {m} + targetid::numeric)").format(
+        a=a, b=b, h=_HIGH, m=_MIDDLE)
 
 
-def _id_expressions():
-    """``[(table, column, SQL expression of what the column must be)]`` (:mod:`ids`)."""
+def id_expressions() -> list[tuple[str, str, sql.Composable]]:
+    """``[(table, column, SQL expression of what the column must be)]``, each the
+    encoding of :mod:`specprod_db.ids` written in SQL over the row's own columns."""
     survey, program = _case("survey", ids.SURVEYID), _case("program", ids.PROGRAMID)
     location = sql.Identifier("location")
     tileid = sql.Identifier("tileid")
-    spgrp = sql.SQL("({} * 134217728 + spgrpval)").format(_case("spgrp", ids.SPGRPID))
-    camera = sql.SQL("(CASE left(camera, 1) WHEN 'b' THEN 0 WHEN 'r' THEN 10 WHEN 'z' THEN 20 "
-                     "END + CASE WHEN right(camera, 1) ~ '^[0-9]$' THEN right(camera, 1)::int "
-                     "END)")
+    spgrp = sql.SQL("({} * {} + spgrpval)").format(_case("spgrp", ids.SPGRPID),
+                                                    sql.Literal(1 << ids.SPGRPVAL_BITS))
+    band = _case(sql.SQL("left(camera, 1)"), {b: ids.CAMERA_BAND_STEP * i
+                                              for i, b in enumerate(ids.CAMERA_BANDS)})
+    camera = sql.SQL("({} + CASE WHEN right(camera, 1) ~ '^[0-9]$' THEN "
+                     "right(camera, 1)::int END)").format(band)
     return [("target", "id", _composite(survey, tileid)),
             ("fiberassign", "id", _composite(location, tileid)),
             ("potential", "id", _composite(location, tileid)),
             ("ztile", "id", _composite(spgrp, tileid)),
             ("ztile", "targetphotid", _composite(survey, tileid)),
             ("zpix", "id", _composite(program, survey)),
-            ("frame", "frameid", sql.SQL("(100 * expid + {})").format(camera))]
+            ("frame", "frameid", sql.SQL("({} * expid + {})").format(
+                sql.Literal(ids.FRAMEID_EXPID_FACTOR), camera))]
 
 
 def _desiname_sql(ra: sql.Composable, dec: sql.Composable) -> sql.Composable:
