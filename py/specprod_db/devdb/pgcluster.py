@@ -23,7 +23,7 @@ was probed and how to fix it.
 This module is the rule and the entry points (:func:`configured_dsn`, :func:`ensure_server`,
 :func:`start`, :func:`stop`, :func:`status`, :func:`dsn`); one cluster directory and the
 server running in it (layout, initdb, start and stop, making it private) are
-:class:`specprod_db.devdb.pgcluster_dir._Cluster`.
+:class:`specprod_db.devdb.pgcluster_dir.Cluster`.
 
 This module is also the ``specprod-db cluster`` sub-command (``add_arguments``, ``run``)
 and runs as ``python -m specprod_db.devdb.pgcluster`` without the rest of the package: it and
@@ -38,11 +38,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from specprod_db.conninfo import mask
-from specprod_db.devdb.pgcluster_dir import (DEFAULT_PORT, DIR_MODE, FIX_INSTALL,
-    HOST_AUTH, MAX_SOCKET_PATH, PASSWORD_FILE, PG_MAJOR, PORT_RANGE, RECORD, SUPERUSER,
-    ClusterError, PostgresMissingError, _Cluster, _quote, default_cluster_dir,
-    hba_without_host_trust)
+from specprod_db.conninfo import mask, scrub
+from specprod_db.devdb.pgcluster_dir import (
+    DEFAULT_PORT, DIR_MODE, FIX_INSTALL, HOST_AUTH, MAX_SOCKET_PATH, PASSWORD_FILE,
+    PG_MAJOR, PORT_RANGE, RECORD, SUPERUSER, Cluster, ClusterError, PostgresMissingError,
+    default_cluster_dir, hba_without_host_trust, quote_value)
 
 #: The interface of the private cluster, with what :mod:`specprod_db.devdb.pgcluster_dir` owns.
 __all__ = ["ACTIONS", "CONFIG_ENV", "DEFAULT_DBNAME", "DEFAULT_PORT", "DIR_MODE",
@@ -74,7 +74,7 @@ def configured_dsn():
         return dsn
     keys = {"PGSERVICE": "service", "PGHOST": "host", "PGPORT": "port",
             "PGDATABASE": "dbname"}
-    parts = [f"{key}={_quote(os.environ[var])}" for var, key in keys.items()
+    parts = [f"{key}={quote_value(os.environ[var])}" for var, key in keys.items()
              if os.environ.get(var)]
     return " ".join(parts) or None
 
@@ -95,7 +95,7 @@ def start(cluster_dir=None, port=None, dbname=DEFAULT_DBNAME, timeout=120):
     Idempotent: a running cluster is left alone. ``port`` None means the recorded port,
     else ``SPECPROD_DB_CLUSTER_PORT``, else the first free one from 54329.
     """
-    c = _Cluster(cluster_dir)
+    c = Cluster(cluster_dir)
     port = port if port is not None else default_port()
     with c.lock():
         if not c.running():
@@ -114,7 +114,7 @@ def start(cluster_dir=None, port=None, dbname=DEFAULT_DBNAME, timeout=120):
 def stop(cluster_dir=None, remove=False, timeout=60):
     """Stop the private cluster (fast shutdown) and wait until none of its processes is
     left; with ``remove``, also delete its directories. Idempotent."""
-    c = _Cluster(cluster_dir)
+    c = Cluster(cluster_dir)
     with c.lock():
         if c.datadir.exists() and c.running():
             c.stop(find_bindir(), timeout)
@@ -126,7 +126,7 @@ def stop(cluster_dir=None, remove=False, timeout=60):
 def status(cluster_dir=None):
     """A dict describing the private cluster: ``running``, ``pid``, ``port``,
     ``datadir``, ``socket_dir``, ``dsn`` (None when not running)."""
-    c = _Cluster(cluster_dir)
+    c = Cluster(cluster_dir)
     info = c.read_record()
     running = c.running()
     return {
@@ -145,7 +145,7 @@ def status(cluster_dir=None):
 def dsn(cluster_dir=None, dbname=None):
     """The libpq conninfo of the private cluster (whether or not it is running):
     ``host=<socket dir> port=<port> dbname=<db> user=postgres``."""
-    c = _Cluster(cluster_dir)
+    c = Cluster(cluster_dir)
     info = c.read_record()
     if "port" not in info:
         raise ClusterError(f"no private cluster has been started in {c.cluster_dir}: "
@@ -160,12 +160,11 @@ def ensure_q3c(conninfo, where="the database", timeout=30):
         conn = psycopg2.connect(conninfo, connect_timeout=min(timeout, 30),
                                 options=f"-c statement_timeout={int(timeout * 1000)}")
     except psycopg2.OperationalError as e:
-        from specprod_db.conninfo import scrub
         raise ClusterError(f"cannot connect to {where} with conninfo {mask(conninfo)!r}: "
                            f"{scrub(str(e).strip(), conninfo)}. Fix the server or unset "
                            f"SPECPROD_DB_DSN and PG* to use the private cluster") from None
-    from specprod_db.errors import ExtensionMissing
     from specprod_db.db.connect import ensure_q3c as _ensure_q3c
+    from specprod_db.errors import ExtensionMissing
     try:
         conn.autocommit = True
         _ensure_q3c(conn)

@@ -1,6 +1,6 @@
 """One private PostgreSQL cluster directory and the server that runs in it.
 
-:class:`_Cluster` owns a cluster directory (``<checkout>/.pgcluster`` or
+:class:`Cluster` owns a cluster directory (``<checkout>/.pgcluster`` or
 ``SPECPROD_DB_CLUSTER_DIR``): its record (port, database, where the data are), its lock,
 the data directory, the server log and the socket, the server user (as root: ``postgres``),
 initdb, ``pg_ctl start`` and ``stop`` and the processes left behind, and making the
@@ -70,7 +70,7 @@ def default_cluster_dir():
     return Path(__file__).resolve().parents[3] / ".pgcluster"  # devdb/ -> specprod_db/ -> py/ -> checkout
 
 
-def _quote(value):
+def quote_value(value):
     """Quote a conninfo value (libpq's rules: single quotes, backslash escapes)."""
     if value and all(ch.isalnum() or ch in "/._-:@," for ch in value):
         return value
@@ -90,7 +90,7 @@ def _port_free(port):
     return True
 
 
-class _Cluster:
+class Cluster:
     """Where a private cluster lives and who runs it.
 
     ``cluster_dir`` holds the record (port, database, where the data are), the data
@@ -208,8 +208,8 @@ class _Cluster:
 
     def dsn(self, dbname):
         port = self.read_record().get("port", DEFAULT_PORT)
-        return (f"host={_quote(str(self.serverdir))} port={port} "
-                f"dbname={_quote(dbname)} user={SUPERUSER}")
+        return (f"host={quote_value(str(self.serverdir))} port={port} "
+                f"dbname={quote_value(dbname)} user={SUPERUSER}")
 
     # --- server life cycle ---------------------------------------------------------
     def initdb(self, bindir, timeout):

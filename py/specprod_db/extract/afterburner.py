@@ -20,9 +20,10 @@ import fitsio
 import numpy as np
 
 from specprod_db import ids
+from specprod_db.errors import InputError
 from specprod_db.extract import rows
 from specprod_db.log import get_logger
-from specprod_db.paths import InputError, present
+from specprod_db.paths import present
 from specprod_db.schema import table as schema_table
 
 #: table -> (file prefix, HDU, columns read besides TARGETID)

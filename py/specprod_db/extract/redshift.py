@@ -49,19 +49,22 @@ import numpy as np
 from desiutil.names import radec_to_desiname
 
 from specprod_db import ids, schema
+from specprod_db.errors import InputError
 from specprod_db.extract import rows
+from specprod_db.extract.tile import header_dict
 from specprod_db.log import get_logger
-from specprod_db.paths import InputError, present
-from specprod_db.extract.tile import _header_dict
+from specprod_db.paths import present
 
 PETALS = range(10)
 #: Names shown when a directory holds none of the tile's petal files.
 LISTED = 5
 _PETAL_FILE = re.compile(r"^(redrock|zbest)-(\d+)-(\d+)-thru(\d+)\.fits$")
 
-_TSNR2 = [c.name.upper() for c in schema.ZTILE.columns if c.name.startswith("tsnr2_")]
-_REDSHIFTS = ["TARGETID", "CHI2", "COEFF", "Z", "ZERR", "ZWARN", "NPIXELS", "SPECTYPE",
-              "SUBTYPE", "NCOEFF", "DELTACHI2"]
+#: The TSNR2 HDU's columns that are ztile (and zpix) columns.
+TSNR2_COLUMNS = [c.name.upper() for c in schema.ZTILE.columns if c.name.startswith("tsnr2_")]
+#: The columns read from the REDSHIFTS HDU of a redrock (and zpix) file.
+REDSHIFT_COLUMNS = ["TARGETID", "CHI2", "COEFF", "Z", "ZERR", "ZWARN", "NPIXELS",
+                    "SPECTYPE", "SUBTYPE", "NCOEFF", "DELTACHI2"]
 #: ztile columns taken from FIBERMAP under their own (upper-case) name.
 _FIBERMAP = [n.upper() for n in schema.ZTILE.names
              if n.startswith(("coadd_", "mean_", "rms_", "std_"))
@@ -157,11 +160,11 @@ def read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str
     zbest = name.startswith("zbest")
     try:
         with fitsio.FITS(path) as fx:
-            hdr = _header_dict(fx[0].read_header())
+            hdr = header_dict(fx[0].read_header())
             zhdu = "ZBEST" if zbest else "REDSHIFTS"
             if zhdu not in fx:
                 raise InputError(f"{where}: no {zhdu} HDU")
-            z = fx[zhdu].read(columns=_REDSHIFTS)
+            z = fx[zhdu].read(columns=REDSHIFT_COLUMNS)
             if "FIBERMAP" not in fx:
                 raise InputError(f"{where}: no FIBERMAP HDU"
                                  + (" (re-coadding zbest inputs is not supported)"
@@ -181,7 +184,7 @@ def read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str
             tsnr2 = None
             if "TSNR2" in fx:
                 have = set(fx["TSNR2"].get_colnames())
-                tsnr2 = fx["TSNR2"].read(columns=["TARGETID"] + [c for c in _TSNR2
+                tsnr2 = fx["TSNR2"].read(columns=["TARGETID"] + [c for c in TSNR2_COLUMNS
                                                                   if c in have])
     except InputError:
         raise
@@ -246,7 +249,7 @@ def read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str
         cols[f"coeff_{k}"] = coeff[:, k] if k < coeff.shape[1] else 0.0
     for c in _FIBERMAP:
         cols[c.lower()] = fm[c] if c in fm.dtype.names else np.zeros(n, np.float32)
-    for c in _TSNR2:
+    for c in TSNR2_COLUMNS:
         cols[c.lower()] = tsnr2[c][keep] if tsnr2 is not None and c in tsnr2.dtype.names \
             else np.zeros(n, np.float32)
     cols["desiname"] = desiname_column(fm, where, stats)

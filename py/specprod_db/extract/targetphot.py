@@ -58,8 +58,8 @@ import numpy as np
 from specprod_db import ids
 from specprod_db.extract import rows
 from specprod_db.extract.healpix import radec2pix
-from specprod_db.log import get_logger
 from specprod_db.errors import InputError
+from specprod_db.log import get_logger
 from specprod_db.paths import present
 from specprod_db.schema import table as _table
 

@@ -21,17 +21,20 @@ Data quirks handled here (datamodel.md §1, §2, §3, §10.4):
   :func:`specprod_db.ids.no_sky` holds (TARGETID > 0, SKY bit clear): standards stay;
   skies and unassigned positioners go.
 """
+import csv
+import hashlib
 import os
 import re
+import stat
 
 import fitsio
 import numpy as np
 
 from specprod_db import ids, schema
+from specprod_db.errors import InputError
 from specprod_db.extract import rows
-from specprod_db.log import get_logger
 from specprod_db.extract.faflavor import faflavor2program
-from specprod_db.paths import InputError
+from specprod_db.log import get_logger
 
 #: Microseconds per day, and the MJD of the PostgreSQL epoch 2000-01-01T00:00:00 UTC.
 _US_PER_DAY = 86_400_000_000
@@ -107,7 +110,6 @@ def read_tiles_file(path: str, info: dict = None, max_bytes: int = None):
     Raises :class:`InputError` (naming the file) when the file is missing, unreadable,
     larger than ``max_bytes`` (default :data:`TILES_FILE_MAX_BYTES`) or lacks a column.
     """
-    import hashlib
     if not os.path.exists(path):
         raise InputError(f"tiles file {path}: does not exist")
     limit = TILES_FILE_MAX_BYTES if max_bytes is None else int(max_bytes)
@@ -173,7 +175,6 @@ def _read_limited(path, limit):
     """The bytes of ``path``, refused (:class:`InputError` naming file and limit) beyond
     ``limit`` bytes: a regular file by its size, anything else (a device, a pipe) by
     reading at most ``limit + 1`` bytes."""
-    import stat
     refused = (f"tiles file {path}: larger than the limit of {limit} bytes "
                f"({limit / 2**20:g} MiB; real tiles files are a few MB): refused")
     try:
@@ -257,7 +258,6 @@ def _tiles_from_csv(data, path):
     Returns ``(columns, bad_lines, line_numbers)``: ``bad_lines`` maps a file line number
     to ``(TILEID or None, message)``; ``line_numbers`` gives the file line of each row.
     """
-    import csv
     if data.startswith(_BOM):
         data = data[len(_BOM):]
     text = data.decode("latin-1")  # every byte one character; non-ASCII found per line
@@ -565,7 +565,7 @@ def fiberassign_rows(path, tileid, stats=None):
     what = f"tile {tileid}: fiberassign file"
     try:
         with fitsio.FITS(path) as fx:
-            header = _header_dict(fx[0].read_header())
+            header = header_dict(fx[0].read_header())
             fa = _read_columns(fx, "FIBERASSIGN", fa_cols, path, what)
             pot = _read_columns(fx, "POTENTIAL_ASSIGNMENTS",
                                 ["TARGETID", "FIBER", "LOCATION"], path, what)
@@ -596,6 +596,7 @@ def fiberassign_rows(path, tileid, stats=None):
     return fiberassign, potential, targets, header
 
 
-def _header_dict(hdr):
+def header_dict(hdr: "fitsio.FITSHDR") -> dict:
+    """A FITS header as {keyword: value}, without COMMENT, HISTORY and CONTINUE cards."""
     return {r["name"]: r["value"] for r in hdr.records()
             if r.get("name") and r["name"] not in ("COMMENT", "HISTORY", "CONTINUE")}

@@ -37,12 +37,11 @@ import stat
 
 import numpy as np
 
-from specprod_db.extract import brickgrid, rows
 from specprod_db import ids
-from specprod_db.extract import fitstable
-from specprod_db.log import get_logger
-from specprod_db.paths import InputError
+from specprod_db.errors import InputError
+from specprod_db.extract import brickgrid, fitstable, rows
 from specprod_db.extract.targetphot import error_text
+from specprod_db.log import get_logger
 from specprod_db.schema import table as _table
 
 #: desitarget's north/south Dec boundary (``desitarget.io.desitarget_resolve_dec``).

@@ -38,10 +38,10 @@ import fitsio
 import numpy as np
 
 from specprod_db import ids, schema
-from specprod_db.extract import rows
 from specprod_db.errors import InputError
-from specprod_db.extract.redshift import _REDSHIFTS, _TSNR2, desiname_column
-from specprod_db.extract.tile import _header_dict
+from specprod_db.extract import rows
+from specprod_db.extract.redshift import REDSHIFT_COLUMNS, TSNR2_COLUMNS, desiname_column
+from specprod_db.extract.tile import header_dict
 
 #: zpix columns taken from FIBERMAP under their own (upper-case) name.
 _FIBERMAP = [n.upper() for n in schema.ZPIX.names
@@ -65,11 +65,11 @@ def zpix_rows(path: str, survey: str, program: str, healpix: int,
     info = {"file": path}
     try:
         with fitsio.FITS(path) as fx:
-            hdr = _header_dict(fx[0].read_header())
+            hdr = header_dict(fx[0].read_header())
             for hdu in ("REDSHIFTS", "FIBERMAP", "TSNR2"):
                 if hdu not in fx:
                     raise InputError(f"{where}: no {hdu} HDU")
-            z = fx["REDSHIFTS"].read(columns=_REDSHIFTS)
+            z = fx["REDSHIFTS"].read(columns=REDSHIFT_COLUMNS)
             have = set(fx["FIBERMAP"].get_colnames())
             wanted = ["TARGETID", "TARGET_RA", "TARGET_DEC", "DESINAME"] + _FIBERMAP \
                 + _TARGET_BITS
@@ -79,7 +79,7 @@ def zpix_rows(path: str, survey: str, program: str, healpix: int,
                 raise InputError(f"{where}: FIBERMAP lacks column(s) {', '.join(lacking)}")
             fm = fx["FIBERMAP"].read(columns=[c for c in wanted if c in have])
             have_t = set(fx["TSNR2"].get_colnames())
-            tsnr2 = fx["TSNR2"].read(columns=["TARGETID"] + [c for c in _TSNR2
+            tsnr2 = fx["TSNR2"].read(columns=["TARGETID"] + [c for c in TSNR2_COLUMNS
                                                                if c in have_t])
     except InputError:
         raise
@@ -124,7 +124,7 @@ def zpix_rows(path: str, survey: str, program: str, healpix: int,
         cols[c.lower()] = fm[c] if c in fm.dtype.names else np.zeros(n, np.float32)
     for c in _TARGET_BITS:
         cols[c.lower()] = fm[c] if c in fm.dtype.names else 0
-    for c in _TSNR2:
+    for c in TSNR2_COLUMNS:
         cols[c.lower()] = tsnr2[c] if c in tsnr2.dtype.names else np.zeros(n, np.float32)
     cols["desiname"] = desiname_column(fm, where, stats)
     try:

@@ -3,6 +3,7 @@
 An exposure is a small dict kept in the mock state (JSON); everything written to the
 EXPOSURES and FRAMES HDUs is derived from it deterministically.
 """
+import datetime
 import os
 
 import fitsio
@@ -15,7 +16,6 @@ CAMERAS = [f"{b}{p}" for p in range(10) for b in "brz"]
 
 
 def night_to_mjd(night):
-    import datetime
     d = datetime.date(night // 10000, night // 100 % 100, night % 100)
     return (d - datetime.date(1858, 11, 17)).days + 1.15     # ~03:36 UTC, i.e. evening in Arizona
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from specprod_db.mock import columns as C
 from specprod_db.mock import sky
-from specprod_db.mock.layout import (SECONDARY_FILES, TARGET_DIRS, TOO_FILES, makedirs_for,
-    obscon)
+from specprod_db.mock.layout import (SECONDARY_FILES, TARGET_DIRS, TOO_FILES,
+                                     makedirs_for, obscon)
 from specprod_db.mock.targets import photometry_rows, selected, target_bits
 
 MM_PER_DEG = 256.0

@@ -5,6 +5,7 @@ tiles-daily lines, options); every file is a deterministic function of that stat
 the seed, so ``--seed`` gives byte-identical trees and ``advance`` is reproducible.
 ``OUTDIR/mock-truth.json`` lists what a test should expect (see :func:`truth_entry`).
 """
+import datetime
 import json
 import os
 
@@ -296,7 +297,6 @@ def make_production(outdir, tiles=None, seed=1, small=False, fibers_per_tile=Non
 
 
 def next_night(night):
-    import datetime
     d = datetime.date(night // 10000, night // 100 % 100, night % 100) + datetime.timedelta(days=1)
     return int(d.strftime("%Y%m%d"))
 

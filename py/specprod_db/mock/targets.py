@@ -9,11 +9,11 @@ import fitsio
 import numpy as np
 from astropy.table import Table
 
+from specprod_db.extract.healpix import radec2pix
 from specprod_db.mock import columns as C
 from specprod_db.mock import sky
-from specprod_db.extract.healpix import radec2pix
-from specprod_db.mock.layout import (SECONDARY_FILES, TARGET_DIRS, TOO_FILES, makedirs_for,
-    obscon)
+from specprod_db.mock.layout import (SECONDARY_FILES, TARGET_DIRS, TOO_FILES,
+                                     makedirs_for, obscon)
 
 FILENSID = 8        # nside of the file split (real DR9 files: see datamodel §11.9)
 HPXNSIDE = 64       # nside of the HPXPIXEL column
