@@ -4,6 +4,7 @@ targetphot_onetile (itself checked against desispec's gather_targetphot in
 test_targetphot.py); the stages are reused by a rerun; a load reports the files it
 opened and the reads it saved."""
 import collections
+import dataclasses
 import json
 
 import fitsio
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from specprod_db.load import catalogs, tasks
+from specprod_db.load.jobs import TargetphotJob
 from specprod_db.extract import ecsv
 from specprod_db.extract import targetphot as tp
 from specprod_db.paths import Paths
@@ -66,7 +68,7 @@ def _wave(paths, tileids, stage_dir):
         tiles.append((tileid, header, targets, plan))
     jobs, pairs = catalogs.catalog_jobs(
         [(plan, np.unique(t["TARGETID"])) for _, _, t, plan in tiles], str(stage_dir))
-    found = {job["path"]: catalogs.staged(job, catalogs.read_catalog_task(job))
+    found = {job.path: catalogs.staged(job, catalogs.read_catalog_task(job))
              for job in jobs}
     return tiles, jobs, pairs, found
 
@@ -78,7 +80,7 @@ def test_a_wave_opens_each_catalog_file_once(small_production, tmp_path, opened)
         fitsio.read_header(paths.fiberassign_file(t), 0), paths, t)]
     del opened["headers"][:]
     tiles, jobs, pairs, found = _wave(paths, tileids, tmp_path)
-    files = [job["path"] for job in jobs]
+    files = [job.path for job in jobs]
     assert len(tiles) >= 4 and pairs > len(files)     # the tiles share catalog files
     assert collections.Counter(opened["files"]) == collections.Counter(files)
     assert all(n == 1 for n in collections.Counter(opened["files"]).values())
@@ -117,7 +119,7 @@ def test_grouped_rows_equal_onetile_on_edge_cases(tile, tmp_path):
     other = np.arange(1, 50, dtype=np.int64)
     jobs, _ = catalogs.catalog_jobs([(plan, np.unique(targets["TARGETID"])),
                                      (plan, other)], str(tmp_path))
-    found = {job["path"]: catalogs.staged(job, catalogs.read_catalog_task(job))
+    found = {job.path: catalogs.staged(job, catalogs.read_catalog_task(job))
              for job in jobs}
     grouped = tp.assemble(1234, plan, targets, catalogs.stage_reader(found, "tile 1234"),
                           stats)
@@ -131,7 +133,7 @@ def test_a_failed_catalog_fails_only_the_tiles_that_reach_it(tile, tmp_path):
     paths, header, targets = tile
     plan = tp.catalog_plan(1234, header, targets, paths, {})
     jobs, _ = catalogs.catalog_jobs([(plan, np.unique(targets["TARGETID"]))], str(tmp_path))
-    found = {job["path"]: catalogs.staged(job, catalogs.read_catalog_task(job))
+    found = {job.path: catalogs.staged(job, catalogs.read_catalog_task(job))
              for job in jobs}
     last = plan[-1]["path"]               # the secondary catalog, read last
     found[last] = {"error": f"cannot read targeting catalog {last}: broken",
@@ -150,24 +152,22 @@ def test_tile_stage_pending_then_assembled(run):
     crash before its assembly reuses it as such); assembled, the stage file holds the
     rows a tile task run alone stages."""
     action = next(a for a in run.actions if a.tileid == 1000)
-    job = dict(run._tile_job(action), wave=True)   # as the load's waves run it
+    job = run.tile_job(action, wave=True)   # as the load's waves run it
     first = tasks.extract_tile(job)
     assert first.catalogs and first.brick_input is None and not first.reused
     assert "target" not in first.stage.tables()
     again = tasks.extract_tile(job)
     assert again.reused and again.catalogs == first.catalogs
     jobs, _ = catalogs.catalog_jobs([(again.catalogs, again.want)], run.stage_dir)
-    found = {j["path"]: catalogs.staged(j, catalogs.read_catalog_task(j)) for j in jobs}
-    done = tasks.assemble_targetphot({"tileid": 1000, "stage": again.stage,
-                                      "catalogs": found})
+    found = {j.path: catalogs.staged(j, catalogs.read_catalog_task(j)) for j in jobs}
+    done = tasks.assemble_targetphot(TargetphotJob(1000, again.stage, found))
     assert done.catalogs is None and done.stage.path == first.stage.path
     grouped = done.stage.tables()
     reused = tasks.extract_tile(job)             # complete now: reused whole
     assert reused.reused and reused.catalogs is None
     assert np.array_equal(reused.brick_input, done.brick_input)
     done.stage.remove()
-    alone = dict(job)
-    del alone["wave"]
+    alone = dataclasses.replace(job, wave=False)
     whole = tasks.extract_tile(alone)
     assert whole.catalogs is None and not whole.reused
     assert np.array_equal(whole.targetids, done.targetids)

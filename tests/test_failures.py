@@ -275,6 +275,7 @@ def test_unreadable_healpix_file_is_bad_input(kind, tmp_path):
     """A HEALPix redrock file of a static production that cannot be read fails its task
     as bad input naming the file (a symlink loop used to be an internal error)."""
     from specprod_db.load import tasks
+    from specprod_db.load.jobs import HealpixJob
     from specprod_db.errors import InputError
     from specprod_db.paths import Paths
     paths = Paths.from_environment({}, desi_root=str(tmp_path), specprod="fuji")
@@ -285,8 +286,8 @@ def test_unreadable_healpix_file_is_bad_input(kind, tmp_path):
     else:
         os.mkdir(path)
     with pytest.raises(InputError, match=f"healpix main-dark-1234: {path}: cannot be read"):
-        tasks.extract_healpix({"survey": "main", "program": "dark", "healpix": 1234,
-                               "paths": paths, "stage_dir": str(tmp_path / "stage")})
+        tasks.extract_healpix(HealpixJob("main", "dark", 1234, paths,
+                                         str(tmp_path / "stage")))
 
 
 def _tiles_of_bricks(reference):

@@ -1,6 +1,7 @@
 """The writer's transaction boundaries and the tasks' stage-file reuse, in process (no
 CLI, no MPI): a tile is all or nothing, photometry included; a stage file is reused only
 for the same inputs, and never when a brick in it failed."""
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -64,8 +65,8 @@ class Planned:
     def actions(self):
         return self.plan.actions
 
-    def tile_job(self, action):
-        return waves.tile_job(action, self.opts, self.session, self.plan)
+    def tile_job(self, action, wave=False):
+        return waves.tile_job(action, self.opts, self.session, self.plan, wave)
 
 
 def _extract(run, tileid):
@@ -159,8 +160,8 @@ def test_tile_stage_file_reused_only_for_the_same_inputs(run):
     assert np.array_equal(second.brick_input, first.brick_input)
     # another plan line (e.g. a new LASTNIGHT or any column): extracted again
     job = run.tile_job(action)
-    job["action"]["line"] = dict(job["action"]["line"], GOALTIME=job["action"]["line"]
-                                 ["GOALTIME"] + 1)
+    job.action = dataclasses.replace(action, line=dict(action.line,
+                                                       GOALTIME=action.line["GOALTIME"] + 1))
     assert not tasks.extract_tile(job).reused
 
 
@@ -174,7 +175,7 @@ def test_brick_group_with_a_failed_brick_is_never_reused(run, tmp_path):
     assert not ok.reused and not ok.failed
     assert tasks.extract_brick(job).reused
     # a tractor file of the group goes missing: the brick fails, the group is rewritten
-    brick = job["targets"]["BRICKNAME"][0].decode()
+    brick = job.targets["BRICKNAME"][0].decode()
     moved = []
     for region in ("north", "south"):
         path = run.opts.paths.tractor_file(region, brick)

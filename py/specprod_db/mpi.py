@@ -105,13 +105,8 @@ def call_task(func, task, comm):
 
 
 def describe(task):
-    """A short name of a task for messages: ``tile 1234``, ``bricks 0001m002+16``."""
-    if isinstance(task, dict):
-        for key, label in (("tileid", "tile"), ("group", "bricks"), ("path", "catalog")):
-            if key in task:
-                return f"{label} {task[key]}"
-        if "action" in task:
-            return f"tile {task['action'].get('tileid')}"
+    """A short name of a task for messages: its ``str`` (``tile 1234``,
+    ``bricks 0001m002+16``: :mod:`specprod_db.load.jobs`), at most 60 characters."""
     return str(task)[:60]
 
 

@@ -10,6 +10,7 @@ from psycopg2 import sql
 
 from specprod_db.db import tempids
 from specprod_db.db.sql import qualified
+from specprod_db.load.jobs import BrickJob
 
 #: Bricks per brick task: fewer stage files and messages than one per brick (a brick
 #: holds ~50 targets of a day), still many tasks to balance over the ranks.
@@ -55,6 +56,5 @@ def brick_jobs(conn, schema_name, paths, stage_dir, results):
     for g in range(0, len(bricks), BRICKS_PER_TASK):
         last = min(g + BRICKS_PER_TASK, len(bricks))
         name = f"{bricks[g].decode()}+{last - g}"
-        jobs.append({"group": name, "targets": need[bounds[g]: bounds[last]],
-                     "paths": paths, "stage_dir": stage_dir})
+        jobs.append(BrickJob(name, need[bounds[g]: bounds[last]], paths, stage_dir))
     return jobs, tiles_of

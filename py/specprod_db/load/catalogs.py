@@ -41,6 +41,7 @@ import numpy as np
 from specprod_db import stage
 from specprod_db.errors import InputError
 from specprod_db.extract import targetphot
+from specprod_db.load.jobs import CatalogJob
 
 #: A catalog stage holding no row (no wanted TARGETID in the file).
 _EMPTY = np.zeros(0, dtype=[("TARGETID", "i8")])
@@ -59,24 +60,24 @@ def catalog_jobs(plans, stage_dir):
     """One catalog task per distinct file of the tiles' plans.
 
     ``plans``: ``[(plan, want)]`` of the wave's tiles (``want``: the tile's TARGETIDs).
-    Returns the jobs (``path``, ``kind``, ``want``: the sorted union of the TARGETIDs of
-    the tiles that may read the file, ``stage_dir``) and how many (tile, file) pairs
-    they cover.
+    Returns the jobs (:class:`~specprod_db.load.jobs.CatalogJob`, ``want``: the sorted
+    union of the TARGETIDs of the tiles that may read the file) and how many (tile,
+    file) pairs they cover.
     """
     wanted, pairs = {}, 0
     for plan, want in plans:
         for fname, kind in targetphot.plan_files(plan):
             wanted.setdefault((fname, kind), []).append(want)
             pairs += 1
-    jobs = [{"path": fname, "kind": kind, "want": np.unique(np.concatenate(ws)),
-             "stage_dir": stage_dir} for (fname, kind), ws in wanted.items()]
+    jobs = [CatalogJob(fname, kind, np.unique(np.concatenate(ws)), stage_dir)
+            for (fname, kind), ws in wanted.items()]
     return jobs, pairs
 
 
 def job_size(job):
     """The expected cost of a catalog task: its file's size (0 if it went away)."""
     try:
-        return os.path.getsize(job["path"])
+        return os.path.getsize(job.path)
     except OSError:
         return 0
 
@@ -92,7 +93,7 @@ def read_catalog_task(job):
 
     Errors are :class:`InputError` without a tile (the tiles that reach the file fail
     with it, :func:`stage_reader`)."""
-    path, kind, want = job["path"], job["kind"], job["want"]
+    path, kind, want = job.path, job.kind, job.want
     try:
         st = os.stat(path)
     except OSError as err:
@@ -101,7 +102,7 @@ def read_catalog_task(job):
         ["catalog", path, kind, st.st_size, st.st_mtime_ns,
          hashlib.sha256(np.ascontiguousarray(want, dtype="<i8").tobytes()).hexdigest()]
     ).encode()).hexdigest()
-    out = catalog_stage(job["stage_dir"], path)
+    out = catalog_stage(job.stage_dir, path)
     if out.is_complete(key):
         return CatalogResult(path, out, rows=out.info().get("rows", 0), reused=True)
     piece = targetphot.read_catalog(path, kind, want)
@@ -144,9 +145,9 @@ def read_in_process(plan, want, stage_dir):
     out = {}
     for job in jobs:
         try:
-            out[job["path"]] = staged(job, read_catalog_task(job))
+            out[job.path] = staged(job, read_catalog_task(job))
         except InputError as err:
-            out[job["path"]] = {"error": str(err), "internal": False}
+            out[job.path] = {"error": str(err), "internal": False}
     return out
 
 

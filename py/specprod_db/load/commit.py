@@ -7,7 +7,7 @@ for a rerun).  :func:`write_others` writes the actions that read no input: DELET
 REFRESH, FAIL and SKIP.  A tile that fails is recorded and the run goes on, unless the
 database went away (:class:`~specprod_db.errors.DatabaseLost`, exit 3).
 """
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import psycopg2
 
@@ -15,10 +15,12 @@ from specprod_db import faults, mpi
 from specprod_db.db.connect import server_stop
 from specprod_db.errors import DatabaseLost, one_line
 from specprod_db.load import tile_writer
+from specprod_db.load.jobs import WriteJob
 from specprod_db.load.plan import DELETE, FAIL, INSERT, REFRESH, UPDATE, TileAction
 from specprod_db.load.prepare import Options, Plan, Session
 from specprod_db.load.tally import Failure, Tally
 from specprod_db.load.waves import Wave
+from specprod_db.load.writer_ranks import WriteResult
 from specprod_db.log import get_logger
 
 
@@ -51,7 +53,7 @@ def _write(actions: list[TileAction], wave: Wave, dispatcher: Optional[mpi.Dispa
         sent = [a for a in actions if a.action in (INSERT, UPDATE)
                 and not tally.failed(a.tileid) and not wave.results[a.tileid].refresh]
         tally.progress["write"].total += len(sent)
-        remote = dispatcher.submit("write", [_write_job(a, wave, legacy, opts, session)
+        remote = dispatcher.submit("write", [write_job(a, wave, legacy, opts, session)
                                              for a in sent],
                                    progress=tally.progress["write"])
         actions = [a for a in actions if a not in sent]
@@ -76,30 +78,32 @@ def _write(actions: list[TileAction], wave: Wave, dispatcher: Optional[mpi.Dispa
         tally.overlap.sample(dispatcher, end=True)
 
 
-def _write_job(a: TileAction, wave: Wave, photometry: Any, opts: Options,
-               session: Session) -> dict:
+def write_job(a: TileAction, wave: Wave, photometry: tile_writer.WavePhotometry,
+              opts: Options, session: Session) -> WriteJob:
+    """The write task of one tile for a writer rank
+    (:func:`specprod_db.load.writer_ranks.write_task`)."""
     result = wave.results[a.tileid]
-    return {"dsn": opts.dsn, "schema": opts.schema, "bulk": opts.initial,
-            "run_id": session.run_id, "action": a.as_dict(), "stage": result.stage,
-            "state": result.state, "photometry": photometry.rows_for(result.targetids)}
+    return WriteJob(opts.dsn, opts.schema, opts.initial, session.run_id, a, result.stage,
+                    result.state, photometry.rows_for(result.targetids))
 
 
-def _written_remotely(job: dict, result: Any, wave: Wave, opts: Options, session: Session,
-                      tally: Tally) -> None:
+def _written_remotely(job: WriteJob, result: Union[WriteResult, mpi.TaskFailure],
+                      wave: Wave, opts: Options, session: Session, tally: Tally) -> None:
     """The outcome of a writer rank's tile: counted, or its failure recorded."""
-    a = next(x for x in wave.actions if x.tileid == job["action"]["tileid"])
-    if isinstance(result, mpi.TaskFailure) and result.fatal:
-        raise DatabaseLost(result.message)
-    message = result.message if isinstance(result, mpi.TaskFailure) \
-        else result.get("error")
+    a = next(x for x in wave.actions if x.tileid == job.action.tileid)
+    if isinstance(result, mpi.TaskFailure):
+        if result.fatal:
+            raise DatabaseLost(result.message)
+        message, internal = result.message, result.internal
+    else:
+        message, internal = result.error, False
     if message:
-        internal = getattr(result, "internal", False)
         tally.fail(a.tileid, message, internal)
         tile_writer.record_failure(session.conn, opts.schema, a.tileid, message,
                                    session.run_id, internal, action=a)
         return
-    c = result["counts"]
-    wave.written.append(job["stage"])
+    c = result.counts
+    wave.written.append(job.stage)
     session.wrote = True
     tally.add_rows(c)
     get_logger().info("tile %d %s: %s", a.tileid, a.action,

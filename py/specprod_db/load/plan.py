@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from fractions import Fraction
 
@@ -70,9 +70,6 @@ class TileAction:
     full: bool = True
     #: fingerprints computed by the planner (recorded in tile_state after loading)
     state: dict = field(default_factory=dict)
-
-    def as_dict(self):
-        return asdict(self)
 
 
 #: The shape of an ``UPDATED`` value: desispec writes ``%Y-%m-%dT%H:%M:%S%z``

@@ -34,10 +34,11 @@ from stat import S_ISDIR
 
 import numpy as np
 
-from specprod_db.load import catalogs, fingerprints, refusals, writer_ranks
 from specprod_db import faults, ids, stage
 from specprod_db.errors import InputError, one_line
 from specprod_db.extract import afterburner, redshift, targetphot, tile, tractorphot, zpix
+from specprod_db.load import catalogs, fingerprints, refusals, writer_ranks
+from specprod_db.load.jobs import BrickJob, HealpixJob, TargetphotJob, TileJob
 from specprod_db.log import get_logger
 from specprod_db.schema import table as schema_table
 from specprod_db.stage import StageFile
@@ -127,18 +128,13 @@ def brick_input(targetphot_rows, targets, tileid):
     return out
 
 
-def extract_tile(job):
-    """Worker side of a tile task.
-
-    ``job``: ``action`` (a TileAction as a dict), ``paths``, ``stage_dir``, and
-    ``recorded`` (the fingerprints recorded for the tile, given when the plan's only
-    reason to UPDATE it is that its files' sizes or mtimes moved).
-    """
-    action, paths = job["action"], job["paths"]
-    tileid, line, full = action["tileid"], action["line"], action["full"]
+def extract_tile(job: TileJob) -> TileResult:
+    """Worker side of a tile task (:class:`~specprod_db.load.jobs.TileJob`)."""
+    action, paths = job.action, job.paths
+    tileid, line, full = action.tileid, action.line, action.full
     faults.hit("task", tileid)  # failure tests only (faults.py)
-    key = task_key("tile", line, action["state"], full)
-    out = stage.tile_file(job["stage_dir"], tileid)
+    key = task_key("tile", line, action.state, full)
+    out = stage.tile_file(job.stage_dir, tileid)
     if out.is_complete(key):
         get_logger().info("tile %d: reusing complete stage file %s", tileid, out.path)
         return _alone(job, _tile_result(tileid, out, out.info(), reused=True))
@@ -153,8 +149,8 @@ def extract_tile(job):
     # an unreadable file (any OSError: a directory in its place, a symlink loop, EACCES,
     # EIO) fails this tile here, naming it and the path
     read = {k: fingerprints.hashed(v, label=f"tile {tileid}") for k, v in files.items()}
-    state = dict(action["state"], **{k: fp.to_text() for k, fp in read.items()})
-    recorded = job.get("recorded")
+    state = dict(action.state, **{k: fp.to_text() for k, fp in read.items()})
+    recorded = job.recorded
     if recorded and all(fp.same_content(fingerprints.Fingerprint.from_text(recorded.get(k)))
                         for k, fp in read.items()):
         return TileResult(tileid, state=state, refresh=True)
@@ -209,15 +205,14 @@ def _not_a_directory(path):
     return None if S_ISDIR(st.st_mode) else "is not a directory"
 
 
-def _alone(job, result):
-    """A tile task run alone (``job["wave"]`` unset: not by the load's waves) reads its
+def _alone(job: TileJob, result: TileResult) -> TileResult:
+    """A tile task run alone (``job.wave`` False: not by the load's waves) reads its
     own catalogs (:func:`catalogs.read_in_process`) and assembles its targeting rows."""
-    if result.catalogs is None or job.get("wave"):
+    if result.catalogs is None or job.wave:
         return result
-    found = catalogs.read_in_process(result.catalogs, result.want, job["stage_dir"])
+    found = catalogs.read_in_process(result.catalogs, result.want, job.stage_dir)
     try:
-        assembled = assemble_targetphot({"tileid": result.tileid, "stage": result.stage,
-                                         "catalogs": found})
+        assembled = assemble_targetphot(TargetphotJob(result.tileid, result.stage, found))
     finally:
         for where in found.values():
             if "stage" in where:
@@ -248,22 +243,22 @@ def _tile_result(tileid, out, info, reused=False, brick_input=None, targetids=No
     return result
 
 
-def assemble_targetphot(job):
+def assemble_targetphot(job: TargetphotJob) -> TileResult:
     """Worker side of a targetphot task: a tile's targeting rows from the wave's catalog
     stages (:mod:`specprod_db.load.catalogs`).
 
-    ``job`` = dict(tileid, stage: the tile's stage file, written by its tile task with
-    its catalog plan, catalogs: file -> :func:`catalogs.staged`).  The target and
-    photometry rows and the brick input join the tile's stage file (rewritten whole, same
-    key), whose ``info`` then says the tile is complete.
+    ``job``: the tile's stage file, written by its tile task with its catalog plan, and
+    the catalog stages (file -> :func:`catalogs.staged`).  The target and photometry
+    rows and the brick input join the tile's stage file (rewritten whole, same key),
+    whose ``info`` then says the tile is complete.
     """
-    tileid, out = job["tileid"], job["stage"]
+    tileid, out = job.tileid, job.stage
     info, key = out.info(), out.key()
     pending = info.pop("targetphot")
     targets = out.aux("targets")
     tables = out.tables()
     stats = {}
-    read = catalogs.stage_reader(job["catalogs"], f"tile {tileid}")
+    read = catalogs.stage_reader(job.catalogs, f"tile {tileid}")
     tp = targetphot.assemble(tileid, pending["catalogs"], targets, read, stats)
     stats["targetid_mismatch"] = targetid_mismatches(tp)
     tables["target"] = targetphot.target_rows(tp, tileid, pending["survey"],
@@ -306,10 +301,11 @@ def targetid_mismatches(tp):
     return int(np.count_nonzero(bad))
 
 
-def extract_brick(job):
-    """Worker side of a brick task: a group of bricks, one stage file.
+def extract_brick(job: BrickJob) -> BrickResult:
+    """Worker side of a brick task (:class:`~specprod_db.load.jobs.BrickJob`): a group of
+    bricks, one stage file.
 
-    ``job`` = dict(group, targets (sorted by BRICKNAME), paths, stage_dir).  Each brick
+    Each brick
     is matched on its own: a brick whose tractor file is bad (missing where needed,
     unreadable, damaged: :class:`InputError`) is reported in ``failed`` (brick ->
     message naming brick and file) and the task goes on with its other bricks, which
@@ -320,14 +316,14 @@ def extract_brick(job):
     failed brick is written with its failures but never reused, so a repaired file is
     read by the next run.
     """
-    group, targets, paths = job["group"], job["targets"], job["paths"]
+    group, targets, paths = job.group, job.targets, job.paths
     bricks, starts = np.unique(targets["BRICKNAME"], return_index=True)
     names = [b.decode() for b in bricks]
     tractor = fingerprints.stat([(f"{region}/{b}", paths.tractor_file(region, b))
                                  for b in names for region in ("north", "south")])
     key = task_key("bricks", group, targets["BRICKNAME"].tolist(),
                    targets["TARGETID"].tolist(), tractor.to_text())
-    out = stage.brick_file(job["stage_dir"], group)
+    out = stage.brick_file(job.stage_dir, group)
     if out.is_complete(key):
         info = out.info()
         if not info.get("failed"):
@@ -372,15 +368,15 @@ def healpix_stage(stage_dir, name):
     return StageFile(os.path.join(stage_dir, f"healpix-{name}.h5"))
 
 
-def extract_healpix(job):
-    """Worker side of a HEALPix task: one HEALPix redrock file, one stage file.
+def extract_healpix(job: HealpixJob) -> HealpixResult:
+    """Worker side of a HEALPix task (:class:`~specprod_db.load.jobs.HealpixJob`): one
+    HEALPix redrock file, one stage file.
 
-    ``job`` = dict(survey, program, healpix, paths, stage_dir).  The key covers the
-    file's name, size and mtime (a static production does not change; a file that moves
-    while it is read fails the task, and the next run reads it again).
+    The key covers the file's name, size and mtime (a static production does not change;
+    a file that moves while it is read fails the task, and the next run reads it again).
     """
-    survey, program, pixel = job["survey"], job["program"], int(job["healpix"])
-    paths = job["paths"]
+    survey, program, pixel = job.survey, job.program, int(job.healpix)
+    paths = job.paths
     name = zpix.healpix_name(survey, program, pixel)
     faults.hit("healpix")  # failure tests only (faults.py)
     files = zpix.files_of(paths, survey, program, pixel)
@@ -391,7 +387,7 @@ def extract_healpix(job):
         raise InputError(f"healpix {name}: {dict(files).get(f.name) or f.name}: cannot be "
                          f"read: {f.error}")
     key = task_key("healpix", name, before.to_text())
-    out = healpix_stage(job["stage_dir"], name)
+    out = healpix_stage(job.stage_dir, name)
     if out.is_complete(key):
         info = out.info()
         return HealpixResult(name, out, rows=info.get("rows", 0), reused=True,

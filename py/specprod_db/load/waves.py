@@ -21,6 +21,7 @@ import numpy as np
 from specprod_db import faults, mpi
 from specprod_db.extract import redshift, targetphot as extract_targetphot
 from specprod_db.load import bricks, catalogs, fingerprints, tile_writer
+from specprod_db.load.jobs import TargetphotJob, TileJob
 from specprod_db.load.plan import UPDATE, TileAction
 from specprod_db.load.prepare import Options, Plan, Session
 from specprod_db.load.tally import Tally
@@ -56,16 +57,18 @@ def start_progress(tally: Tally, tiles: int) -> None:
     tally.progress["tile"].total = tiles
 
 
-def tile_job(action: TileAction, opts: Options, session: Session, plan: Plan) -> dict:
-    """The task of one tile (:func:`specprod_db.load.tasks.extract_tile`)."""
-    job = {"action": action.as_dict(), "paths": opts.paths, "stage_dir": session.stage_dir}
+def tile_job(action: TileAction, opts: Options, session: Session, plan: Plan,
+             wave: bool = False) -> TileJob:
+    """The task of one tile (:func:`specprod_db.load.tasks.extract_tile`); ``wave``: run
+    by the load's waves (its catalogs read by the wave's catalog tasks)."""
+    job = TileJob(action, opts.paths, session.stage_dir, wave=wave)
     old = plan.state.get(action.tileid) or {}
     # an UPDATE planned only because files' sizes/mtimes moved: the worker compares
     # their contents with the recorded ones and refreshes the state if they are equal
     if action.action == UPDATE and old.get("status") == "loaded" and all(
             old.get(k) == action.state.get(k) for k in ("tile_hash", "exposures_hash")):
-        job["recorded"] = {k: old.get(k) for k in ("redrock_fingerprint",
-                                                   "fiberassign_fingerprint")}
+        job.recorded = {k: old.get(k) for k in ("redrock_fingerprint",
+                                                "fiberassign_fingerprint")}
     return job
 
 
@@ -73,7 +76,7 @@ def submit_tiles(dispatcher: mpi.Dispatcher, wave: Wave, opts: Options, session:
                  plan: Plan, tally: Tally) -> mpi.Batch:
     """Queue a wave's tile tasks, largest fiberassign file first; their catalogs are read
     by the wave's catalog tasks (:func:`targetphot`)."""
-    jobs = [dict(tile_job(a, opts, session, plan), wave=True) for a in wave.actions]
+    jobs = [tile_job(a, opts, session, plan, wave=True) for a in wave.actions]
     return dispatcher.submit("tile", jobs, size=tile_size, progress=tally.progress["tile"])
 
 
@@ -83,7 +86,7 @@ def collect_tiles(dispatcher: mpi.Dispatcher, batch: mpi.Batch, wave: Wave, sess
     once its rows are complete (targeting rows assembled)."""
     log = get_logger()
     for job, result in dispatcher.wait(batch):
-        tileid = job["tileid"] if "tileid" in job else job["action"]["tileid"]
+        tileid = job.tileid  # a TileJob or a TargetphotJob
         if isinstance(result, mpi.TaskFailure):
             tally.fail(tileid, result.message, result.internal)
             continue
@@ -118,12 +121,12 @@ def targetphot(dispatcher: mpi.Dispatcher, wave: Wave, session: Session, plan: P
     tally.progress["catalog"].total += len(jobs)
     read = dispatcher.map("catalog", jobs, size=catalogs.job_size,
                           progress=tally.progress["catalog"])
-    found = {job["path"]: catalogs.staged(job, result) for job, result in read}
+    found = {job.path: catalogs.staged(job, result) for job, result in read}
     tally.progress["targetphot"].total += len(pending)
     batch = dispatcher.submit("targetphot", [
-        {"tileid": r.tileid, "stage": r.stage,
-         "catalogs": {f: found[f] for f, _ in extract_targetphot.plan_files(r.catalogs)}}
-        for r in pending], size=lambda job: len(job["catalogs"]),
+        TargetphotJob(r.tileid, r.stage,
+                      {f: found[f] for f, _ in extract_targetphot.plan_files(r.catalogs)})
+        for r in pending], size=lambda job: len(job.catalogs),
         progress=tally.progress["targetphot"])
     collect_tiles(dispatcher, batch, wave, session, plan, tally)
     catalogs.remove(result for _, result in read)
@@ -152,7 +155,7 @@ def submit_bricks(dispatcher: mpi.Dispatcher, wave: Wave, opts: Options, session
     jobs, wave.tiles_of_brick = bricks.brick_jobs(
         session.conn, opts.schema, opts.paths, session.stage_dir, staged)
     tally.progress["brick"].total += len(jobs)
-    return dispatcher.submit("brick", jobs, size=lambda job: len(job["targets"]),
+    return dispatcher.submit("brick", jobs, size=lambda job: len(job.targets),
                              progress=tally.progress["brick"])
 
 
@@ -163,8 +166,8 @@ def collect_bricks(dispatcher: mpi.Dispatcher, batch: mpi.Batch, wave: Wave,
     only a whole task that failed fails every tile needing one of its bricks."""
     for job, result in dispatcher.wait(batch):
         if isinstance(result, mpi.TaskFailure):
-            failed = {b.decode(): f"brick task {job['group']}: {result.message}"
-                      for b in np.unique(job["targets"]["BRICKNAME"])}
+            failed = {b.decode(): f"brick task {job.group}: {result.message}"
+                      for b in np.unique(job.targets["BRICKNAME"])}
             internal = set(failed) if result.internal else set()
         else:
             failed, internal = result.failed, set(result.internal)
@@ -178,11 +181,11 @@ def collect_bricks(dispatcher: mpi.Dispatcher, batch: mpi.Batch, wave: Wave,
     batch.results.clear()
 
 
-def tile_size(job: dict) -> int:
+def tile_size(job: TileJob) -> int:
     """The expected cost of a tile task: its fiberassign file's size for a full
     extraction (0 otherwise), from the planner's stat."""
-    if not job["action"]["full"]:
+    if not job.action.full:
         return 0
-    fp = fingerprints.Fingerprint.from_text(job["action"]["state"].get(
+    fp = fingerprints.Fingerprint.from_text(job.action.state.get(
         "fiberassign_fingerprint"))
     return sum(f.size or 0 for f in fp.files) if fp else 0

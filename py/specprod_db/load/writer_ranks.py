@@ -23,12 +23,15 @@ What makes concurrent transactions safe:
   are ordinary (unlogged) tables of the schema, visible to every writer's session,
   dropped at the end of the run (and at the start of the next, after a crash).
 """
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
 import psycopg2
 from psycopg2 import sql
 
 from specprod_db.db.connect import bulk_session, connect, server_stop
 from specprod_db.errors import one_line
-from specprod_db.load.plan import TileAction
+from specprod_db.load.jobs import WriteJob
 
 #: This process's connection, per (conninfo, schema, bulk).
 _session = {}
@@ -65,36 +68,44 @@ def drop_shared(conn, schema_name):
     conn.commit()
 
 
-def _connection(job):
-    key = (job["dsn"], job["schema"], job["bulk"])
+def _connection(job: WriteJob) -> Any:
+    key = (job.dsn, job.schema, job.bulk)
     conn = _session.get(key)
     if conn is None or conn.closed:
-        conn = connect(job["dsn"])
-        if job["bulk"]:
+        conn = connect(job.dsn)
+        if job.bulk:
             bulk_session(conn)
         _session.clear()
         _session[key] = conn
     return conn
 
 
-def write_task(job):
-    """A writer rank's task: load one tile; returns ``{"counts"}`` or ``{"error"}``
-    (the database refused the rows: the tile fails, the run goes on).  A lost
-    connection raises :class:`DatabaseLost`, which stops the run."""
+@dataclass
+class WriteResult:
+    """A write task's outcome: the rows written (table -> count), or why the database
+    refused them (``error``: the tile fails, the run goes on)."""
+    counts: dict[str, int] = field(default_factory=dict)
+    error: Optional[str] = None
+
+
+def write_task(job: WriteJob) -> WriteResult:
+    """A writer rank's task: load one tile (:class:`~specprod_db.load.jobs.WriteJob`).
+    A lost connection raises :class:`~specprod_db.errors.DatabaseLost`, which stops the
+    run."""
     from specprod_db.load import tile_writer
     conn = _connection(job)
-    action = TileAction(**job["action"])
-    tables = job["stage"].tables()
+    action = job.action
+    tables = job.stage.tables()
     tables.pop("photometry", None)  # the wave's rows come with the task
     try:
         counts = tile_writer.write_tile(
-            conn, job["schema"], action, tables, job["state"], job["run_id"],
-            [job["photometry"]], keep=shared_table(job["schema"], job["run_id"], "keep"),
-            primary=False, touched_into=shared_table(job["schema"], job["run_id"], "touched"))
+            conn, job.schema, action, tables, job.state, job.run_id,
+            [job.photometry], keep=shared_table(job.schema, job.run_id, "keep"),
+            primary=False, touched_into=shared_table(job.schema, job.run_id, "touched"))
     except psycopg2.Error as err:
         stop = server_stop(err, conn, f"writing tile {action.tileid}")
         if stop is not None:  # cancelled, timed out, connection lost: the run stops
             raise stop from None
-        return {"error": f"tile {action.tileid}: the database refused its rows: "
-                         f"{one_line(err)}"}
-    return {"counts": counts}
+        return WriteResult(error=f"tile {action.tileid}: the database refused its rows: "
+                                 f"{one_line(err)}")
+    return WriteResult(counts)

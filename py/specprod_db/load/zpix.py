@@ -15,6 +15,7 @@ from specprod_db.db.connect import server_stop
 from specprod_db.errors import InputError, one_line
 from specprod_db.extract import redshift, zpix
 from specprod_db.load import tasks, tile_writer
+from specprod_db.load.jobs import HealpixJob
 from specprod_db.load.prepare import Options, Session
 from specprod_db.load.tally import Tally
 from specprod_db.log import get_logger
@@ -43,10 +44,9 @@ def load(dispatcher: mpi.Dispatcher, opts: Options, session: Session, tally: Tal
     if not todo:
         return
     sizes = {f[:3]: os.path.getsize(f[3]) for f in todo}
-    jobs = [{"survey": s, "program": p, "healpix": h, "paths": opts.paths,
-             "stage_dir": session.stage_dir} for s, p, h, _ in todo]
+    jobs = [HealpixJob(s, p, h, opts.paths, session.stage_dir) for s, p, h, _ in todo]
     batch = dispatcher.submit("healpix", jobs, progress=mpi.Progress("healpix", len(jobs)),
-                              size=lambda j: sizes[(j["survey"], j["program"], j["healpix"])])
+                              size=lambda j: sizes[(j.survey, j.program, j.healpix)])
     done = 0
     while done < batch.n:
         if done == len(batch.results):
@@ -55,7 +55,7 @@ def load(dispatcher: mpi.Dispatcher, opts: Options, session: Session, tally: Tal
         job, result = batch.results[done]
         batch.results[done] = None  # the root keeps one file's rows at a time
         done += 1
-        name = zpix.healpix_name(job["survey"], job["program"], job["healpix"])
+        name = job.name
         if isinstance(result, mpi.TaskFailure):
             tally.fail_healpix(name, result.message)
             continue
@@ -63,9 +63,9 @@ def load(dispatcher: mpi.Dispatcher, opts: Options, session: Session, tally: Tal
         if mismatch:  # the computed DESINAME is loaded, never the file's
             tally.warn("desiname_mismatch", mismatch[0], "healpix %s: %s", name, mismatch[1])
         try:
-            c = tile_writer.write_healpix(conn, opts.schema, job["survey"], job["program"],
-                                     job["healpix"], result.stage.tables(("zpix",))["zpix"],
-                                     primary=not session.rebuild)
+            c = tile_writer.write_healpix(conn, opts.schema, job.survey, job.program,
+                                          job.healpix, result.stage.tables(("zpix",))["zpix"],
+                                          primary=not session.rebuild)
         except InputError as err:
             tally.fail_healpix(name, one_line(err))
             continue
