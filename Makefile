@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: env pg db test docs demo clean-db
+.PHONY: env pg db test typecheck docs demo clean-db
 
 env: $(STAMP)
 
@@ -28,9 +28,16 @@ pg:
 db: env pg
 	$(VPY) -m specprod_db.devdb.pgcluster ensure
 
-test: db docs
+test: db docs typecheck
 	bash etc/ensure-chromium.sh
 	$(VPY) -m pytest $(PYTEST_ARGS)
+
+# mypy (setup.cfg [mypy]) on the modules whose annotations are complete; a module joins
+# MYPY_PATHS when it passes (and its setup.cfg section says disallow_untyped_defs).
+MYPY_PATHS := py/specprod_db/db py/specprod_db/stage.py py/specprod_db/schema.py \
+	py/specprod_db/errors.py
+typecheck: env
+	$(VENV)/bin/mypy $(MYPY_PATHS)
 
 # The Sphinx documentation, warnings as errors (doc/index.rst; open doc/_build/html/index.html).
 docs: env

@@ -33,7 +33,7 @@ EXIT_INTERNAL = 4
 class SpecprodDBError(Exception):
     """Base of the errors specprod-db raises on purpose; ``exit_code`` is the status."""
 
-    exit_code = EXIT_FAILED
+    exit_code: int = EXIT_FAILED
 
 
 class InputError(SpecprodDBError):
@@ -87,7 +87,7 @@ class DatabaseLost(SpecprodDBError):
     exit_code = EXIT_INTERRUPTED
 
 
-def one_line(err):
+def one_line(err: BaseException) -> str:
     """``err`` as one line: its message with whitespace runs folded, prefixed by the
     exception's class name unless it is one of ours (whose messages say what failed)."""
     message = " ".join(str(err).split())

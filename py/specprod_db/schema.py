@@ -3,7 +3,8 @@
 This module is the only place where table columns are listed.  The same declaration
 drives:
 
-* the DDL (``db.create_tables``: ``CREATE TABLE``, keys, indexes, q3c indexes);
+* the DDL (:func:`specprod_db.db.ddl.create_schema`: ``CREATE TABLE``, keys, indexes,
+  q3c indexes);
 * the numpy dtypes of the HDF5 stage files (``Table.dtype``);
 * the column order of the binary COPY (``Table.names``).
 
@@ -30,7 +31,7 @@ import numpy as np
 #: composite ids are 128-bit unsigned integers, staged as two big-endian-ordered
 #: uint64 words (high, low); ``timestamptz`` is staged as int64 microseconds since
 #: 2000-01-01T00:00:00 UTC, the PostgreSQL epoch.
-PG_TO_NUMPY = {
+PG_TO_NUMPY: dict[str, np.dtype] = {
     "smallint": np.dtype("i2"),
     "integer": np.dtype("i4"),
     "serial": np.dtype("i4"),
@@ -56,7 +57,7 @@ class Column:
     pgtype: str
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         """numpy dtype of this column in stage files and COPY buffers."""
         if self.pgtype.startswith("varchar"):
             width = self.pgtype[8:-1] if "(" in self.pgtype else UNBOUNDED_VARCHAR_WIDTH
@@ -66,7 +67,8 @@ class Column:
         return PG_TO_NUMPY[self.pgtype]
 
     @property
-    def ddl_type(self):
+    def ddl_type(self) -> str:
+        """The type in DDL (``character varying(N)`` for ``varcharN``)."""
         if self.pgtype.startswith("varchar"):
             return self.pgtype.replace("varchar", "character varying")
         return self.pgtype
@@ -107,19 +109,20 @@ class Table:
     """
     name: str
     spec: str
-    primary_key: tuple
-    unique: tuple = ()
-    indexes: tuple = ()
-    foreign_keys: dict = field(default_factory=dict)
-    q3c: tuple = ()
-    unique_columns: tuple = ()
-    nullable: tuple = ()
+    primary_key: tuple[str, ...]
+    unique: tuple[str, ...] = ()
+    indexes: tuple[str, ...] = ()
+    foreign_keys: dict[str, str] = field(default_factory=dict)
+    q3c: tuple[str, ...] = ()
+    unique_columns: tuple[str, ...] = ()
+    nullable: tuple[str, ...] = ()
     bookkeeping: bool = False
-    tile_input: str = None
+    tile_input: str | None = None
 
     @cached_property
-    def columns(self):
-        cols = []
+    def columns(self) -> tuple[Column, ...]:
+        """The columns, in table order, from :attr:`spec`."""
+        cols: list[Column] = []
         for line in self.spec.strip().splitlines():
             pgtype, names = line.split(":")
             pgtype = _ABBREVIATIONS.get(pgtype.strip(), pgtype.strip())
@@ -127,22 +130,23 @@ class Table:
         return tuple(cols)
 
     @cached_property
-    def names(self):
+    def names(self) -> tuple[str, ...]:
         """Column names in table (and COPY) order."""
         return tuple(c.name for c in self.columns)
 
-    def column(self, name):
+    def column(self, name: str) -> Column:
+        """The column called ``name`` (KeyError when there is none)."""
         for c in self.columns:
             if c.name == name:
                 return c
         raise KeyError(f"{self.name} has no column {name!r}")
 
     @cached_property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         """numpy structured dtype of one row, in column order."""
         return np.dtype([(c.name, c.dtype) for c in self.columns])
 
-    def empty(self, n=0):
+    def empty(self, n: int = 0) -> np.ndarray:
         """A zero-filled structured array of ``n`` rows."""
         return np.zeros(n, dtype=self.dtype)
 
@@ -475,13 +479,14 @@ DATA_TABLES = tuple(t for t in TABLES if not t.bookkeeping)
 WIDENED_PROGRAM_COLUMNS = {(t.name, "program") for t in DATA_TABLES if "program" in t.names}
 
 
-def tile_tables(full=True):
+def tile_tables(full: bool = True) -> tuple[Table, ...]:
     """The tables holding a tile's rows, parents before children (the insert order; the
     delete order is its reverse).  Without ``full``: those an UPDATE that keeps the
     fiberassign file replaces (all but the ``fiberassign`` ones)."""
     owned = [t for t in TABLES if t.tile_input and (full or t.tile_input != "fiberassign")]
     names = {t.name for t in owned}
-    ordered, placed = [], set()
+    ordered: list[Table] = []
+    placed: set[str] = set()
     while len(ordered) < len(owned):
         ready = [t for t in owned if t.name not in placed and
                  ({ref.split(".")[0] for ref in t.foreign_keys.values()} & names)
@@ -493,13 +498,13 @@ def tile_tables(full=True):
     return tuple(ordered)
 
 
-def referencing(name):
+def referencing(name: str) -> list[tuple[Table, str]]:
     """``[(table, column)]`` of every foreign key that references table ``name``."""
     return [(t, col) for t in TABLES for col, ref in t.foreign_keys.items()
             if ref.split(".")[0] == name]
 
 
-def table(name):
+def table(name: str) -> Table:
     """The Table called ``name``."""
     try:
         return BY_NAME[name]

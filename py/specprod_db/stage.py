@@ -20,6 +20,8 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -31,8 +33,9 @@ from specprod_db.schema import table as schema_table
 FORMAT_VERSION = 1
 
 
-def check_directory(path, need_bytes=0):
-    """Create ``path`` if needed; fail before anything is written if unusable."""
+def check_directory(path: str, need_bytes: int = 0) -> int:
+    """Create ``path`` if needed; fail before anything is written if unusable.  Returns
+    the free bytes there."""
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".probe-{os.getpid()}")
@@ -144,7 +147,7 @@ def claim(stage_dir: str, database: str, schema_name: str) -> None:
                          f"its own --stage-dir")
 
 
-def _read_claim(stage_dir, path):
+def _read_claim(stage_dir: str, path: str) -> dict[str, str] | None:
     """The claim in ``path`` (a dict with ``database`` and ``schema``), None when there is
     none; :class:`StageError` when it cannot be read or is not such an object."""
     end = time.monotonic() + _CLAIM_WAIT
@@ -174,7 +177,7 @@ def _read_claim(stage_dir, path):
     return {"database": owner["database"], "schema": owner["schema"]}
 
 
-def _create_claim(stage_dir, path, mine):
+def _create_claim(stage_dir: str, path: str, mine: dict[str, str]) -> bool:
     """Create ``path`` holding ``mine`` unless it exists; True when this call created it."""
     data = json.dumps(mine).encode()
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
@@ -206,11 +209,13 @@ def _create_claim(stage_dir, path, mine):
         _remove_quietly(tmp)
 
 
-def tile_file(stage_dir, tileid):
+def tile_file(stage_dir: str, tileid: int) -> "StageFile":
+    """The stage file of a tile task."""
     return StageFile(os.path.join(stage_dir, f"tile-{int(tileid)}.h5"))
 
 
-def brick_file(stage_dir, group):
+def brick_file(stage_dir: str, group: str) -> "StageFile":
+    """The stage file of a brick task (``group``: its brick name)."""
     return StageFile(os.path.join(stage_dir, f"brick-{group}.h5"))
 
 
@@ -218,16 +223,18 @@ class StageFile:
     """One task's stage file: its tables (schema dtypes), auxiliary arrays under
     ``aux/`` (e.g. the brick input), a small JSON ``info`` and the task ``key``."""
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         self.path = path
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"StageFile({self.path!r})"
 
-    def __reduce__(self):  # sent between ranks as its path only
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # sent between ranks as its path only
         return (StageFile, (self.path,))
 
-    def write(self, tables, key, extra=None, info=None):
+    def write(self, tables: Mapping[str, np.ndarray], key: str,
+              extra: Mapping[str, np.ndarray] | None = None,
+              info: Mapping[str, Any] | None = None) -> "StageFile":
         """Write ``tables`` (name -> structured array of that table's dtype), ``extra``
         arrays (``aux/NAME``) and ``info``; complete only once renamed into place."""
         tmp = f"{self.path}.tmp-{os.getpid()}"
@@ -256,7 +263,7 @@ class StageFile:
             raise
         return self
 
-    def is_complete(self, key):
+    def is_complete(self, key: str) -> bool:
         """True when the file is whole, of this format, and made for ``key``."""
         if not os.path.exists(self.path):
             return False
@@ -267,42 +274,44 @@ class StageFile:
         except (OSError, KeyError):
             return False
 
-    def tables(self, names=None):
+    def tables(self, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """Table name -> structured array (every table, or those of ``names``)."""
         with h5py.File(self.path, "r") as f:
             return {name: f[name][()] for name in f
                     if name != "aux" and (names is None or name in names)}
 
-    def brick_input(self):
+    def brick_input(self) -> np.ndarray | None:
         """The brick-task input staged with a tile (None when there is none)."""
         return self.aux("brick_input")
 
-    def aux(self, name):
+    def aux(self, name: str) -> np.ndarray | None:
         """Auxiliary array ``aux/NAME`` (None when there is none)."""
         with h5py.File(self.path, "r") as f:
             return f[f"aux/{name}"][()] if f"aux/{name}" in f else None
 
-    def key(self):
+    def key(self) -> str | None:
         """The task key the file was written for."""
         with h5py.File(self.path, "r") as f:
             return f.attrs.get("key")
 
-    def targetids(self):
+    def targetids(self) -> np.ndarray:
         """Sorted unique TARGETIDs referenced by the file's tables."""
         with h5py.File(self.path, "r") as f:
             parts = [f[name]["targetid"] for name in f
                      if name != "aux" and "targetid" in f[name].dtype.names]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
+        """The file's ``info`` (JSON)."""
         with h5py.File(self.path, "r") as f:
             return json.loads(f.attrs.get("info", "{}"))
 
-    def remove(self):
+    def remove(self) -> None:
+        """Remove the file (nothing when it is not there)."""
         _remove_quietly(self.path)
 
 
-def _os_reason(err):
+def _os_reason(err: OSError) -> str:
     """An OSError's reason in one line; a full disk or quota says what to do."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"{os.strerror(err.errno)} (the stage directory's disk or quota is full: "
@@ -310,21 +319,22 @@ def _os_reason(err):
     return " ".join((err.strerror or str(err)).split())
 
 
-def _remove_quietly(path):
+def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
     except FileNotFoundError:
         pass
 
 
-def write_manifest(stage_dir, manifest):
+def write_manifest(stage_dir: str, manifest: Mapping[str, Any]) -> None:
+    """Write ``manifest.json`` (atomically: written aside, then renamed)."""
     tmp = os.path.join(stage_dir, f".manifest.json.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True, default=_jsonable)
     os.replace(tmp, os.path.join(stage_dir, "manifest.json"))
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(type(value))
@@ -337,7 +347,7 @@ def cleanup_temporaries(stage_dir: str) -> int:
     return _remove(stage_dir, lambda n: _TEMPORARY.fullmatch(n) is not None)
 
 
-def remove_stale_tiles(stage_dir, tileids):
+def remove_stale_tiles(stage_dir: str, tileids: Iterable[int]) -> int:
     """Remove tile stage files of tiles this run does not extract (left by a crashed run
     for tiles since committed or no longer planned); returns how many."""
     keep = {os.path.basename(tile_file(stage_dir, t).path) for t in tileids}
@@ -345,18 +355,18 @@ def remove_stale_tiles(stage_dir, tileids):
                    and n not in keep)
 
 
-def remove_bricks(stage_dir):
+def remove_bricks(stage_dir: str) -> int:
     """Remove every brick stage file (after a run where no tile failed)."""
     return _remove(stage_dir, lambda n: n.startswith("brick-") and n.endswith(".h5"))
 
 
-def remove_catalogs(stage_dir):
+def remove_catalogs(stage_dir: str) -> int:
     """Remove every catalog stage file (:mod:`specprod_db.load.catalogs`; at the end of a
     run: a rerun's waves want other rows)."""
     return _remove(stage_dir, lambda n: n.startswith("catalog-") and n.endswith(".h5"))
 
 
-def _remove(stage_dir, match):
+def _remove(stage_dir: str, match: Callable[[str], bool]) -> int:
     """Remove the regular files of ``stage_dir`` whose names ``match`` (never a
     directory, nor what a symlink points to: the link itself)."""
     removed = 0

@@ -5,12 +5,13 @@ Connections go through libpq (psycopg2): ``--db`` conninfo or URI, else the stan
 """
 import os
 import time
+from typing import Any
 
 import psycopg2
-from psycopg2.extensions import STATUS_IN_TRANSACTION, parse_dsn
+from psycopg2.extensions import STATUS_IN_TRANSACTION, connection, parse_dsn
 
 from specprod_db.conninfo import mask, scrub
-from specprod_db.db.sql import reading, transaction
+from specprod_db.db.sql import fetch_one, reading, transaction
 from specprod_db.errors import ConnectionFailed, DatabaseLost, ExtensionMissing
 from specprod_db.log import get_logger
 
@@ -18,14 +19,14 @@ from specprod_db.log import get_logger
 DSN_ENV = "SPECPROD_DB_DSN"
 
 
-def resolve_dsn(dsn=None):
+def resolve_dsn(dsn: str | None = None) -> str:
     """The conninfo to use: ``dsn``, else ``$SPECPROD_DB_DSN``, else '' (libpq's PG*)."""
     if dsn:
         return dsn
     return os.environ.get(DSN_ENV, "")
 
 
-def describe(dsn):
+def describe(dsn: str | None) -> dict[str, str]:
     """host/port/database/user that libpq will use for ``dsn``, for messages (never the
     password; ``conninfo`` is ``dsn`` masked with :func:`specprod_db.conninfo.mask`)."""
     try:
@@ -44,7 +45,7 @@ def describe(dsn):
     return described
 
 
-def _login():
+def _login() -> str:
     try:
         import pwd
         return pwd.getpwuid(os.getuid()).pw_name
@@ -52,22 +53,22 @@ def _login():
         return "?"
 
 
-class Connection(psycopg2.extensions.connection):
+class Connection(connection):
     """A psycopg2 connection that remembers its conninfo (never shown) and when it was
     opened, so that :func:`server_stop` can ask the server why it closed it."""
 
-    def __init__(self, dsn, *args, **kwargs):
+    def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(dsn, *args, **kwargs)
         self.conninfo = dsn
         self.opened_at = time.time()
 
 
-def connect(dsn=None, application_name="specprod-db"):
+def connect(dsn: str | None = None, application_name: str = "specprod-db") -> Connection:
     """A psycopg2 connection, or :class:`ConnectionFailed` with one clear line."""
     dsn = resolve_dsn(dsn)
     try:
-        conn = psycopg2.connect(dsn, application_name=application_name,
-                                connection_factory=Connection)
+        conn: Connection = psycopg2.connect(dsn, application_name=application_name,
+                                            connection_factory=Connection)
     except psycopg2.Error as err:
         d = describe(dsn)
         # libpq's message may quote the piece of the conninfo it could not parse
@@ -101,7 +102,8 @@ _LOST_WORDS = ("server closed the connection", "connection already closed",
                "no connection to the server", "connection not open")
 
 
-def server_stop(err: BaseException, conn=None, doing: str = "") -> "DatabaseLost | None":
+def server_stop(err: BaseException, conn: connection | None = None,
+                doing: str = "") -> DatabaseLost | None:
     """The :class:`~specprod_db.errors.DatabaseLost` (exit 3) that ``err`` means when it is
     the database stopping the work, else None (the server refused a statement: its data, a
     permission, a constraint ...).
@@ -118,8 +120,9 @@ def server_stop(err: BaseException, conn=None, doing: str = "") -> "DatabaseLost
     """
     if not isinstance(err, psycopg2.Error):
         return None
-    if conn is None and getattr(err, "cursor", None) is not None:
-        conn = err.cursor.connection
+    cur = getattr(err, "cursor", None)
+    if conn is None and cur is not None:
+        conn = cur.connection
     code = err.pgcode or ""
     text = " ".join(str(err).split())
     closed = bool(conn is not None and conn.closed)
@@ -139,7 +142,7 @@ def server_stop(err: BaseException, conn=None, doing: str = "") -> "DatabaseLost
     return DatabaseLost(f"{what}{' while ' + doing if doing else ''}: {cause}")
 
 
-def _setting(conn, name):
+def _setting(conn: connection | None, name: str) -> str:
     """`` = VALUE`` of the setting ``name`` in ``conn``'s session (rolled back first: the
     transaction failed), or '' when it cannot be read."""
     if conn is None or conn.closed:
@@ -147,13 +150,13 @@ def _setting(conn, name):
     try:
         with reading(conn, fresh=True) as cur:
             cur.execute("SELECT current_setting(%s)", (name,))
-            value = cur.fetchone()[0]
+            value = fetch_one(cur)[0]
         return f" = {value}"
     except psycopg2.Error:
         return ""
 
 
-def _cancel_cause(text, conn):
+def _cancel_cause(text: str, conn: connection | None) -> str:
     if "statement timeout" in text:
         return (f"statement_timeout{_setting(conn, 'statement_timeout')} expired (set it "
                 "higher or to 0 for the loading role: ALTER ROLE ... SET statement_timeout, "
@@ -164,7 +167,7 @@ def _cancel_cause(text, conn):
     return text
 
 
-def _closed_cause(conn, text):
+def _closed_cause(conn: connection | None, text: str) -> str:
     """Why the server closed ``conn``, as far as a second connection can tell: a restart
     (the server started after ``conn`` was opened), or the idle timeout matching what the
     session was doing (in a transaction or not)."""
@@ -182,7 +185,7 @@ def _closed_cause(conn, text):
             cur.execute("SELECT extract(epoch FROM pg_postmaster_start_time()), "
                         "current_setting('idle_in_transaction_session_timeout'), "
                         "current_setting('idle_session_timeout')")
-            started, idle_in_transaction, idle = cur.fetchone()
+            started, idle_in_transaction, idle = fetch_one(cur)
     except psycopg2.Error:
         return text
     finally:
@@ -203,13 +206,14 @@ def _closed_cause(conn, text):
             "e.g. by pg_terminate_backend, or the network failed)")
 
 
-def schema_exists(conn, schema_name):
+def schema_exists(conn: connection, schema_name: str) -> bool:
+    """True when the schema exists (in the caller's transaction)."""
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema_name,))
         return cur.fetchone() is not None
 
 
-def ensure_q3c(conn):
+def ensure_q3c(conn: connection) -> None:
     """``CREATE EXTENSION IF NOT EXISTS q3c``; :class:`ExtensionMissing` when impossible.
 
     Runs in the caller's transaction (:func:`specprod_db.db.sql.transaction`, which
@@ -235,7 +239,7 @@ def ensure_q3c(conn):
 BULK_SESSION = {"synchronous_commit": "off", "maintenance_work_mem": "1GB"}
 
 
-def bulk_session(conn):
+def bulk_session(conn: connection) -> None:
     """Apply :data:`BULK_SESSION` to this connection's session."""
     with transaction(conn) as cur:
         for name, value in BULK_SESSION.items():

@@ -5,7 +5,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection
 
 from specprod_db.db.connect import ensure_q3c, schema_exists
-from specprod_db.db.sql import qualified, reading, transaction
+from specprod_db.db.sql import fetch_one, qualified, reading, transaction
 from specprod_db.log import get_logger
 from specprod_db.schema import DATA_TABLES, TABLES, Table
 
@@ -19,12 +19,12 @@ def create_table_sql(table: Table, schema_name: str) -> sql.Composed:
                                                sql.SQL(col.ddl_type), null))
     parts.append(sql.SQL("PRIMARY KEY ({})").format(
         sql.SQL(", ").join(map(sql.Identifier, table.primary_key))))
-    for col in table.unique_columns:
-        parts.append(sql.SQL("UNIQUE ({})").format(sql.Identifier(col)))
-    for col, ref in table.foreign_keys.items():
+    for name in table.unique_columns:
+        parts.append(sql.SQL("UNIQUE ({})").format(sql.Identifier(name)))
+    for name, ref in table.foreign_keys.items():
         rtable, rcol = ref.split(".")
         parts.append(sql.SQL("FOREIGN KEY ({}) REFERENCES {} ({})").format(
-            sql.Identifier(col), qualified(schema_name, rtable), sql.Identifier(rcol)))
+            sql.Identifier(name), qualified(schema_name, rtable), sql.Identifier(rcol)))
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} (\n  {}\n)").format(
         qualified(schema_name, table.name), sql.SQL(",\n  ").join(parts))
 
@@ -103,7 +103,7 @@ def create_schema(conn: connection, schema_name: str, overwrite: bool = False) -
             cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                 sql.Identifier(schema_name)))
         cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema_name,))
-        before = cur.fetchone()[0]
+        before = fetch_one(cur)[0]
         # not CREATE SCHEMA IF NOT EXISTS on an existing schema: PostgreSQL checks the
         # database's CREATE privilege first, which a role owning the schema may lack
         if overwrite or not schema_exists(conn, schema_name):
@@ -114,7 +114,7 @@ def create_schema(conn: connection, schema_name: str, overwrite: bool = False) -
             for statement in index_sql(table, schema_name):
                 cur.execute(statement)
         cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema_name,))
-        after = cur.fetchone()[0]
+        after = fetch_one(cur)[0]
     return after > before
 
 

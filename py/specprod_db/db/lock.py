@@ -12,7 +12,7 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import connection
 
-from specprod_db.db.sql import qualified, reading
+from specprod_db.db.sql import fetch_one, qualified, reading
 from specprod_db.errors import RunRefused
 
 #: Advisory lock class of specprod-db loads ('SP').
@@ -26,7 +26,7 @@ def check_write_access(conn: connection, schema_name: str) -> None:
         cur.execute("""SELECT current_user, has_schema_privilege(%(s)s, 'USAGE'),
                               has_database_privilege(current_database(), 'TEMP')""",
                     {"s": schema_name})
-        user, usage, temp = cur.fetchone()
+        user, usage, temp = fetch_one(cur)
         cur.execute("""SELECT c.relname FROM pg_class c
                        JOIN pg_namespace n ON n.oid = c.relnamespace
                        WHERE n.nspname = %(s)s AND c.relkind = 'r' AND NOT (
@@ -54,7 +54,7 @@ def acquire_lock(conn: connection, schema_name: str) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT pg_try_advisory_lock(%s, %s)",
                     (LOCK_NAMESPACE, lock_key(schema_name)))
-        if cur.fetchone()[0]:
+        if fetch_one(cur)[0]:
             return
     with reading(conn) as cur:  # the same transaction, rolled back: who holds it
         cur.execute("""SELECT a.pid, a.application_name, a.client_addr, a.backend_start
@@ -80,13 +80,13 @@ def database_identity(conn: connection) -> str:
         with reading(conn) as cur:
             cur.execute("SELECT (SELECT system_identifier FROM pg_control_system()), "
                         "current_database()")
-            system, name = cur.fetchone()
+            system, name = fetch_one(cur)
     except psycopg2.Error:  # no right to read the control data: host and port
         if conn.closed:
             raise
         with reading(conn) as cur:
             cur.execute("SELECT current_database()")
-            system, name = f"{conn.info.host}:{conn.info.port}", cur.fetchone()[0]
+            system, name = f"{conn.info.host}:{conn.info.port}", fetch_one(cur)[0]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{system}-{name}")
 
 

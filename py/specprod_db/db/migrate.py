@@ -42,7 +42,7 @@ as they were at their layout (the ``_V2_0`` ... tables below), never from
 :mod:`specprod_db.schema`, which moves on.
 """
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,7 @@ from psycopg2.extensions import connection, cursor
 from specprod_db import __version__
 from specprod_db.db import ddl
 from specprod_db.db.connect import server_stop
-from specprod_db.db.sql import qualified, reading, transaction
+from specprod_db.db.sql import fetch_one, qualified, reading, transaction
 from specprod_db.errors import InputError, RunRefused, SpecprodDBError, one_line
 from specprod_db.log import get_logger
 from specprod_db.schema import Table
@@ -70,15 +70,17 @@ class Step:
     """One step of a migration: what it does (for ``--dry-run`` and the report) and
     ``apply(cur, schema_name) -> str or None`` (a note on what it found or did)."""
     description: str
-    apply: object
+    apply: Callable[[cursor, str], str | None]
 
 
 @dataclass(frozen=True)
 class Migration:
+    """One migration: from layout ``source`` to ``target``, what it does in one line
+    (``summary``), and its steps in order."""
     source: str
     target: str
     summary: str
-    steps: tuple
+    steps: tuple[Step, ...]
 
 
 # --- tables as they were at their layout ------------------------------------------------
@@ -168,23 +170,23 @@ _Q3C = {"tile": ("tilera", "tiledec"), "exposure": ("tilera", "tiledec"),
 
 # --- helpers ----------------------------------------------------------------------------
 
-def _q(schema_name, name):
+def _q(schema_name: str, name: str) -> sql.Composed:
     return qualified(schema_name, name)
 
 
-def _tables(cur, schema_name):
+def _tables(cur: cursor, schema_name: str) -> set[str]:
     cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema_name,))
     return {r[0] for r in cur.fetchall()}
 
 
-def _columns(cur, schema_name, table_name):
+def _columns(cur: cursor, schema_name: str, table_name: str) -> dict[str, int | None]:
     """{column: character_maximum_length} of a table, in no order."""
     cur.execute("SELECT column_name, character_maximum_length FROM information_schema.columns "
                 "WHERE table_schema = %s AND table_name = %s", (schema_name, table_name))
     return dict(cur.fetchall())
 
 
-def _readers(cur, schema_name, table_name):
+def _readers(cur: cursor, schema_name: str, table_name: str) -> list[str]:
     """Roles other than the owner with SELECT on a table (to give the same on the tables
     a migration creates: the old tool's GRANTs covered only the tables of its time)."""
     cur.execute("""SELECT DISTINCT g.grantee FROM information_schema.role_table_grants g
@@ -197,7 +199,8 @@ def _readers(cur, schema_name, table_name):
     return sorted(r[0] for r in cur.fetchall())
 
 
-def _grant_like(cur, schema_name, model, table_names):
+def _grant_like(cur: cursor, schema_name: str, model: str,
+                table_names: Sequence[str]) -> list[str]:
     """SELECT on ``table_names`` (and their sequences) to the readers of ``model``."""
     roles = _readers(cur, schema_name, model)
     for role in roles:
@@ -209,7 +212,7 @@ def _grant_like(cur, schema_name, model, table_names):
     return roles
 
 
-def _create(cur, schema_name, *tables):
+def _create(cur: cursor, schema_name: str, *tables: Table) -> str:
     """CREATE TABLE IF NOT EXISTS; the names of the tables that were missing."""
     present = _tables(cur, schema_name)
     for t in tables:
@@ -221,7 +224,7 @@ def _create(cur, schema_name, *tables):
 
 # --- 1.3 -> 2.0 -------------------------------------------------------------------------
 
-def _widen_program(cur, schema_name):
+def _widen_program(cur: cursor, schema_name: str) -> str:
     widened = []
     for name in _PROGRAM_TABLES:
         if (_columns(cur, schema_name, name).get("program") or 8) < 8:
@@ -233,7 +236,7 @@ def _widen_program(cur, schema_name):
     return f"widened in {', '.join(widened)}" if widened else "already VARCHAR(8)"
 
 
-def _q3c_indexes(cur, schema_name):
+def _q3c_indexes(cur: cursor, schema_name: str) -> str:
     cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema_name,))
     present = {r[0] for r in cur.fetchall()}
     built = []
@@ -247,16 +250,16 @@ def _q3c_indexes(cur, schema_name):
     return f"built {', '.join(built)}" if built else "already there"
 
 
-def _bookkeeping_2_0(cur, schema_name):
+def _bookkeeping_2_0(cur: cursor, schema_name: str) -> str:
     return _create(cur, schema_name, _LOAD_RUN_V2_0, _TILE_STATE_V2_0)
 
 
-def _seed_tile_state(cur, schema_name):
+def _seed_tile_state(cur: cursor, schema_name: str) -> str:
     cur.execute(sql.SQL("SELECT count(*) FROM {}").format(_q(schema_name, "tile_state")))
-    if cur.fetchone()[0]:
+    if fetch_one(cur)[0]:
         return "tile_state not empty: left as it is"
     cur.execute(sql.SQL("SELECT count(*) FROM {}").format(_q(schema_name, "tile")))
-    n = cur.fetchone()[0]
+    n = fetch_one(cur)[0]
     if not n:
         return "no tiles loaded"
     cur.execute(sql.SQL("INSERT INTO {} (started, finished, ranks, command, options, outcome, "
@@ -265,7 +268,7 @@ def _seed_tile_state(cur, schema_name):
                 (f"specprod-db migrate --schema {schema_name}",
                  json.dumps({"from": OLD_TOOL_LAYOUT, "to": "2.0"}),
                  json.dumps({"tiles_seeded": n})))
-    run_id = cur.fetchone()[0]
+    run_id = fetch_one(cur)[0]
     cur.execute(sql.SQL("INSERT INTO {} (tileid, lastnight, status, run_id) SELECT tileid, "
                         "lastnight, 'loaded', %s FROM {}").format(
         _q(schema_name, "tile_state"), _q(schema_name, "tile")), (run_id,))
@@ -274,7 +277,7 @@ def _seed_tile_state(cur, schema_name):
 
 # --- 2.0 -> 2.1 -------------------------------------------------------------------------
 
-def _tile_state_line(cur, schema_name):
+def _tile_state_line(cur: cursor, schema_name: str) -> str:
     if "line" in _columns(cur, schema_name, "tile_state"):
         return "already there"
     old = "tile_state_layout_2_0"
@@ -300,13 +303,13 @@ def _tile_state_line(cur, schema_name):
 
 # --- 2.1 -> 2.2 -------------------------------------------------------------------------
 
-def _tile_history(cur, schema_name):
+def _tile_history(cur: cursor, schema_name: str) -> str:
     return _create(cur, schema_name, _TILE_HISTORY_V2_2)
 
 
 # --- 2.2 -> 2.3 -------------------------------------------------------------------------
 
-def _afterburners(cur, schema_name):
+def _afterburners(cur: cursor, schema_name: str) -> str:
     tables = (_ZTILE_EMLINE_V2_3, _ZTILE_QSO_MGII_V2_3, _ZTILE_QSO_QN_V2_3)
     note = _create(cur, schema_name, *tables)
     for t in tables:
@@ -323,7 +326,7 @@ _FRAME_INDEXES_V2_4 = {"ix_frame_unique": (True, ("expid", "camera")),
                        "ix_frame_camera": (False, ("camera",))}
 
 
-def _frame_indexes(cur, schema_name):
+def _frame_indexes(cur: cursor, schema_name: str) -> str:
     cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = "
                 "'frame'", (schema_name,))
     present = {r[0] for r in cur.fetchall()}
@@ -407,7 +410,7 @@ CURRENT_LAYOUT = LAYOUTS[-1]
 
 # --- which layout a schema has ------------------------------------------------------------
 
-def recorded_layout(cur, schema_name):
+def recorded_layout(cur: cursor, schema_name: str) -> str | None:
     """The layout recorded in the schema's ``version`` table, or None."""
     if "version" not in _tables(cur, schema_name):
         return None
@@ -417,7 +420,7 @@ def recorded_layout(cur, schema_name):
     return row[0] if row else None
 
 
-def inspect_layout(cur, schema_name):
+def inspect_layout(cur: cursor, schema_name: str) -> str | None:
     """The layout of a schema that does not record it, from its catalog; None when it
     is not a production schema (no ``tile``, ``photometry`` and ``version`` tables)."""
     tables = _tables(cur, schema_name)
@@ -439,7 +442,7 @@ def inspect_layout(cur, schema_name):
     return "2.4"
 
 
-def layout_version(conn, schema_name):
+def layout_version(conn: connection, schema_name: str) -> tuple[str | None, str | None]:
     """``(layout, how)``: how is ``'recorded'`` or ``'inspected'``; ``(None, None)`` for
     a schema that is not a production schema.  Leaves no transaction open."""
     with reading(conn) as cur:
@@ -450,7 +453,7 @@ def layout_version(conn, schema_name):
         return layout, (None if layout is None else "inspected")
 
 
-def pending(layout):
+def pending(layout: str) -> tuple[Migration, ...]:
     """The migrations that take ``layout`` to :data:`CURRENT_LAYOUT`, in order."""
     if layout not in LAYOUTS:
         raise RunRefused(f"layout {layout!r} is unknown to this specprod-db (it knows "
@@ -458,7 +461,7 @@ def pending(layout):
     return MIGRATIONS[LAYOUTS.index(layout):]
 
 
-def check_layout(conn, schema_name):
+def check_layout(conn: connection, schema_name: str) -> str:
     """RunRefused (exit 2) unless the schema has the current layout; the message says
     how to migrate.  Called by a load and a plan before anything else reads the schema."""
     layout, how = layout_version(conn, schema_name)
@@ -484,7 +487,7 @@ class MigrationFailed(SpecprodDBError):
     the layout the message names."""
 
 
-def migrate(conn, schema_name, dry_run=False):
+def migrate(conn: connection, schema_name: str, dry_run: bool = False) -> dict[str, Any]:
     """Apply the pending migrations, each in one transaction that records its target
     layout.  Returns the report: ``{"schema", "from", "how", "to", "migrations": [{"from",
     "to", "summary", "steps": [{"description", "result"}]}], "recorded"}`` (``result``
@@ -495,20 +498,21 @@ def migrate(conn, schema_name, dry_run=False):
         raise RunRefused(f"schema {schema_name} is not a production schema (no tile, "
                          "photometry and version tables): nothing to migrate")
     todo = pending(layout)
+    migrations: list[dict[str, Any]] = []
     report = {"schema": schema_name, "from": layout, "how": how, "to": CURRENT_LAYOUT,
-              "dry_run": dry_run, "migrations": [], "recorded": False}
+              "dry_run": dry_run, "migrations": migrations, "recorded": False}
     for m in todo:
-        entry = {"from": m.source, "to": m.target, "summary": m.summary, "steps": []}
-        report["migrations"].append(entry)
+        steps: list[dict[str, str | None]] = []
+        entry = {"from": m.source, "to": m.target, "summary": m.summary, "steps": steps}
+        migrations.append(entry)
         if dry_run:
-            entry["steps"] = [{"description": s.description, "result": None}
-                              for s in m.steps]
+            steps += [{"description": s.description, "result": None} for s in m.steps]
             continue
         try:
             with transaction(conn) as cur:
                 for s in m.steps:
-                    entry["steps"].append({"description": s.description,
-                                           "result": s.apply(cur, schema_name)})
+                    steps.append({"description": s.description,
+                                  "result": s.apply(cur, schema_name)})
                 record_layout(cur, schema_name, m.target)
         except Exception as err:  # rolled back
             stop = server_stop(err, conn, f"migrating schema {schema_name} from layout "
@@ -527,7 +531,7 @@ def migrate(conn, schema_name, dry_run=False):
     return report
 
 
-def format_report(report):
+def format_report(report: Mapping[str, Any]) -> str:
     """The report of :func:`migrate` as text."""
     s = report["schema"]
     lines = [f"schema {s}: layout {report['from']} ({report['how']}), current layout "
@@ -554,7 +558,7 @@ def format_report(report):
 
 # --- recording a schema's versions and layout ---------------------------------
 
-def package_versions(specprod):
+def package_versions(specprod: str) -> list[tuple[str, str]]:
     """Rows of the ``version`` table: the old tool's packages, then our own libraries."""
     import astropy
     import desiutil
@@ -568,7 +572,7 @@ def package_versions(specprod):
         ("release", specprod),
         ("specprod", specprod),
         ("specprod-db", __version__),
-        ("psycopg2", psycopg2.__version__.split()[0]),
+        ("psycopg2", psycopg2.__version__.split()[0]),  # type: ignore[attr-defined]
         ("tiles", "trunk" if specprod == "daily" else specprod),
     ]
     for name in ("fitsio", "h5py", "mpi4py"):
@@ -580,14 +584,14 @@ def package_versions(specprod):
     return versions
 
 
-def record_versions(conn, schema_name, specprod):
+def record_versions(conn: connection, schema_name: str, specprod: str) -> bool:
     """Fill ``version`` once (an existing table is left as it is), and record the
     schema's layout version (:mod:`specprod_db.db.migrate`) when it is the current one and
     not recorded yet.  Returns True when the package rows were written."""
     with transaction(conn) as cur:
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(
             qualified(schema_name, "version")))
-        filled = not cur.fetchone()[0]
+        filled = not fetch_one(cur)[0]
         if filled:
             for package, version in package_versions(specprod):
                 cur.execute(sql.SQL("INSERT INTO {} (package, version) VALUES (%s, %s)")
@@ -607,7 +611,7 @@ def record_versions(conn, schema_name, specprod):
     return filled
 
 
-def record_layout(cur, schema_name, layout):
+def record_layout(cur: cursor, schema_name: str, layout: str) -> None:
     """Set the ``version`` row of the schema's layout (:data:`LAYOUT_PACKAGE`).
 
     The id is given explicitly and the sequence moved past it: the old tool assigned the

@@ -19,11 +19,13 @@ no-NULL flag, the element type's OID, (size, lower bound 1) per dimension, then 
 element as length + value in C order; numeric elements are fixed width, so an array is
 one fixed-width field of the row; ``varchar(n)[]`` elements are trimmed like strings.
 
-Kept apart from where the bytes go (``writer``), so it is tested byte for byte against
+Kept apart from where the bytes go (:mod:`specprod_db.load.tile_writer`), so it is tested byte for byte against
 the server's own ``COPY ... TO STDOUT (FORMAT binary)``.
 """
 import queue
 import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol, cast
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -47,8 +49,42 @@ _NUMERIC_TYPES = ("numeric(39)", "numeric(20)")
 _ELEMENT_OID = {"boolean": 16, "smallint": 21, "integer": 23, "bigint": 20, "real": 700,
                 "double precision": 701, "numeric": 1700, "varchar": 1043}
 
+#: A block of a PGCOPY stream: bytes, or a 1-D uint8 array (:meth:`Encoder.iter_blocks`).
+Block = bytes | np.ndarray
 
-def _numeric_digits(words):
+
+class ColumnLike(Protocol):
+    """What the encoder reads of a column (:class:`specprod_db.schema.Column`, a VAC's
+    :class:`specprod_db.vac.columns.VacColumn`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def pgtype(self) -> str: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+
+class TableLike(Protocol):
+    """What the encoder reads of a table (:class:`specprod_db.schema.Table`,
+    :class:`specprod_db.vac.columns.VacTable`)."""
+
+    @property
+    def columns(self) -> Sequence[ColumnLike]: ...
+
+    def column(self, name: str) -> ColumnLike: ...
+
+
+def _field(dtype: np.dtype, name: str) -> tuple[np.dtype, int]:
+    """(dtype, byte offset) of the field ``name`` of a structured dtype."""
+    fields = dtype.fields
+    assert fields is not None, f"{dtype} is not a structured dtype"
+    return fields[name][0], fields[name][1]
+
+
+def _numeric_digits(words: np.ndarray) -> np.ndarray:
     """(N, 2) uint64 [high, low] -> (N, 10) base-10000 digits, most significant first.
 
     Long division of the four 32-bit limbs by 10**8 (the remainder times 2**32 still
@@ -73,7 +109,7 @@ def _numeric_digits(words):
     return digits
 
 
-def _used_lengths(block):
+def _used_lengths(block: np.ndarray) -> np.ndarray:
     """(N, width) uint8 string slots -> bytes up to each one's last non-NUL byte (how
     numpy strips the padding of ``S`` values)."""
     if _str_len is not None:
@@ -86,7 +122,7 @@ def _used_lengths(block):
 _str_len = getattr(getattr(np, "strings", None), "str_len", None)  # numpy >= 2
 
 
-def _words(values, pgtype):
+def _words(values: np.ndarray, pgtype: str) -> np.ndarray:
     """The [high, low] words of a numeric column's values (uint64 values: high = 0)."""
     if pgtype == "numeric(20)":
         values = np.asarray(values, dtype=np.uint64).reshape(-1)
@@ -94,7 +130,7 @@ def _words(values, pgtype):
     return values
 
 
-def _array_format(col):
+def _array_format(col: ColumnLike) -> tuple[str, str, tuple[int, ...], np.dtype]:
     """(element kind, element pgtype, shape, field dtype) of an array column."""
     elem = col.pgtype[:-2]
     shape, base = col.dtype.shape, col.dtype.base
@@ -122,14 +158,17 @@ class Encoder:
     are variable length on the wire: a byte mask drops their unused tail.
     """
 
-    def __init__(self, table, columns=None):
+    def __init__(self, table: TableLike, columns: Sequence[str] | None = None) -> None:
         cols = table.columns if columns is None else [table.column(c) for c in columns]
         self.names = [c.name for c in cols]
-        formats, names = [">i2"], ["_nfields"]
-        self.kinds = []
+        formats: list[Any] = [">i2"]
+        names = ["_nfields"]
+        self.kinds: list[str] = []
         self.pgtypes = [c.pgtype for c in cols]
-        self.arrays = {}  # column index -> (element kind, element pgtype, shape)
+        #: column index -> (element kind, element pgtype, shape)
+        self.arrays: dict[int, tuple[str, str, tuple[int, ...]]] = {}
         for i, c in enumerate(cols):
+            fmt: Any
             if c.pgtype.endswith("[]"):
                 ekind, elem, shape, fmt = _array_format(c)
                 kind = "array"
@@ -169,17 +208,18 @@ class Encoder:
         self.template = template
         # variable-length values: (column, [offsets of its strings], width, array header
         # bytes or None for a plain string)
-        self.string_slots = []
+        self.string_slots: list[tuple[int, list[int], int, int | None]] = []
         for i, kind in enumerate(self.kinds):
-            off = self.row.fields[f"_val{i}"][1]
+            off = _field(self.row, f"_val{i}")[1]
             if kind == "string":
                 self.string_slots.append((i, [off], self.row[f"_val{i}"].itemsize, None))
             elif kind == "array" and self.arrays[i][0] == "string":
                 fmt = self.row[f"_val{i}"]
-                els = fmt["els"]
-                width = els.base["v"].itemsize
-                start = off + fmt.fields["els"][1]
-                offs = [start + j * els.base.itemsize + 4 for j in range(els.shape[0])]
+                elements: np.dtype = fmt["els"]
+                width = elements.base["v"].itemsize
+                start = off + _field(fmt, "els")[1]
+                offs = [start + j * elements.base.itemsize + 4
+                        for j in range(elements.shape[0])]
                 self.string_slots.append((i, offs, width, fmt["hdr"].itemsize))
         self.strings = [slot[0] for slot in self.string_slots]
         self._template_bytes = template.view(np.uint8)
@@ -189,23 +229,23 @@ class Encoder:
             for off in offs:
                 self._keep[off: off + width] = False
         self._ramp = np.arange(max([s[2] for s in self.string_slots], default=0))
-        self._plans = {}
+        self._plans: dict[np.dtype, list[tuple[str, str, int, int]]] = {}
 
-    def _plan(self, dtype):
+    def _plan(self, dtype: np.dtype) -> list[tuple[str, str, int, int]]:
         """How to fill a block from rows of ``dtype``: a list of (kind, name, column
         index, count).  Runs of ``count`` consecutive fixed-width columns of one numpy
         type, adjacent in the rows as on the wire, are filled by one 2-D strided cast
         (one pass over the block instead of one per column: photometry has 73 ``real``
         columns in a row)."""
-        plan = self._plans.get(dtype)
-        if plan is not None:
-            return plan
-        plan = []
+        cached = self._plans.get(dtype)
+        if cached is not None:
+            return cached
+        plan: list[tuple[str, str, int, int]] = []
         for i, (name, kind) in enumerate(zip(self.names, self.kinds)):
-            src, src_off = dtype.fields[name][:2]
+            src, src_off = _field(dtype, name)
             if kind == "fixed" and not src.shape and plan and plan[-1][0] == "fixed":
                 _, name0, i0, count = plan[-1]
-                src0, off0 = dtype.fields[name0][:2]
+                src0, off0 = _field(dtype, name0)
                 if (src == src0 and self.pgtypes[i] == self.pgtypes[i0]
                         and src_off == off0 + count * src.itemsize):
                     plan[-1] = ("fixed", name0, i0, count + 1)
@@ -214,7 +254,7 @@ class Encoder:
         self._plans[dtype] = plan
         return plan
 
-    def _chunk(self, rows):
+    def _chunk(self, rows: np.ndarray) -> np.ndarray:
         """One block of rows -> its PGCOPY bytes, a 1-D uint8 array."""
         n = len(rows)
         buf = np.empty(n, dtype=self.row)
@@ -238,7 +278,7 @@ class Encoder:
                 buf[f"_val{i}"] = rows[name]
             else:
                 src, dst = rows[name], buf[f"_val{i}"]
-                step = self.row.fields[f"_val{i + 1}"][1] - self.row.fields[f"_val{i}"][1]
+                step = _field(self.row, f"_val{i + 1}")[1] - _field(self.row, f"_val{i}")[1]
                 as_strided(dst, (n, count), (dst.strides[0], step))[...] = as_strided(
                     src, (n, count), (src.strides[0], src.itemsize))
         if not self.string_slots:
@@ -247,7 +287,7 @@ class Encoder:
         mask = np.empty((n, self.rowwidth), dtype=bool)
         mask[...] = self._keep
         for i, offs, width, header in self.string_slots:
-            total = 0
+            total: Any = 0
             for j, off in enumerate(offs):
                 used = _used_lengths(raw[:, off: off + width])
                 if header is None:
@@ -260,8 +300,9 @@ class Encoder:
                 buf[f"_len{i}"] = header + total
         return raw[mask]
 
-    def iter_blocks(self, rows, header=True, trailer=True, chunk_rows=CHUNK_ROWS,
-                    first_rows=None):
+    def iter_blocks(self, rows: np.ndarray, header: bool = True, trailer: bool = True,
+                    chunk_rows: int = CHUNK_ROWS,
+                    first_rows: int | None = None) -> Iterator[Block]:
         """Yield the PGCOPY stream of ``rows`` as blocks: bytes-like objects (bytes or
         1-D uint8 arrays), for :class:`StreamReader` and ``bytes.join`` (no extra copy).
 
@@ -278,21 +319,23 @@ class Encoder:
         if trailer:
             yield TRAILER
 
-    def iter_bytes(self, rows, header=True, trailer=True, chunk_rows=CHUNK_ROWS,
-                   first_rows=None):
+    def iter_bytes(self, rows: np.ndarray, header: bool = True, trailer: bool = True,
+                   chunk_rows: int = CHUNK_ROWS,
+                   first_rows: int | None = None) -> Iterator[bytes]:
         """Yield PGCOPY byte blocks for ``rows`` (a structured array)."""
         for block in self.iter_blocks(rows, header, trailer, chunk_rows, first_rows):
             yield block if isinstance(block, bytes) else block.tobytes()
 
-    def encode(self, rows):
+    def encode(self, rows: np.ndarray) -> bytes:
         """The whole PGCOPY stream for ``rows`` as one bytes object."""
-        return b"".join(self.iter_blocks(rows))
+        # numpy's stubs do not declare ndarray a buffer; its blocks are 1-D uint8 arrays
+        return b"".join(cast(Iterator[bytes], self.iter_blocks(rows)))
 
 
 _END = object()
 
 
-def prefetch(blocks, depth=3):
+def prefetch(blocks: Iterable[Block], depth: int = 3) -> Iterator[Block]:
     """Produce ``blocks`` in a background thread, ``depth`` blocks ahead.
 
     Encoding (numpy, which releases the GIL) then overlaps with the server reading the
@@ -300,10 +343,10 @@ def prefetch(blocks, depth=3):
     after the other (doc/benchmarks.md).  An exception in the producer is raised in the
     consumer; a consumer that stops early stops the producer.
     """
-    q = queue.Queue(maxsize=depth)
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def produce():
+    def produce() -> None:
         try:
             for block in blocks:
                 while not stop.is_set():
@@ -343,12 +386,14 @@ class StreamReader:
     as it is).
     """
 
-    def __init__(self, blocks):
-        self._blocks = iter(blocks)
-        self._block = b""
+    def __init__(self, blocks: Iterable[Block]) -> None:
+        # numpy's stubs do not declare ndarray a buffer; its blocks are 1-D uint8 arrays
+        self._blocks = cast(Iterator[bytes], iter(blocks))
+        self._block: bytes | memoryview = b""
         self._pos = 0
 
-    def read(self, size=-1):
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when ``size`` is None or negative)."""
         if size is None or size < 0:
             rest = b"".join([self._block[self._pos:], *self._blocks])
             self._block, self._pos = b"", 0

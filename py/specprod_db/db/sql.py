@@ -6,6 +6,7 @@ transaction stays open after them).
 """
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from psycopg2 import sql
 from psycopg2.extensions import connection, cursor
@@ -39,6 +40,14 @@ def check_schema_name(name: str) -> str:
 def qualified(schema_name: str, table_name: str) -> sql.Composed:
     """``schema.table`` as a composable SQL identifier."""
     return sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier(table_name))
+
+
+def fetch_one(cur: cursor) -> tuple[Any, ...]:
+    """The row of a statement that always returns one (an aggregate, a function call,
+    ``SELECT`` of values)."""
+    row = cur.fetchone()
+    assert row is not None, "the statement returned no row"
+    return row
 
 
 def _rollback(conn: connection) -> None:

@@ -7,15 +7,21 @@ in chunks, ANALYZEd, and joined.
 """
 import io
 import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from psycopg2 import sql
+from psycopg2.extensions import cursor
 
 #: Rows per COPY into a temporary table.
 COPY_CHUNK = 1_000_000
 
 
-def create(cur, ids=None, name=None, on_commit="DROP", select=None, params=None):
+def create(cur: cursor, ids: Iterable[int] | np.ndarray | None = None,
+           name: str | None = None, on_commit: str = "DROP",
+           select: sql.Composable | None = None,
+           params: Sequence[Any] | Mapping[str, Any] | None = None) -> sql.Identifier:
     """A temporary table ``(targetid bigint PRIMARY KEY)``; returns its identifier.
 
     Filled with ``ids`` (array-like of int; duplicates removed) and/or the rows of the
@@ -38,7 +44,7 @@ def create(cur, ids=None, name=None, on_commit="DROP", select=None, params=None)
     return ident
 
 
-def extend(cur, ident, ids):
+def extend(cur: cursor, ident: sql.Identifier, ids: Iterable[int] | np.ndarray) -> None:
     """Add ``ids`` to the existing temporary table ``ident`` (duplicates ignored)."""
     new = create(cur, ids)
     cur.execute(sql.SQL("INSERT INTO {} SELECT targetid FROM {} ON CONFLICT DO NOTHING")
@@ -46,7 +52,8 @@ def extend(cur, ident, ids):
     cur.execute(sql.SQL("DROP TABLE {}").format(new))
 
 
-def fetch(cur, select, params=None):
+def fetch(cur: cursor, select: sql.Composable,
+          params: Sequence[Any] | Mapping[str, Any] | None = None) -> np.ndarray:
     """The int64 array of the one-column query ``select``."""
     cur.execute(select, params)
     return np.fromiter((r[0] for r in cur), dtype=np.int64)
