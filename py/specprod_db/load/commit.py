@@ -128,8 +128,8 @@ def _write_one(a: TileAction, wave: Wave, legacy: Any, opts: Options, session: S
         tables = result.stage.tables()
         tables.pop("photometry", None)  # the wave's rows (WavePhotometry) instead
         c = tile_writer.write_tile(conn, opts.schema, a, tables, result.state, session.run_id,
-                                   [legacy.rows_for(result.targetids)], session.keep,
-                                   primary=not session.rebuild)
+                                   [legacy.rows_for(result.targetids)],
+                                   tile_writer.WriteMode.on_root(session.rebuild, session.keep))
         wave.written.append(result.stage)
         log.info("tile %d %s: %s", a.tileid, a.action,
                  ", ".join(f"{k} {v}" for k, v in c.items()))

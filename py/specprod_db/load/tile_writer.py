@@ -27,19 +27,21 @@ deletes (children first) and inserts (parents first) come from :mod:`specprod_db
 """
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Optional
 
 import numpy as np
 import psycopg2
 from psycopg2 import sql
 
 from specprod_db import faults, schema
-from specprod_db.load import refusals
 from specprod_db.db import tempids
+from specprod_db.db.pgcopy import Encoder, StreamReader, prefetch
 from specprod_db.db.sql import qualified
 from specprod_db.errors import InputError
+from specprod_db.load import refusals
 from specprod_db.load.finalize import update_primary
-from specprod_db.db.pgcopy import Encoder, StreamReader, prefetch
 from specprod_db.schema import table as schema_table
 
 #: psycopg2 reads the COPY source in blocks of this size.
@@ -283,8 +285,32 @@ def _tile_rows(cur, schema_name, tileid, counts, full):
     return rows
 
 
-def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), keep=None,
-               primary=True, touched_into=None):
+@dataclass(frozen=True)
+class WriteMode:
+    """What :func:`write_tile` must do besides copying a tile's rows: a daily load
+    recomputes the primary flags of the tile's TARGETIDs in its transaction
+    (``flags_now``); a bulk load computes every flag once at the end; a writer rank of
+    ``--writers`` adds the TARGETIDs to the run's ``touched`` table for the root to
+    recompute (:mod:`specprod_db.load.writer_ranks`).  ``keep``: the run's table of
+    TARGETIDs other tiles reference (:func:`keep_targetids`, or the shared one of the
+    writer ranks), whose photometry is never removed as orphaned."""
+    flags_now: bool = True
+    keep: Optional[sql.Composable] = None
+    touched: Optional[sql.Composable] = None
+
+    @classmethod
+    def on_root(cls, bulk: bool, keep: Optional[sql.Composable] = None) -> "WriteMode":
+        """The root writing: flags now (daily) or at the end (``bulk``)."""
+        return cls(flags_now=not bulk, keep=keep)
+
+    @classmethod
+    def on_writer_rank(cls, keep: sql.Composable, touched: sql.Composable) -> "WriteMode":
+        """A writer rank: flags later, by the root, of the TARGETIDs put in ``touched``."""
+        return cls(flags_now=False, keep=keep, touched=touched)
+
+
+def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(),
+               mode=WriteMode()):
     """Load one tile (INSERT or UPDATE) from its staged tables, in one transaction.
 
     Parameters
@@ -297,15 +323,9 @@ def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), 
     photometry : sequence of arrays
         Photometry rows the tile's targets need, in order of precedence (Legacy Surveys
         rows, then targeting-data rows); inserted where the TARGETID has none yet.
-    keep : sql.Identifier, optional
-        Temporary table of TARGETIDs other tiles of the run reference
-        (:func:`keep_targetids`): their photometry is never removed as orphaned.
-    primary : bool
-        Recompute the primary flags of the touched TARGETIDs here (an initial load
-        recomputes all of them once at the end instead).
-    touched_into : sql.Identifier, optional
-        Without ``primary``: a table into which the touched TARGETIDs are added, for the
-        caller to recompute their flags later (concurrent writers, :mod:`writers`).
+    mode : WriteMode
+        The primary flags now or later, the ``keep`` and ``touched`` tables (default: a
+        daily load's writer, flags now, no ``keep`` table).
 
     Returns ``counts`` (table -> rows); raises after rolling back on any error.  Rows
     that break a key are refused as :class:`~specprod_db.load.refusals.RowsRefused` (a
@@ -316,7 +336,7 @@ def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), 
     refusals.check(action.tileid, tables, state, action.full)
     try:
         return _write_tile(conn, schema_name, action, tables, state, run_id, photometry,
-                           keep, primary, touched_into)
+                           mode)
     except psycopg2.IntegrityError as err:
         better = refusals.refused(err, action.tileid, tables, state)
         if better is err:
@@ -324,8 +344,7 @@ def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(), 
         raise better from err
 
 
-def _write_tile(conn, schema_name, action, tables, state, run_id, photometry, keep, primary,
-                touched_into):
+def _write_tile(conn, schema_name, action, tables, state, run_id, photometry, mode):
     counts = {}
     tileid, full = action.tileid, action.full
     t = {"t": int(tileid)}
@@ -354,14 +373,14 @@ def _write_tile(conn, schema_name, action, tables, state, run_id, photometry, ke
                     table.name, table.empty()))
         if old is not None:
             counts["photometry_deleted"] = delete_orphan_photometry(cur, schema_name, old,
-                                                                    keep)
+                                                                    mode.keep)
         upsert_state(cur, schema_name, tileid, "loaded", run_id, state, action.line)
         faults.hit("copy", tileid)  # crash tests only (faults.py)
-        if primary:
+        if mode.flags_now:
             counts["primary"] = update_primary(conn, schema_name, table=touched)
-        elif touched_into is not None:  # flags computed later, by the caller
+        elif mode.touched is not None:  # flags computed later, by the root
             cur.execute(sql.SQL("INSERT INTO {} SELECT targetid FROM {} ON CONFLICT DO "
-                                "NOTHING").format(touched_into, touched))
+                                "NOTHING").format(mode.touched, touched))
         record_history(cur, schema_name, run_id, tileid, action.action, action.reason, LOADED,
                        counts=counts, tile_rows=_tile_rows(cur, schema_name, tileid, counts,
                                                            full))

@@ -98,10 +98,11 @@ def write_task(job: WriteJob) -> WriteResult:
     tables = job.stage.tables()
     tables.pop("photometry", None)  # the wave's rows come with the task
     try:
-        counts = tile_writer.write_tile(
-            conn, job.schema, action, tables, job.state, job.run_id,
-            [job.photometry], keep=shared_table(job.schema, job.run_id, "keep"),
-            primary=False, touched_into=shared_table(job.schema, job.run_id, "touched"))
+        mode = tile_writer.WriteMode.on_writer_rank(
+            shared_table(job.schema, job.run_id, "keep"),
+            shared_table(job.schema, job.run_id, "touched"))
+        counts = tile_writer.write_tile(conn, job.schema, action, tables, job.state,
+                                        job.run_id, [job.photometry], mode)
     except psycopg2.Error as err:
         stop = server_stop(err, conn, f"writing tile {action.tileid}")
         if stop is not None:  # cancelled, timed out, connection lost: the run stops
