@@ -6,12 +6,12 @@ data table, ``{table}_all`` (UNION ALL of the sources, ``specprod`` column added
 primary flags of ``ztile`` and ``zpix`` recomputed over the combination).  Nothing is
 copied.  Rules and costs: :mod:`specprod_db.ops.combine`, doc/combine.md.
 """
-from specprod_db.ops import combine
+from specprod_db.commands.common import (add_db_arguments, add_grant_arguments, grant_roles,
+                                         report_errors, schema_name)
 from specprod_db.db import ddl
 from specprod_db.db.connect import connect
 from specprod_db.log import get_logger
-from specprod_db.commands.common import (add_db_arguments, add_grant_arguments,
-    grant_roles, report_errors, schema_name)
+from specprod_db.ops import combine
 
 
 def add_arguments(parser):

@@ -12,13 +12,12 @@ import sys
 
 from psycopg2 import sql
 
+from specprod_db.commands.common import report_errors, schema_name
+from specprod_db.conninfo import mask, mask_argv
 from specprod_db.db.connect import connect, resolve_dsn
-
 from specprod_db.db.sql import qualified
 from specprod_db.devdb import pgcluster
-from specprod_db.conninfo import mask, mask_argv
 from specprod_db.log import get_logger
-from specprod_db.commands.common import report_errors, schema_name
 
 
 def add_arguments(parser):

@@ -7,11 +7,11 @@ import json
 
 import psycopg2
 
-from specprod_db.db.connect import connect
-from specprod_db.ops import history
-from specprod_db.errors import RunRefused, one_line
 from specprod_db.commands.common import (add_db_arguments, add_schema_argument,
-    report_errors, tile_list)
+                                         report_errors, tile_list)
+from specprod_db.db.connect import connect
+from specprod_db.errors import RunRefused, one_line
+from specprod_db.ops import history
 
 
 def add_arguments(parser):

@@ -13,14 +13,13 @@ import sys
 
 import psycopg2
 
-from specprod_db.db import ddl, migrate
-
-from specprod_db.db.connect import connect, schema_exists, server_stop
-from specprod_db.errors import RunRefused, one_line
-from specprod_db.db.lock import acquire_lock
-from specprod_db.log import get_logger
 from specprod_db.commands.common import (add_db_arguments, add_grant_arguments,
-    add_schema_argument, grant_roles, report_errors)
+                                         add_schema_argument, grant_roles, report_errors)
+from specprod_db.db import ddl, migrate
+from specprod_db.db.connect import connect, schema_exists, server_stop
+from specprod_db.db.lock import acquire_lock
+from specprod_db.errors import RunRefused, one_line
+from specprod_db.log import get_logger
 
 
 def add_arguments(parser):

@@ -13,9 +13,9 @@ this specprod-db, a load running, no database).
 """
 import json
 
+from specprod_db.commands.common import add_db_arguments, add_schema_argument, report_errors
 from specprod_db.db.connect import connect, schema_exists, server_stop
 from specprod_db.errors import RunRefused, one_line
-from specprod_db.commands.common import add_db_arguments, add_schema_argument, report_errors
 
 
 def add_arguments(parser):

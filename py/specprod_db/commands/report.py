@@ -5,10 +5,11 @@ Reads only (the pending tiles are planned as ``specprod-db status`` plans them; 
 tiles file is unreachable the page says so).  Exit 0 when the page is written, whatever
 it shows; 2 when the schema does not exist or the database cannot be reached.
 """
+from specprod_db.commands.common import (add_db_arguments, add_schema_argument,
+                                         connect_to_schema, report_errors)
+from specprod_db.commands.common import plan_options as plan_options_of
 from specprod_db.errors import EXIT_OK
 from specprod_db.paths import add_path_arguments
-from specprod_db.commands.common import (add_db_arguments, add_schema_argument,
-    connect_to_schema, plan_options as plan_options_of, report_errors)
 
 
 def add_arguments(parser):

@@ -7,11 +7,12 @@ schema does not exist or the database cannot be reached.  ``--json``: doc/status
 """
 import json
 
-from specprod_db.ops import status
-from specprod_db.errors import EXIT_FAILED, EXIT_OK
-from specprod_db.paths import add_path_arguments
 from specprod_db.commands.common import (add_db_arguments, add_schema_argument,
-    connect_to_schema, plan_options as plan_options_of, report_errors)
+                                         connect_to_schema, report_errors)
+from specprod_db.commands.common import plan_options as plan_options_of
+from specprod_db.errors import EXIT_FAILED, EXIT_OK
+from specprod_db.ops import status
+from specprod_db.paths import add_path_arguments
 
 
 def add_arguments(parser):

@@ -6,13 +6,13 @@ something did, 2 when the schema does not exist or the database cannot be reache
 """
 import json
 
+from specprod_db.commands.common import (add_db_arguments, add_schema_argument,
+                                         report_errors, tile_list)
 from specprod_db.db.connect import connect
-from specprod_db.ops import history, verify
 from specprod_db.errors import EXIT_FAILED, EXIT_OK, InputError, one_line
 from specprod_db.log import get_logger
+from specprod_db.ops import history, verify
 from specprod_db.paths import add_path_arguments, paths_from_args
-from specprod_db.commands.common import (add_db_arguments, add_schema_argument,
-    report_errors, tile_list)
 
 
 def add_arguments(parser):
