@@ -121,7 +121,7 @@ class Table:
 
     @cached_property
     def columns(self) -> tuple[Column, ...]:
-        """The columns, in table order, from :attr:`spec`."""
+        """The columns, in table order, from ``spec``."""
         cols: list[Column] = []
         for line in self.spec.strip().splitlines():
             pgtype, names = line.split(":")
@@ -383,7 +383,7 @@ double: min_mjd mean_mjd max_mjd
 # --- tile afterburners (additions to the 1.3 layout) ---------------------------------
 #
 # The emline, qso_mgii and qso_qn files the daily production writes next to each petal's
-# cumulative redrock file (datamodel.md §7.8), row-matched to its REDSHIFTS: one row per
+# cumulative redrock file (in the DESI data model), row-matched to its REDSHIFTS: one row per
 # ztile row, loaded with it.  ``id`` is that ztile row's id (primary key and foreign key
 # to ztile, so a tile's DELETE or UPDATE removes them first).  Named ``ztile_*`` because
 # they extend ztile rows (tile-based cumulative coadds), not zpix ones.  COEFF_NEW is

@@ -28,7 +28,7 @@ def add_arguments(parser):
                         help="only the newest N rows")
     parser.add_argument("--json", action="store_true",
                         help="a JSON object {schema, since, tiles, rows: [...]} "
-                             "(doc/status.md)")
+                             "(doc/daily.md)")
 
 
 @report_errors

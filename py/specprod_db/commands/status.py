@@ -3,7 +3,7 @@
 Reads only (the pending tiles are planned as ``specprod-db plan`` plans them).  Exit 0
 when no tile is failed or pending, 1 otherwise (also when the pending tiles cannot be
 known, e.g. the tiles file is unreachable: the rest is still printed), 2 when the
-schema does not exist or the database cannot be reached.  ``--json``: doc/status.md.
+schema does not exist or the database cannot be reached.  ``--json``: doc/daily.md.
 """
 import json
 
@@ -20,7 +20,7 @@ def add_arguments(parser):
     add_db_arguments(parser)
     add_path_arguments(parser)
     parser.add_argument("--json", action="store_true",
-                        help="the report as one JSON object (keys: doc/status.md)")
+                        help="the report as one JSON object (keys: doc/daily.md)")
 
 
 @report_errors

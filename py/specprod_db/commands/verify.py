@@ -2,7 +2,7 @@
 
 The checks are those of :mod:`specprod_db.ops.verify`.  Exit 0 when nothing drifted, 1 when
 something did, 2 when the schema does not exist or the database cannot be reached.
-``--json``: doc/status.md.
+``--json``: doc/daily.md.
 """
 import json
 
@@ -27,7 +27,7 @@ def add_arguments(parser):
                         help="re-hash the input files whose size or mtime moved (a file "
                              "touched with the same bytes is then not drift)")
     parser.add_argument("--json", action="store_true",
-                        help="the report as one JSON object (keys: doc/status.md)")
+                        help="the report as one JSON object (keys: doc/daily.md)")
 
 
 @report_errors

@@ -19,8 +19,8 @@ no-NULL flag, the element type's OID, (size, lower bound 1) per dimension, then 
 element as length + value in C order; numeric elements are fixed width, so an array is
 one fixed-width field of the row; ``varchar(n)[]`` elements are trimmed like strings.
 
-Kept apart from where the bytes go (:mod:`specprod_db.load.tile_writer`), so it is tested byte for byte against
-the server's own ``COPY ... TO STDOUT (FORMAT binary)``.
+Kept apart from where the bytes go (:mod:`specprod_db.load.tile_writer`), so it is
+tested byte for byte against the server's own ``COPY ... TO STDOUT (FORMAT binary)``.
 """
 import queue
 import threading

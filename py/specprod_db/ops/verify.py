@@ -34,8 +34,8 @@ Checks (each reported with the tiles, tables and rows or counts that drifted):
     ``fiberassign.id``, ``potential.id``, ``ztile.id`` and ``targetphotid``,
     ``zpix.id``, ``frame.frameid``.
 ``desiname``
-    ``ztile.desiname`` is ``radec_to_desiname(TARGET_RA, TARGET_DEC)`` (datamodel §10.2,
-    written out in SQL: :func:`_desiname_sql`) of the ``fiberassign`` row of the same
+    ``ztile.desiname`` is desiutil's ``radec_to_desiname(TARGET_RA, TARGET_DEC)``
+    (written out in SQL by ``_desiname_sql``) of the ``fiberassign`` row of the same
     tile and TARGETID (the coordinates desispec copies into the redrock FIBERMAP);
     ``zpix.desiname`` that of at least one ``fiberassign`` row of its TARGETID.  Rows
     without such a row are noted, not checked.  Cost: one join of ``ztile`` with
@@ -495,7 +495,7 @@ def id_expressions() -> list[tuple[str, str, sql.Composable]]:
 
 
 def _desiname_sql(ra: sql.Composable, dec: sql.Composable) -> sql.Composable:
-    """desiutil's ``radec_to_desiname`` in SQL (datamodel §10.2): ``'DESI J'``, then
+    """desiutil's ``radec_to_desiname`` in SQL: ``'DESI J'``, then
     ``trunc(10000 RA)`` zero-filled to 7 digits as ``RRR.RRRR``, then the sign of
     ``trunc(10000 Dec)`` and its absolute value zero-filled to 6 digits as ``DD.DDDD``
     (the double products and truncations are numpy's, so the names are equal)."""
@@ -534,7 +534,7 @@ def _file_differences(recorded, now, content=False):
 
 
 def verify(conn, schema_name, tiles=None, paths=None, hash=False):
-    """Run every check; the report (a dict, see doc/status.md "verify --json")."""
+    """Run every check; the report (a dict: doc/daily.md, ``verify --json``)."""
     return Verifier(conn, schema_name, tiles, paths, hash).run()
 
 
