@@ -14,6 +14,7 @@ from specprod_db import schema
 from specprod_db.db import ddl
 
 from specprod_db.db.connect import connect
+from specprod_db.db.sql import transaction
 from specprod_db.load import tasks, tile_writer
 from specprod_db.mock import environment
 from specprod_db.paths import Paths
@@ -141,7 +142,7 @@ def test_photometry_a_catalog_references_is_kept(run):
     tables = result.stage.tables()
     targeting = tables.pop("photometry")
     tile_writer.write_tile(conn, name, action, tables, result.state, run.run_id, [targeting])
-    with tile_writer.transaction(conn) as cur:
+    with transaction(conn) as cur:
         cur.execute(f'CREATE TABLE "{name}".vac_x (targetid bigint PRIMARY KEY '
                     f'REFERENCES "{name}".photometry (targetid))')
         cur.execute(f'INSERT INTO "{name}".vac_x VALUES (%s), (%s)',
@@ -213,7 +214,7 @@ def test_concurrent_photometry_upserts_never_deadlock(pg_dsn, schema_name):
                                                                             else 0)
                 rows = schema.table("photometry").empty(n)
                 rows["targetid"] = ids[::-1] if flip else ids  # opposite orders
-                with tile_writer.transaction(c) as cur:
+                with transaction(c) as cur:
                     barrier.wait(60)  # both insert at the same time
                     tile_writer.copy_upsert(cur, schema_name, "photometry", rows, ("targetid",))
         except psycopg2.Error as err:

@@ -9,7 +9,7 @@ import numpy as np
 from psycopg2 import sql
 
 from specprod_db.db import tempids
-from specprod_db.db.sql import qualified
+from specprod_db.db.sql import qualified, reading
 from specprod_db.load.jobs import BrickJob
 
 #: Bricks per brick task: fewer stage files and messages than one per brick (a brick
@@ -37,12 +37,11 @@ def brick_jobs(conn, schema_name, paths, stage_dir, results):
     first = np.ones(len(allrows), dtype=bool)
     first[1:] = allrows["TARGETID"][1:] != allrows["TARGETID"][:-1]
     unique = allrows[first]
-    with conn.cursor() as cur:
+    with reading(conn) as cur:
         ids = tempids.create(cur, unique["TARGETID"])
         present = tempids.fetch(cur, sql.SQL(
             "SELECT p.targetid FROM {} p JOIN {} i ON i.targetid = p.targetid").format(
             qualified(schema_name, "photometry"), ids))
-    conn.rollback()
     need = unique[~np.isin(unique["TARGETID"], present) & (unique["BRICKNAME"] != b"")]
     # which tiles depend on which brick (a failed brick fails those tiles)
     need_all = allrows[np.isin(allrows["TARGETID"], need["TARGETID"])]

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING
 from psycopg2 import sql
 
 from specprod_db import conninfo
-from specprod_db.db.sql import qualified
+from specprod_db.db.sql import qualified, transaction
 from specprod_db.load.plan import DELETE, INSERT, REFRESH, UNCHANGED, UPDATE, summary
-from specprod_db.load.tile_writer import transaction
 
 if TYPE_CHECKING:  # annotations only: prepare imports this module
     from specprod_db.load.prepare import Plan
@@ -41,8 +40,7 @@ def start(conn, schema_name, ranks, command, options):
 
 def finish(conn, schema_name, run_id, outcome, counts):
     """Record the run's end, ``outcome`` and ``counts``."""
-    conn.rollback()
-    with transaction(conn) as cur:
+    with transaction(conn, fresh=True) as cur:
         cur.execute(sql.SQL("UPDATE {} SET finished = now(), outcome = %s, counts = %s "
                             "WHERE id = %s").format(qualified(schema_name, "load_run")),
                     (outcome, json.dumps(counts, default=str), run_id))

@@ -26,7 +26,6 @@ deletes (children first) and inserts (parents first) come from :mod:`specprod_db
 (:mod:`specprod_db.db.tempids`).
 """
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
@@ -38,7 +37,7 @@ from psycopg2 import sql
 from specprod_db import faults, schema
 from specprod_db.db import tempids
 from specprod_db.db.pgcopy import Encoder, StreamReader, prefetch
-from specprod_db.db.sql import qualified
+from specprod_db.db.sql import qualified, transaction
 from specprod_db.errors import InputError
 from specprod_db.load import refusals
 from specprod_db.load.finalize import update_primary
@@ -59,18 +58,6 @@ LOADED, REFRESHED, DELETED, SKIPPED = "loaded", "refreshed", "deleted", "skipped
 
 #: Name of the session's temporary table of TARGETIDs the run's tiles reference.
 KEEP_TABLE = "run_targetids"
-
-
-@contextmanager
-def transaction(conn):
-    """A cursor in a transaction committed on success, rolled back on any error."""
-    try:
-        with conn.cursor() as cur:
-            yield cur
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
 
 
 def copy_rows(cur, schema_name, table_name, rows, target=None):
@@ -472,9 +459,8 @@ def refresh_state(conn, schema_name, action, run_id, state=None):
 def record_failure(conn, schema_name, tileid, message, run_id, internal=False, action=None):
     """Record a tile's failure (``failed``: bad input; ``internal_error``: a bug), and in
     its history the planned ``action`` (a TileAction; FAIL when not given)."""
-    conn.rollback()
     status = INTERNAL_ERROR if internal else FAILED
-    with transaction(conn) as cur:
+    with transaction(conn, fresh=True) as cur:
         upsert_state(cur, schema_name, tileid, status, run_id, error=message)
         record_history(cur, schema_name, run_id, tileid,
                        action.action if action is not None else "FAIL",

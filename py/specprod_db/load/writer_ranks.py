@@ -30,6 +30,7 @@ import psycopg2
 from psycopg2 import sql
 
 from specprod_db.db.connect import bulk_session, connect, server_stop
+from specprod_db.db.sql import transaction
 from specprod_db.errors import one_line
 from specprod_db.load.jobs import WriteJob
 
@@ -47,25 +48,23 @@ def create_shared(conn, schema_name, run_id):
     """The run's ``keep`` and ``touched`` tables (unlogged, empty); returns their
     identifiers ``(keep, touched)``."""
     out = []
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
         for what in ("keep", "touched"):
             ident = shared_table(schema_name, run_id, what)
             cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (targetid bigint PRIMARY KEY)")
                         .format(ident))
             out.append(ident)
-    conn.commit()
     return tuple(out)
 
 
 def drop_shared(conn, schema_name):
     """Drop every run's shared TARGETID tables in the schema."""
-    with conn.cursor() as cur:
+    with transaction(conn) as cur:
         cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND "
                     "tablename ~ '^_run_[0-9]+_(keep|touched)$'", (schema_name,))
         for (name,) in cur.fetchall():
             cur.execute(sql.SQL("DROP TABLE {}.{}").format(sql.Identifier(schema_name),
                                                            sql.Identifier(name)))
-    conn.commit()
 
 
 def _connection(job: WriteJob) -> Any:
