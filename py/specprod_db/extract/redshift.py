@@ -329,9 +329,10 @@ def petal_of(name: str) -> Optional[int]:
 
 def lost_petals(recorded: Optional[str], missing: Iterable[int]) -> List[int]:
     """Petals that have no file now (``missing``) but had one when the tile was last
-    loaded (its recorded redrock fingerprint, :meth:`Fingerprint.to_text`): their
-    ``ztile`` rows go with the UPDATE (the tile then holds what a fresh load of today's
-    files gives), worth a warning naming them."""
+    loaded (its recorded redrock fingerprint,
+    :meth:`specprod_db.load.fingerprints.Fingerprint.to_text`): their ``ztile`` rows go
+    with the UPDATE (the tile then holds what a fresh load of today's files gives),
+    worth a warning naming them."""
     from specprod_db.load.fingerprints import Fingerprint
     fp = Fingerprint.from_text(recorded)
     if fp is None:

@@ -7,8 +7,8 @@ Our own equivalent of desispec's ``desispec.io.photo.gather_targetphot`` for one
    ``TARG2``..., ``SCND``, ``SCND2``..., ``TOO``, ``TOO2``... (a family stops at the
    first missing keyword or at a value ``-``); tile 80615 also gets the cmx Gaia
    supplemental directory, which its header does not record;
-2. each value is rewritten into this tree (:meth:`Paths.rewrite_catalog_path`); paths
-   that do not exist are dropped, as desispec drops them (decision 11: real headers
+2. each value is rewritten into this tree
+   (:meth:`specprod_db.paths.Paths.rewrite_catalog_path`); paths that do not exist are dropped, as desispec drops them (decision 11: real headers
    name catalogs that were moved or never written), with a warning naming the tile, the
    keyword and the path, and counted in ``stats['missing_catalogs']``; if none is left
    the tile fails (desispec fails too); the rest is de-duplicated and sorted
@@ -279,7 +279,7 @@ def _ecsv_targets(path, want, label):
 
 def as_model(piece):
     """A piece of :func:`read_catalog` as a structured array of the targetphot columns it
-    has, in :data:`TARGETPHOT_DTYPE`'s types (the cast :func:`_merge` makes anyway), so
+    has, in :data:`TARGETPHOT_DTYPE`'s types (the cast ``_merge`` makes anyway), so
     it can be staged (HDF5) and merged later with the same result."""
     names = piece.dtype.names if hasattr(piece, "dtype") else list(piece)
     have = [n for n in TARGETPHOT_DTYPE.names if n in names]

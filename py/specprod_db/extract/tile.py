@@ -309,9 +309,10 @@ def _tiles_from_csv(data, path):
 def _convert(raw, dtype, name):
     """``raw`` as ``dtype``; returns (values, problems) with '' where a row is fine.
 
-    The plan's fields are read by the plan's own parsers (:func:`specprod_db.load.plan.
-    parse_updated`, :func:`specprod_db.load.plan.parse_night`); a value they refuse is a
-    problem of its line, and is replaced by a fill value (0, NaN, '')."""
+    The plan's fields are read by the plan's own parsers
+    (:func:`specprod_db.load.plan.parse_updated`,
+    :func:`specprod_db.load.plan.parse_night`); a value they refuse is a problem of its
+    line, and is replaced by a fill value (0, NaN, '')."""
     from specprod_db.load.plan import parse_night, parse_updated
     raw = np.ma.asarray(raw)
     n = len(raw)

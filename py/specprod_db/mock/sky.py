@@ -4,14 +4,20 @@ Every object is generated brick by brick from ``(seed, BRICKID)``, so any two ti
 overlap see the same objects (shared targets) and a brick is identical whenever it is
 regenerated (day after day). Kinds of object:
 
-``LS``      Legacy Surveys source that is a DESI target (dark and/or bright);
-``LSX``     Legacy Surveys source that is not a target (only in tractor files);
-``SCND``    secondary target (RELEASE < 1000 in TARGETID); ``match_lsid`` != 0 when it
-            sits within 0.3" of an ``LSX`` source (photometry found by position only),
-            else it has no LS counterpart (photometry from targeting);
-``TOO``     target of opportunity (RELEASE 9999), same two sub-cases;
-``SKY``     blank-sky target (TARGETID SKY bit 59);
-``GAIA``    Gaia-only backup target (RELEASE 0, GAIADR 2), no LS counterpart.
+``LS``
+    Legacy Surveys source that is a DESI target (dark and/or bright);
+``LSX``
+    Legacy Surveys source that is not a target (only in tractor files);
+``SCND``
+    secondary target (RELEASE < 1000 in TARGETID); ``match_lsid`` != 0 when it sits
+    within 0.3" of an ``LSX`` source (photometry found by position only), else it has
+    no LS counterpart (photometry from targeting);
+``TOO``
+    target of opportunity (RELEASE 9999), same two sub-cases;
+``SKY``
+    blank-sky target (TARGETID SKY bit 59);
+``GAIA``
+    Gaia-only backup target (RELEASE 0, GAIADR 2), no LS counterpart.
 
 TARGETIDs follow desitarget's bit layout (datamodel.md §6.1).
 """
