@@ -41,7 +41,7 @@ from specprod_db.schema import TABLES
 #: auto: a table of at most this many 8 kB pages is never clustered (a cone search then
 #: reads the whole table in one or two reads whatever the order).
 MIN_PAGES = 8
-#: auto: cluster when |pg_stats.correlation| of the q3c index expression is below this.
+#: auto: cluster when ``|pg_stats.correlation|`` of the q3c index expression is below this.
 MIN_CORRELATION = 0.9
 #: auto: cluster when dead rows are more than this fraction of the rows (a rewrite
 #: compacts the table; VACUUM alone leaves holes the next loads fill out of q3c order).
