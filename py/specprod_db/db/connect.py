@@ -241,6 +241,6 @@ BULK_SESSION = {"synchronous_commit": "off", "maintenance_work_mem": "1GB"}
 
 def bulk_session(conn: connection) -> None:
     """Apply :data:`BULK_SESSION` to this connection's session."""
-    with transaction(conn) as cur:
+    with transaction(conn, original_error=True) as cur:
         for name, value in BULK_SESSION.items():
             cur.execute("SELECT set_config(%s, %s, false)", (name, value))

@@ -63,7 +63,7 @@ def drop_secondary_indexes(conn: connection, schema_name: str) -> list[str]:
     Returns the names dropped; :func:`create_indexes` builds them again.
     """
     dropped = []
-    with transaction(conn) as cur:
+    with transaction(conn, original_error=True) as cur:
         for table in DATA_TABLES:
             for name in secondary_index_names(table):
                 cur.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(
@@ -83,7 +83,7 @@ def missing_indexes(conn: connection, schema_name: str) -> list[str]:
 
 def create_indexes(conn: connection, schema_name: str) -> None:
     """Create every index of every table that is missing (idempotent)."""
-    with transaction(conn) as cur:
+    with transaction(conn, original_error=True) as cur:
         for table in TABLES:
             for statement in index_sql(table, schema_name):
                 cur.execute(statement)
@@ -96,7 +96,7 @@ def create_schema(conn: connection, schema_name: str, overwrite: bool = False) -
     Returns True when tables were created, False when everything already existed.
     """
     log = get_logger()
-    with transaction(conn) as cur:
+    with transaction(conn, original_error=True) as cur:
         ensure_q3c(conn)
         if overwrite:
             log.warning("dropping schema %s and everything in it", schema_name)
@@ -125,7 +125,7 @@ def grant_read(conn: connection, schema_name: str, roles: Iterable[str]) -> list
     """
     log = get_logger()
     granted = []
-    with transaction(conn) as cur:
+    with transaction(conn, original_error=True) as cur:
         for role in roles:
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
             if cur.fetchone() is None:
@@ -150,7 +150,7 @@ def cluster_q3c(conn: connection, schema_name: str,
     tables clustered.  ``specprod-db maintain`` decides when it pays
     (:mod:`specprod_db.ops.maintain`)."""
     done = []
-    with transaction(conn) as cur:
+    with transaction(conn, original_error=True) as cur:
         for table in TABLES:
             if table.q3c and (tables is None or table.name in tables):
                 cur.execute(sql.SQL("CLUSTER {} USING {}").format(

@@ -509,7 +509,7 @@ def migrate(conn: connection, schema_name: str, dry_run: bool = False) -> dict[s
             steps += [{"description": s.description, "result": None} for s in m.steps]
             continue
         try:
-            with transaction(conn) as cur:
+            with transaction(conn, original_error=True) as cur:
                 for s in m.steps:
                     steps.append({"description": s.description,
                                   "result": s.apply(cur, schema_name)})
@@ -526,7 +526,7 @@ def migrate(conn: connection, schema_name: str, dry_run: bool = False) -> dict[s
     if not todo and how == "inspected":
         report["recorded"] = True
         if not dry_run:
-            with transaction(conn) as cur:
+            with transaction(conn, original_error=True) as cur:
                 record_layout(cur, schema_name, CURRENT_LAYOUT)
     return report
 
@@ -588,7 +588,7 @@ def record_versions(conn: connection, schema_name: str, specprod: str) -> bool:
     """Fill ``version`` once (an existing table is left as it is), and record the
     schema's layout version (:mod:`specprod_db.db.migrate`) when it is the current one and
     not recorded yet.  Returns True when the package rows were written."""
-    with transaction(conn) as cur:
+    with transaction(conn, original_error=True) as cur:
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(
             qualified(schema_name, "version")))
         filled = not fetch_one(cur)[0]

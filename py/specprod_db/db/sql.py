@@ -3,6 +3,13 @@
 Every transaction of this package goes through :func:`transaction` (writes: committed on
 success, rolled back on any error) or :func:`reading` (reads: always rolled back, so no
 transaction stays open after them).
+
+When the error closed the connection (the server ended the session, the network
+failed), a rollback raises ``InterfaceError: connection already closed`` in place of the
+error: :func:`transaction` does so by default, as the loader's tile transactions always
+did, and :func:`specprod_db.db.connect.server_stop` then asks the server why the
+connection closed; with ``original_error`` (and always in :func:`reading`) the error
+itself is raised, as at the call sites that did not roll back on an error.
 """
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,17 +58,18 @@ def fetch_one(cur: cursor) -> tuple[Any, ...]:
 
 
 def _rollback(conn: connection) -> None:
-    # a closed connection has no transaction left; its rollback() would only raise
-    # InterfaceError and hide the error that closed it
+    """Roll back unless the connection is closed (it has no transaction left)."""
     if not conn.closed:
         conn.rollback()
 
 
 @contextmanager
-def transaction(conn: connection, fresh: bool = False) -> Iterator[cursor]:
+def transaction(conn: connection, fresh: bool = False,
+                original_error: bool = False) -> Iterator[cursor]:
     """A cursor in a transaction committed on success, rolled back on any error (the
     commit's own included).  ``fresh``: first roll back whatever transaction is open
-    (one a failed statement aborted)."""
+    (one a failed statement aborted).  ``original_error``: no rollback of a connection
+    the error closed, so that the error itself is raised (module docstring)."""
     if fresh:
         _rollback(conn)
     try:
@@ -69,7 +77,10 @@ def transaction(conn: connection, fresh: bool = False) -> Iterator[cursor]:
             yield cur
         conn.commit()
     except BaseException:
-        _rollback(conn)
+        if original_error:
+            _rollback(conn)
+        else:
+            conn.rollback()
         raise
 
 

@@ -119,7 +119,7 @@ def _readers(cur, schema_name, table_name):
 def lock_vac(conn, schema_name, name):
     """One load or drop of a VAC at a time (a session advisory lock), else RunRefused."""
     key = zlib.crc32(f"{schema_name}.{name}".encode()) & 0x7FFFFFFF
-    with transaction(conn) as cur:
+    with transaction(conn, original_error=True) as cur:
         cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key))
         got = cur.fetchone()[0]
     if not got:
@@ -245,7 +245,7 @@ def swap(conn, schema_name, name, lock_timeout=300.0):
 def drop_building(conn, schema_name, name):
     """Drop ``vac_NAME__new`` if a load left it (whatever transaction is open on
     ``conn`` is rolled back first)."""
-    with transaction(conn, fresh=True) as cur:
+    with transaction(conn, fresh=True, original_error=True) as cur:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
             qualified(schema_name, table_name(name) + BUILDING)))
 

@@ -96,7 +96,7 @@ def build(conn, opts, table, key, results, keys):
     new = final + BUILDING
     names = object_names(new)
     target = qualified(schema_name, new)
-    with transaction(conn) as cur:
+    with transaction(conn, original_error=True) as cur:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))  # a crashed load's
         cur.execute(sql.SQL("CREATE TABLE {} ({})").format(target, sql.SQL(", ").join(
             sql.SQL("{} {} NOT NULL").format(sql.Identifier(c.name), sql.SQL(c.ddl_type))
