@@ -12,7 +12,7 @@ from specprod_db import cli, schema
 from specprod_db.mock import environment
 
 KEYS = {"schema", "checked_at", "ok", "tiles", "runs", "tables", "size_bytes",
-        "q3c_indexes", "q3c_missing"}
+        "q3c_indexes", "q3c_missing", "unfinished_initial_load"}
 
 
 @pytest.fixture(scope="module")

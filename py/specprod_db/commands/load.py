@@ -49,8 +49,9 @@ def add_arguments(parser, dry_run_flag=True):
                              "mass delete, whatever the fraction (default 3: one withdrawn "
                              "tile of a small production loads without a flag)")
     parser.add_argument("--initial", action="store_true",
-                        help="initial (monolithic) load of a whole production: secondary "
-                             "indexes dropped during the COPY and rebuilt at the end, "
+                        help="initial (monolithic) load of a whole production: keys, "
+                             "foreign keys and indexes dropped during the COPY and built "
+                             "at the end, "
                              "primary flags computed once; rerun the same command after "
                              "an interruption")
     parser.add_argument("--wave-tiles", type=_count, default=64, metavar="N",
@@ -66,6 +67,9 @@ def add_arguments(parser, dry_run_flag=True):
                         help="ranks writing to the database (default 1: rank 0 writes; "
                              "K > 1: ranks 1..K write tiles concurrently, each on its own "
                              "connection, and the job needs at least K + 2 ranks)")
+    parser.add_argument("--build-connections", type=_count, default=3, metavar="K",
+                        help="sessions building the keys, foreign keys and indexes at the "
+                             "end of an initial load, at once (default 3)")
     parser.add_argument("--show-unchanged", action="store_true",
                         help="list unchanged tiles in the plan too")
 
@@ -113,6 +117,7 @@ def options_from_args(args, dry_run=None):
                    max_delete_count=args.max_delete_count,
                    show_unchanged=args.show_unchanged, initial=args.initial,
                    wave_tiles=max(1, args.wave_tiles), writers=max(1, args.writers),
+                   build_connections=max(1, args.build_connections),
                    stage_min_free=int(args.stage_min_free * 2**20),
                    healpix=args.healpix)
 

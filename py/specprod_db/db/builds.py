@@ -12,6 +12,9 @@ row.  This module owns that list and its catalog state:
   statements and the builds it depends on (a foreign key needs the referenced key);
 * :func:`bulk_builds`: those a bulk load drops (the data tables' but :data:`BULK_KEEP`);
 * :func:`present` / :func:`missing`: what the catalog of a schema holds;
+  :func:`unfinished` / :func:`unfinished_message`: the names a schema lacks, and the
+  line ``status``, ``verify`` and ``combine`` print for such an *unfinished initial
+  load*, with the command that finishes it (:func:`finish_command`);
 * :func:`drop`: drop a set of them (one transaction);
 * :func:`duplicates` / :func:`orphans`: the rows a key or a foreign key would refuse,
   with their tiles, raised as :class:`KeyViolation`;
@@ -269,18 +272,25 @@ def present(conn: Any, schema_name: str) -> dict[str, str]:
     (``DONE``, or ``NOT_VALIDATED`` for a constraint added NOT VALID); invalid indexes
     are left out (a failed CREATE INDEX CONCURRENTLY: not ours)."""
     with conn.cursor() as cur:
-        cur.execute("""SELECT c.conname, c.convalidated FROM pg_constraint c
-                       JOIN pg_namespace n ON n.oid = c.connamespace
-                       WHERE n.nspname = %s AND c.contype IN ('p', 'u', 'f')""",
-                    (schema_name,))
-        out = {name: DONE if valid else NOT_VALIDATED for name, valid in cur.fetchall()}
-        cur.execute("""SELECT i.relname FROM pg_index x
-                       JOIN pg_class i ON i.oid = x.indexrelid
-                       JOIN pg_namespace n ON n.oid = i.relnamespace
-                       WHERE n.nspname = %s AND x.indisvalid""", (schema_name,))
-        for (name,) in cur.fetchall():
-            out.setdefault(name, DONE)
+        out = present_in(cur, schema_name)
     conn.rollback()
+    return out
+
+
+def present_in(cur: Any, schema_name: str) -> dict[str, str]:
+    """:func:`present` read with cursor ``cur``, inside the caller's transaction (left
+    open)."""
+    cur.execute("""SELECT c.conname, c.convalidated FROM pg_constraint c
+                   JOIN pg_namespace n ON n.oid = c.connamespace
+                   WHERE n.nspname = %s AND c.contype IN ('p', 'u', 'f')""",
+                (schema_name,))
+    out = {name: DONE if valid else NOT_VALIDATED for name, valid in cur.fetchall()}
+    cur.execute("""SELECT i.relname FROM pg_index x
+                   JOIN pg_class i ON i.oid = x.indexrelid
+                   JOIN pg_namespace n ON n.oid = i.relnamespace
+                   WHERE n.nspname = %s AND x.indisvalid""", (schema_name,))
+    for (name,) in cur.fetchall():
+        out.setdefault(name, DONE)
     return out
 
 
@@ -297,6 +307,33 @@ def missing(conn: Any, schema_name: str,
     catalog = present(conn, schema_name)
     return [b for b in (schema_builds() if builds is None else builds)
             if _state(b, catalog) != DONE]
+
+
+# --- an unfinished initial load -----------------------------------------------------
+
+#: What ``status``, ``verify``, ``combine`` and ``load`` call a schema lacking builds.
+UNFINISHED = "unfinished initial load"
+
+
+def finish_command(schema_name: str) -> str:
+    """The command that finishes an unfinished initial load of ``schema_name``."""
+    return f"specprod-db load --initial --schema {schema_name}"
+
+
+def unfinished(cur: Any, schema_name: str) -> list[str]:
+    """Names of the builds ``schema_name`` lacks or holds only partly (a foreign key
+    added NOT VALID), read with cursor ``cur`` inside the caller's transaction; [] for a
+    finished schema.  Non-empty after an initial load that stopped before the end of
+    its builds (or whose keys refused rows)."""
+    catalog = present_in(cur, schema_name)
+    return [b.name for b in schema_builds() if _state(b, catalog) != DONE]
+
+
+def unfinished_message(schema_name: str, names: Sequence[str]) -> str:
+    """One line: the schema is an unfinished initial load, what it lacks, how to finish."""
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (f"{UNFINISHED}: {schema_name} lacks {len(names)} key(s)/index(es) ({shown}); "
+            f"finish it with `{finish_command(schema_name)}`")
 
 
 def drop(conn: Any, schema_name: str, builds: Iterable[Build]) -> list[str]:

@@ -1,14 +1,18 @@
 """The end of a load: primary flags, indexes, ANALYZE; the run recorded and reported.
 
 * :func:`finalize` — after a bulk load (or a rerun of an interrupted one), every primary
-  flag and the secondary indexes, then CLUSTER; the flags of the TARGETIDs writer ranks
-  touched; ANALYZE of the tables whose statistics went stale
-  (:mod:`specprod_db.load.finalize` has the SQL).
+  flag, then the keys, foreign keys and indexes the schema lacks
+  (:func:`specprod_db.db.builds.build_missing`, on ``--build-connections`` sessions),
+  then CLUSTER; the flags of the TARGETIDs writer ranks touched; ANALYZE of the tables
+  whose statistics went stale (:mod:`specprod_db.load.finalize` has the SQL).  Fault
+  points (:mod:`specprod_db.faults`): ``builds`` before the first build, ``built-NAME``
+  after each step of build ``NAME`` (a foreign key: after its NOT VALID add, then after
+  its validation).
 * :func:`finish` — stage files of the run removed, ``load_run`` finished, the report
   printed on stdout (:mod:`specprod_db.load.runrecord`); returns the exit status.
 """
 from specprod_db import faults, mpi, schema, stage
-from specprod_db.db import ddl
+from specprod_db.db import builds, ddl
 from specprod_db.errors import EXIT_FAILED, EXIT_OK
 from specprod_db.load import finalize as flags, runrecord, writer_ranks
 from specprod_db.load.prepare import Plan, Session
@@ -17,7 +21,13 @@ from specprod_db.log import get_logger
 
 
 def finalize(session: Session, tally: Tally) -> None:
-    """After a bulk load, every primary flag and the secondary indexes; ANALYZE."""
+    """After a bulk load, every primary flag and the keys and indexes; ANALYZE.
+
+    The seconds of each build go to ``load_run.counts["builds"]`` (the builds done
+    before a failure too) and the builds' wall time to the report's timing.  Rows a key
+    refuses stop the run (:class:`~specprod_db.db.builds.KeyViolation`, exit 1) with the
+    table, key and tiles named; the schema stays an unfinished initial load, which
+    ``status`` reports."""
     faults.hit("finalize")  # failure tests only (faults.py)
     conn, schema_name, log = session.conn, session.schema, get_logger()
     if session.touched is not None:
@@ -33,8 +43,8 @@ def finalize(session: Session, tally: Tally) -> None:
                  flags.update_primary(conn, schema_name))
         log.info("primary flags of all zpix rows: %d rows changed",
                  flags.update_primary(conn, schema_name, redshifts="zpix"))
-        ddl.create_indexes(conn, schema_name)
         conn.commit()
+        _build(session, tally)
         log.info("tables clustered on their q3c index: %s",
                  ", ".join(ddl.cluster_q3c(conn, schema_name)))
     if session.rebuild or session.wrote:
@@ -46,6 +56,30 @@ def finalize(session: Session, tally: Tally) -> None:
         conn.commit()
         tally.counts["analyzed"] = tables
         log.info("ANALYZE: %s", ", ".join(tables) or "no table had enough changes")
+
+
+def _build(session: Session, tally: Tally) -> None:
+    """The builds the schema lacks, on ``session.build_connections`` sessions."""
+    log, done = get_logger(), tally.counts.setdefault("builds", {})
+
+    def progress(step: str, seconds: float) -> None:
+        name = step.split(": ")[0]
+        done[name] = round(done.get(name, 0.0) + seconds, 3)
+        log.debug("built %s in %.2f s", step, seconds)
+        faults.hit(f"built-{name}")  # crash tests only (faults.py)
+
+    faults.hit("builds")  # crash tests only (faults.py)
+    with tally.timed("builds"):
+        try:
+            builds.build_missing(session.dsn, session.schema,
+                                 connections=session.build_connections, progress=progress)
+        except builds.KeyViolation as err:
+            raise builds.KeyViolation(
+                f"{err}; {session.schema} is left an {builds.UNFINISHED} (its rows are "
+                f"all there, these keys are not): correct the input and rerun "
+                f"`{builds.finish_command(session.schema)}`", err.found) from None
+    log.info("keys, foreign keys and indexes built: %d on %d session(s)", len(done),
+             session.build_connections)
 
 
 def finish(dispatcher: mpi.Dispatcher, session: Session, plan: Plan, tally: Tally) -> int:

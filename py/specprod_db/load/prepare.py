@@ -18,7 +18,7 @@ import psycopg2
 from psycopg2 import sql
 
 from specprod_db import faults, stage
-from specprod_db.db import ddl
+from specprod_db.db import builds
 from specprod_db.db.connect import bulk_session, connect, schema_exists, server_stop
 from specprod_db.db.lock import acquire_lock, check_write_access, database_identity, read_state
 from specprod_db.errors import InputError, RunRefused, one_line
@@ -44,9 +44,10 @@ class Options:
     max_delete_fraction: float = 0.1
     max_delete_count: int = 3
     show_unchanged: bool = False
-    initial: bool = False  # bulk mode: secondary indexes and primary flags built at the end
+    initial: bool = False  # bulk mode: keys, indexes and primary flags built at the end
     wave_tiles: int = 64   # tiles extracted, matched and written together (memory bound)
     writers: int = 1       # >1: ranks 1..writers write tiles concurrently (writer_ranks.py)
+    build_connections: int = 3  # sessions building the keys and indexes at the end (builds.py)
     stage_min_free: int = 0  # bytes the stage directory must have free to start
     command: str = "load"
     healpix: Optional[bool] = None  # HEALPix redshifts (zpix); None: not daily
@@ -81,12 +82,16 @@ class Session:
     and the stage files staged so far (the manifest)."""
     conn: Any  # a specprod_db.db.connect.Connection
     schema: str
-    run_id: Optional[int] = None
-    stage_dir: Optional[str] = None
-    keep: Optional[sql.Composable] = None
+    # run_id and stage_dir are set by begin(), keep by prepare_write(): None before, which
+    # only open_session, plan_run and abandon see (typed as after, for the stages)
+    run_id: int = None  # type: ignore[assignment]
+    stage_dir: str = None  # type: ignore[assignment]
+    keep: sql.Composable = None  # type: ignore[assignment]
     touched: Optional[sql.Composable] = None
     rebuild: bool = False
     wrote: bool = False
+    dsn: str = ""               # where the builds of the end connect (db/builds.py)
+    build_connections: int = 3
     staged: dict[str, Any] = field(default_factory=lambda: {"tiles": {}, "bricks": []})
 
     def close(self) -> None:
@@ -215,14 +220,32 @@ def begin(session: Session, opts: Options, plan: Plan, ranks: int) -> None:
 
 
 def prepare_write(session: Session, opts: Options) -> None:
-    """Before the first write: the indexes of a bulk load, the run's ``keep`` table, the
-    writer session's settings."""
-    conn = session.conn
-    session.rebuild = opts.initial or bool(ddl.missing_indexes(conn, opts.schema))
+    """Before the first write: the keys and indexes of a bulk load, the run's ``keep``
+    table, the writer session's settings.
+
+    ``--initial`` drops every key, foreign key and index of the data tables but
+    :data:`~specprod_db.db.builds.BULK_KEEP` (the writer's ``ON CONFLICT`` needs them),
+    to be built once at the end (:func:`specprod_db.load.finish.finalize`).  A run
+    without ``--initial`` on a schema lacking builds (:func:`specprod_db.db.builds.missing`:
+    an unfinished initial load, a foreign key left NOT VALID included) runs as the rerun
+    of that bulk load: it writes as the bulk load does (a key it lacks refuses nothing
+    until it is built), computes every flag and builds what is missing at the end; the
+    keys the writer needs are built first, before anything is written.
+    """
+    conn, log = session.conn, get_logger()
+    session.dsn, session.build_connections = opts.dsn, opts.build_connections
+    lacking = builds.missing(conn, opts.schema)
+    session.rebuild = opts.initial or bool(lacking)
     if opts.initial:
-        get_logger().info("initial load: dropping secondary indexes until the end: %s",
-                          ", ".join(ddl.drop_secondary_indexes(conn, opts.schema)))
+        log.info("initial load: dropping keys and indexes until the end: %s",
+                 ", ".join(builds.drop(conn, opts.schema, builds.bulk_builds())) or "none")
         bulk_session(conn)
+    elif lacking:
+        log.warning("%s; this run writes as that bulk load does and builds them at the "
+                    "end", builds.unfinished_message(opts.schema, [b.name for b in lacking]))
+    upsert_keys = [b for b in lacking if b.name in builds.BULK_KEEP]
+    if upsert_keys:  # dropped by hand: the writer's ON CONFLICT needs them first
+        builds.build_missing(opts.dsn, opts.schema, upsert_keys, connections=1)
     writer_ranks.drop_shared(conn, opts.schema)  # left by a crashed run
     if opts.writers > 1:
         session.keep, session.touched = writer_ranks.create_shared(conn, opts.schema,

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import psycopg2
 from psycopg2 import sql
 
+from specprod_db.db import builds
 from specprod_db.db.sql import transaction
 from specprod_db.errors import RunRefused
 from specprod_db.load import finalize
@@ -121,6 +122,11 @@ def inspect_source(cur, schema_name, rank):
     if denied:
         raise RunRefused(f"no SELECT privilege on {schema_name}.{{{', '.join(denied)}}}; "
                          "nothing created")
+    lacking = builds.unfinished(cur, schema_name)
+    if lacking:  # its keys unchecked, its views would lack the indexes they rely on
+        raise RunRefused(f"source schema {schema_name} is an "
+                         f"{builds.unfinished_message(schema_name, lacking)}; nothing "
+                         f"created")
     cur.execute(sql.SQL("SELECT version FROM {}.version WHERE package = 'specprod'").format(
         sql.Identifier(schema_name)))
     row = cur.fetchone()

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from psycopg2 import sql
 
 from specprod_db import schema
+from specprod_db.db import builds
 from specprod_db.db.sql import qualified
 from specprod_db.errors import SpecprodDBError, one_line
 from specprod_db.db.lock import LOCK_NAMESPACE, lock_key
@@ -100,7 +101,13 @@ def collect(conn, schema_name, plan_options=None, plan_error=None):
     report["q3c_missing"] = [f"ix_{t.name}_q3c_ang2ipix" for t in schema.TABLES
                              if t.q3c and f"ix_{t.name}_q3c_ang2ipix" not in present]
     conn.rollback()
-    report["ok"] = not report["tiles"]["failed"] and actions == []
+    with conn.cursor() as cur:  # an initial load that stopped before its builds ended
+        lacking = builds.unfinished(cur, schema_name)
+    conn.rollback()
+    report["unfinished_initial_load"] = None if not lacking else {
+        "missing": lacking, "finish": builds.finish_command(schema_name),
+        "message": builds.unfinished_message(schema_name, lacking)}
+    report["ok"] = not report["tiles"]["failed"] and actions == [] and not lacking
     return report
 
 
@@ -183,6 +190,10 @@ def format_text(r):
             f"{len(tiles['failed'])} failed, "
             + (f"{len(pend)} pending" if pend is not None else "pending unknown"))
     lines = [head, f"checked {_when(r['checked_at'])} UTC", ""]
+    if r.get("unfinished_initial_load"):
+        u = r["unfinished_initial_load"]
+        lines += [f"UNFINISHED INITIAL LOAD: {len(u['missing'])} key(s)/index(es) missing;",
+                  _fit(f"  finish it with `{u['finish']}`"), ""]
     lines.append("tiles loaded by survey and program:")
     lines += [f"  {x['survey']:<12} {x['program']:<10} {x['tiles']:>8}"
               for x in tiles["by_survey_program"]] or ["  none"]

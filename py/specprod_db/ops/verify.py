@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from psycopg2 import sql
 
 from specprod_db import ids, schema
+from specprod_db.db import builds
 from specprod_db.db.sql import qualified, reading
 from specprod_db.errors import InputError
 from specprod_db.load import fingerprints
@@ -535,7 +536,14 @@ def _file_differences(recorded, now, content=False):
 
 def verify(conn, schema_name, tiles=None, paths=None, hash=False):
     """Run every check; the report (a dict: doc/daily.md, ``verify --json``)."""
-    return Verifier(conn, schema_name, tiles, paths, hash).run()
+    report = Verifier(conn, schema_name, tiles, paths, hash).run()
+    with reading(conn) as cur:  # an initial load that stopped before its builds ended
+        lacking = builds.unfinished(cur, schema_name)
+    report["unfinished_initial_load"] = None if not lacking else {
+        "missing": lacking, "finish": builds.finish_command(schema_name),
+        "message": builds.unfinished_message(schema_name, lacking)}
+    report["ok"] = report["ok"] and not lacking
+    return report
 
 
 def format_report(report, width=80):
@@ -556,6 +564,8 @@ def format_report(report, width=80):
             lines.append(f"  [{d['check']}] {d['message']}")
     else:
         lines.append("no drift: the database holds what was loaded")
+    if report.get("unfinished_initial_load"):
+        lines.append(report["unfinished_initial_load"]["message"])
     return "\n".join(lines)
 
 
