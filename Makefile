@@ -35,7 +35,7 @@ test: db docs typecheck
 # mypy (setup.cfg [mypy]) on the modules whose annotations are complete; a module joins
 # MYPY_PATHS when it passes (and its setup.cfg section says disallow_untyped_defs).
 MYPY_PATHS := py/specprod_db/db py/specprod_db/stage.py py/specprod_db/schema.py \
-	py/specprod_db/errors.py
+	py/specprod_db/errors.py py/specprod_db/load py/specprod_db/mpi.py
 typecheck: env
 	$(VENV)/bin/mypy $(MYPY_PATHS)
 

@@ -27,7 +27,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from specprod_db import faults
 from specprod_db.errors import EXIT_INTERNAL, DatabaseLost, InputError, one_line
@@ -52,7 +52,7 @@ PROGRESS_INTERVAL = 10.0
 class TaskFailure:
     """A task that raised: what failed, where, the one-line reason, and whether it was
     bad input (``internal=False``) or a bug (``internal=True``, with its traceback)."""
-    task: object
+    task: Any
     message: str
     where: str
     traceback: str
@@ -66,11 +66,11 @@ class SerialComm:
     rank = 0
     size = 1
 
-    def Abort(self, code=1):  # pragma: no cover - only on fatal paths
+    def Abort(self, code: int = 1) -> None:  # pragma: no cover - only on fatal paths
         os._exit(code)
 
 
-def world():
+def world() -> Any:
     """COMM_WORLD, or a :class:`SerialComm` when mpi4py is unavailable or disabled.
 
     Set ``SPECPROD_DB_NO_MPI=1`` to skip importing mpi4py (e.g. on a login node).
@@ -84,11 +84,11 @@ def world():
     return MPI.COMM_WORLD
 
 
-def where(comm):
+def where(comm: Any) -> str:
     return f"rank {comm.rank} of {comm.size} on {socket.gethostname()}"
 
 
-def call_task(func, task, comm):
+def call_task(func: Callable[[Any], Any], task: Any, comm: Any) -> Any:
     """``func(task)``, or a :class:`TaskFailure` when it raises."""
     try:
         return func(task)
@@ -104,19 +104,20 @@ def call_task(func, task, comm):
                            internal=True)
 
 
-def describe(task):
+def describe(task: Any) -> str:
     """A short name of a task for messages: its ``str`` (``tile 1234``,
     ``bricks 0001m002+16``: :mod:`specprod_db.load.jobs`), at most 60 characters."""
     return str(task)[:60]
 
 
-def _recv_quietly(comm, source, tag, status, interval=POLL_INTERVAL):
+def _recv_quietly(comm: Any, source: int, tag: int, status: Any,
+                  interval: float = POLL_INTERVAL) -> Any:
     while not comm.Iprobe(source=source, tag=tag, status=status):
         time.sleep(interval)
     return comm.recv(source=status.Get_source(), tag=tag, status=status)
 
 
-def serve(comm, handlers):
+def serve(comm: Any, handlers: Mapping[str, Callable[[Any], Any]]) -> int:
     """A worker's life: run the root's tasks until it says stop; returns the exit status.
 
     ``handlers`` maps a task kind to the function that runs it.  An exception outside
@@ -139,6 +140,7 @@ def serve(comm, handlers):
     except Exception as err:
         abort(comm, f"internal error on worker {where(comm)}: {one_line(err)}",
               traceback.format_exc())
+        return EXIT_INTERNAL  # not reached: the job is aborted
 
 
 def run_roles(comm: Any, handlers: Mapping[str, Callable], root: Callable[[], int]) -> int:
@@ -150,7 +152,7 @@ def run_roles(comm: Any, handlers: Mapping[str, Callable], root: Callable[[], in
     return root()
 
 
-def _collect_garbage():
+def _collect_garbage() -> None:
     """A worker's memory follows one task, not the tasks it ran: after each task the
     cyclic garbage it left (libraries' reference cycles holding arrays; astropy's ECSV
     reader left ~17 MB a read) is collected now, not at the interpreter's next full
@@ -162,7 +164,7 @@ def _collect_garbage():
         gc.freeze()
 
 
-def abort(comm, message, tb=""):
+def abort(comm: Any, message: str, tb: str = "") -> None:
     """Say why on stderr (with the traceback) and end the whole job (every rank)."""
     print(f"specprod-db: {message}; the job is aborted (exit {EXIT_INTERNAL}); every "
           f"committed tile is whole, rerun the load", file=sys.stderr, flush=True)
@@ -174,16 +176,16 @@ def abort(comm, message, tb=""):
 class Batch:
     """Tasks submitted together: their results as they complete, and their progress."""
 
-    def __init__(self, kind, n, progress=None):
+    def __init__(self, kind: str, n: int, progress: Optional["Progress"] = None) -> None:
         self.kind, self.n = kind, n
-        self.results = []  # [(task, result)] in completion order
+        self.results: list[Any] = []  # [(task, result)] in completion order
         self.progress = progress or Progress(kind, n)
 
     @property
-    def done(self):
+    def done(self) -> bool:
         return len(self.results) == self.n
 
-    def add(self, task, result):
+    def add(self, task: Any, result: Any) -> None:
         self.results.append((task, result))
         self.progress(task, result)
 
@@ -201,17 +203,20 @@ class Dispatcher:
     worker's :func:`serve` loop.  ``busy`` holds each rank's seconds spent in tasks.
     """
 
-    def __init__(self, comm, handlers, roles=None):
+    def __init__(self, comm: Any, handlers: Mapping[str, Callable[[Any], Any]],
+                 roles: Optional[Mapping[str, Iterable[int]]] = None) -> None:
         self.comm = comm
         self.handlers = handlers
         #: kind -> the ranks that run it; the other kinds run on the remaining workers
         self.roles = {k: set(v) for k, v in (roles or {}).items()}
-        self.queue = deque()  # (kind, task, batch)
-        self.running = {}     # worker rank -> (kind, task, batch, started)
+        self.queue: deque[tuple[str, Any, Batch]] = deque()
+        #: worker rank -> (kind, task, batch, started)
+        self.running: dict[int, tuple[str, Any, Batch, float]] = {}
         self.busy = {r: 0.0 for r in range(comm.size)}
         self.stopped = comm.size == 1
 
-    def submit(self, kind, tasks, size=None, progress=None):
+    def submit(self, kind: str, tasks: Iterable[Any], size: Optional[Callable[[Any], Any]] = None,
+               progress: Optional["Progress"] = None) -> Batch:
         tasks = list(tasks)
         if size is not None:
             tasks.sort(key=size, reverse=True)
@@ -220,15 +225,16 @@ class Dispatcher:
         self.poll()
         return batch
 
-    def map(self, kind, tasks, size=None, progress=None):
+    def map(self, kind: str, tasks: Iterable[Any], size: Optional[Callable[[Any], Any]] = None,
+            progress: Optional["Progress"] = None) -> list[tuple[Any, Any]]:
         return self.wait(self.submit(kind, tasks, size, progress))
 
-    def wait(self, batch):
+    def wait(self, batch: Batch) -> list[tuple[Any, Any]]:
         while not batch.done:
             self.poll(block=True)
         return batch.results
 
-    def poll(self, block=False):
+    def poll(self, block: bool = False) -> None:
         """Hand queued tasks to idle workers and collect finished ones; with ``block``,
         wait until at least one task finishes (on one rank: run the next one)."""
         if self.comm.size == 1:
@@ -256,12 +262,12 @@ class Dispatcher:
             self._fill()
             block = False
 
-    def _eligible(self, kind, worker):
+    def _eligible(self, kind: str, worker: int) -> bool:
         if kind in self.roles:
             return worker in self.roles[kind]
         return not any(worker in ranks for ranks in self.roles.values())
 
-    def _fill(self):
+    def _fill(self) -> None:
         for w in range(1, self.comm.size):
             if w in self.running or not self.queue:
                 continue
@@ -272,7 +278,7 @@ class Dispatcher:
                     self.comm.send((kind, task), dest=w, tag=_TAG_TASK)
                     break
 
-    def stop(self, status, drain_timeout=DRAIN_TIMEOUT):
+    def stop(self, status: int, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         """Stop every worker with ``status`` (after the tasks they still run; queued
         tasks are dropped)."""
         if self.stopped:
@@ -294,7 +300,7 @@ class Dispatcher:
         for w in range(1, self.comm.size):
             self.comm.send((_STOP, status), dest=w, tag=_TAG_TASK)
 
-    def balance(self):
+    def balance(self) -> tuple[dict[int, float], float]:
         """``(busy seconds per worker rank, max/mean)`` (rank 0 alone on one rank)."""
         ranks = range(1, self.comm.size) if self.comm.size > 1 else [0]
         busy = {r: self.busy[r] for r in ranks}
@@ -306,13 +312,13 @@ class Progress:
     """Rank 0's progress of one stage: a line every :data:`PROGRESS_INTERVAL` seconds or
     10 % (done/total, rate, ETA, failures), and every failure as it happens."""
 
-    def __init__(self, what, total):
+    def __init__(self, what: str, total: int) -> None:
         self.what, self.total = what, total
         self.start = self.last = time.time()
         self.done = self.failed = self.last_tenth = 0
         self.log = get_logger()
 
-    def __call__(self, task, result):
+    def __call__(self, task: Any, result: Any) -> None:
         self.done += 1
         if isinstance(result, TaskFailure):
             self.failed += 1
@@ -333,11 +339,11 @@ class Progress:
 class Overlap:
     """How much of the root's write time had workers busy extracting (hidden time)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.total = self.hidden = 0.0
-        self.last = None
+        self.last: Optional[float] = None
 
-    def sample(self, dispatcher, end=False):
+    def sample(self, dispatcher: Dispatcher, end: bool = False) -> None:
         now = time.time()
         if self.last is not None:
             self.total += now - self.last

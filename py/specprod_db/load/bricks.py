@@ -5,19 +5,24 @@ data is new (``TileResult.brick_input``), keeps one row per TARGETID (a row with
 Legacy Surveys ID columns wins, decision 10), drops the TARGETIDs the database already
 holds, and groups the rest by brick into tasks of ``BRICKS_PER_TASK`` bricks.
 """
+from typing import Any, Sequence
+
 import numpy as np
 from psycopg2 import sql
+from psycopg2.extensions import connection
 
 from specprod_db.db import tempids
 from specprod_db.db.sql import qualified, reading
 from specprod_db.load.jobs import BrickJob
+from specprod_db.paths import Paths
 
 #: Bricks per brick task: fewer stage files and messages than one per brick (a brick
 #: holds ~50 targets of a day), still many tasks to balance over the ranks.
 BRICKS_PER_TASK = 16
 
 
-def brick_jobs(conn, schema_name, paths, stage_dir, results):
+def brick_jobs(conn: connection, schema_name: str, paths: Paths, stage_dir: str,
+               results: Sequence[Any]) -> tuple[list[BrickJob], dict[str, list[int]]]:
     """Brick tasks for this run's new fiberassign data, and brick -> TILEIDs needing it.
 
     ``results``: the TileResults of the run.  A failed brick fails the tiles that need
@@ -27,7 +32,7 @@ def brick_jobs(conn, schema_name, paths, stage_dir, results):
     if not pieces:
         return [], {}
     allrows = np.concatenate(pieces)
-    tiles_of = {}
+    tiles_of: dict[str, list[int]] = {}
     # one row per TARGETID: a row with the Legacy Surveys ID columns (the ID path of
     # decision 10) wins over one without, then the first tile in plan order
     has_id = ((allrows["RELEASE"] > 0) & (allrows["BRICKID"] > 0)

@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import h5py
 import numpy as np
@@ -56,7 +57,8 @@ class CatalogResult:
     reused: bool = False
 
 
-def catalog_jobs(plans, stage_dir):
+def catalog_jobs(plans: Iterable[tuple[list[dict], np.ndarray]],
+                 stage_dir: str) -> tuple[list[CatalogJob], int]:
     """One catalog task per distinct file of the tiles' plans.
 
     ``plans``: ``[(plan, want)]`` of the wave's tiles (``want``: the tile's TARGETIDs).
@@ -64,7 +66,8 @@ def catalog_jobs(plans, stage_dir):
     union of the TARGETIDs of the tiles that may read the file) and how many (tile,
     file) pairs they cover.
     """
-    wanted, pairs = {}, 0
+    wanted: dict[tuple[str, str], list[np.ndarray]] = {}
+    pairs = 0
     for plan, want in plans:
         for fname, kind in targetphot.plan_files(plan):
             wanted.setdefault((fname, kind), []).append(want)
@@ -74,7 +77,7 @@ def catalog_jobs(plans, stage_dir):
     return jobs, pairs
 
 
-def job_size(job):
+def job_size(job: CatalogJob) -> int:
     """The expected cost of a catalog task: its file's size (0 if it went away)."""
     try:
         return os.path.getsize(job.path)
@@ -82,13 +85,13 @@ def job_size(job):
         return 0
 
 
-def catalog_stage(stage_dir, path):
+def catalog_stage(stage_dir: str, path: str) -> stage.StageFile:
     """The stage file of catalog file ``path`` (named by a hash of the path)."""
     digest = hashlib.sha256(path.encode()).hexdigest()[:16]
     return stage.StageFile(os.path.join(stage_dir, f"catalog-{digest}.h5"))
 
 
-def read_catalog_task(job):
+def read_catalog_task(job: CatalogJob) -> CatalogResult:
     """Worker side of a catalog task: the wanted rows of one catalog file, staged.
 
     Errors are :class:`InputError` without a tile (the tiles that reach the file fail
@@ -111,7 +114,7 @@ def read_catalog_task(job):
     return CatalogResult(path, out, rows=len(rows))
 
 
-def staged(job, result):
+def staged(job: CatalogJob, result: Any) -> dict[str, Any]:
     """What a tile's assembly needs to know of a catalog task: ``{"stage": path}``, or
     ``{"error": message, "internal": bool}`` for a task that failed."""
     if hasattr(result, "stage"):
@@ -119,12 +122,13 @@ def staged(job, result):
     return {"error": result.message, "internal": result.internal}
 
 
-def stage_reader(catalogs, label):
+def stage_reader(catalogs: Mapping[str, Mapping[str, Any]],
+                 label: str) -> Callable[[str, str, np.ndarray], Optional[np.ndarray]]:
     """``read(file, kind, want)`` for :func:`targetphot.assemble` from the wave's
     catalog stages (``catalogs``: file -> :func:`staged`): the staged rows of ``file``
     whose TARGETID is in ``want``, in file order, or None.  A file whose task failed
     fails the tile here, named by ``label``."""
-    def read(fname, kind, want):
+    def read(fname: str, kind: str, want: np.ndarray) -> Optional[np.ndarray]:
         where = catalogs[fname]
         if "error" in where:
             message = f"{label}: {where['error']}"
@@ -138,7 +142,8 @@ def stage_reader(catalogs, label):
     return read
 
 
-def read_in_process(plan, want, stage_dir):
+def read_in_process(plan: list[dict], want: np.ndarray,
+                    stage_dir: str) -> dict[str, dict[str, Any]]:
     """The catalog stages of one tile, read here (a tile task run alone, not in a wave):
     file -> :func:`staged`."""
     jobs, _ = catalog_jobs([(plan, want)], stage_dir)
@@ -151,7 +156,7 @@ def read_in_process(plan, want, stage_dir):
     return out
 
 
-def remove(results):
+def remove(results: Iterable[Any]) -> None:
     """Remove the stage files of a wave's catalog tasks (after its tiles assembled)."""
     for result in results:
         if hasattr(result, "stage"):

@@ -71,7 +71,7 @@ def _write(actions: list[TileAction], wave: Wave, dispatcher: Optional[mpi.Dispa
             tally.fail(a.tileid, message)
             tile_writer.record_failure(conn, opts.schema, a.tileid, message, session.run_id,
                                        action=a)
-    if remote is not None:
+    if remote is not None and dispatcher is not None:
         for job, result in dispatcher.wait(remote):
             _written_remotely(job, result, wave, opts, session, tally)
     if dispatcher is not None:
@@ -91,17 +91,17 @@ def _written_remotely(job: WriteJob, result: Union[WriteResult, mpi.TaskFailure]
                       wave: Wave, opts: Options, session: Session, tally: Tally) -> None:
     """The outcome of a writer rank's tile: counted, or its failure recorded."""
     a = next(x for x in wave.actions if x.tileid == job.action.tileid)
-    if isinstance(result, mpi.TaskFailure):
-        if result.fatal:
-            raise DatabaseLost(result.message)
-        message, internal = result.message, result.internal
-    else:
-        message, internal = result.error, False
-    if message:
+    if isinstance(result, mpi.TaskFailure) and result.fatal:
+        raise DatabaseLost(result.message)
+    failure = (result.message, result.internal) if isinstance(result, mpi.TaskFailure) \
+        else (result.error, False) if result.error else None
+    if failure is not None:
+        message, internal = failure
         tally.fail(a.tileid, message, internal)
         tile_writer.record_failure(session.conn, opts.schema, a.tileid, message,
                                    session.run_id, internal, action=a)
         return
+    assert isinstance(result, WriteResult)
     c = result.counts
     wave.written.append(job.stage)
     session.wrote = True

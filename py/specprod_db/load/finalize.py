@@ -31,8 +31,12 @@ Functions take an open psycopg2 connection (not in autocommit mode: the temporar
 TARGETID tables live until the transaction ends) and do not commit: the caller owns the
 transaction.
 """
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 from psycopg2 import sql
+from psycopg2.extensions import connection
 
 from specprod_db.db import tempids
 
@@ -58,7 +62,7 @@ TIE_BREAKS = {"ztile": TIE_BREAK, "zpix": ("id",)}
 FLAG_COLUMNS = tuple(f"{p}_{k}" for p in SUBSETS for k in ("nspec", "primary"))
 
 
-def inv_sql(alias=None):
+def inv_sql(alias: Optional[str] = None) -> sql.Composable:
     """desispec's ``INV = 1/S`` of :data:`SORT_COLUMN` (``S = 0`` gives ``1e99``), in
     double precision, as an SQL expression; ``alias`` qualifies the column."""
     s = sql.Identifier(*((alias, SORT_COLUMN) if alias else (SORT_COLUMN,)))
@@ -66,7 +70,7 @@ def inv_sql(alias=None):
                    "ELSE 1.0::float8 / {s}::float8 END").format(s=s)
 
 
-def flag_expressions(tie_break=TIE_BREAK):
+def flag_expressions(tie_break: Sequence[str] = TIE_BREAK) -> dict[str, sql.Composed]:
     """``{flag column: SQL expression}`` of the six flags, as window functions over a
     relation with columns ``targetid``, ``survey``, ``zwarn``, ``inv`` (:func:`inv_sql`)
     and ``tie_break``: the rule of this module, used by :func:`update_primary` and by the
@@ -86,7 +90,8 @@ def flag_expressions(tie_break=TIE_BREAK):
     return out
 
 
-def _flags_sql(schema_name, source, redshifts="ztile"):
+def _flags_sql(schema_name: str, source: sql.Composable,
+               redshifts: str = "ztile") -> sql.Composable:
     """UPDATE of the six flag columns for the rows of ``redshifts`` (``ztile`` or
     ``zpix``) selected by ``source``."""
     tie_break = TIE_BREAKS[redshifts]
@@ -117,7 +122,8 @@ def _flags_sql(schema_name, source, redshifts="ztile"):
         values=sql.SQL(", ").join(sql.SQL("f.{}").format(n) for n in names))
 
 
-def update_primary(conn, schema_name, targetids=None, table=None, redshifts="ztile"):
+def update_primary(conn: connection, schema_name: str, targetids: Optional[ArrayLike] = None,
+                   table: Optional[sql.Composable] = None, redshifts: str = "ztile") -> int:
     """Recompute the ``*_nspec``/``*_primary`` flags of ``ztile`` (or of ``zpix`` with
     ``redshifts='zpix'``: over the zpix rows alone, as desispec flags a HEALPix
     catalog); rows changed.
@@ -147,7 +153,7 @@ def update_primary(conn, schema_name, targetids=None, table=None, redshifts="zti
         return cur.rowcount
 
 
-def analyze(conn, schema_name, tables):
+def analyze(conn: connection, schema_name: str, tables: Iterable[str]) -> None:
     """``ANALYZE`` each of ``tables`` in ``schema_name`` (refresh planner statistics)."""
     with conn.cursor() as cur:
         for name in tables:
@@ -155,7 +161,8 @@ def analyze(conn, schema_name, tables):
                                                         sql.Identifier(name)))
 
 
-def stale_tables(conn, schema_name, tables, changed=None):
+def stale_tables(conn: connection, schema_name: str, tables: Sequence[str],
+                 changed: Optional[Mapping[str, int]] = None) -> list[str]:
     """Those of ``tables`` whose planner statistics a run should refresh, in order.
 
     PostgreSQL's own autovacuum rule, with the server's settings: a table is stale when
@@ -182,7 +189,7 @@ def stale_tables(conn, schema_name, tables, changed=None):
             WHERE n.nspname = %s AND c.relname = ANY(%s)
         """, (schema_name, list(tables)))
         found = {row[0]: row[1:] for row in cur.fetchall()}
-    out = []
+    out: list[str] = []
     for name in tables:
         if name not in found:
             continue
@@ -193,11 +200,11 @@ def stale_tables(conn, schema_name, tables, changed=None):
     return out
 
 
-def changed_rows(counts):
+def changed_rows(counts: Mapping[str, Any]) -> dict[str, int]:
     """``{table: rows}`` a run changed, from its ``counts['tables']`` (rows copied under
     the table's name, rows deleted under ``{table}_deleted``, primary flags of ztile
     rows under ``primary``)."""
-    out = {}
+    out: dict[str, int] = {}
     for key, n in counts.items():
         name = "ztile" if key == "primary" else key.removesuffix("_deleted")
         out[name] = out.get(name, 0) + int(n or 0)

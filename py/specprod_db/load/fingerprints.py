@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from stat import S_ISDIR, S_ISREG
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -45,46 +45,46 @@ class FileStamp:
     A worker never records one with an ``error``: a tile whose file is unreadable
     fails."""
     name: str
-    size: int = None
-    mtime_ns: int = None
-    sha256: str = None
-    error: str = None
+    size: Optional[int] = None
+    mtime_ns: Optional[int] = None
+    sha256: Optional[str] = None
+    error: Optional[str] = None
 
     @property
-    def missing(self):
+    def missing(self) -> bool:
         return self.size is None and self.error is None
 
 
 @dataclass(frozen=True)
 class Fingerprint:
     """The fingerprint of an ordered set of files."""
-    files: tuple
+    files: tuple[FileStamp, ...]
 
-    def stat_key(self):
+    def stat_key(self) -> tuple[tuple[Any, ...], ...]:
         """What ``stat`` tells: names, sizes and mtimes (and, for a file that cannot be
         stat-ed, that it is unreadable: never equal to a recorded key)."""
         return tuple((f.name, f.size, f.mtime_ns) if f.error is None
                      else (f.name, "unreadable", f.error) for f in self.files)
 
     @property
-    def unreadable(self):
+    def unreadable(self) -> list[FileStamp]:
         """The stamps of files that are there but could not be stat-ed."""
         return [f for f in self.files if f.error is not None]
 
-    def content_key(self):
+    def content_key(self) -> tuple[tuple[str, Optional[str]], ...]:
         """What the bytes tell: names and SHA-256 (None where not hashed)."""
         return tuple((f.name, "missing" if f.missing else f.sha256) for f in self.files)
 
     @property
-    def is_hashed(self):
+    def is_hashed(self) -> bool:
         return all(f.missing or f.sha256 for f in self.files)
 
-    def same_content(self, other):
+    def same_content(self, other: Optional["Fingerprint"]) -> bool:
         """True when both are hashed and every file has the same name and bytes."""
         return (other is not None and self.is_hashed and other.is_hashed
                 and self.content_key() == other.content_key())
 
-    def to_text(self):
+    def to_text(self) -> str:
         """The JSON text recorded in ``tile_state``: ``[name, size, mtime_ns, sha256]``
         per file (``, error`` after them for an unreadable stamp, which only a plan
         holds: such a tile fails, and a failure records no fingerprint)."""
@@ -93,7 +93,7 @@ class Fingerprint:
                            for f in self.files], separators=(",", ":"))
 
     @classmethod
-    def from_text(cls, text):
+    def from_text(cls, text: Optional[str]) -> Optional["Fingerprint"]:
         """The fingerprint stored as ``text``; None for None, '' or an unreadable value
         (e.g. one recorded by an earlier format: the tile is then seen as changed)."""
         if not text:
@@ -104,16 +104,17 @@ class Fingerprint:
             return None
 
 
-def _reason(err):
+def _reason(err: OSError) -> str:
     return err.strerror or type(err).__name__
 
 
-def _unreadable(path, err, label):
+def _unreadable(path: Optional[str], err: OSError, label: Optional[str]) -> InputError:
     prefix = f"{label}: " if label else ""
     return InputError(f"{prefix}{path}: cannot be read: {_reason(err)}")
 
 
-def _stamp(name, path, content, label=None):
+def _stamp(name: str, path: Optional[str], content: bool,
+           label: Optional[str] = None) -> FileStamp:
     try:
         st = os.stat(path) if path else None
     except FileNotFoundError:
@@ -134,7 +135,7 @@ def _stamp(name, path, content, label=None):
     if content:
         h = hashlib.sha256()
         try:
-            with open(path, "rb") as f:
+            with open(cast(str, path), "rb") as f:  # stat-ed: a path
                 for block in iter(lambda: f.read(_BLOCK), b""):
                     h.update(block)
         except OSError as err:
@@ -161,17 +162,17 @@ def hashed(files: Files, label: Optional[str] = None) -> Fingerprint:
     return Fingerprint(tuple(_stamp(n, p, True, label) for n, p in files))
 
 
-def planned(recorded_text, current):
+def planned(recorded_text: Optional[str], current: Fingerprint) -> str:
     """The planner's value for a file set: the recorded text when ``stat`` shows the same
     files (names, sizes, mtimes), else the current stat-only fingerprint's text (which
     differs from anything recorded, so the tile is planned as changed)."""
     recorded = Fingerprint.from_text(recorded_text)
     if recorded is not None and recorded.stat_key() == current.stat_key():
-        return recorded_text
+        return cast(str, recorded_text)  # a fingerprint was read from it
     return current.to_text()
 
 
-def check_unchanged(before, files, tileid):
+def check_unchanged(before: Fingerprint, files: Files, tileid: int) -> None:
     """:class:`InputError` when a file moved while the worker read it (hashed as
     ``before``): what was loaded would not be what is recorded."""
     now = stat(files)
@@ -182,7 +183,7 @@ def check_unchanged(before, files, tileid):
                              f"the next run loads it")
 
 
-def exposures_digest(exposures, frames, tileid):
+def exposures_digest(exposures: np.ndarray, frames: np.ndarray, tileid: int) -> str:
     """SHA-256 of the qualifying exposure rows of a tile (EFFTIME_SPEC > 0) and their
     frames, in EXPID (then CAMERA) order."""
     sel = (exposures["TILEID"] == tileid) & (exposures["EFFTIME_SPEC"] > 0)

@@ -26,8 +26,9 @@ with the run's exit status, which every rank returns:
    refreshes likewise; failures recorded.
 5. **HEALPix** — a named (static) production only (:meth:`Run.loads_healpix`): its
    HEALPix redrock files, one task each (:func:`specprod_db.load.tasks.extract_healpix`),
-   each written in one transaction into ``zpix`` (:func:`specprod_db.load.tile_writer.write_healpix`)
-   after every tile, whose photometry their TARGETIDs need.
+   each written in one transaction into ``zpix``
+   (:func:`specprod_db.load.tile_writer.write_healpix`) after every tile, whose
+   photometry their TARGETIDs need.
 6. **finalize** — after a bulk load, every primary flag and the secondary indexes; then
    ANALYZE; the run recorded and reported (:mod:`specprod_db.load.finish`).
 
@@ -131,6 +132,7 @@ class Run:
             # wave k: its tiles' results, their targeting rows (catalog and targetphot
             # tasks), its brick tasks; the next wave's tiles are extracted while this
             # one's bricks run and its tiles are written
+            assert tiles is not None  # wave k's tiles were submitted before
             with tally.timed("extract tiles"):
                 waves.collect_tiles(dispatcher, tiles, wave, session, plan, tally)
             with tally.timed("targetphot"):

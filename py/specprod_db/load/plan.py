@@ -37,6 +37,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from fractions import Fraction
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -65,11 +66,11 @@ class TileAction:
     tileid: int
     action: str
     reason: str
-    line: dict = field(default_factory=dict)
+    line: dict[str, Any] = field(default_factory=dict)
     #: redo fiberassign/potential/target/photometry (new tile or changed fiberassign)
     full: bool = True
     #: fingerprints computed by the planner (recorded in tile_state after loading)
-    state: dict = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 #: The shape of an ``UPDATED`` value: desispec writes ``%Y-%m-%dT%H:%M:%S%z``
@@ -100,7 +101,7 @@ def parse_updated(value: str) -> datetime:
     raise ValueError(f"UPDATED {value!r} not a timestamp")
 
 
-def parse_night(value) -> int:
+def parse_night(value: Any) -> int:
     """``LASTNIGHT`` as an int: a real calendar night written ``YYYYMMDD`` (8 digits,
     e.g. 20241031; the night names the cumulative redrock directory).  Raises
     :class:`ValueError` for anything else (20240230, 2024103, 0, -1)."""
@@ -122,11 +123,11 @@ def holds_rows(old: dict | None) -> bool:
                                 or bool(old.get("in_tile_table")))
 
 
-def _failed(old):
+def _failed(old: Optional[Mapping[str, Any]]) -> bool:
     return old is not None and old.get("status") in _FAILED
 
 
-def _value(v):
+def _value(v: Any) -> Any:
     if isinstance(v, bytes):
         v = v.decode()
     if isinstance(v, np.generic):
@@ -136,21 +137,22 @@ def _value(v):
     return v
 
 
-def line_dict(table, i):
+def line_dict(table: np.ndarray, i: int) -> dict[str, Any]:
     """Row ``i`` of the tiles table as a plain dict (upper-case keys)."""
-    return {name: _value(table[name][i]) for name in table.dtype.names}
+    return {name: _value(table[name][i]) for name in table.dtype.names or ()}
 
 
-def winning_lines(table) -> dict:
+def winning_lines(table: np.ndarray) -> dict[int, int]:
     """TILEID -> index of its winning line; logs each duplicated TILEID once.
 
     UPDATED is read by :func:`parse_updated` (a value it refuses raises ValueError: the
     reader sets such lines aside as bad, so they never reach here with one)."""
     log = get_logger()
     tileids = np.asarray(table["TILEID"])
-    updated = table["UPDATED"] if "UPDATED" in table.dtype.names else [""] * len(tileids)
-    best = {}
-    count = {}
+    updated = table["UPDATED"] if "UPDATED" in (table.dtype.names or ()) \
+        else [""] * len(tileids)
+    best: dict[int, tuple[datetime, int]] = {}
+    count: dict[int, int] = {}
     for i, (tid, upd) in enumerate(zip(tileids.tolist(), updated)):
         key = parse_updated(_value(upd))
         count[tid] = count.get(tid, 0) + 1
@@ -163,22 +165,27 @@ def winning_lines(table) -> dict:
     return {tid: i for tid, (_, i) in best.items()}
 
 
-def tile_hash(line):
+def tile_hash(line: Mapping[str, Any]) -> str:
     """Fingerprint of a tiles-file line without ``UPDATED`` (what counts as a change)."""
     clean = {k: (repr(float(v)) if isinstance(v, float) else v)
              for k, v in line.items() if k != "UPDATED"}
     return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _changed_columns(old_line, line):
+def _changed_columns(old_line: Optional[Mapping[str, Any]],
+                     line: Mapping[str, Any]) -> list[str]:
     if not old_line:
         return []
     return sorted(k for k in line if k != "UPDATED" and old_line.get(k) != line.get(k))
 
 
-def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
-              max_delete_fraction=0.1, allow_mass_delete=False, max_delete_count=3,
-              bad_lines=0):
+def make_plan(table: np.ndarray, problems: Mapping[int, str],
+              state: Mapping[int, dict[str, Any]],
+              fingerprints: Callable[[int, dict[str, Any], Optional[dict[str, Any]]],
+                                     dict[str, Any]],
+              tiles: Optional[Iterable[int]] = None, no_delete: bool = False,
+              max_delete_fraction: float = 0.1, allow_mass_delete: bool = False,
+              max_delete_count: int = 3, bad_lines: int = 0) -> list[TileAction]:
     """Diff the tiles file against the load state.
 
     Parameters
@@ -221,7 +228,7 @@ def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
                 actions.append(gone)
             continue
         line = line_dict(table, winners[tid])
-        efftime = line.get("EFFTIME_SPEC")
+        efftime: Any = line.get("EFFTIME_SPEC")
         if not _finite(efftime):
             actions.append(TileAction(tid, FAIL, f"tile {tid}: EFFTIME_SPEC {efftime!r} "
                                       "not a finite number", line))
@@ -278,23 +285,25 @@ def make_plan(table, problems, state, fingerprints, tiles=None, no_delete=False,
                          max_count=max_delete_count, bad_lines=bad_lines)
 
 
-def _finite(v):
+def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _gone(tid, old, holds, reason, line=None):
+def _gone(tid: int, old: Optional[Mapping[str, Any]], holds: bool, reason: str,
+          line: Optional[dict[str, Any]] = None) -> Optional[TileAction]:
     """The DELETE of a tile that its winning line withdraws or that left the file: one
     that holds rows (whatever its status), or a failed one holding none (nothing to
     delete; it is marked ``deleted``); None when there is nothing to do."""
     if holds:
         return TileAction(tid, DELETE, reason, line or {})
-    if _failed(old):
+    if old is not None and _failed(old):
         return TileAction(tid, DELETE, f"{reason} (after {old.get('status')}; holds no "
                           "rows: marked gone)", line or {})
     return None
 
 
-def absent_tiles(tiles, actions) -> list:
+def absent_tiles(tiles: Optional[Iterable[int]],
+                 actions: Iterable[TileAction]) -> list[int]:
     """The TILEIDs of ``tiles`` (``--tiles``) the plan has no action for: neither the
     tiles file nor the database knows them (or only as deleted)."""
     if tiles is None:
@@ -303,20 +312,21 @@ def absent_tiles(tiles, actions) -> list:
     return sorted(set(int(t) for t in tiles) - planned)
 
 
-def damaged_reason(bad_lines):
+def damaged_reason(bad_lines: int) -> str:
     """The SKIP reason of a delete suspended because the tiles file is damaged."""
     return f"tiles file damaged ({bad_lines} bad lines): deletes suspended"
 
 
-def is_mass_delete(deletes, loaded, max_fraction, max_count):
+def is_mass_delete(deletes: int, loaded: int, max_fraction: float, max_count: int) -> bool:
     """True when ``deletes`` > ``max_count`` and ``deletes`` >= ``max_fraction`` x
     ``loaded`` (exact arithmetic: 100 of 1000 at 0.1 is a mass delete, 99 is not)."""
     share = Fraction(str(max_fraction)) * loaded
     return deletes > max_count and deletes >= share
 
 
-def guard_deletes(actions, state, no_delete, max_fraction, allow_mass, max_count=3,
-                  bad_lines=0):
+def guard_deletes(actions: list[TileAction], state: Mapping[int, dict[str, Any]],
+                  no_delete: bool, max_fraction: float, allow_mass: bool,
+                  max_count: int = 3, bad_lines: int = 0) -> list[TileAction]:
     """Apply the delete guards (decision 12) to the planned DELETEs, in this order.
 
     1. ``bad_lines > 0`` (a damaged tiles file): every DELETE becomes SKIP with the
@@ -358,14 +368,15 @@ def guard_deletes(actions, state, no_delete, max_fraction, allow_mass, max_count
     return actions
 
 
-def summary(actions):
-    counts = {}
+def summary(actions: Iterable[TileAction]) -> dict[str, int]:
+    """Action -> number of tiles."""
+    counts: dict[str, int] = {}
     for a in actions:
         counts[a.action] = counts.get(a.action, 0) + 1
     return counts
 
 
-def format_plan(actions, show_unchanged=False):
+def format_plan(actions: Sequence[TileAction], show_unchanged: bool = False) -> str:
     """The plan as text: one line per tile (action, reason)."""
     lines = [f"{'TILEID':>8}  {'ACTION':<9}  REASON"]
     for a in actions:

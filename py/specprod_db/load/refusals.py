@@ -29,13 +29,14 @@ reading the TARGETID column of those files, only when a message needs it.
 """
 import os
 import re
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import psycopg2
 
 from specprod_db import ids, schema
 from specprod_db.errors import InputError
+from specprod_db.paths import Paths
 
 
 class RowsRefused(psycopg2.IntegrityError, InputError):
@@ -46,7 +47,7 @@ class RowsRefused(psycopg2.IntegrityError, InputError):
 EXAMPLES = 3
 
 
-def sources(paths, tileid: int, redrock_files: dict) -> dict:
+def sources(paths: Paths, tileid: int, redrock_files: dict) -> dict:
     """What :func:`check` and :func:`explain` name: ``{"redrock": [[petal, path], ...],
     "fiberassign": path, "exposures": path}`` (``redrock_files``: petal -> path read for
     the ztile rows, ``redshift.ztile_rows``'s ``info["files"]``)."""
@@ -91,11 +92,11 @@ def _in_petals(targetid: int, where: dict) -> str:
     return " and ".join(parts)
 
 
-def _fields(decoded: dict, skip=("TILEID",)) -> str:
+def _fields(decoded: dict, skip: tuple[str, ...] = ("TILEID",)) -> str:
     return ", ".join(f"{k} {v}" for k, v in decoded.items() if k not in skip)
 
 
-def _describe(table: str, column: str, value, where: dict, tables: dict) -> str:
+def _describe(table: str, column: str, value: Any, where: dict, tables: dict) -> str:
     """A key value of ``table.column`` as an operator reads it: what it encodes and the
     input it came from."""
     if column in ("id", "targetphotid") and table != "frame" or column == "frameid":
@@ -136,7 +137,7 @@ def _keys(rows: np.ndarray, column: str) -> np.ndarray:
     return col
 
 
-def _first_duplicate(keys: np.ndarray):
+def _first_duplicate(keys: np.ndarray) -> Optional[tuple[int, int]]:
     """Row numbers ``(i, j)`` of the first key (in sorted order) held twice, or None."""
     if len(keys) < 2:
         return None
@@ -147,7 +148,7 @@ def _first_duplicate(keys: np.ndarray):
     return int(order[same[0]]), int(order[same[0] + 1])
 
 
-def _value(rows: np.ndarray, column: str, i: int):
+def _value(rows: np.ndarray, column: str, i: int) -> Any:
     v = rows[column][i]
     return ids.to_int(v)[0] if np.ndim(v) == 1 else v.item()
 

@@ -15,9 +15,10 @@ import time
 from typing import TYPE_CHECKING
 
 from psycopg2 import sql
+from psycopg2.extensions import connection
 
 from specprod_db import conninfo
-from specprod_db.db.sql import qualified, transaction
+from specprod_db.db.sql import fetch_one, qualified, transaction
 from specprod_db.load.plan import DELETE, INSERT, REFRESH, UNCHANGED, UPDATE, summary
 
 if TYPE_CHECKING:  # annotations only: prepare imports this module
@@ -25,7 +26,8 @@ if TYPE_CHECKING:  # annotations only: prepare imports this module
     from specprod_db.load.tally import Tally
 
 
-def start(conn, schema_name, ranks, command, options):
+def start(conn: connection, schema_name: str, ranks: int, command: str,
+          options: dict) -> int:
     """Insert the run's ``load_run`` row; returns its id."""
     table = qualified(schema_name, "load_run")
     with transaction(conn) as cur:
@@ -35,10 +37,11 @@ def start(conn, schema_name, ranks, command, options):
                             "(now(), %s, %s, %s) RETURNING id").format(table),
                     (ranks, " ".join(conninfo.mask_argv(sys.argv)) or command,
                      conninfo.mask(json.dumps(options))))
-        return cur.fetchone()[0]
+        return fetch_one(cur)[0]
 
 
-def finish(conn, schema_name, run_id, outcome, counts):
+def finish(conn: connection, schema_name: str, run_id: int, outcome: str,
+           counts: dict) -> None:
     """Record the run's end, ``outcome`` and ``counts``."""
     with transaction(conn, fresh=True) as cur:
         cur.execute(sql.SQL("UPDATE {} SET finished = now(), outcome = %s, counts = %s "

@@ -73,7 +73,7 @@ class Tally:
         finally:
             self.timers[name] = self.timers.get(name, 0.0) + time.time() - t
 
-    def tile_stats(self, tileid: int, stats: Mapping[str, Any]) -> None:
+    def tile_stats(self, tileid: int, stats: dict[str, Any]) -> None:
         """Warnings that count values loaded despite being odd (the run still succeeds)."""
         mismatch = redshift.desiname_mismatch(stats)
         if mismatch:  # the computed DESINAME is loaded, never the file's

@@ -31,6 +31,7 @@ import os
 import traceback
 from dataclasses import dataclass, field
 from stat import S_ISDIR
+from typing import Any, Callable, Optional, cast
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from specprod_db.extract import afterburner, redshift, targetphot, tile, tractor
 from specprod_db.load import catalogs, fingerprints, refusals, writer_ranks
 from specprod_db.load.jobs import BrickJob, HealpixJob, TargetphotJob, TileJob
 from specprod_db.log import get_logger
+from specprod_db.paths import Paths
 from specprod_db.schema import table as schema_table
 from specprod_db.stage import StageFile
 
@@ -51,7 +53,7 @@ BRICK_INPUT_DTYPE = np.dtype([("TARGETID", "i8"), ("RA", "f8"), ("DEC", "f8"),
 #: The tile's targets (fiberassign TARGETS, no sky) staged for its targetphot task.
 TARGETS_DTYPE = np.dtype([("TARGETID", "i8"), ("RA", "f8"), ("DEC", "f8")])
 
-_exposures_cache = {}
+_exposures_cache: dict[str, tuple[Any, Any]] = {}
 
 
 @dataclass
@@ -65,19 +67,19 @@ class TileResult:
     staged rows reference.
     """
     tileid: int
-    stage: StageFile = None
-    state: dict = field(default_factory=dict)
+    stage: Optional[StageFile] = None
+    state: dict[str, Any] = field(default_factory=dict)
     reused: bool = False
     refresh: bool = False
-    rows: dict = field(default_factory=dict)
-    missing_petals: list = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-    brick_input: np.ndarray = None
-    targetids: np.ndarray = None
+    rows: dict[str, int] = field(default_factory=dict)
+    missing_petals: list[int] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    brick_input: Optional[np.ndarray] = None
+    targetids: Optional[np.ndarray] = None
     #: targeting rows still to assemble (catalogs.py): the tile's catalog plan and the
     #: TARGETIDs of its targets; None once assembled
-    catalogs: list = None
-    want: np.ndarray = None
+    catalogs: Optional[list[dict]] = None
+    want: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -87,20 +89,20 @@ class BrickResult:
     and counts."""
     group: str
     stage: StageFile
-    failed: dict = field(default_factory=dict)
-    internal: list = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    internal: list[str] = field(default_factory=list)
     reused: bool = False
     bricks: int = 0
     matched: int = 0
     inputs: int = 0
-    stats: dict = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
-def task_key(*parts):
+def task_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def exposures_for(paths):
+def exposures_for(paths: Paths) -> tuple[Any, Any]:
     """The exposures file, read once per process."""
     path = paths.exposures()
     if path not in _exposures_cache:
@@ -109,7 +111,7 @@ def exposures_for(paths):
     return _exposures_cache[path]
 
 
-def brick_input(targetphot_rows, targets, tileid):
+def brick_input(targetphot_rows: np.ndarray, targets: np.ndarray, tileid: int) -> np.ndarray:
     """The brick-task input of a tile's potential targets (ID columns + position)."""
     n = len(targets)
     out = np.zeros(n, dtype=BRICK_INPUT_DTYPE)
@@ -121,7 +123,7 @@ def brick_input(targetphot_rows, targets, tileid):
     # the brick of a row is its targeting BRICKNAME when it has one (as desispec groups
     # them), else the brick of its position; rows with neither (non-finite positions)
     # get '' and keep their targeting photometry (the planner skips them)
-    out["BRICKNAME"] = tractorphot.brick_names(np.rec.fromarrays(
+    out["BRICKNAME"] = tractorphot.brick_names(np.rec.fromarrays(  # type: ignore[call-overload]
         [targetphot_rows["BRICKNAME"], out["RA"], out["DEC"]],
         names=("BRICKNAME", "RA", "DEC")))
     out["TILEID"] = tileid
@@ -155,7 +157,7 @@ def extract_tile(job: TileJob) -> TileResult:
                         for k, fp in read.items()):
         return TileResult(tileid, state=state, refresh=True)
 
-    stats = {}
+    stats: dict[str, Any] = {}
     tables = {"tile": tile.tile_rows(line, stats=stats)}
     exposures, frames = exposures_for(paths)
     state["exposures_hash"] = fingerprints.exposures_digest(exposures, frames, tileid)
@@ -193,7 +195,7 @@ def extract_tile(job: TileJob) -> TileResult:
                                     targetids=None if full else _targetids(tables)))
 
 
-def _not_a_directory(path):
+def _not_a_directory(path: str) -> Optional[str]:
     """Why ``path`` is not a usable directory ("does not exist", "is not a directory",
     "cannot be read: REASON"), or None when it is one."""
     try:
@@ -210,9 +212,12 @@ def _alone(job: TileJob, result: TileResult) -> TileResult:
     own catalogs (:func:`catalogs.read_in_process`) and assembles its targeting rows."""
     if result.catalogs is None or job.wave:
         return result
-    found = catalogs.read_in_process(result.catalogs, result.want, job.stage_dir)
+    # a tile result with its catalog plan has its stage file and wanted TARGETIDs
+    found = catalogs.read_in_process(result.catalogs, cast(np.ndarray, result.want),
+                                     job.stage_dir)
     try:
-        assembled = assemble_targetphot(TargetphotJob(result.tileid, result.stage, found))
+        assembled = assemble_targetphot(TargetphotJob(result.tileid,
+                                                      cast(StageFile, result.stage), found))
     finally:
         for where in found.values():
             if "stage" in where:
@@ -221,14 +226,16 @@ def _alone(job: TileJob, result: TileResult) -> TileResult:
     return assembled
 
 
-def _target_positions(targets):
+def _target_positions(targets: np.ndarray) -> np.ndarray:
     out = np.zeros(len(targets), dtype=TARGETS_DTYPE)
-    for name in TARGETS_DTYPE.names:
+    for name in TARGETS_DTYPE.names or ():
         out[name] = targets[name]
     return out
 
 
-def _tile_result(tileid, out, info, reused=False, brick_input=None, targetids=None):
+def _tile_result(tileid: int, out: StageFile, info: dict[str, Any], reused: bool = False,
+                 brick_input: Optional[np.ndarray] = None,
+                 targetids: Optional[np.ndarray] = None) -> TileResult:
     """The TileResult of a stage file; one whose targeting rows are still to be
     assembled (``info["targetphot"]``) carries its catalog plan and wanted TARGETIDs."""
     pending = info.get("targetphot")
@@ -239,7 +246,7 @@ def _tile_result(tileid, out, info, reused=False, brick_input=None, targetids=No
                         brick_input=brick_input, targetids=targetids)
     if pending:
         result.catalogs = pending["catalogs"]
-        result.want = np.unique(out.aux("targets")["TARGETID"])
+        result.want = np.unique(cast(np.ndarray, out.aux("targets"))["TARGETID"])
     return result
 
 
@@ -253,11 +260,12 @@ def assemble_targetphot(job: TargetphotJob) -> TileResult:
     whose ``info`` then says the tile is complete.
     """
     tileid, out = job.tileid, job.stage
-    info, key = out.info(), out.key()
+    # written by the tile task with its key, plan and targets
+    info, key = out.info(), cast(str, out.key())
     pending = info.pop("targetphot")
-    targets = out.aux("targets")
+    targets = cast(np.ndarray, out.aux("targets"))
     tables = out.tables()
-    stats = {}
+    stats: dict[str, Any] = {}
     read = catalogs.stage_reader(job.catalogs, f"tile {tileid}")
     tp = targetphot.assemble(tileid, pending["catalogs"], targets, read, stats)
     stats["targetid_mismatch"] = targetid_mismatches(tp)
@@ -272,7 +280,7 @@ def assemble_targetphot(job: TargetphotJob) -> TileResult:
                         targetids=_targetids(tables))
 
 
-def _add_stats(into, more):
+def _add_stats(into: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
     """Stats of two steps of a tile as one: counts added, lists joined."""
     for k, v in more.items():
         if k not in into:
@@ -284,12 +292,12 @@ def _add_stats(into, more):
     return into
 
 
-def _targetids(tables):
-    parts = [t["targetid"] for t in tables.values() if "targetid" in t.dtype.names]
+def _targetids(tables: dict[str, np.ndarray]) -> np.ndarray:
+    parts = [t["targetid"] for t in tables.values() if "targetid" in (t.dtype.names or ())]
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
-def targetid_mismatches(tp):
+def targetid_mismatches(tp: np.ndarray) -> int:
     """Rows of Legacy Surveys targets (TARGETID RELEASE >= 1000, not mock/sky/Gaia) whose
     TARGETID does not encode their own RELEASE/BRICKID/BRICK_OBJID.  They are loaded as
     desispec reads them (the row's columns); the count feeds a warning."""
@@ -329,7 +337,11 @@ def extract_brick(job: BrickJob) -> BrickResult:
         if not info.get("failed"):
             return BrickResult(group, out, reused=True, bricks=len(bricks),
                                inputs=len(targets))
-    stats, parts, failed, internal, matched = {}, [], {}, [], 0
+    stats: dict[str, Any] = {}
+    parts: list[np.ndarray] = []
+    failed: dict[str, str] = {}
+    internal: list[str] = []
+    matched = 0
     bounds = list(starts) + [len(targets)]
     for i, brick in enumerate(names):
         sel = targets[bounds[i]: bounds[i + 1]]
@@ -360,10 +372,10 @@ class HealpixResult:
     stage: StageFile
     rows: int = 0
     reused: bool = False
-    stats: dict = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
-def healpix_stage(stage_dir, name):
+def healpix_stage(stage_dir: str, name: str) -> StageFile:
     """The stage file of HEALPix file ``name`` (``SURVEY-PROGRAM-HEALPIX``)."""
     return StageFile(os.path.join(stage_dir, f"healpix-{name}.h5"))
 
@@ -392,7 +404,7 @@ def extract_healpix(job: HealpixJob) -> HealpixResult:
         info = out.info()
         return HealpixResult(name, out, rows=info.get("rows", 0), reused=True,
                              stats=info.get("stats", {}))
-    stats = {}
+    stats: dict[str, Any] = {}
     rows, info = zpix.zpix_rows(files[0][1], survey, program, pixel, stats=stats)
     if fingerprints.stat(files).stat_key() != before.stat_key():
         raise InputError(f"healpix {name}: {files[0][1]} changed while it was being read; "
@@ -402,13 +414,14 @@ def extract_healpix(job: HealpixJob) -> HealpixResult:
     return HealpixResult(name, out, rows=len(rows), stats=_plain(stats))
 
 
-def _plain(stats):
+def _plain(stats: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(stats, default=lambda v: v.item()
                                  if isinstance(v, np.generic) else str(v)))
 
 
 #: The task kinds a worker serves (:func:`specprod_db.mpi.serve`); ``write`` only on the
 #: writer ranks of ``--writers`` (:mod:`specprod_db.load.writer_ranks`).
-HANDLERS = {"tile": extract_tile, "catalog": catalogs.read_catalog_task,
-            "targetphot": assemble_targetphot, "brick": extract_brick,
-            "healpix": extract_healpix, "write": writer_ranks.write_task}
+HANDLERS: dict[str, Callable[[Any], Any]] = {
+    "tile": extract_tile, "catalog": catalogs.read_catalog_task,
+    "targetphot": assemble_targetphot, "brick": extract_brick,
+    "healpix": extract_healpix, "write": writer_ranks.write_task}

@@ -28,19 +28,21 @@ deletes (children first) and inserts (parents first) come from :mod:`specprod_db
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence, cast
 
 import numpy as np
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extensions import connection, cursor
 
 from specprod_db import faults, schema
 from specprod_db.db import tempids
 from specprod_db.db.pgcopy import Encoder, StreamReader, prefetch
-from specprod_db.db.sql import qualified, transaction
+from specprod_db.db.sql import fetch_one, qualified, transaction
 from specprod_db.errors import InputError
 from specprod_db.load import refusals
 from specprod_db.load.finalize import update_primary
+from specprod_db.load.plan import TileAction
 from specprod_db.schema import table as schema_table
 
 #: psycopg2 reads the COPY source in blocks of this size.
@@ -60,7 +62,8 @@ LOADED, REFRESHED, DELETED, SKIPPED = "loaded", "refreshed", "deleted", "skipped
 KEEP_TABLE = "run_targetids"
 
 
-def copy_rows(cur, schema_name, table_name, rows, target=None):
+def copy_rows(cur: cursor, schema_name: str, table_name: str, rows: np.ndarray,
+              target: Optional[sql.Composable] = None) -> int:
     """Binary COPY of ``rows`` (structured array of the table's dtype) into a table."""
     if len(rows) == 0:
         return 0
@@ -68,14 +71,15 @@ def copy_rows(cur, schema_name, table_name, rows, target=None):
     dest = target if target is not None else qualified(schema_name, table_name)
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         dest, sql.SQL(", ").join(map(sql.Identifier, table.names)))
-    cur.copy_expert(statement.as_string(cur.connection),
-                    StreamReader(prefetch(Encoder(table).iter_blocks(
-                        rows, first_rows=COPY_FIRST_ROWS))),
-                    size=COPY_READ_SIZE)
+    # a binary COPY reads blocks (read), never lines: StreamReader has no readline
+    source = cast(Any, StreamReader(prefetch(Encoder(table).iter_blocks(
+        rows, first_rows=COPY_FIRST_ROWS))))
+    cur.copy_expert(statement.as_string(cur.connection), source, size=COPY_READ_SIZE)
     return len(rows)
 
 
-def copy_upsert(cur, schema_name, table_name, rows, conflict, update=False):
+def copy_upsert(cur: cursor, schema_name: str, table_name: str, rows: np.ndarray,
+                conflict: Sequence[str], update: bool = False) -> int:
     """COPY into a temporary table, then INSERT ... ON CONFLICT (DO NOTHING / UPDATE).
 
     Returns the number of rows inserted or updated.
@@ -89,6 +93,7 @@ def copy_upsert(cur, schema_name, table_name, rows, conflict, update=False):
     cur.execute(sql.SQL("TRUNCATE {}").format(tmp))
     copy_rows(cur, schema_name, table_name, rows, target=tmp)
     cols = sql.SQL(", ").join(map(sql.Identifier, table.names))
+    action: sql.Composable
     if update:
         action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
             sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
@@ -102,7 +107,7 @@ def copy_upsert(cur, schema_name, table_name, rows, conflict, update=False):
     return cur.rowcount
 
 
-def first_per_targetid(arrays):
+def first_per_targetid(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """One row per TARGETID from ``arrays`` (photometry rows in order of precedence: a
     TARGETID takes its row from the first array that has it), sorted by TARGETID: one
     upsert per tile instead of one per array, and rows locked in the same order by every
@@ -119,11 +124,12 @@ def first_per_targetid(arrays):
     return rows[first]
 
 
-def _tile_condition(schema_name, table, owned):
+def _tile_condition(schema_name: str, table: Any, owned: Any) -> sql.Composable:
     """WHERE clause selecting a tile's rows of ``table`` (parameter ``%(t)s``): its
     ``tileid``, and rows whose parent row (a foreign key to another of the ``owned``
     tables) belongs to the tile."""
-    conds = [sql.SQL("tileid = %(t)s")] if "tileid" in table.names else []
+    conds: list[sql.Composable] = [sql.SQL("tileid = %(t)s")] \
+        if "tileid" in table.names else []
     for col, ref in table.foreign_keys.items():
         parent, pcol = ref.split(".")
         if col != "tileid" and parent in owned and "tileid" in schema_table(parent).names:
@@ -132,14 +138,15 @@ def _tile_condition(schema_name, table, owned):
     return sql.SQL(" OR ").join(conds)
 
 
-def _referenced_targetids(schema_name, tables):
+def _referenced_targetids(schema_name: str, tables: Iterable[Any]) -> sql.Composable:
     """SELECT of the TARGETIDs a tile's rows of ``tables`` reference (``%(t)s``)."""
     return sql.SQL(" UNION ").join(
         sql.SQL("SELECT targetid FROM {} WHERE tileid = %(t)s").format(
             qualified(schema_name, t.name)) for t in tables if "targetid" in t.names)
 
 
-def delete_tile_rows(cur, schema_name, tileid, full=True, tile_row=False):
+def delete_tile_rows(cur: cursor, schema_name: str, tileid: int, full: bool = True,
+                     tile_row: bool = False) -> dict[str, int]:
     """Remove a tile's rows children-first; returns {table: rows deleted}.
 
     The tile row itself only with ``tile_row`` (an UPDATE upserts it instead).
@@ -157,7 +164,7 @@ def delete_tile_rows(cur, schema_name, tileid, full=True, tile_row=False):
     return counts
 
 
-def photometry_references(cur, schema_name):
+def photometry_references(cur: cursor, schema_name: str) -> list[tuple[str, str]]:
     """``[(table, column)]`` of every foreign key to ``photometry(targetid)`` in the
     database: the schema's own (:func:`schema.referencing`) and any other, e.g. a
     value-added catalog's (``specprod-db vac``)."""
@@ -174,7 +181,8 @@ def photometry_references(cur, schema_name):
     return sorted(declared | found)
 
 
-def delete_orphan_photometry(cur, schema_name, candidates, keep=None):
+def delete_orphan_photometry(cur: cursor, schema_name: str, candidates: sql.Composable,
+                             keep: Optional[sql.Composable] = None) -> int:
     """Delete the photometry rows of the TARGETIDs in the temporary table ``candidates``
     that no table references any more (nor the temporary table ``keep``, if given)."""
     refs = [sql.SQL("NOT EXISTS (SELECT 1 FROM {} r WHERE r.{} = p.targetid)").format(
@@ -189,7 +197,7 @@ def delete_orphan_photometry(cur, schema_name, candidates, keep=None):
     return cur.rowcount
 
 
-def keep_targetids(conn):
+def keep_targetids(conn: connection) -> sql.Composable:
     """The session's temporary table of the TARGETIDs this run's tiles reference
     (empty; :func:`keep_more` adds each wave's).
 
@@ -201,13 +209,17 @@ def keep_targetids(conn):
         return tempids.create(cur, name=KEEP_TABLE, on_commit="PRESERVE ROWS")
 
 
-def keep_more(conn, keep, targetids):
+def keep_more(conn: connection, keep: sql.Composable, targetids: np.ndarray) -> None:
     """Add ``targetids`` to the run's :func:`keep_targetids` table."""
     with transaction(conn) as cur:
-        tempids.extend(cur, keep, targetids)
+        # keep_targetids' Identifier, or the writer ranks' shared table (Composed)
+        tempids.extend(cur, cast(sql.Identifier, keep), targetids)
 
 
-def upsert_state(cur, schema_name, tileid, status, run_id, state=None, line=None, error=None):
+def upsert_state(cur: cursor, schema_name: str, tileid: int, status: str, run_id: int,
+                 state: Optional[Mapping[str, Any]] = None,
+                 line: Optional[Mapping[str, Any]] = None,
+                 error: Optional[str] = None) -> None:
     state = state or {}
     values = {
         "tileid": int(tileid), "status": status, "run_id": run_id,
@@ -220,7 +232,7 @@ def upsert_state(cur, schema_name, tileid, status, run_id, state=None, line=None
     }
     if status in (FAILED, INTERNAL_ERROR):
         # keep what was loaded before; record only the failure
-        keep = ("status", "run_id", "error", "loaded_at")
+        keep: tuple[str, ...] = ("status", "run_id", "error", "loaded_at")
     else:
         keep = tuple(values)
     cols = list(values)
@@ -233,8 +245,10 @@ def upsert_state(cur, schema_name, tileid, status, run_id, state=None, line=None
                 values)
 
 
-def record_history(cur, schema_name, run_id, tileid, action, reason, outcome, error=None,
-                   counts=None, tile_rows=None):
+def record_history(cur: cursor, schema_name: str, run_id: int, tileid: int, action: str,
+                   reason: Optional[str], outcome: str, error: Optional[str] = None,
+                   counts: Optional[Mapping[str, Any]] = None,
+                   tile_rows: Optional[Mapping[str, int]] = None) -> None:
     """Add a ``tile_history`` row, in the caller's (the tile's) transaction."""
     cur.execute(sql.SQL("INSERT INTO {} (run_id, tileid, action, reason, outcome, error, at, "
                         "counts, tile_rows) VALUES (%s, %s, %s, %s, %s, %s, now(), %s, %s)")
@@ -244,7 +258,8 @@ def record_history(cur, schema_name, run_id, tileid, action, reason, outcome, er
                  None if tile_rows is None else json.dumps(tile_rows, sort_keys=True)))
 
 
-def recorded_tile_rows(cur, schema_name, tileid):
+def recorded_tile_rows(cur: cursor, schema_name: str,
+                       tileid: int) -> Optional[dict[str, int]]:
     """``{table: rows}`` the tile held after its last recorded load or delete, or None."""
     cur.execute(sql.SQL("SELECT tile_rows FROM {} WHERE tileid = %s AND tile_rows IS NOT "
                         "NULL ORDER BY id DESC LIMIT 1").format(
@@ -253,7 +268,8 @@ def recorded_tile_rows(cur, schema_name, tileid):
     return json.loads(row[0]) if row else None
 
 
-def _tile_rows(cur, schema_name, tileid, counts, full):
+def _tile_rows(cur: cursor, schema_name: str, tileid: int, counts: Mapping[str, int],
+               full: bool) -> dict[str, int]:
     """The rows the tile holds per table after :func:`write_tile`: those it copied; for
     an UPDATE that kept the fiberassign file, the kept tables' counts as last recorded
     (counted when nothing was recorded, e.g. a tile loaded by an older version)."""
@@ -267,7 +283,7 @@ def _tile_rows(cur, schema_name, tileid, counts, full):
                 cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
                     qualified(schema_name, t.name), _tile_condition(schema_name, t, owned)),
                     {"t": int(tileid)})
-                before[t.name] = cur.fetchone()[0]
+                before[t.name] = fetch_one(cur)[0]
             rows[t.name] = before[t.name]
     return rows
 
@@ -296,8 +312,10 @@ class WriteMode:
         return cls(flags_now=False, keep=keep, touched=touched)
 
 
-def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(),
-               mode=WriteMode()):
+def write_tile(conn: connection, schema_name: str, action: TileAction,
+               tables: dict[str, np.ndarray], state: dict[str, Any], run_id: int,
+               photometry: Sequence[np.ndarray] = (), mode: WriteMode = WriteMode()
+               ) -> dict[str, int]:
     """Load one tile (INSERT or UPDATE) from its staged tables, in one transaction.
 
     Parameters
@@ -331,7 +349,9 @@ def write_tile(conn, schema_name, action, tables, state, run_id, photometry=(),
         raise better from err
 
 
-def _write_tile(conn, schema_name, action, tables, state, run_id, photometry, mode):
+def _write_tile(conn: connection, schema_name: str, action: TileAction,
+                tables: dict[str, np.ndarray], state: dict[str, Any], run_id: int,
+                photometry: Sequence[np.ndarray], mode: WriteMode) -> dict[str, int]:
     counts = {}
     tileid, full = action.tileid, action.full
     t = {"t": int(tileid)}
@@ -375,7 +395,8 @@ def _write_tile(conn, schema_name, action, tables, state, run_id, photometry, mo
     return counts
 
 
-def write_healpix(conn, schema_name, survey, program, healpix, rows, primary=True):
+def write_healpix(conn: connection, schema_name: str, survey: str, program: str,
+                  healpix: int, rows: np.ndarray, primary: bool = True) -> dict[str, int]:
     """Load one HEALPix file's ``zpix`` rows (a static production), in one transaction:
     the rows of that (survey, program, healpix) are replaced, so a rerun after an
     interruption, or a second load, gives the same table; then the primary flags of its
@@ -415,7 +436,7 @@ def write_healpix(conn, schema_name, survey, program, healpix, rows, primary=Tru
     return counts
 
 
-def loaded_healpix(conn, schema_name):
+def loaded_healpix(conn: connection, schema_name: str) -> set[tuple[str, str, int]]:
     """The set of ``(survey, program, healpix)`` that ``zpix`` holds rows of (each was
     written whole, in one transaction)."""
     with transaction(conn) as cur:
@@ -424,7 +445,8 @@ def loaded_healpix(conn, schema_name):
         return {(s, p, int(h)) for s, p, h in cur.fetchall()}
 
 
-def delete_tile(conn, schema_name, action, run_id, keep=None):
+def delete_tile(conn: connection, schema_name: str, action: TileAction, run_id: int,
+                keep: Optional[sql.Composable] = None) -> dict[str, int]:
     """DELETE a tile: its rows, then photometry nobody else references (nor ``keep``,
     see :func:`write_tile`), and the flags of its TARGETIDs' other rows; one
     transaction."""
@@ -445,7 +467,8 @@ def delete_tile(conn, schema_name, action, run_id, keep=None):
     return counts
 
 
-def refresh_state(conn, schema_name, action, run_id, state=None):
+def refresh_state(conn: connection, schema_name: str, action: TileAction, run_id: int,
+                  state: Optional[Mapping[str, Any]] = None) -> None:
     """Record the tile's current line and fingerprints; nothing is reloaded.  Without
     ``state`` a REFRESH (only UPDATED moved); with it, an UPDATE whose files were touched
     with the same contents (history: the UPDATE, outcome ``refreshed``)."""
@@ -456,7 +479,9 @@ def refresh_state(conn, schema_name, action, run_id, state=None):
                        action.reason, REFRESHED)
 
 
-def record_failure(conn, schema_name, tileid, message, run_id, internal=False, action=None):
+def record_failure(conn: connection, schema_name: str, tileid: int, message: str,
+                   run_id: int, internal: bool = False,
+                   action: Optional[TileAction] = None) -> None:
     """Record a tile's failure (``failed``: bad input; ``internal_error``: a bug), and in
     its history the planned ``action`` (a TileAction; FAIL when not given)."""
     status = INTERNAL_ERROR if internal else FAILED
@@ -467,7 +492,8 @@ def record_failure(conn, schema_name, tileid, message, run_id, internal=False, a
                        action.reason if action is not None else None, status, error=message)
 
 
-def record_skip(conn, schema_name, action, run_id, state=None):
+def record_skip(conn: connection, schema_name: str, action: TileAction, run_id: int,
+                state: Optional[dict[str, Any]] = None) -> None:
     """History of a SKIP of a tile the database holds (``state``: its ``tile_state`` as
     the planner read it, holding rows: loaded, or failed with its older rows kept,
     :func:`specprod_db.load.plan.holds_rows`): a delete refused (``--no-delete``) or
@@ -488,7 +514,7 @@ class WavePhotometry:
     so every tile of the wave inserts the same row for a TARGETID, whichever commits
     first (``--writers``), and a tile failing does not change the others' rows."""
 
-    def __init__(self, brick_results, tile_results):
+    def __init__(self, brick_results: Sequence[Any], tile_results: Sequence[Any]) -> None:
         parts = [r.stage.tables(("photometry",))["photometry"] for r in brick_results]
         parts += [r.stage.tables(("photometry",)).get(
             "photometry", schema_table("photometry").empty()) for r in tile_results
@@ -497,7 +523,7 @@ class WavePhotometry:
             [np.concatenate(parts[:len(brick_results)]) if brick_results
              else schema_table("photometry").empty()] + parts[len(brick_results):])
 
-    def rows_for(self, targetids):
+    def rows_for(self, targetids: Optional[np.ndarray]) -> np.ndarray:
         """The rows of ``targetids`` (sorted unique int64)."""
         if targetids is None or not len(self.table):
             return self.table[:0]

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from specprod_db import faults, mpi
-from specprod_db.extract import redshift, targetphot as extract_targetphot
+from specprod_db.extract import redshift
+from specprod_db.extract import targetphot as extract_targetphot
 from specprod_db.load import bricks, catalogs, fingerprints, tile_writer
 from specprod_db.load.jobs import TargetphotJob, TileJob
 from specprod_db.load.plan import UPDATE, TileAction

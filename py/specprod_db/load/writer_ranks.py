@@ -24,10 +24,11 @@ What makes concurrent transactions safe:
   dropped at the end of the run (and at the start of the next, after a crash).
 """
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extensions import connection
 
 from specprod_db.db.connect import bulk_session, connect, server_stop
 from specprod_db.db.sql import transaction
@@ -35,16 +36,17 @@ from specprod_db.errors import one_line
 from specprod_db.load.jobs import WriteJob
 
 #: This process's connection, per (conninfo, schema, bulk).
-_session = {}
+_session: dict[tuple[str, str, bool], connection] = {}
 
 
-def shared_table(schema_name, run_id, what):
+def shared_table(schema_name: str, run_id: int, what: str) -> sql.Composed:
     """The identifier of a run's shared TARGETID table (``keep`` or ``touched``)."""
     return sql.SQL("{}.{}").format(sql.Identifier(schema_name),
                                    sql.Identifier(f"_run_{int(run_id)}_{what}"))
 
 
-def create_shared(conn, schema_name, run_id):
+def create_shared(conn: connection, schema_name: str,
+                  run_id: int) -> tuple[sql.Composed, ...]:
     """The run's ``keep`` and ``touched`` tables (unlogged, empty); returns their
     identifiers ``(keep, touched)``."""
     out = []
@@ -57,7 +59,7 @@ def create_shared(conn, schema_name, run_id):
     return tuple(out)
 
 
-def drop_shared(conn, schema_name):
+def drop_shared(conn: connection, schema_name: str) -> None:
     """Drop every run's shared TARGETID tables in the schema."""
     with transaction(conn) as cur:
         cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND "
@@ -67,7 +69,7 @@ def drop_shared(conn, schema_name):
                                                            sql.Identifier(name)))
 
 
-def _connection(job: WriteJob) -> Any:
+def _connection(job: WriteJob) -> connection:
     key = (job.dsn, job.schema, job.bulk)
     conn = _session.get(key)
     if conn is None or conn.closed:
