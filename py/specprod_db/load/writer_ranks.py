@@ -50,7 +50,7 @@ def create_shared(conn: connection, schema_name: str,
     """The run's ``keep`` and ``touched`` tables (unlogged, empty); returns their
     identifiers ``(keep, touched)``."""
     out = []
-    with transaction(conn) as cur:
+    with transaction(conn, original_error=True) as cur:
         for what in ("keep", "touched"):
             ident = shared_table(schema_name, run_id, what)
             cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (targetid bigint PRIMARY KEY)")
@@ -61,7 +61,7 @@ def create_shared(conn: connection, schema_name: str,
 
 def drop_shared(conn: connection, schema_name: str) -> None:
     """Drop every run's shared TARGETID tables in the schema."""
-    with transaction(conn) as cur:
+    with transaction(conn, original_error=True) as cur:
         cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND "
                     "tablename ~ '^_run_[0-9]+_(keep|touched)$'", (schema_name,))
         for (name,) in cur.fetchall():
