@@ -6,7 +6,9 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 # Re-install only when the package metadata changed.
 STAMP := $(VENV)/.specprod-db-installed
-PYTEST_ARGS ?=
+# Two pytest-xdist workers (one per core): 743 tests in 8 min instead of 12 serially (the
+# fixtures are per worker: a schema per test, the private cluster shared under a lock).
+PYTEST_ARGS ?= -n 2
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
