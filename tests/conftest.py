@@ -256,6 +256,16 @@ def schemas(pg_dsn):
         conn.close()
 
 
+@pytest.fixture
+def created(pg_dsn, schema_name):
+    """A connection to ``schema_name`` made by ``init``'s DDL (:func:`ddl.create_schema`)."""
+    from specprod_db.db import ddl
+    conn = psycopg2.connect(pg_dsn)
+    ddl.create_schema(conn, schema_name)
+    yield conn
+    conn.close()
+
+
 def fresh_load_dump(dsn, mpiexec, prod, stage_dir):
     """The tables of an uninterrupted 1-rank load of ``prod`` into a new schema
     (dropped afterwards): the reference other runs must reach."""

@@ -58,14 +58,6 @@ def reference(pg_dsn):
         conn.close()
 
 
-@pytest.fixture
-def created(pg_dsn, schema_name):
-    conn = psycopg2.connect(pg_dsn)
-    ddl.create_schema(conn, schema_name)
-    yield conn
-    conn.close()
-
-
 def test_builds_are_the_catalog_of_init(created, schema_name, reference):
     every = builds.schema_builds()
     names = [b.name for b in every]

@@ -9,15 +9,14 @@ it) and the same command again, or a plain ``load``, converges to the same table
 catalog; ``verify`` and ``combine`` name an unfinished schema too.
 """
 import json
-import secrets
 import subprocess
 
 import psycopg2
 import pytest
 
 from conftest import CLI, dump_schema, fresh_load_dump, load, mock_env, query
-from test_builds import catalog
-from specprod_db.db import builds, ddl
+from test_builds import catalog, reference  # noqa: F401 (reference: init's catalog, a fixture)
+from specprod_db.db import builds
 
 VICTIM = 1001  # third tile in write order (100, 1000, 1001, 40000, 60000)
 
@@ -27,22 +26,6 @@ def daily(pg_dsn, small_production, mpiexec, tmp_path_factory):
     """The tables of the daily-path load (no ``--initial``) of the small production."""
     return fresh_load_dump(pg_dsn, mpiexec, small_production[0],
                            tmp_path_factory.mktemp("dailystage"))
-
-
-@pytest.fixture(scope="module")
-def init_catalog(pg_dsn):
-    """The constraints and indexes of a fresh ``init`` schema (schema name as ``S``)."""
-    name = "test_" + secrets.token_hex(4)
-    conn = psycopg2.connect(pg_dsn)
-    try:
-        ddl.create_schema(conn, name)
-        yield catalog(conn, name)
-    finally:
-        conn.rollback()
-        with conn.cursor() as cur:
-            cur.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        conn.commit()
-        conn.close()
 
 
 def schema_catalog(dsn, name):
@@ -75,13 +58,13 @@ def last_counts(dsn, name):
 @pytest.mark.parametrize("ranks, extra", [(1, ()), (3, ()), (4, ("--writers", "2"))],
                          ids=["1-rank", "3-ranks", "4-ranks-2-writers"])
 def test_initial_load_equals_daily_path(ranks, extra, pg_dsn, schemas, small_production,
-                                        mpirun, daily, init_catalog, tmp_path):
+                                        mpirun, daily, reference, tmp_path):
     prod = small_production[0]
     name = schemas()
     r = load(mpirun, ranks, pg_dsn, name, prod, tmp_path / "s", "--initial",
              "--build-connections", "3", *extra)
     assert dump_schema(pg_dsn, name) == daily
-    assert schema_catalog(pg_dsn, name) == init_catalog
+    assert schema_catalog(pg_dsn, name) == reference
     counts = last_counts(pg_dsn, name)
     assert set(counts["builds"]) == {b.name for b in builds.bulk_builds()}
     assert all(s >= 0 for s in counts["builds"].values())
@@ -90,7 +73,7 @@ def test_initial_load_equals_daily_path(ranks, extra, pg_dsn, schemas, small_pro
 
 
 def test_killed_in_the_bulk_phase_then_rerun(pg_dsn, schemas, small_production, mpirun,
-                                            daily, init_catalog, tmp_path):
+                                            daily, reference, tmp_path):
     """Killed between two tiles: keys and indexes missing, status says unfinished initial
     load and the command that finishes it; that command converges."""
     prod, stage = small_production[0], tmp_path / "stage"
@@ -112,7 +95,7 @@ def test_killed_in_the_bulk_phase_then_rerun(pg_dsn, schemas, small_production, 
     assert "UNFINISHED INITIAL LOAD" in text and "load --initial --schema" in text
     load(mpirun, 3, pg_dsn, name, prod, stage, "--initial")
     assert dump_schema(pg_dsn, name) == daily
-    assert schema_catalog(pg_dsn, name) == init_catalog
+    assert schema_catalog(pg_dsn, name) == reference
     assert json.loads(status(pg_dsn, name, prod).stdout)["unfinished_initial_load"] is None
 
 
@@ -123,7 +106,7 @@ def test_killed_in_the_bulk_phase_then_rerun(pg_dsn, schemas, small_production, 
 ])
 def test_killed_during_the_builds_then_rerun(point, rerun, pg_dsn, schemas,
                                              small_production, mpirun, daily,
-                                             init_catalog, tmp_path):
+                                             reference, tmp_path):
     prod, stage = small_production[0], tmp_path / "stage"
     name = schemas()
     r = load(mpirun, 1, pg_dsn, name, prod, stage, "--initial", "--build-connections", "2",
@@ -147,7 +130,7 @@ def test_killed_during_the_builds_then_rerun(point, rerun, pg_dsn, schemas,
     assert report["unfinished_initial_load"]["missing"] == missing
     r = load(mpirun, 1, pg_dsn, name, prod, stage, *rerun)
     assert dump_schema(pg_dsn, name) == daily
-    assert schema_catalog(pg_dsn, name) == init_catalog
+    assert schema_catalog(pg_dsn, name) == reference
     assert lacking(pg_dsn, name) == []
     counts = last_counts(pg_dsn, name)
     assert set(counts["builds"]) == (

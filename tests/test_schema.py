@@ -12,7 +12,6 @@ import csv
 import os
 
 import psycopg2
-import pytest
 
 from specprod_db import schema
 
@@ -51,14 +50,6 @@ ADDED_FRAME_INDEXES = {
 def _reference(name, delimiter):
     with open(os.path.join(DATA, name)) as f:
         return list(csv.DictReader(f, delimiter=delimiter))
-
-
-@pytest.fixture
-def created(pg_dsn, schema_name):
-    conn = psycopg2.connect(pg_dsn)
-    ddl.create_schema(conn, schema_name)
-    yield conn
-    conn.close()
 
 
 def test_columns_match_reference(created, schema_name):
