@@ -2,7 +2,7 @@
 from collections.abc import Collection, Iterable
 
 from psycopg2 import sql
-from psycopg2.extensions import connection
+from psycopg2.extensions import connection, cursor
 
 from specprod_db.db.connect import ensure_q3c, schema_exists
 from specprod_db.db.sql import fetch_one, qualified, reading, transaction
@@ -116,6 +116,19 @@ def create_schema(conn: connection, schema_name: str, overwrite: bool = False) -
         cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema_name,))
         after = fetch_one(cur)[0]
     return after > before
+
+
+def table_readers(cur: cursor, schema_name: str, table_name: str) -> list[str]:
+    """Roles other than the owner with SELECT on a table (to give the same on tables made
+    later: a migration's, a VAC's)."""
+    cur.execute("""SELECT DISTINCT g.grantee FROM information_schema.role_table_grants g
+                   JOIN pg_namespace n ON n.nspname = g.table_schema
+                   JOIN pg_class c ON c.relname = g.table_name AND c.relnamespace = n.oid
+                   WHERE g.table_schema = %s AND g.table_name = %s
+                     AND g.privilege_type = 'SELECT'
+                     AND g.grantee <> pg_get_userbyid(c.relowner)""",
+                (schema_name, table_name))
+    return sorted(r[0] for r in cur.fetchall())
 
 
 def grant_read(conn: connection, schema_name: str, roles: Iterable[str]) -> list[str]:

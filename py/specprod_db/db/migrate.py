@@ -186,23 +186,10 @@ def _columns(cur: cursor, schema_name: str, table_name: str) -> dict[str, int | 
     return dict(cur.fetchall())
 
 
-def _readers(cur: cursor, schema_name: str, table_name: str) -> list[str]:
-    """Roles other than the owner with SELECT on a table (to give the same on the tables
-    a migration creates: the old tool's GRANTs covered only the tables of its time)."""
-    cur.execute("""SELECT DISTINCT g.grantee FROM information_schema.role_table_grants g
-                   JOIN pg_class c ON c.relname = g.table_name
-                   JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = g.table_schema
-                   WHERE g.table_schema = %s AND g.table_name = %s
-                     AND g.privilege_type = 'SELECT'
-                     AND g.grantee <> pg_get_userbyid(c.relowner)""",
-                (schema_name, table_name))
-    return sorted(r[0] for r in cur.fetchall())
-
-
 def _grant_like(cur: cursor, schema_name: str, model: str,
                 table_names: Sequence[str]) -> list[str]:
     """SELECT on ``table_names`` (and their sequences) to the readers of ``model``."""
-    roles = _readers(cur, schema_name, model)
+    roles = ddl.table_readers(cur, schema_name, model)
     for role in roles:
         for name in table_names:
             cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
@@ -281,7 +268,7 @@ def _tile_state_line(cur: cursor, schema_name: str) -> str:
     if "line" in _columns(cur, schema_name, "tile_state"):
         return "already there"
     old = "tile_state_layout_2_0"
-    readers = _readers(cur, schema_name, "tile_state")
+    readers = ddl.table_readers(cur, schema_name, "tile_state")
     cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
         _q(schema_name, "tile_state"), sql.Identifier(old)))
     for constraint in ("pkey", "run_id_fkey"):  # the new table's names

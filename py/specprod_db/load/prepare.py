@@ -70,9 +70,6 @@ class Plan:
         """Every other action (DELETE, REFRESH, FAIL, SKIP, UNCHANGED)."""
         return [a for a in self.actions if a.action not in (INSERT, UPDATE)]
 
-    def action_of(self, tileid: int) -> TileAction:
-        return next(a for a in self.actions if a.tileid == tileid)
-
 
 @dataclass
 class Session:

@@ -19,6 +19,7 @@ import zlib
 import psycopg2
 from psycopg2 import sql
 
+from specprod_db.db import ddl
 from specprod_db.db.connect import schema_exists
 from specprod_db.db.sql import qualified, reading, transaction
 from specprod_db.errors import RunRefused
@@ -104,18 +105,6 @@ def read_description(cur, schema_name, table_name):
     return info if isinstance(info, dict) and info.get(MARKER) else None
 
 
-def _readers(cur, schema_name, table_name):
-    """Roles other than the owner with SELECT on a table."""
-    cur.execute("""SELECT DISTINCT g.grantee FROM information_schema.role_table_grants g
-                   JOIN pg_namespace n ON n.nspname = g.table_schema
-                   JOIN pg_class c ON c.relname = g.table_name AND c.relnamespace = n.oid
-                   WHERE g.table_schema = %s AND g.table_name = %s
-                     AND g.privilege_type = 'SELECT'
-                     AND g.grantee <> pg_get_userbyid(c.relowner)""",
-                (schema_name, table_name))
-    return sorted(r[0] for r in cur.fetchall())
-
-
 def lock_vac(conn, schema_name, name):
     """One load or drop of a VAC at a time (a session advisory lock), else RunRefused."""
     key = zlib.crc32(f"{schema_name}.{name}".encode()) & 0x7FFFFFFF
@@ -196,11 +185,11 @@ def swap(conn, schema_name, name, lock_timeout=300.0):
                     if read_description(cur, schema_name, final) is None:
                         raise RunRefused(f"{schema_name}.{final} exists and is not a VAC "
                                          f"loaded by specprod-db; not replacing it")
-                    readers = _readers(cur, schema_name, final)
+                    readers = ddl.table_readers(cur, schema_name, final)
                     cur.execute(sql.SQL("DROP TABLE {}").format(
                         qualified(schema_name, final)))
                 elif "photometry" in present:
-                    readers = _readers(cur, schema_name, "photometry")
+                    readers = ddl.table_readers(cur, schema_name, "photometry")
                 cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
                     qualified(schema_name, new), sql.Identifier(final)))
                 cur.execute("SELECT conname FROM pg_constraint WHERE conrelid = "
