@@ -20,8 +20,14 @@ rank 0 writes).
   ``pg_current_wal_lsn``, scaled like the write; the rate an assumption,
   ``--wal-mb-s``), and the extractors' total divided by their number (the write
   overlaps the next wave's extraction);
-* the end (index builds, primary flags, CLUSTER, ANALYZE: the finalize timer) scaled
-  with the rows times log(rows);
+* the end of the load (keys, foreign keys, indexes, primary flags, CLUSTER, ANALYZE)
+  from (e)'s measured growth (``bench/endload.py``: the ``--initial`` loads of 100, 300
+  and 1,000 small tiles, their builds redone on K = 1, 2, 4 sessions): the builds' and
+  the rest's (flags, CLUSTER, ANALYZE) seconds per row of the slope from the smallest to
+  the largest load, times a production's rows, times log(rows) / log(rows of the largest
+  load) (sorts); the builds on ``B`` sessions take the larger of the sum of the builds
+  over ``min(B, server cores)`` and the longest single build (scaled alike), the rest is
+  serial.  Without (e)'s figures: (b)'s finalize timer scaled with rows x log(rows);
 * no growth of the per-tile write with the rows held: (d) found the per-tile work of a
   daily run flat and its growth in the per-run ANALYZE; the growth of the write timer in
   (e)'s larger initial loads was not separated from CPU contention on 2 cores
@@ -30,6 +36,10 @@ rank 0 writes).
 import argparse
 import json
 import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 #: rows of a full production, per table (the issue's figures; target and fiberassign
 #: one per fibre like ztile)
@@ -37,8 +47,45 @@ REAL = {"ztile": 125e6, "potential": 375e6, "photometry": 50e6, "target": 125e6,
         "fiberassign": 125e6}
 
 
+def _write_ratio(res):
+    try:
+        import results_md
+    except ImportError:
+        return None
+    wr = results_md.write_ratio(res)
+    return wr and round(wr["ratio"], 3)
+
+
+def end_of_load(res, real_all, server_cores, sessions=(1, 2, 4, 8, 16)):
+    """The end of a production's initial load from (e)'s measured growth (module doc);
+    None without at least two (e) sizes with K = 1."""
+    e = res.get("end_of_load") or {}
+    sizes = sorted((n for n in e if "1" in e[n]["k"]), key=int)
+    if len(sizes) < 2:
+        return None
+    a, b = e[sizes[0]], e[sizes[-1]]
+    drows = b["rows"] - a["rows"]
+    builds_row = (b["k"]["1"]["builds_s"] - a["k"]["1"]["builds_s"]) / drows
+    rest_row = (b["rest_s"] - a["rest_s"]) / drows
+    longest = max(b["k"]["1"]["steps"].values()) / max(1e-9, b["k"]["1"]["steps_sum_s"])
+    logf = math.log(real_all) / math.log(b["rows"])
+    builds1 = max(0.0, builds_row) * real_all * logf
+    rest = max(0.0, rest_row) * real_all * logf
+    measured = {k: v["end_s"] for k, v in b["k"].items()}
+    out = {"sizes": [int(s) for s in sizes], "rows": [e[s]["rows"] for s in sizes],
+           "builds_s_per_mrow": builds_row * 1e6, "rest_s_per_mrow": rest_row * 1e6,
+           "longest_build_share": longest, "log_factor": logf,
+           "builds_1_h": builds1 / 3600, "rest_h": rest / 3600,
+           "measured_end_s_at_largest": measured, "sessions": []}
+    for k in sessions:
+        w = max(builds1 * longest, builds1 / min(k, server_cores))
+        out["sessions"].append({"sessions": k, "builds_h": w / 3600,
+                                "end_h": (w + rest) / 3600})
+    return out
+
+
 def project(res, tiles=25000, nodes=(1, 2, 4, 8, 16, 32), cores=128, writers=(1, 4, 16),
-            server_cores=32, wal_mb_s=300.0):
+            server_cores=32, wal_mb_s=300.0, build_sessions=8):
     one = res["loads"][0]
     assert one["ranks"] == 1, "the first load of (b) must be the 1-rank run"
     nt = one["tiles"]
@@ -66,8 +113,13 @@ def project(res, tiles=25000, nodes=(1, 2, 4, 8, 16, 32), cores=128, writers=(1,
     mock_all = sum(v for k, v in one["tables"].items() if k != "primary")
     real_all = sum(REAL.values()) + tiles * (sum(v for k, v in one["tables"].items()
                                                  if k not in REAL and k != "primary") / nt)
-    fin = t.get("finalize", 0) * (real_all / mock_all) * (
+    fin_scaled = t.get("finalize", 0) * (real_all / mock_all) * (
         math.log(real_all) / math.log(mock_all))
+    eol = end_of_load(res, real_all, server_cores)
+    fin = fin_scaled
+    if eol:
+        pick = [r for r in eol["sessions"] if r["sessions"] == build_sessions]
+        fin = (pick[0] if pick else eol["sessions"][-1])["end_h"] * 3600
     allc = copy and (sum(r["rows"] for r in copy.values())
                      / sum(r["ceiling_s"] for r in copy.values()))
     allb = copy and (sum(r["bytes"] for r in copy.values())
@@ -79,6 +131,9 @@ def project(res, tiles=25000, nodes=(1, 2, 4, 8, 16, 32), cores=128, writers=(1,
            "initial_write_per_tile_growth": bulk_write_growth,
            "initial_write_growth_sizes": (ks[0], ks[-1]) if ks else None,
            "write_total_h": write_total / 3600, "finalize_h": fin / 3600,
+           "finalize_scaled_from_b_h": fin_scaled / 3600, "end_of_load": eol,
+           "build_sessions": build_sessions, "real_rows": real_all,
+           "bulk_write_ratio_to_copy": _write_ratio(res),
            "copy_ceiling_rows_per_s": allc, "copy_ceiling_bytes_per_s": allb,
            "copy_floor_h": copy_floor / 3600 if copy_floor else None,
            "real_pgcopy_bytes_per_tile": real_bytes,
@@ -124,14 +179,42 @@ def main():
                         "help (assumption; default 32)")
     p.add_argument("--wal-mb-s", type=float, default=300.0,
                    help="WAL the server sustains, MB/s (assumption; default 300)")
+    p.add_argument("--build-sessions", type=int, default=8,
+                   help="--build-connections of the production's end of the load "
+                        "(default 8)")
     args = p.parse_args()
     with open(args.results) as f:
         res = json.load(f)
     out = project(res, tiles=args.tiles, server_cores=args.server_cores,
-                  wal_mb_s=args.wal_mb_s)
+                  wal_mb_s=args.wal_mb_s, build_sessions=args.build_sessions)
     for k, v in out.items():
-        if k not in ("nodes", "writers"):
+        if k not in ("nodes", "writers", "end_of_load"):
             print(f"{k:<30} {v}")
+    eol = out["end_of_load"]
+    if eol:
+        print(f"\nend of the load, from (e) at {eol['sizes']} small tiles "
+              f"({eol['rows']} rows): builds {eol['builds_s_per_mrow']:.1f} s and "
+              f"flags/CLUSTER/ANALYZE {eol['rest_s_per_mrow']:.1f} s per million rows "
+              f"(slope, K=1), x {out['real_rows'] / 1e6:.0f} M rows x log factor "
+              f"{eol['log_factor']:.2f}; longest build {eol['longest_build_share']:.0%} of "
+              f"all builds; measured at the largest (e) load, seconds by K: "
+              f"{eol['measured_end_s_at_largest']}")
+        print(f"{'sessions':>8} {'builds h':>9} {'end h':>7}")
+        for r in eol["sessions"]:
+            print(f"{r['sessions']:>8} {r['builds_h']:>9.2f} {r['end_h']:>7.2f}")
+    best = min(out["writers"], key=lambda r: r["total_h"])
+    one_node = [r for r in out["writers"] if r["nodes"] == 1]
+    b1 = min(one_node, key=lambda r: r["total_h"]) if one_node else best
+    print(f"\nheadline: {args.tiles} tiles on one node with {b1['writers']} writers: "
+          f"{b1['total_h']:.2f} h (tile phase {b1['tile_phase_h']:.2f} h, bound by "
+          f"{b1['bound']}; end of the load {out['finalize_h']:.2f} h on "
+          f"{args.build_sessions} build sessions) -- goal < 1.5 h")
+    print("assumptions: per-tile costs of this 2-core machine's (b) 1-rank run scaled "
+          "to a real tile's rows/bytes; writers scale to min(K, --server-cores "
+          f"{args.server_cores}); WAL at --wal-mb-s {args.wal_mb_s:g} MB/s; builds on "
+          "B sessions = max(sum / min(B, server cores), longest build); flags, CLUSTER "
+          "and ANALYZE serial, linear in rows x log; no growth of the per-tile write with "
+          "the rows held (bulk path: no per-row key checks)")
     print(f"{'nodes':>5} {'extractors':>10} {'extract h':>9} {'tile phase h':>12} "
           f"{'total h':>8} bound")
     for r in out["nodes"]:

@@ -19,6 +19,43 @@ def rss_growth(res):
             "ratios": [y / x for x, y in zip(a0, a1)]}
 
 
+def write_ratio(res):
+    """(b)'s write stage against (a)'s ceiling: the rows the 1-rank ``--initial`` run of
+    (b) wrote (``load_run`` counts, primary flags not counted) per second of its ``write``
+    timer, over (a)'s server-side ``COPY ... FROM file`` into bare tables of that run's
+    staged rows (all tables' rows / all tables' ceiling seconds); None without both."""
+    loads, copy = res.get("loads") or [], res.get("copy") or {}
+    one = next((r for r in loads if r["ranks"] == 1 and r.get("writers", 1) == 1), None)
+    if one is None or not copy or not one["timers"].get("write"):
+        return None
+    rows = sum(v for k, v in one["tables"].items() if k != "primary")
+    ours = rows / one["timers"]["write"]
+    ceiling = sum(r["rows"] for r in copy.values()) / sum(r["ceiling_s"] for r in copy.values())
+    return {"rows": rows, "write_s": one["timers"]["write"], "write_rows_per_s": ours,
+            "ceiling_rows_per_s": ceiling, "ratio": ours / ceiling}
+
+
+def end_of_load_rows(res):
+    """[(tiles, rows, rest_s, {K: end_s}, {K: builds_s})] of (e)'s end-of-load runs."""
+    e = res.get("end_of_load") or {}
+    out = []
+    for n in sorted(e, key=int):
+        r = e[n]
+        out.append((r["tiles"], r["rows"], r["rest_s"],
+                    {k: v["end_s"] for k, v in r["k"].items()},
+                    {k: v["builds_s"] for k, v in r["k"].items()}))
+    return out
+
+
+def end_of_load_growth(res):
+    """{K: seconds per tile of the slope smallest -> largest load} of (e)'s runs."""
+    rows = end_of_load_rows(res)
+    if len(rows) < 2:
+        return {}
+    a, b = rows[0], rows[-1]
+    return {k: (b[3][k] - a[3][k]) / (b[0] - a[0]) for k in a[3] if k in b[3]}
+
+
 TIMERS = ("plan", "extract tiles", "plan bricks", "extract bricks", "write", "finalize")
 
 
@@ -159,6 +196,13 @@ def markdown(res, text):
         out.append("")
         out.append("Rows: " + ", ".join(f"{t} {b[0]['tables'].get(t, 0):,}" for t in tables)
                    + f"; primary flags set: {b[0]['tables'].get('primary', 0):,}.")
+        wr = write_ratio(res)
+        if wr:
+            out += ["", f"**Write stage / server-side COPY into bare tables: "
+                    f"{wr['ratio']:.2f}** (goal >= 0.5): the 1-rank run wrote "
+                    f"{wr['rows']:,} rows in a write stage of {wr['write_s']:.1f} s = "
+                    f"{wr['write_rows_per_s']:,.0f} rows/s; (a)'s ceiling for its staged "
+                    f"rows: {wr['ceiling_rows_per_s']:,.0f} rows/s."]
         if res.get("stage_bytes_per_tile"):
             out += ["", f"Stage files (HDF5) of the 1-rank run, all kept: "
                     f"{b[0]['stage_bytes'] / 1e6:,.1f} MB for {b[0]['tiles']} tiles = "
@@ -187,13 +231,16 @@ def markdown(res, text):
         out += ["## (d) How cost grows: the same new tiles into a larger database", "",
                 "![growth](growth.png)", "",
                 f"The same {g[0]['tiles_written']} small tiles (150 fibres) loaded as a daily "
-                f"run ({g[0]['ranks']} ranks) into a database holding N small tiles "
-                f"(each an `--initial` load of the first N tiles of one small mock "
-                f"production). **Largest/smallest: {ratio:.2f}x** (goal <= 1.2).", "",
-                "| tiles held | wall s | s per new tile | " + " | ".join(names)
-                + " | load avg before |", "|---:|---:|---:|" + "---:|" * len(names) + "---|"]
+                f"run ({g[0]['ranks']} ranks, `--tiles`) into a database holding N small "
+                f"tiles' worth of rows: copies of a {res.get('growth_base', 1000)}-tile "
+                f"`--initial` load under new TILEIDs and TARGETIDs (`bench/replicate.py`, "
+                f"cached between runs). **Largest/smallest: {ratio:.2f}x** (goal <= 1.2).",
+                "", "| tiles held | database GB | wall s | s per new tile | "
+                + " | ".join(names) + " | load avg before |",
+                "|---:|---:|---:|---:|" + "---:|" * len(names) + "---|"]
         for d in g:
-            out.append(f"| {d['held']} | {d['wall_s']:.1f} | {d['s_per_new_tile']:.2f} | "
+            out.append(f"| {d['held']} | {d.get('db_bytes', 0) / 1e9:.2f} | "
+                       f"{d['wall_s']:.1f} | {d['s_per_new_tile']:.2f} | "
                        + " | ".join(f"{d['timers'].get(n, 0):.2f}" for n in names)
                        + f" | {' '.join(d['loadavg3_before'])} |")
         gs = res.get("growth_sql")
@@ -207,6 +254,18 @@ def markdown(res, text):
                 st = r["statement"].replace("|", "\\|")
                 out.append(f"| {r['growth_s']:+.3f} | {r['small_s']:.3f} | "
                            f"{r['large_s']:.3f} | {r['calls_large']} | `{st}` |")
+        gc = res.get("growth_cache") or {}
+        if gc:
+            out += ["", "Growth databases (cached): " + "; ".join(
+                f"{v['tiles']} tiles {v['bytes'] / 1e9:.2f} GB, "
+                + (f"built in this run in {v['build_s']:.0f} s" if v.get("built_now")
+                   else f"reused (built in {v['build_s']:.0f} s)")
+                for _, v in sorted(gc.items(), key=lambda kv: int(kv[0]))) + "."]
+        ex = g[-1].get("explain") or {}
+        for name, plan in ex.items():
+            out += ["", f"EXPLAIN (ANALYZE, BUFFERS) of the per-tile {name} at "
+                    f"{g[-1]['held']} tiles (one new tile's TARGETIDs, rolled back):", "",
+                    "```", plan, "```"]
         gp = res.get("growth_profile")
         if gp:
             out += ["", "cProfile of rank 0, own time (tottime) that grew most:", "",
@@ -235,6 +294,25 @@ def markdown(res, text):
                     "rank 0 first: "
                     + ", ".join(f"{x:.2f}x" for x in growth["ratios"])
                     + "** (goal <= 1.2 for every rank; default `--wave-tiles`)."]
+        out.append("")
+    eol = end_of_load_rows(res)
+    if eol:
+        ks = sorted(eol[0][3], key=int)
+        gr = end_of_load_growth(res)
+        out += ["## (e) The end of the initial load on K build sessions", "",
+                "Keys, foreign keys and indexes dropped again after each (e) load and "
+                "rebuilt on K sessions (`db/builds.build_missing`, `--build-connections "
+                "K`); flags, CLUSTER and ANALYZE from the load's own timers (finalize - "
+                "builds), K-independent (`bench/endload.py`).", "",
+                "| tiles | rows | flags+CLUSTER+ANALYZE s | "
+                + " | ".join(f"builds K={k} s | end K={k} s" for k in ks) + " |",
+                "|---:|---:|---:|" + "---:|---:|" * len(ks)]
+        for tiles, rows, rest, end, bld in eol:
+            out.append(f"| {tiles} | {rows:,} | {rest:.1f} | " + " | ".join(
+                f"{bld[k]:.1f} | {end[k]:.1f}" for k in ks) + " |")
+        if gr:
+            out += ["", "Growth per tile (slope smallest -> largest): " + ", ".join(
+                f"K={k} {gr[k] * 1000:.1f} ms/tile" for k in ks) + "."]
         out.append("")
     h = res.get("restart")
     if h:

@@ -38,9 +38,11 @@ import psycopg2  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 
 import copy_ceiling  # noqa: E402
+import endload  # noqa: E402
 import mocks  # noqa: E402
 import morning  # noqa: E402
 import orm  # noqa: E402
+import replicate  # noqa: E402
 import restart  # noqa: E402
 import results_md  # noqa: E402
 import scale  # noqa: E402
@@ -253,6 +255,12 @@ def report(res):
                    f"{tot['rows'] / tot['ceiling_s']:>15.0f} "
                    f"{tot['ceiling_s'] / tot['ours_s']:>9.2f} {tot['encode_s']:>9.3f} "
                    f"{tot['stdin_s']:>8.3f} {tot['ceiling_s']:>9.3f}")
+    wr = results_md.write_ratio(res)
+    if wr:
+        out += ["", f"(b) write stage / server-side COPY into bare tables (goal >= 0.5): "
+                f"{wr['ratio']:.2f} ({wr['rows']} rows written in {wr['write_s']:.1f} s = "
+                f"{wr['write_rows_per_s']:.0f} rows/s against (a)'s ceiling "
+                f"{wr['ceiling_rows_per_s']:.0f} rows/s)"]
     if b:
         out += ["", "(b) end-to-end load (fresh schema each; --initial; wall = mpiexec start "
                 "to exit)",
@@ -289,10 +297,13 @@ def report(res):
     g = res.get("growth")
     if g:
         out += ["", f"(d) the same {g[0]['tiles_written']} new small tiles loaded daily "
-                f"({g[0]['ranks']} ranks) into databases already holding N small tiles",
-                f"{'held':>6} {'wall s':>7} {'s/new tile':>10} {'load avg':>16}  timers (s)"]
+                f"({g[0]['ranks']} ranks) into databases holding N small tiles' worth of "
+                f"rows (replicated, bench/replicate.py)",
+                f"{'held':>6} {'GB':>6} {'wall s':>7} {'s/new tile':>10} {'load avg':>16}  "
+                f"timers (s)"]
         for d in g:
-            out.append(f"{d['held']:>6} {d['wall_s']:>7.1f} {d['s_per_new_tile']:>10.2f} "
+            out.append(f"{d['held']:>6} {d.get('db_bytes', 0) / 1e9:>6.2f} "
+                       f"{d['wall_s']:>7.1f} {d['s_per_new_tile']:>10.2f} "
                        f"{' '.join(d['loadavg3_before']):>16}  "
                        + ", ".join(f"{k} {v:.2f}" for k, v in d["timers"].items()))
         out.append(f"largest/smallest (goal <= 1.2): "
@@ -305,6 +316,26 @@ def report(res):
                 out.append(f"  +{r['growth_s']:.2f} s ({r['small_s']:.2f} -> "
                            f"{r['large_s']:.2f}, {r['calls_large']} calls) "
                            f"{r['statement'][:110]}")
+    gc = res.get("growth_cache")
+    if gc:
+        out.append("growth databases: " + "; ".join(
+            f"{v['tiles']} tiles {v['bytes'] / 1e9:.2f} GB "
+            + ("built now" if v.get("built_now") else "cached") + f" ({v['build_s']:.0f} s)"
+            for _, v in sorted(gc.items(), key=lambda kv: int(kv[0]))))
+    eol = results_md.end_of_load_rows(res)
+    if eol:
+        ks = sorted(eol[0][3], key=int)
+        out += ["", "(e) the end of the initial load (builds on K sessions + flags/CLUSTER/"
+                "ANALYZE of the load), seconds",
+                f"{'tiles':>6} {'rows':>9} {'rest':>6} "
+                + " ".join(f"{'K=' + k:>7}" for k in ks)]
+        for tiles, rows, rest, end, _ in eol:
+            out.append(f"{tiles:>6} {rows:>9} {rest:>6.1f} "
+                       + " ".join(f"{end[k]:>7.1f}" for k in ks))
+        gr = results_md.end_of_load_growth(res)
+        if gr:
+            out.append("growth per tile: " + ", ".join(
+                f"K={k} {gr[k] * 1000:.1f} ms" for k in ks))
     sb = res.get("small_bulk")
     if sb:
         out += ["", "(e) initial loads of small tiles: rank-0 peak RSS (default --wave-tiles)"]
@@ -373,8 +404,19 @@ def main():
                         "at 6 ranks)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="attempts per COPY variant (3)")
-    p.add_argument("--growth", default="50,200,1000",
-                   help="(d) tiles already loaded before the new ones (50,200,1000)")
+    p.add_argument("--growth", default="1000,5000,25000",
+                   help="(d) tiles' worth of rows held before the new ones, replicated "
+                        "from the --growth-base load (bench/replicate.py; 1000,5000,25000)")
+    p.add_argument("--growth-base", type=int, default=1000,
+                   help="(d) small tiles of the --initial load the growth databases are "
+                        "replicated from (1000; a size of --rss-sizes is reused)")
+    p.add_argument("--rebuild-growth", action="store_true",
+                   help="(d) build the cached growth databases again")
+    p.add_argument("--growth-connections", type=int, default=3,
+                   help="(d) build sessions of the growth databases' keys (3)")
+    p.add_argument("--build-ks", default="1,2,4",
+                   help="(e) K of the end of the load rebuilt on K build sessions per "
+                        "--rss-sizes load (1,2,4; skip with --skip k)")
     p.add_argument("--new", type=int, default=10, help="(d) new tiles loaded daily (10)")
     p.add_argument("--rss-sizes", default="100,300,1000",
                    help="(e) small tiles of the --initial loads whose peak RSS is "
@@ -394,7 +436,8 @@ def main():
                    help="(f) NEW,REOBSERVED tiles of the advanced night, one tile "
                         "withdrawn (30,20)")
     p.add_argument("--skip", default="c",
-                   help="comma list of parts to skip: a,c,d,e,f,g,h (b always runs; "
+                   help="comma list of parts to skip: a,b,c,d,e,f,g,h,k (without b, no "
+                        "a, c, f either; "
                         "default c: the ORM comparison of an earlier issue, ~4 min)")
     p.add_argument("--results-dir", default=os.path.join(HERE, "results"),
                    help="RESULTS.md, PNG plots and results.json (default bench/results)")
@@ -418,18 +461,22 @@ def main():
            "machine": machine(dsn), "argv": sys.argv,
            "loadavg3_start": open("/proc/loadavg").read().split()[:3]}
     lo0 = loadavg()
-    mock, mock_s = ensure_mock(args.workdir, args.tiles, args.seed)
-    res["mock_s"] = mock_s
-    env = mock_env(mock)
+    if "b" in skip:  # (a), (c) and (f) need (b)'s loads
+        skip |= {"a", "c", "f"}
+    else:
+        mock, mock_s = ensure_mock(args.workdir, args.tiles, args.seed)
+        res["mock_s"] = mock_s
+        env = mock_env(mock)
     runs = [tuple(int(x) for x in (item + "w1").split("w")[:2])
             for item in args.runs.split(",")]
     ranks = [n for n, _ in runs]
     schemas = []
     try:
         # (b) first: its 1st run keeps the stage files that (a) and (c) reuse
-        log("\n(b) end-to-end initial load (--initial)")
         loads = []
-        for i, (n, k) in enumerate(runs):
+        if "b" not in skip:
+            log("\n(b) end-to-end initial load (--initial)")
+        for i, (n, k) in enumerate(runs if "b" not in skip else []):
             label = f"full-{n}rank" + (f"-{k}writers" if k > 1 else "")
             r = run_load(dsn, env, args.workdir, n, label, keep_stage=(i == 0),
                          initial=True, writers=k)
@@ -448,9 +495,11 @@ def main():
             loads.append(r)
             shutil.rmtree(r["stage_dir"], ignore_errors=True)
         res["loads"] = loads
-        res["stage_bytes_per_tile"] = loads[0]["stage_bytes"] / max(1, loads[0]["tiles"])
-        log(f"stage files of the 1st run: {loads[0]['stage_bytes'] / 1e6:.1f} MB, "
-            f"{res['stage_bytes_per_tile'] / 1e6:.2f} MB per tile")
+        if loads:
+            res["stage_bytes_per_tile"] = (loads[0]["stage_bytes"]
+                                           / max(1, loads[0]["tiles"]))
+            log(f"stage files of the 1st run: {loads[0]['stage_bytes'] / 1e6:.1f} MB, "
+                f"{res['stage_bytes_per_tile'] / 1e6:.2f} MB per tile")
 
         if "f" not in skip:
             log("\n(f) a daily morning on the loaded full-size production")
@@ -469,7 +518,9 @@ def main():
             sizes = [int(x) for x in args.rss_sizes.split(",")] if "e" not in skip else []
             if "h" not in skip and args.restart_tiles not in sizes:
                 sizes = sorted(sizes + [args.restart_tiles])
-            need = max(growth + sizes) + (args.new if growth else 0)
+            base_n = args.growth_base
+            res["growth_base"] = base_n
+            need = max(sizes + ([base_n] if growth else [])) + (args.new if growth else 0)
             # a few mock tiles are not loadable (EFFTIME_SPEC 0): 2 % spare
             small, small_s = ensure_mock(args.workdir, need + max(2, need // 50), args.seed,
                                          small=True)
@@ -478,27 +529,57 @@ def main():
             ids = scale.tile_ids(small)
             if len(ids) < need:
                 raise RuntimeError(f"{small}: {len(ids)} loadable tiles, {need} needed")
-            new_ids = ids[need - args.new:need] if growth else []
+            new_ids = ids[base_n:base_n + args.new] if growth else []
             bulk, daily = {}, []
-            log(f"\n(d)/(e) small tiles: initial loads of {sorted(set(growth + sizes))} "
-                f"tiles ({args.bulk_ranks} ranks), then {args.new} new tiles "
-                f"({args.growth_ranks} ranks)")
-            for n in sorted(set(growth + sizes)):
+            ks = [int(x) for x in args.build_ks.split(",")] if "k" not in skip else []
+            log(f"\n(e) small tiles: initial loads of {sizes} tiles ({args.bulk_ranks} "
+                f"ranks)" + (f"; the end of the load rebuilt on K = {ks}" if ks else ""))
+            end_of_load = {}
+            for n in sizes:
                 r = run_load(dsn, senv, args.workdir, args.bulk_ranks, f"small-init-{n}",
                              tiles=ids[:n], initial=True)
                 schemas.append(r["schema"])
                 shutil.rmtree(r["stage_dir"], ignore_errors=True)
                 bulk[n] = r
-                if n in growth:
-                    prof = True  # every size: the same profiling overhead in each
-                    d = run_load(dsn, senv, args.workdir, args.growth_ranks,
-                                 f"small-new{args.new}-at{n}", tiles=new_ids,
-                                 schema_name=r["schema"], profile=prof)
+                if ks:
+                    end_of_load[str(n)] = endload.measure(dsn, r, ks, log=log)
+            res["end_of_load"] = end_of_load
+
+            def make_base():
+                if base_n in bulk:
+                    return bulk[base_n]["schema"]
+                r = run_load(dsn, senv, args.workdir, args.bulk_ranks,
+                             f"small-init-{base_n}", tiles=ids[:base_n], initial=True)
+                schemas.append(r["schema"])
+                shutil.rmtree(r["stage_dir"], ignore_errors=True)
+                return r["schema"]
+
+            if growth:
+                log(f"\n(d) the same {args.new} new small tiles ({args.growth_ranks} ranks) "
+                    f"loaded daily into databases of {growth} tiles' worth of rows "
+                    f"(replicated from a {base_n}-tile initial load, cached)")
+                t = time.time()
+                cache = replicate.ensure(dsn, senv, growth, ids[:base_n], make_base,
+                                         rebuild=args.rebuild_growth,
+                                         connections=args.growth_connections, log=log)
+                res["growth_cache"] = {str(k): v[1] for k, v in cache.items()}
+                res["growth_cache_s"] = time.time() - t
+                for n in growth:
+                    name, info = cache[n]
+                    replicate.remove_tiles(dsn, name, new_ids)  # a run killed before
+                    try:
+                        d = run_load(dsn, senv, args.workdir, args.growth_ranks,
+                                     f"small-new{args.new}-at{n}", tiles=new_ids,
+                                     schema_name=name, profile=True)
+                        if n == growth[-1]:
+                            d["explain"] = scale.explain_daily(dsn, name, new_ids)
+                    finally:
+                        replicate.remove_tiles(dsn, name, new_ids)
                     shutil.rmtree(d["stage_dir"], ignore_errors=True)
-                    d["held"] = n
+                    d["held"] = info["tiles"]
+                    d["db_bytes"] = info["bytes"]
                     d["s_per_new_tile"] = d["wall_s"] / max(1, d["tiles_written"])
                     daily.append(d)
-                    drop_schema(dsn, r["schema"])
             if "h" not in skip:
                 log(f"\n(h) an initial load of {args.restart_tiles} small tiles killed "
                     f"half-way, then rerun ({args.bulk_ranks} ranks)")
@@ -530,8 +611,8 @@ def main():
                                           morning_schema, log=log)
             res["operator"]["mock_s"] = held_s
 
-        stage_files = sorted(glob.glob(os.path.join(loads[0]["stage_dir"], "*.h5")))
         if not ({"a", "c"} <= skip):
+            stage_files = sorted(glob.glob(os.path.join(loads[0]["stage_dir"], "*.h5")))
             rows = copy_ceiling.concat_stage(stage_files)
             log(f"staged rows of the {loads[0]['tiles']}-tile run: "
                 + ", ".join(f"{k} {len(v)}" for k, v in rows.items()))
@@ -551,10 +632,12 @@ def main():
             t = time.time()
             res["orm"] = {"tables": orm.run(dsn, s, rows, log=log),
                           "wall_s": time.time() - t}
-        shutil.rmtree(loads[0]["stage_dir"], ignore_errors=True)
+        if loads:
+            shutil.rmtree(loads[0]["stage_dir"], ignore_errors=True)
     except BaseException:
         # what was measured before the failure is kept, not only in the log
         partial = (args.json or os.path.join(args.results_dir, "results.json")) + ".partial"
+        os.makedirs(os.path.dirname(os.path.abspath(partial)), exist_ok=True)
         with open(partial, "w") as f:
             json.dump(res, f, indent=1, default=str)
         log(f"the benchmark run failed; what it measured is in {partial}")

@@ -113,3 +113,50 @@ def compare_profiles(small_dir, large_dir, top=12, rank=0):
                      "calls_large": nb, "growth_s": tb - ta})
     rows.sort(key=lambda r: -r["growth_s"])
     return rows[:top]
+
+
+def explain_daily(dsn, schema_name, tileids):
+    """EXPLAIN (ANALYZE, BUFFERS) of the per-tile primary-flag UPDATE
+    (:func:`specprod_db.load.finalize.update_primary` over a temporary table of TARGETIDs,
+    as the writer calls it) and of the orphan-photometry DELETE
+    (``tile_writer.delete_orphan_photometry``) for the TARGETIDs of ``tileids`` (one
+    tile's worth each, the first tile), in a transaction rolled back: ``{name: plan}``."""
+    import psycopg2
+    from psycopg2 import sql
+
+    from specprod_db.db import tempids
+    from specprod_db.load import finalize
+    from specprod_db.load.tile_writer import delete_orphan_photometry
+    conn = psycopg2.connect(dsn)
+    out = {}
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT DISTINCT targetid FROM {} WHERE tileid = %s").format(
+                sql.Identifier(schema_name, "ztile")), (int(tileids[0]),))
+            ids = [r[0] for r in cur.fetchall()]
+            table = tempids.create(cur, ids)
+            q = finalize._flags_sql(schema_name, sql.SQL(
+                "JOIN {} AS s ON s.targetid = z.targetid").format(table))
+            cur.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ") + q)
+            out["flag UPDATE"] = "\n".join(r[0] for r in cur.fetchall())
+
+            class Explaining:
+                """A cursor whose execute prefixes EXPLAIN (ANALYZE, BUFFERS)."""
+                connection = conn
+
+                def execute(self, query, params=None):
+                    text = (query if isinstance(query, str)
+                            else query.as_string(conn)).lstrip()
+                    if not text.startswith("DELETE"):
+                        return cur.execute(query, params)
+                    cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + text, params)
+                    out["orphan DELETE"] = "\n".join(r[0] for r in cur.fetchall())
+
+                def __getattr__(self, name):
+                    return getattr(cur, name)
+
+            delete_orphan_photometry(Explaining(), schema_name, table)
+    finally:
+        conn.rollback()
+        conn.close()
+    return out
