@@ -47,11 +47,15 @@ def afterburner_files(paths, tileid, lastnight, petal):
     return out
 
 
-def afterburner_rows(paths, tileid, lastnight, petal_files, ztile, stats=None):
+def afterburner_rows(paths, tileid, lastnight, petal_files, ztile, stats=None,
+                     redshift_targetids=None):
     """``({table: rows}, info)`` of a tile's afterburners.
 
     ``petal_files``: petal -> redrock/zbest path read for ztile (``ztile_rows``'s
-    ``info["files"]``); ``ztile``: the tile's ztile rows (for the ids).
+    ``info["files"]``); ``ztile``: the tile's ztile rows (for the ids);
+    ``redshift_targetids``: petal -> the TARGETIDs of that file's REDSHIFTS (ZBEST) HDU
+    as ``ztile_rows`` read them (its ``info["targetids"]``), else each petal file's are
+    read again.
     ``info["missing"]`` lists the absent files.
     """
     tileid, lastnight = int(tileid), int(lastnight)
@@ -61,7 +65,7 @@ def afterburner_rows(paths, tileid, lastnight, petal_files, ztile, stats=None):
     zt_sorted, zid_sorted = ztile["targetid"][order], ztile["id"][order]
     for petal in sorted(petal_files):
         path = petal_files[petal]
-        targetids = None
+        targetids = (redshift_targetids or {}).get(petal)
         for name, (prefix, hdu, columns) in AFTERBURNERS.items():
             ab = paths.redrock_file(tileid, lastnight, petal, prefix=prefix)
             if not present(ab):  # an unreadable one fails the tile (its hash)

@@ -103,13 +103,16 @@ def ztile_rows(paths, tileid: int, lastnight: int, survey: str, program: str,
     """``ztile`` rows of tile ``tileid`` from its cumulative files of ``lastnight``.
 
     Returns ``(ztile, info)``; ``info`` has ``files`` (petal -> path read),
-    ``missing_petals``, ``zbest_petals`` and ``rows``.  A tile with no petal file of
+    ``missing_petals``, ``zbest_petals``, ``rows`` and ``targetids`` (petal -> the
+    TARGETID column of its REDSHIFTS/ZBEST HDU, every row as read, sky included: what
+    the afterburners are row-matched to, :func:`specprod_db.extract.afterburner.afterburner_rows`,
+    which then need not open the petal file again).  A tile with no petal file of
     its own TILEID raises :class:`InputError` naming the directory and what it holds
     (:func:`no_petal_file`); so does any bad petal file, naming tile and file.
     """
     log = get_logger()
     tileid, lastnight = int(tileid), int(lastnight)
-    info = {"files": {}, "missing_petals": [], "zbest_petals": []}
+    info: dict = {"files": {}, "missing_petals": [], "zbest_petals": [], "targetids": {}}
     parts = []
     for petal in PETALS:
         path = petal_file(paths, tileid, lastnight, petal)
@@ -119,7 +122,9 @@ def ztile_rows(paths, tileid: int, lastnight: int, survey: str, program: str,
         info["files"][petal] = path
         if os.path.basename(path).startswith("zbest"):
             info["zbest_petals"].append(petal)
-        parts.append(read_petal(path, tileid, lastnight, survey, program, stats))
+        part, info["targetids"][petal] = _read_petal(path, tileid, lastnight, survey,
+                                                     program, stats)
+        parts.append(part)
     if not parts:
         raise InputError(no_petal_file(paths.cumulative_dir(tileid, lastnight), tileid))
     if info["missing_petals"]:
@@ -155,6 +160,13 @@ def no_petal_file(directory: str, tileid: int) -> str:
 def read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str,
                stats: Optional[dict] = None) -> np.ndarray:
     """``ztile`` rows of one petal file (see the module docstring for the rules)."""
+    return _read_petal(path, tileid, lastnight, survey, program, stats)[0]
+
+
+def _read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str,
+                stats: Optional[dict] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`read_petal`'s rows and the TARGETID column of the file's REDSHIFTS (ZBEST)
+    HDU, every row."""
     name = os.path.basename(path)
     where = f"tile {tileid}: {path}"
     zbest = name.startswith("zbest")
@@ -225,6 +237,7 @@ def read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str
     spgrpval = int(hdr["SPGRPVAL"]) if "SPGRPVAL" in hdr else int(lastnight_col[0]) \
         if n_all else lastnight
 
+    all_targetids = np.array(z["TARGETID"])
     keep = ids.no_sky(z["TARGETID"])
     z, fm = z[keep], fm[keep]
     firstnight, lastnight_col = firstnight[keep], lastnight_col[keep]
@@ -255,7 +268,7 @@ def read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str
     cols["desiname"] = desiname_column(fm, where, stats)
     primary = {f"{p}_{k}": 0 for p in ("sv", "main", "zcat") for k in ("nspec", "primary")}
     try:
-        return rows.build("ztile", dict(cols, **primary), n=n, stats=stats)
+        return rows.build("ztile", dict(cols, **primary), n=n, stats=stats), all_targetids
     except rows.RowError as err:
         raise InputError(f"{where}: {err}") from None
 

@@ -181,7 +181,8 @@ def extract_tile(job: TileJob) -> TileResult:
     tables["ztile"] = z
     state["row_sources"] = refusals.sources(paths, tileid, zinfo["files"])  # for messages
     ab, _ = afterburner.afterburner_rows(paths, tileid, line["LASTNIGHT"],
-                                          zinfo["files"], z, stats=stats)
+                                          zinfo["files"], z, stats=stats,
+                                          redshift_targetids=zinfo["targetids"])
     tables.update(ab)  # ztile_emline, ztile_qso_mgii, ztile_qso_qn
     for k, fp in read.items():
         fingerprints.check_unchanged(fp, files[k], tileid)
