@@ -33,6 +33,8 @@ SCRIPT = textwrap.dedent("""
     dispatcher = mpi.Dispatcher(comm, handlers)
     tasks = json.loads(sys.argv[1])
     out = dispatcher.map("double", tasks)
+    if sys.argv[2] == "busy":
+        print("BUSY " + json.dumps(dispatcher.balance()[0]), flush=True)
     if sys.argv[2] == "stop-early":
         # tasks running (and one queued) when the root stops
         dispatcher.submit("double", ["slow"] * comm.size)
@@ -122,3 +124,29 @@ def test_progress_lines_are_bounded(caplog):
     for i in range(1000):
         p(i, i)
     assert len(lines) == 10  # every 10 %, not one line per task
+
+
+def test_one_rank_known_without_mpi():
+    """world() skips mpi4py when the process is alone: no launcher variable, or every
+    size variable 1; a launcher variable without a size, or any size above 1, asks MPI."""
+    assert mpi.one_rank({"HOME": "/root", "PATH": "/bin"})
+    assert mpi.one_rank({"PMI_RANK": "0", "PMI_SIZE": "1", "MPI_LOCALNRANKS": "1"})
+    assert mpi.one_rank({"OMPI_COMM_WORLD_SIZE": "1", "OMPI_COMM_WORLD_RANK": "0"})
+    assert not mpi.one_rank({"PMI_RANK": "0", "PMI_SIZE": "2"})
+    assert not mpi.one_rank({"PMI_SIZE": "1", "SLURM_PROCID": "0",
+                             "SLURM_STEP_NUM_TASKS": "4"})
+    assert not mpi.one_rank({"MPI_LOCALNRANKS": "1"})  # one rank on this node only
+    assert not mpi.one_rank({"PMIX_RANK": "0"})
+
+
+@pytest.mark.parametrize("ranks, helped", [(2, True), (3, False)])
+def test_the_root_runs_tasks_while_its_only_worker_is_busy(ranks, helped, script, mpirun):
+    """On 2 ranks the root, waiting with the worker busy, runs queued tasks itself (the
+    worker alone did all the work); from 3 ranks on it only feeds the workers."""
+    r = mpirun(ranks, [sys.executable, script, json.dumps(["slow", "slow", "slow", "slow"]),
+                       "busy"], timeout=120)
+    assert [v for _, v in _result(r.stdout)] == ["slowslow"] * 4
+    line = next(l for l in r.stdout.splitlines() if l.startswith("BUSY "))
+    busy = json.loads(line[len("BUSY "):])
+    assert ("0" in busy and busy["0"] >= 0.9) == helped
+    assert all(v >= 0.9 for v in busy.values())

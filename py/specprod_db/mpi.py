@@ -41,6 +41,13 @@ _STOP = "stop"
 #: writer ran 2x slower with 4 ranks than with 1 on 2 cores, doc/benchmarks.md).
 POLL_INTERVAL = 0.005
 
+#: Up to this many ranks the root, while it waits for a batch (:meth:`Dispatcher.wait`)
+#: with every worker busy, runs a queued task itself instead of sleeping: with 2 ranks
+#: the one worker extracted alone while the root idled, so a 2-rank morning took longer
+#: than a 1-rank one (3.6 against 2.7 s, ``make bench`` (g)).  With more workers the
+#: root stays free to feed them.
+ROOT_HELPS_UP_TO = 2
+
 #: Seconds the root waits for running tasks to finish when it stops early.
 DRAIN_TIMEOUT = 60.0
 
@@ -70,12 +77,35 @@ class SerialComm:
         os._exit(code)
 
 
+#: Environment variables by which MPI launchers (MPICH/Hydra, Open MPI, PMIx, Slurm,
+#: Cray PALS, Intel MPI, MVAPICH) tell a process it is one of a job's ranks.
+LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "PALS_", "HYDRA_", "I_MPI_", "MV2_",
+                     "MPI_LOCALNRANKS", "SLURM_PROCID")
+#: Variables holding the job's number of ranks (not the node's), where a launcher
+#: sets one.
+SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+
+
+def one_rank(environ: Mapping[str, str]) -> bool:
+    """True when this process is known to be a job's only rank without asking MPI: no
+    launcher variable at all (started without ``mpiexec``/``srun``: MPI would make it a
+    singleton), or every size variable present says 1 (``mpiexec -n 1``).  Anything
+    else (a launcher variable without a size) leaves the answer to MPI."""
+    launched = [k for k in environ if k.startswith(LAUNCHER_PREFIXES)]
+    if not launched:
+        return True
+    sizes = [environ[k] for k in SIZE_VARIABLES if k in environ]
+    return bool(sizes) and all(v.strip() == "1" for v in sizes)
+
+
 def world() -> Any:
-    """COMM_WORLD, or a :class:`SerialComm` when mpi4py is unavailable or disabled.
+    """COMM_WORLD, or a :class:`SerialComm` when mpi4py is unavailable or disabled, or
+    when the process is alone (:func:`one_rank`): importing mpi4py and MPI_Init took
+    0.1-0.15 s of a 1-rank load (a quarter of a load with nothing to do).
 
     Set ``SPECPROD_DB_NO_MPI=1`` to skip importing mpi4py (e.g. on a login node).
     """
-    if os.environ.get("SPECPROD_DB_NO_MPI"):
+    if os.environ.get("SPECPROD_DB_NO_MPI") or one_rank(os.environ):
         return SerialComm()
     try:
         from mpi4py import MPI
@@ -199,8 +229,9 @@ class Dispatcher:
     writes), so extraction goes on while it writes; ``wait(batch)`` returns a batch's
     ``[(task, result)]`` once complete; ``map`` is submit + wait.  ``roles`` reserves
     ranks for a kind of task (e.g. the writer ranks of ``--writers``).  On one rank the
-    queued tasks run on rank 0 itself, in ``wait``.  ``stop(status)`` ends every
-    worker's :func:`serve` loop.  ``busy`` holds each rank's seconds spent in tasks.
+    queued tasks run on rank 0 itself, in ``wait``; so do they on 2 ranks while the
+    worker is busy (:data:`ROOT_HELPS_UP_TO`).  ``stop(status)`` ends every worker's
+    :func:`serve` loop.  ``busy`` holds each rank's seconds spent in tasks.
     """
 
     def __init__(self, comm: Any, handlers: Mapping[str, Callable[[Any], Any]],
@@ -214,6 +245,7 @@ class Dispatcher:
         self.running: dict[int, tuple[str, Any, Batch, float]] = {}
         self.busy = {r: 0.0 for r in range(comm.size)}
         self.stopped = comm.size == 1
+        self.root_helps = 1 < comm.size <= ROOT_HELPS_UP_TO
 
     def submit(self, kind: str, tasks: Iterable[Any], size: Optional[Callable[[Any], Any]] = None,
                progress: Optional["Progress"] = None) -> Batch:
@@ -239,11 +271,7 @@ class Dispatcher:
         wait until at least one task finishes (on one rank: run the next one)."""
         if self.comm.size == 1:
             if block and self.queue:
-                kind, task, batch = self.queue.popleft()
-                t = time.time()
-                result = call_task(self.handlers[kind], task, self.comm)
-                self.busy[0] += time.time() - t
-                batch.add(task, result)
+                self._run_here(0)
             return
         from mpi4py import MPI
         status = MPI.Status()
@@ -252,6 +280,13 @@ class Dispatcher:
             if not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG_RESULT, status=status):
                 if not block:
                     return
+                if self.root_helps:
+                    i = next((i for i, (kind, _, _) in enumerate(self.queue)
+                              if self._eligible(kind, 0)), None)
+                    if i is not None:  # every worker busy: the root runs one itself
+                        self._run_here(i)
+                        block = False
+                        continue
                 time.sleep(POLL_INTERVAL)
                 continue
             w = status.Get_source()
@@ -261,6 +296,15 @@ class Dispatcher:
             batch.add(task, result)
             self._fill()
             block = False
+
+    def _run_here(self, i: int) -> None:
+        """Run the ``i``-th queued task on the root."""
+        kind, task, batch = self.queue[i]
+        del self.queue[i]
+        t = time.time()
+        result = call_task(self.handlers[kind], task, self.comm)
+        self.busy[0] += time.time() - t
+        batch.add(task, result)
 
     def _eligible(self, kind: str, worker: int) -> bool:
         if kind in self.roles:
@@ -301,8 +345,9 @@ class Dispatcher:
             self.comm.send((_STOP, status), dest=w, tag=_TAG_TASK)
 
     def balance(self) -> tuple[dict[int, float], float]:
-        """``(busy seconds per worker rank, max/mean)`` (rank 0 alone on one rank)."""
-        ranks = range(1, self.comm.size) if self.comm.size > 1 else [0]
+        """``(busy seconds per worker rank, max/mean)`` (rank 0 alone on one rank; with
+        the workers when it ran tasks too)."""
+        ranks = range(1 if self.comm.size > 1 and not self.busy[0] else 0, self.comm.size)
         busy = {r: self.busy[r] for r in ranks}
         mean = sum(busy.values()) / len(busy)
         return busy, (max(busy.values()) / mean if mean else 1.0)
