@@ -111,17 +111,46 @@ def first_per_targetid(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """One row per TARGETID from ``arrays`` (photometry rows in order of precedence: a
     TARGETID takes its row from the first array that has it), sorted by TARGETID: one
     upsert per tile instead of one per array, and rows locked in the same order by every
-    writer."""
+    writer.
+
+    Only the TARGETIDs are sorted (stable, so the first array wins a tie), and only the
+    rows kept are gathered: the rows are wide (photometry, ~800 bytes), sorting them
+    whole cost more than the rest of a tile's write."""
     arrays = [a for a in arrays if len(a)]
     if not arrays:
         return schema_table("photometry").empty()
-    rows = np.concatenate(arrays)
-    rank = np.concatenate([np.full(len(a), i, np.int32) for i, a in enumerate(arrays)])
-    order = np.lexsort((rank, rows["targetid"]))
-    rows = rows[order]
-    first = np.ones(len(rows), dtype=bool)
-    first[1:] = rows["targetid"][1:] != rows["targetid"][:-1]
-    return rows[first]
+    if len(arrays) == 1 and np.all(arrays[0]["targetid"][1:] > arrays[0]["targetid"][:-1]):
+        return arrays[0]  # already one row per TARGETID, sorted (WavePhotometry.rows_for)
+    ids = np.concatenate([a["targetid"] for a in arrays])
+    order = np.argsort(ids, kind="stable")
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = ids[order[1:]] != ids[order[:-1]]
+    pick = order[first]
+    if len(arrays) == 1:
+        return arrays[0][pick]
+    starts = np.cumsum([0] + [len(a) for a in arrays])
+    part = np.searchsorted(starts, pick, side="right") - 1
+    out = np.empty(len(pick), dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        mine = part == i
+        out[mine] = a[pick[mine] - starts[i]]
+    return out
+
+
+def new_photometry(cur: cursor, schema_name: str, rows: np.ndarray) -> np.ndarray:
+    """Those of ``rows`` (one per TARGETID) whose TARGETID has no ``photometry`` row
+    yet: what a writer alone on the table (the root; the load's lock keeps other loads
+    out) COPYs directly, instead of the temporary table and ``INSERT ... ON CONFLICT DO
+    NOTHING`` of :func:`copy_upsert` that concurrent writer ranks need — the rows are
+    wide, and writing them twice cost as much as the rest of the tile."""
+    if not len(rows):
+        return rows
+    ids = tempids.create(cur, rows["targetid"])
+    have = tempids.fetch(cur, sql.SQL("SELECT p.targetid FROM {} p JOIN {} i ON "
+                                      "i.targetid = p.targetid").format(
+        qualified(schema_name, "photometry"), ids))
+    cur.execute(sql.SQL("DROP TABLE {}").format(ids))
+    return rows[~np.isin(rows["targetid"], have)] if len(have) else rows
 
 
 def _tile_condition(schema_name: str, table: Any, owned: Any) -> sql.Composable:
@@ -300,15 +329,19 @@ class WriteMode:
     flags_now: bool = True
     keep: Optional[sql.Composable] = None
     touched: Optional[sql.Composable] = None
+    alone: bool = False
 
     @classmethod
     def on_root(cls, bulk: bool, keep: Optional[sql.Composable] = None) -> "WriteMode":
-        """The root writing: flags now (daily) or at the end (``bulk``)."""
-        return cls(flags_now=not bulk, keep=keep)
+        """The root writing: flags now (daily) or at the end (``bulk``); ``alone`` on
+        the tables (no writer rank at the same time), so new photometry is COPYed
+        directly (:func:`new_photometry`)."""
+        return cls(flags_now=not bulk, keep=keep, alone=True)
 
     @classmethod
     def on_writer_rank(cls, keep: sql.Composable, touched: sql.Composable) -> "WriteMode":
-        """A writer rank: flags later, by the root, of the TARGETIDs put in ``touched``."""
+        """A writer rank: flags later, by the root, of the TARGETIDs put in ``touched``;
+        photometry by upsert, as other writer ranks insert the same TARGETIDs."""
         return cls(flags_now=False, keep=keep, touched=touched)
 
 
@@ -359,9 +392,11 @@ def _write_tile(conn: connection, schema_name: str, action: TileAction,
         cur.execute(sql.SQL("SELECT 1 FROM {} WHERE tileid = %(t)s").format(
             qualified(schema_name, "tile")), t)
         present = cur.fetchone() is not None
-        ztile = schema_table("ztile")
-        touched = tempids.create(cur, tables["ztile"]["targetid"], select=(
-            _referenced_targetids(schema_name, [ztile]) if present else None), params=t)
+        touched = None
+        if mode.flags_now or mode.touched is not None:  # the TARGETIDs to flag
+            touched = tempids.create(cur, tables["ztile"]["targetid"], select=(
+                _referenced_targetids(schema_name, [schema_table("ztile")]) if present
+                else None), params=t)
         old = None
         if present:
             if full:
@@ -369,8 +404,12 @@ def _write_tile(conn: connection, schema_name: str, action: TileAction,
                     schema_name, schema.tile_tables(full)), params=t)
             delete_tile_rows(cur, schema_name, tileid, full=full)
         counts["tile"] = copy_upsert(cur, schema_name, "tile", tables["tile"], ("tileid",),
-                                     update=True)
-        if full:
+                                     update=True) if present else \
+            copy_rows(cur, schema_name, "tile", tables["tile"])
+        if full and mode.alone:
+            counts["photometry"] = copy_rows(cur, schema_name, "photometry", new_photometry(
+                cur, schema_name, first_per_targetid(photometry)))
+        elif full:
             counts["photometry"] = copy_upsert(cur, schema_name, "photometry",
                                                first_per_targetid(photometry),
                                                ("targetid",))
@@ -385,7 +424,7 @@ def _write_tile(conn: connection, schema_name: str, action: TileAction,
         faults.hit("copy", tileid)  # crash tests only (faults.py)
         if mode.flags_now:
             counts["primary"] = update_primary(conn, schema_name, table=touched)
-        elif mode.touched is not None:  # flags computed later, by the root
+        elif mode.touched is not None and touched is not None:  # later, by the root
             cur.execute(sql.SQL("INSERT INTO {} SELECT targetid FROM {} ON CONFLICT DO "
                                 "NOTHING").format(mode.touched, touched))
         record_history(cur, schema_name, run_id, tileid, action.action, action.reason, LOADED,

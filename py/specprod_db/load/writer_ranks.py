@@ -30,6 +30,7 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import connection
 
+from specprod_db import schema
 from specprod_db.db.connect import bulk_session, connect, server_stop
 from specprod_db.db.sql import transaction
 from specprod_db.errors import one_line
@@ -96,8 +97,8 @@ def write_task(job: WriteJob) -> WriteResult:
     from specprod_db.load import tile_writer
     conn = _connection(job)
     action = job.action
-    tables = job.stage.tables()
-    tables.pop("photometry", None)  # the wave's rows come with the task
+    # not its photometry: the wave's rows come with the task
+    tables = job.stage.tables([t.name for t in schema.tile_tables()])
     try:
         mode = tile_writer.WriteMode.on_writer_rank(
             shared_table(job.schema, job.run_id, "keep"),
