@@ -173,7 +173,7 @@ class BinTable:
             if len(_LAYOUTS) >= _MAX_LAYOUTS:
                 _LAYOUTS.clear()
             _LAYOUTS[key] = layout
-        self._columns, colnames = layout
+        self._columns, colnames, self._reads = layout
         self.colnames = list(colnames)
 
     def _layout_of(self, h, tfields, path):
@@ -200,7 +200,8 @@ class BinTable:
         if at != self.rowbytes:
             raise ValueError(f"{path}: columns take {at} bytes a row, NAXIS1 says "
                              f"{self.rowbytes}")
-        return columns, tuple(colnames)
+        # the third: the plans of reads of this layout (:meth:`_plan`), by columns asked
+        return columns, tuple(colnames), {}
 
     def _layout(self, column):
         try:
@@ -228,23 +229,36 @@ class BinTable:
         shape = (repeat,) if repeat > 1 and code != "A" else ()
         return name.upper(), at, np.dtype((raw, shape)), np.dtype((out, shape)), code, flip
 
+    def _plan(self, columns):
+        """The columns' layouts in the file's order, the output dtype and the dtype of
+        the file's rows they are read through; once per layout and set of columns (a
+        brick's reads are the same for every tractor file)."""
+        key = tuple(columns)
+        plan = self._reads.get(key)
+        if plan is None:
+            # fitsio returns the columns in the file's order (their byte offsets' order),
+            # whatever the request's
+            lay = sorted((self._layout(c) for c in columns), key=lambda x: x[1])
+            plan = (lay, np.dtype([(x[0], x[3]) for x in lay]),
+                    np.dtype({"names": [x[0] for x in lay],
+                              "formats": [x[2] for x in lay],
+                              "offsets": [x[1] for x in lay],
+                              "itemsize": self.rowbytes}))
+            self._reads[key] = plan
+        return plan
+
     def read(self, columns, rows=None):
         """The ``columns`` (any case) of ``rows`` (sorted indices, or all), as fitsio's
         ``read(columns=columns, rows=rows, upper=True)`` returns them (in the file's
         column order)."""
-        # fitsio returns the columns in the file's order (their byte offsets' order),
-        # whatever the request's
-        lay = sorted((self._layout(c) for c in columns), key=lambda x: x[1])
+        lay, out_dtype, view_dtype = self._plan(columns)
         idx = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
         n = self.nrows if rows is None else len(idx)
-        out = np.empty(n, dtype=[(x[0], x[3]) for x in lay])
+        out = np.empty(n, dtype=out_dtype)
         if n == 0:
             return out
         view = np.memmap(self.path, mode="r", offset=self.offset, shape=(self.nrows,),
-                         dtype=np.dtype({"names": [x[0] for x in lay],
-                                         "formats": [x[2] for x in lay],
-                                         "offsets": [x[1] for x in lay],
-                                         "itemsize": self.rowbytes})).view(np.ndarray)
+                         dtype=view_dtype).view(np.ndarray)
         for name, _, _, _, code, flip in lay:
             col = view[name][idx]
             if code == "L":

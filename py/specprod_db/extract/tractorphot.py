@@ -1,4 +1,5 @@
-"""Legacy Surveys photometry of the targets in one brick (``tractorphot_onebrick``).
+"""Legacy Surveys photometry of the targets in one brick (``tractorphot_onebrick``;
+``gather_onebrick`` + ``build_photometry`` for several bricks built together).
 
 Our own equivalent of desispec's ``_gather_tractorphot_onebrick`` (datamodel.md §5.5),
 following design decision 10: the targeting rows carry RELEASE, BRICKID, BRICK_OBJID
@@ -184,7 +185,32 @@ class _Tractor:
 
 
 def tractorphot_onebrick(brickname, targets, paths, stats=None):
-    """Tractor photometry of ``targets`` (all in brick ``brickname``).
+    """Tractor photometry of ``targets`` (all in brick ``brickname``): the rows of
+    :func:`gather_onebrick`'s columns (:func:`build_photometry`), and its mask.
+    """
+    stats = {} if stats is None else stats
+    cols, matched = gather_onebrick(brickname, targets, paths, stats)
+    return build_photometry([cols] if cols is not None else [], stats), matched
+
+
+def build_photometry(pieces, stats=None):
+    """``photometry`` rows of the column sets of one or more bricks
+    (:func:`gather_onebrick`), in order; one :func:`rows.build` for all of them (a brick
+    task's bricks built together: per brick it took a third of the brick stage), or
+    None when their columns' types differ (the caller then builds them one by one)."""
+    if not pieces:
+        return _PHOTOMETRY.empty(0)
+    first = pieces[0]
+    if len(pieces) > 1:
+        if any(p[k].dtype != first[k].dtype for p in pieces[1:] for k in first):
+            return None
+        first = {k: np.concatenate([p[k] for p in pieces]) for k in first}
+    return rows.build("photometry", first, n=len(first["targetid"]), stats=stats)
+
+
+def gather_onebrick(brickname, targets, paths, stats=None):
+    """The Legacy Surveys columns of ``targets`` (all in brick ``brickname``), before
+    :func:`build_photometry`.
 
     Parameters
     ----------
@@ -200,10 +226,10 @@ def tractorphot_onebrick(brickname, targets, paths, stats=None):
 
     Returns
     -------
-    (photometry_rows, matched_mask)
-        ``photometry`` rows of the matched targets, in input order
-        (``photometry_rows['targetid'] == targets['TARGETID'][matched_mask]``), and the
-        boolean mask of matched targets.
+    (columns, matched_mask)
+        The ``photometry`` columns of the matched targets (name -> array), in input
+        order (``columns['targetid'] == targets['TARGETID'][matched_mask]``), None when
+        none matched; and the boolean mask of matched targets.
     """
     stats = {} if stats is None else stats
     log = get_logger()
@@ -257,7 +283,7 @@ def tractorphot_onebrick(brickname, targets, paths, stats=None):
             src_file[got], src_row[got] = k, primary[hit[hit >= 0]]
             stats["pos_matched"] = stats.get("pos_matched", 0) + int(got.size)
         matched = src_file >= 0
-        return _photometry(files, targets, src_file, src_row, matched, stats), matched
+        return _photometry_columns(files, targets, src_file, src_row, matched), matched
     finally:
         for f in files:
             f.close()
@@ -305,8 +331,9 @@ def _positional_file(paths, brickname, dec):
     return north if has_n else south if has_s else None
 
 
-def _photometry(files, targets, src_file, src_row, matched, stats):
-    """``photometry`` rows of the matched targets, reading each file's rows once."""
+def _photometry_columns(files, targets, src_file, src_row, matched):
+    """``photometry`` columns of the matched targets (None if none), reading each file's
+    rows once."""
     m = np.flatnonzero(matched)
     data = {}
     for k, tractor in enumerate(files):
@@ -322,11 +349,11 @@ def _photometry(files, targets, src_file, src_row, matched, stats):
                 data[name] = np.zeros((m.size,) + col.shape[1:], dtype=col.dtype)
             data[name][mine] = col[at]
     if not data:
-        return _PHOTOMETRY.empty(0)
+        return None
     cols = {c: data[_tractor_name(c)] for c in _PHOTOMETRY.names
             if c not in _DCHISQ and c not in ("ls_id", "targetid")}
     for i, c in enumerate(_DCHISQ):
         cols[c] = data["DCHISQ"][:, i]
     cols["ls_id"] = ids.ls_id(data["RELEASE"], data["BRICKID"], data["OBJID"])
     cols["targetid"] = np.asarray(targets["TARGETID"])[m]
-    return rows.build("photometry", cols, n=m.size, stats=stats)
+    return cols

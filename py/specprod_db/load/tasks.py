@@ -30,6 +30,7 @@ import json
 import os
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from stat import S_ISDIR
 from typing import Any, Callable, Optional, cast
 
@@ -339,28 +340,51 @@ def extract_brick(job: BrickJob) -> BrickResult:
             return BrickResult(group, out, reused=True, bricks=len(bricks),
                                inputs=len(targets))
     stats: dict[str, Any] = {}
-    parts: list[np.ndarray] = []
     failed: dict[str, str] = {}
     internal: list[str] = []
-    matched = 0
-    bounds = list(starts) + [len(targets)]
-    for i, brick in enumerate(names):
-        sel = targets[bounds[i]: bounds[i + 1]]
+
+    def one_brick(brick: str, step: Callable[[], Any]) -> Any:
+        """``step()``, or None when it fails: the brick then in ``failed``."""
         try:
-            faults.hit(f"brick-{brick}")  # failure tests only (faults.py)
-            rows, ok = tractorphot.tractorphot_onebrick(brick, sel, paths, stats=stats)
+            return step()
         except InputError as err:
             failed[brick] = one_line(err)
-            continue
         except Exception as err:  # a bug, in this brick only: its tiles fail, loudly
             get_logger().error("internal error in brick %s (task bricks %s): %s\n%s", brick,
                                group, one_line(err), traceback.format_exc())
             failed[brick] = f"internal error: {one_line(err)}"
             internal.append(brick)
-            continue
-        parts.append(rows)
-        matched += int(np.count_nonzero(ok))
-    rows = np.concatenate(parts) if parts else schema_table("photometry").empty()
+        return None
+
+    def gather(brick: str, sel: np.ndarray) -> Any:
+        faults.hit(f"brick-{brick}")  # failure tests only (faults.py)
+        return tractorphot.gather_onebrick(brick, sel, paths, stats=stats)
+
+    gathered: list[tuple[str, dict, int]] = []  # (brick, columns, targets matched)
+    bounds = list(starts) + [len(targets)]
+    for i, brick in enumerate(names):
+        sel = targets[bounds[i]: bounds[i + 1]]
+        got = one_brick(brick, partial(gather, brick, sel))
+        if got is not None and got[0] is not None:
+            gathered.append((brick, got[0], int(np.count_nonzero(got[1]))))
+    # the bricks' rows built together; if that fails (or their types differ), brick by
+    # brick, so that only a brick whose values cannot be stored fails
+    built: dict[str, Any] = {}
+    try:
+        rows = tractorphot.build_photometry([c for _, c, _ in gathered], stats=built)
+    except Exception:  # noqa: BLE001 - found again, and blamed, brick by brick
+        rows = None
+    if rows is not None:
+        _add_stats(stats, built)
+        matched = sum(n for _, _, n in gathered)
+    else:
+        parts, matched = [], 0
+        for brick, cols, n in gathered:
+            part = one_brick(brick, partial(tractorphot.build_photometry, [cols], stats))
+            if part is not None:
+                parts.append(part)
+                matched += n
+        rows = np.concatenate(parts) if parts else schema_table("photometry").empty()
     out.write({"photometry": rows}, key, info={"failed": failed, "internal": internal})
     return BrickResult(group, out, failed=failed, internal=internal, bricks=len(bricks),
                        matched=matched, inputs=len(targets), stats=_plain(stats))
