@@ -60,11 +60,22 @@ def ensure_advanced(base, new_tiles, reobserve, withdraw, log=print):
 
 
 def sql_times(prof_dir, rank=0):
+    """``{statement: {"seconds", "calls"}}`` of one rank (``rank_wrapper.py``), the cached
+    growth schemas' names (``bench_growth_<digest>_<N>``) written ``S`` as
+    ``rank_wrapper`` writes the others'."""
     path = os.path.join(prof_dir, f"sql-rank-{rank}.json")
     if not os.path.exists(path):
         return {}
     with open(path) as f:
-        return json.load(f)
+        raw = json.load(f)
+    out = {}
+    for k, v in raw.items():
+        # rank_wrapper cut the statement at 160 characters with the long name in it
+        k = re.sub(r'"?bench_growth_[0-9a-f]+_\d+"?', "S", k)[:120]
+        o = out.setdefault(k, {"seconds": 0.0, "calls": 0})
+        o["seconds"] += v.get("seconds", 0.0)
+        o["calls"] += v.get("calls", 0)
+    return out
 
 
 def compare_sql(small_dir, large_dir, top=12):
