@@ -180,3 +180,45 @@ def test_tractor_reader_falls_back_to_fitsio(tmp_path):
     assert tractor.fits is not None
     same(tractor.read(["RA"]), fitsio_read(ascii_path, ["ra"]))
     tractor.close()
+
+
+def test_named_tables_read_as_fitsio_reads_them(small_production, tmp_path):
+    """fitstable.Tables (the redrock and afterburner readers' fast path): every HDU of
+    the mock's petal files by name, names as in the file (mixed case too), any columns,
+    the same arrays as fitsio; the cases it leaves to fitsio raise Unsupported."""
+    import glob
+    import os
+
+    from specprod_db.extract.fitstable import Tables
+    base = os.path.join(small_production[0], "spectro", "redux", "daily", "tiles",
+                        "cumulative")
+    files = sorted(glob.glob(os.path.join(base, "*", "*", "*-[01]-*.fits")))[:16]
+    assert any("redrock" in f for f in files) and any("qso_qn" in f for f in files)
+    for path in files:
+        tables = Tables(path)
+        with fitsio.FITS(path) as fx:
+            for hdu in fx[1:]:
+                name = hdu.get_extname()
+                assert name in tables and name.lower() in tables
+                cols = hdu.get_colnames()
+                assert tables[name].get_colnames() == cols
+                for pick in (cols, cols[::-1][:3]):
+                    same(hdu.read(columns=pick), tables[name].read(columns=pick))
+        assert "NO_SUCH_HDU" not in tables
+    data = np.zeros(3, dtype=[("TARGETID", ">i8"), ("C_MgII", ">f4")])
+    data["C_MgII"] = [1.5, np.nan, 2]
+    path = str(tmp_path / "two.fits")
+    fitsio.write(path, np.zeros((2, 2), np.float32))
+    fitsio.write(path, data, extname="QN_RR")
+    fitsio.write(path, data, extname="QN_RR")  # two HDUs of one name: fitsio decides
+    with pytest.raises(Unsupported):
+        Tables(path)
+    path = str(tmp_path / "one.fits")
+    fitsio.write(path, np.zeros((2, 2), np.float32), extname="IMG")
+    fitsio.write(path, data, extname="QN_RR")
+    tables = Tables(path)
+    got = tables["qn_rr"].read(columns=["c_mgii", "TARGETID"])
+    assert got.dtype.names == ("TARGETID", "C_MgII")
+    same(fitsio.read(path, ext="QN_RR", columns=["c_mgii", "TARGETID"]), got)
+    with pytest.raises(Unsupported):
+        tables["IMG"]

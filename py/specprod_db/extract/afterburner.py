@@ -22,6 +22,7 @@ import numpy as np
 from specprod_db import ids
 from specprod_db.errors import InputError
 from specprod_db.extract import rows
+from specprod_db.extract.redshift import read_tables
 from specprod_db.log import get_logger
 from specprod_db.paths import present
 from specprod_db.schema import table as schema_table
@@ -94,19 +95,22 @@ def _redshift_targetids(path, tileid):
         raise InputError(f"tile {tileid}: {path}: cannot be read: {err}") from None
 
 
+def _read_hdu(fx, where, hdu, columns):
+    if hdu not in fx:
+        raise InputError(f"{where}: no {hdu} HDU")
+    have = set(fx[hdu].get_colnames())
+    lacking = [c for c in ["TARGETID"] + columns if c not in have]
+    if lacking:
+        raise InputError(f"{where}: {hdu} lacks column(s) {', '.join(lacking)}")
+    return fx[hdu].read(columns=["TARGETID"] + columns)
+
+
 def read_afterburner(path, table, hdu, columns, tileid, targetids, zt_sorted, zid_sorted,
                      stats=None):
     """Rows of ``table`` from one afterburner file row-matched to ``targetids``."""
     where = f"tile {tileid}: {path}"
     try:
-        with fitsio.FITS(path) as fx:
-            if hdu not in fx:
-                raise InputError(f"{where}: no {hdu} HDU")
-            have = set(fx[hdu].get_colnames())
-            lacking = [c for c in ["TARGETID"] + columns if c not in have]
-            if lacking:
-                raise InputError(f"{where}: {hdu} lacks column(s) {', '.join(lacking)}")
-            data = fx[hdu].read(columns=["TARGETID"] + columns)
+        data = read_tables(path, _read_hdu, where, hdu, columns)
     except InputError:
         raise
     except Exception as err:

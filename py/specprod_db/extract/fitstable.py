@@ -142,8 +142,11 @@ class BinTable:
     """The first binary table of FITS file ``path`` (the first non-image HDU, as the
     tractor reader takes it with fitsio)."""
 
-    def __init__(self, path):
+    def __init__(self, path, _hdu=None):
         self.path = path
+        if _hdu is not None:  # from :func:`tables`: (header, offset of its data)
+            self._setup(*_hdu)
+            return
         with open(path, "rb") as f:
             if f.read(10) != b"SIMPLE  = ":
                 raise ValueError(f"{path}: not a FITS file (it does not start with SIMPLE)")
@@ -159,6 +162,10 @@ class BinTable:
                     raise Unsupported(f"{path}: first table is a {xt} HDU")
                 offset += _data_size(h)
                 f.seek(offset)
+        self._setup(h, offset)
+
+    def _setup(self, h, offset):
+        path = self.path
         self.nrows, self.rowbytes = int(h["NAXIS2"]), int(h["NAXIS1"])
         self.offset = offset
         need = offset + self.nrows * self.rowbytes
@@ -247,16 +254,21 @@ class BinTable:
             self._reads[key] = plan
         return plan
 
-    def read(self, columns, rows=None):
+    def read(self, columns, rows=None, upper=True):
         """The ``columns`` (any case) of ``rows`` (sorted indices, or all), as fitsio's
         ``read(columns=columns, rows=rows, upper=True)`` returns them (in the file's
-        column order)."""
+        column order); with ``upper=False`` named as in the file, as fitsio's
+        ``read(columns=columns, rows=rows)``."""
         lay, out_dtype, view_dtype = self._plan(columns)
+        if not upper:
+            names = [self._columns[x[0]][0] for x in lay]
+            if len(set(names)) < len(names):
+                raise Unsupported(f"{self.path}: column names differing only in case")
         idx = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
         n = self.nrows if rows is None else len(idx)
         out = np.empty(n, dtype=out_dtype)
         if n == 0:
-            return out
+            return out if upper else _renamed(out, names)
         view = np.memmap(self.path, mode="r", offset=self.offset, shape=(self.nrows,),
                          dtype=view_dtype).view(np.ndarray)
         for name, _, _, _, code, flip in lay:
@@ -269,4 +281,78 @@ class BinTable:
             else:
                 out[name] = col
         del view, col  # the file is unmapped with the last view
-        return out
+        return out if upper else _renamed(out, names)
+
+
+def _renamed(out, names):
+    """``out`` with its fields named ``names``, through a new dtype (the planned one is
+    shared by later reads)."""
+    return out.view(np.dtype([(nm,) + tuple(d[1:]) for nm, d in zip(names, out.dtype.descr)]))
+
+
+def tables(path):
+    """The HDUs of FITS file ``path`` by upper-case EXTNAME, reading only the headers:
+    a binary table as a :class:`BinTable`, an image as None.  fitsio describes every HDU
+    of a file, column by column, the first time one is looked up by name (6-10 ms for a
+    redrock file).  Raises what :class:`BinTable` raises; :class:`Unsupported` for an
+    HDU of another type, a name given by HDUNAME only, or two HDUs of one name (fitsio
+    then decides)."""
+    out: dict = {}
+    size_of_file = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if f.read(10) != b"SIMPLE  = ":
+            raise ValueError(f"{path}: not a FITS file (it does not start with SIMPLE)")
+        f.seek(0)
+        offset = 0
+        while offset < size_of_file:
+            h, size = _header(f, path)
+            offset += size
+            xt = h.get("XTENSION")
+            if xt not in (None, "IMAGE", "BINTABLE"):
+                raise Unsupported(f"{path}: a {xt} HDU")
+            name = str(h.get("EXTNAME", "") or "").strip().upper()
+            if not name and str(h.get("HDUNAME", "") or "").strip():
+                raise Unsupported(f"{path}: an HDU named by HDUNAME")
+            if name in out:
+                raise Unsupported(f"{path}: two HDUs named {name}")
+            if name:
+                out[name] = BinTable(path, _hdu=(h, offset)) if xt == "BINTABLE" else None
+            offset += _data_size(h)
+            f.seek(offset)
+    return out
+
+
+class Tables:
+    """What the extractors use of a ``fitsio.FITS`` (``name in fx``, ``fx[name]``'s
+    ``get_colnames()`` and ``read(columns=...)``), for the binary tables of
+    :func:`tables`: the same arrays as fitsio (column names as in the file)."""
+
+    def __init__(self, path):
+        self.path = path
+        self._hdus = tables(path)
+
+    def __contains__(self, name):
+        return str(name).upper() in self._hdus
+
+    def __getitem__(self, name):
+        hdu = self._hdus[str(name).upper()]
+        if hdu is None:
+            raise Unsupported(f"{self.path}: HDU {name} is an image")
+        return _TableHDU(hdu)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _TableHDU:
+    def __init__(self, table):
+        self._table = table
+
+    def get_colnames(self):
+        return list(self._table.colnames)
+
+    def read(self, columns):
+        return self._table.read(columns, upper=False)

@@ -42,7 +42,7 @@ Rules, as desispec 0.70.0 ``read_redrock`` and the old per-tile loader apply the
 import json
 import os
 import re
-from typing import Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 import fitsio
 import numpy as np
@@ -50,7 +50,7 @@ from desiutil.names import radec_to_desiname
 
 from specprod_db import ids, schema
 from specprod_db.errors import InputError
-from specprod_db.extract import rows
+from specprod_db.extract import fitstable, rows
 from specprod_db.extract.tile import header_dict
 from specprod_db.log import get_logger
 from specprod_db.paths import present
@@ -163,6 +163,49 @@ def read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str
     return _read_petal(path, tileid, lastnight, survey, program, stats)[0]
 
 
+def read_tables(path: str, read: Any, *args: Any) -> Any:
+    """``read(fx, *args)`` of FITS file ``path`` opened as :class:`fitstable.Tables`
+    (headers parsed once, no fitsio description of every HDU); any error but
+    :class:`InputError` there, and the file is read again with ``fitsio.FITS``, whose
+    result, or error, it is."""
+    try:
+        return read(fitstable.Tables(path), *args)
+    except InputError:
+        raise
+    except Exception:  # noqa: BLE001 - fitsio reads it, or says why not
+        pass
+    with fitsio.FITS(path) as fx:
+        return read(fx, *args)
+
+
+def _petal_hdus(fx: Any, where: str, zhdu: str, zbest: bool) -> tuple:
+    """REDSHIFTS (ZBEST), FIBERMAP, EXP_FIBERMAP and TSNR2 of a petal file."""
+    if zhdu not in fx:
+        raise InputError(f"{where}: no {zhdu} HDU")
+    z = fx[zhdu].read(columns=REDSHIFT_COLUMNS)
+    if "FIBERMAP" not in fx:
+        raise InputError(f"{where}: no FIBERMAP HDU"
+                         + (" (re-coadding zbest inputs is not supported)"
+                            if zbest else ""))
+    fm_have = set(fx["FIBERMAP"].get_colnames())
+    optional = {"TILEID", "FIRSTNIGHT", "LASTNIGHT", "DESINAME"} | _OPTIONAL_FIBERMAP
+    fm_cols = ["TARGETID", "TARGET_RA", "TARGET_DEC"] + _FIBERMAP \
+        + sorted({"TILEID", "FIRSTNIGHT", "LASTNIGHT", "DESINAME"})
+    lacking = [c for c in fm_cols if c not in fm_have and c not in optional]
+    if lacking:
+        raise InputError(f"{where}: FIBERMAP lacks column(s) {', '.join(lacking)}")
+    fm = fx["FIBERMAP"].read(columns=[c for c in fm_cols if c in fm_have])
+    exp = None
+    if "EXP_FIBERMAP" in fx:
+        exp = fx["EXP_FIBERMAP"].read(columns=["NIGHT", "TILEID"])
+    tsnr2 = None
+    if "TSNR2" in fx:
+        have = set(fx["TSNR2"].get_colnames())
+        tsnr2 = fx["TSNR2"].read(columns=["TARGETID"] + [c for c in TSNR2_COLUMNS
+                                                          if c in have])
+    return z, fm, exp, tsnr2
+
+
 def _read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str,
                 stats: Optional[dict] = None) -> Tuple[np.ndarray, np.ndarray]:
     """:func:`read_petal`'s rows and the TARGETID column of the file's REDSHIFTS (ZBEST)
@@ -170,34 +213,10 @@ def _read_petal(path: str, tileid: int, lastnight: int, survey: str, program: st
     name = os.path.basename(path)
     where = f"tile {tileid}: {path}"
     zbest = name.startswith("zbest")
+    zhdu = "ZBEST" if zbest else "REDSHIFTS"
     try:
-        with fitsio.FITS(path) as fx:
-            hdr = header_dict(fx[0].read_header())
-            zhdu = "ZBEST" if zbest else "REDSHIFTS"
-            if zhdu not in fx:
-                raise InputError(f"{where}: no {zhdu} HDU")
-            z = fx[zhdu].read(columns=REDSHIFT_COLUMNS)
-            if "FIBERMAP" not in fx:
-                raise InputError(f"{where}: no FIBERMAP HDU"
-                                 + (" (re-coadding zbest inputs is not supported)"
-                                    if zbest else ""))
-            fm_have = set(fx["FIBERMAP"].get_colnames())
-            optional = {"TILEID", "FIRSTNIGHT", "LASTNIGHT", "DESINAME"} \
-                | _OPTIONAL_FIBERMAP
-            fm_cols = ["TARGETID", "TARGET_RA", "TARGET_DEC"] + _FIBERMAP \
-                + sorted({"TILEID", "FIRSTNIGHT", "LASTNIGHT", "DESINAME"})
-            lacking = [c for c in fm_cols if c not in fm_have and c not in optional]
-            if lacking:
-                raise InputError(f"{where}: FIBERMAP lacks column(s) {', '.join(lacking)}")
-            fm = fx["FIBERMAP"].read(columns=[c for c in fm_cols if c in fm_have])
-            exp = None
-            if "EXP_FIBERMAP" in fx:
-                exp = fx["EXP_FIBERMAP"].read(columns=["NIGHT", "TILEID"])
-            tsnr2 = None
-            if "TSNR2" in fx:
-                have = set(fx["TSNR2"].get_colnames())
-                tsnr2 = fx["TSNR2"].read(columns=["TARGETID"] + [c for c in TSNR2_COLUMNS
-                                                                  if c in have])
+        hdr = header_dict(fitsio.read_header(path, ext=0))
+        z, fm, exp, tsnr2 = read_tables(path, _petal_hdus, where, zhdu, zbest)
     except InputError:
         raise
     except Exception as err:
