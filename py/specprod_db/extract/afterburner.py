@@ -21,8 +21,7 @@ import numpy as np
 
 from specprod_db import ids
 from specprod_db.errors import InputError
-from specprod_db.extract import rows
-from specprod_db.extract.redshift import read_tables
+from specprod_db.extract import fitstable, rows
 from specprod_db.log import get_logger
 from specprod_db.paths import present
 from specprod_db.schema import table as schema_table
@@ -110,7 +109,7 @@ def read_afterburner(path, table, hdu, columns, tileid, targetids, zt_sorted, zi
     """Rows of ``table`` from one afterburner file row-matched to ``targetids``."""
     where = f"tile {tileid}: {path}"
     try:
-        data = read_tables(path, _read_hdu, where, hdu, columns)
+        data = fitstable.read_tables(path, _read_hdu, where, hdu, columns)
     except InputError:
         raise
     except Exception as err:

@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from specprod_db.errors import InputError
+
 BLOCK = 2880
 CARD = 80
 
@@ -356,3 +358,20 @@ class _TableHDU:
 
     def read(self, columns):
         return self._table.read(columns, upper=False)
+
+
+def read_tables(path, read, *args):
+    """``read(fx, *args)`` of FITS file ``path`` opened as :class:`Tables` (headers
+    parsed once, no fitsio description of every HDU); on any error there but
+    :class:`~specprod_db.errors.InputError` (what ``read`` finds wrong with the file's
+    contents), the file is read again with ``fitsio.FITS``, whose result, or error, it
+    is."""
+    try:
+        return read(Tables(path), *args)
+    except InputError:
+        raise
+    except Exception:  # noqa: BLE001 - fitsio reads it, or says why not
+        pass
+    import fitsio
+    with fitsio.FITS(path) as fx:
+        return read(fx, *args)

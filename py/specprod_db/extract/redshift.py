@@ -163,21 +163,6 @@ def read_petal(path: str, tileid: int, lastnight: int, survey: str, program: str
     return _read_petal(path, tileid, lastnight, survey, program, stats)[0]
 
 
-def read_tables(path: str, read: Any, *args: Any) -> Any:
-    """``read(fx, *args)`` of FITS file ``path`` opened as :class:`fitstable.Tables`
-    (headers parsed once, no fitsio description of every HDU); any error but
-    :class:`InputError` there, and the file is read again with ``fitsio.FITS``, whose
-    result, or error, it is."""
-    try:
-        return read(fitstable.Tables(path), *args)
-    except InputError:
-        raise
-    except Exception:  # noqa: BLE001 - fitsio reads it, or says why not
-        pass
-    with fitsio.FITS(path) as fx:
-        return read(fx, *args)
-
-
 def _petal_hdus(fx: Any, where: str, zhdu: str, zbest: bool) -> tuple:
     """REDSHIFTS (ZBEST), FIBERMAP, EXP_FIBERMAP and TSNR2 of a petal file."""
     if zhdu not in fx:
@@ -216,7 +201,7 @@ def _read_petal(path: str, tileid: int, lastnight: int, survey: str, program: st
     zhdu = "ZBEST" if zbest else "REDSHIFTS"
     try:
         hdr = header_dict(fitsio.read_header(path, ext=0))
-        z, fm, exp, tsnr2 = read_tables(path, _petal_hdus, where, zhdu, zbest)
+        z, fm, exp, tsnr2 = fitstable.read_tables(path, _petal_hdus, where, zhdu, zbest)
     except InputError:
         raise
     except Exception as err:
