@@ -57,3 +57,22 @@ def fetch(cur: cursor, select: sql.Composable,
     """The int64 array of the one-column query ``select``."""
     cur.execute(select, params)
     return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+
+def present(cur: cursor, table: sql.Composable, ids: Iterable[int] | np.ndarray,
+            column: str = "targetid") -> np.ndarray:
+    """Those of ``ids`` (sorted unique) that ``table`` holds in its indexed ``column``.
+
+    One index probe per id, whatever the planner would choose: a table that grows
+    during a load without fresh statistics (an initial load ANALYZEs at its end) made it
+    hash-join a scan of the whole table, on every tile.  The planner settings are
+    changed for this statement only."""
+    tmp = create(cur, ids)
+    cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+    try:
+        found = fetch(cur, sql.SQL("SELECT t.{c} FROM {} i JOIN {} t ON t.{c} = i.targetid "
+                                   "ORDER BY 1").format(tmp, table, c=sql.Identifier(column)))
+    finally:
+        cur.execute("RESET enable_hashjoin; RESET enable_mergejoin")
+    cur.execute(sql.SQL("DROP TABLE {}").format(tmp))
+    return found

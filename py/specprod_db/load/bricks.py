@@ -5,15 +5,15 @@ data is new (``TileResult.brick_input``), keeps one row per TARGETID (a row with
 Legacy Surveys ID columns wins, decision 10), drops the TARGETIDs the database already
 holds, and groups the rest by brick into tasks of ``BRICKS_PER_TASK`` bricks.
 """
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
-from psycopg2 import sql
 from psycopg2.extensions import connection
 
 from specprod_db.db import tempids
 from specprod_db.db.sql import qualified, reading
 from specprod_db.load.jobs import BrickJob
+from specprod_db.load.photometry_ids import PhotometryIds
 from specprod_db.paths import Paths
 
 #: Bricks per brick task: fewer stage files and messages than one per brick (a brick
@@ -22,11 +22,13 @@ BRICKS_PER_TASK = 16
 
 
 def brick_jobs(conn: connection, schema_name: str, paths: Paths, stage_dir: str,
-               results: Sequence[Any]) -> tuple[list[BrickJob], dict[str, list[int]]]:
+               results: Sequence[Any], known: Optional[PhotometryIds] = None
+               ) -> tuple[list[BrickJob], dict[str, list[int]]]:
     """Brick tasks for this run's new fiberassign data, and brick -> TILEIDs needing it.
 
     ``results``: the TileResults of the run.  A failed brick fails the tiles that need
-    it (the second return value).
+    it (the second return value).  ``known``: the TARGETIDs photometry holds, when the
+    root knows them (:mod:`specprod_db.load.photometry_ids`); else the database is asked.
     """
     pieces = [r.brick_input for r in results if r.brick_input is not None]
     if not pieces:
@@ -42,12 +44,13 @@ def brick_jobs(conn: connection, schema_name: str, paths: Paths, stage_dir: str,
     first = np.ones(len(allrows), dtype=bool)
     first[1:] = allrows["TARGETID"][1:] != allrows["TARGETID"][:-1]
     unique = allrows[first]
-    with reading(conn) as cur:
-        ids = tempids.create(cur, unique["TARGETID"])
-        present = tempids.fetch(cur, sql.SQL(
-            "SELECT p.targetid FROM {} p JOIN {} i ON i.targetid = p.targetid").format(
-            qualified(schema_name, "photometry"), ids))
-    need = unique[~np.isin(unique["TARGETID"], present) & (unique["BRICKNAME"] != b"")]
+    if known is not None:
+        held = known.contains(unique["TARGETID"])
+    else:
+        with reading(conn) as cur:
+            held = np.isin(unique["TARGETID"], tempids.present(
+                cur, qualified(schema_name, "photometry"), unique["TARGETID"]))
+    need = unique[~held & (unique["BRICKNAME"] != b"")]
     # which tiles depend on which brick (a failed brick fails those tiles)
     need_all = allrows[np.isin(allrows["TARGETID"], need["TARGETID"])]
     pairs = np.unique(need_all[["BRICKNAME", "TILEID"]])

@@ -103,6 +103,8 @@ def _written_remotely(job: WriteJob, result: Union[WriteResult, mpi.TaskFailure]
         return
     assert isinstance(result, WriteResult)
     c = result.counts
+    if session.known is not None:  # committed: photometry holds these now
+        session.known.add(job.photometry["targetid"])
     wave.written.append(job.stage)
     session.wrote = True
     tally.add_rows(c)
@@ -129,7 +131,8 @@ def _write_one(a: TileAction, wave: Wave, legacy: Any, opts: Options, session: S
         tables = result.stage.tables([t.name for t in schema.tile_tables()])
         c = tile_writer.write_tile(conn, opts.schema, a, tables, result.state, session.run_id,
                                    [legacy.rows_for(result.targetids)],
-                                   tile_writer.WriteMode.on_root(session.rebuild, session.keep))
+                                   tile_writer.WriteMode.on_root(session.rebuild, session.keep,
+                                                                   session.known))
         wave.written.append(result.stage)
         log.info("tile %d %s: %s", a.tileid, a.action,
                  ", ".join(f"{k} {v}" for k, v in c.items()))

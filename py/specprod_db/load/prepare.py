@@ -23,7 +23,8 @@ from specprod_db.db.connect import bulk_session, connect, schema_exists, server_
 from specprod_db.db.lock import acquire_lock, check_write_access, database_identity, read_state
 from specprod_db.errors import InputError, RunRefused, one_line
 from specprod_db.extract import redshift, tile
-from specprod_db.load import fingerprints, runrecord, tile_writer, writer_ranks
+from specprod_db.load import fingerprints, photometry_ids, runrecord, tile_writer, writer_ranks
+from specprod_db.load.photometry_ids import PhotometryIds
 from specprod_db.load.plan import (INSERT, UPDATE, MassDeleteRefused, TileAction, absent_tiles,
                                    make_plan)
 from specprod_db.load.tally import Tally
@@ -89,6 +90,7 @@ class Session:
     wrote: bool = False
     dsn: str = ""               # where the builds of the end connect (db/builds.py)
     build_connections: int = 3
+    known: Optional[PhotometryIds] = None  # photometry's TARGETIDs (photometry_ids)
     staged: dict[str, Any] = field(default_factory=lambda: {"tiles": {}, "bricks": []})
 
     def close(self) -> None:
@@ -216,9 +218,10 @@ def begin(session: Session, opts: Options, plan: Plan, ranks: int) -> None:
         "tiles_file": plan.tiles_file})
 
 
-def prepare_write(session: Session, opts: Options) -> None:
+def prepare_write(session: Session, opts: Options, plan: Plan) -> None:
     """Before the first write: the keys and indexes of a bulk load, the run's ``keep``
-    table, the writer session's settings.
+    table (or the root's set of photometry TARGETIDs, :mod:`~specprod_db.load.photometry_ids`),
+    the writer session's settings.
 
     ``--initial`` drops every key, foreign key and index of the data tables but
     :data:`~specprod_db.db.builds.BULK_KEEP` (the writer's ``ON CONFLICT`` needs them),
@@ -240,6 +243,11 @@ def prepare_write(session: Session, opts: Options) -> None:
     elif lacking:
         log.warning("%s; this run writes as that bulk load does and builds them at the "
                     "end", builds.unfinished_message(opts.schema, [b.name for b in lacking]))
+    session.known = photometry_ids.start(conn, opts.schema, session.rebuild,
+                                         plan.actions)
+    if session.known is not None:
+        log.info("photometry is empty and the plan removes none: its TARGETIDs are "
+                 "kept in memory by the root, not asked of the database")
     upsert_keys = [b for b in lacking if b.name in builds.BULK_KEEP]
     if upsert_keys:  # dropped by hand: the writer's ON CONFLICT needs them first
         builds.build_missing(opts.dsn, opts.schema, upsert_keys, connections=1)
@@ -248,4 +256,4 @@ def prepare_write(session: Session, opts: Options) -> None:
         session.keep, session.touched = writer_ranks.create_shared(conn, opts.schema,
                                                                    session.run_id)
     else:
-        session.keep = tile_writer.keep_targetids(conn)
+        session.keep = tile_writer.keep_targetids(conn)  # filled unless session.known

@@ -42,6 +42,7 @@ from specprod_db.db.sql import fetch_one, qualified, transaction
 from specprod_db.errors import InputError
 from specprod_db.load import refusals
 from specprod_db.load.finalize import update_primary
+from specprod_db.load.photometry_ids import PhotometryIds
 from specprod_db.load.plan import TileAction
 from specprod_db.schema import table as schema_table
 
@@ -137,19 +138,20 @@ def first_per_targetid(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-def new_photometry(cur: cursor, schema_name: str, rows: np.ndarray) -> np.ndarray:
-    """Those of ``rows`` (one per TARGETID) whose TARGETID has no ``photometry`` row
-    yet: what a writer alone on the table (the root; the load's lock keeps other loads
-    out) COPYs directly, instead of the temporary table and ``INSERT ... ON CONFLICT DO
-    NOTHING`` of :func:`copy_upsert` that concurrent writer ranks need — the rows are
-    wide, and writing them twice cost as much as the rest of the tile."""
+def new_photometry(cur: cursor, schema_name: str, rows: np.ndarray,
+                   known: Optional[PhotometryIds] = None) -> np.ndarray:
+    """Those of ``rows`` (one per TARGETID, sorted) whose TARGETID has no
+    ``photometry`` row yet: what a writer alone on the table (the root; the load's lock
+    keeps other loads out) COPYs directly, instead of the temporary table and ``INSERT
+    ... ON CONFLICT DO NOTHING`` of :func:`copy_upsert` that concurrent writer ranks
+    need — the rows are wide, and writing them twice cost as much as the rest of the
+    tile.  ``known``: the TARGETIDs photometry holds, when the root knows them
+    (:mod:`specprod_db.load.photometry_ids`); else the database is asked."""
     if not len(rows):
         return rows
-    ids = tempids.create(cur, rows["targetid"])
-    have = tempids.fetch(cur, sql.SQL("SELECT p.targetid FROM {} p JOIN {} i ON "
-                                      "i.targetid = p.targetid").format(
-        qualified(schema_name, "photometry"), ids))
-    cur.execute(sql.SQL("DROP TABLE {}").format(ids))
+    if known is not None:
+        return rows[~known.contains(rows["targetid"])]
+    have = tempids.present(cur, qualified(schema_name, "photometry"), rows["targetid"])
     return rows[~np.isin(rows["targetid"], have)] if len(have) else rows
 
 
@@ -330,13 +332,16 @@ class WriteMode:
     keep: Optional[sql.Composable] = None
     touched: Optional[sql.Composable] = None
     alone: bool = False
+    known: Optional[PhotometryIds] = None
 
     @classmethod
-    def on_root(cls, bulk: bool, keep: Optional[sql.Composable] = None) -> "WriteMode":
+    def on_root(cls, bulk: bool, keep: Optional[sql.Composable] = None,
+                known: Optional[PhotometryIds] = None) -> "WriteMode":
         """The root writing: flags now (daily) or at the end (``bulk``); ``alone`` on
         the tables (no writer rank at the same time), so new photometry is COPYed
-        directly (:func:`new_photometry`)."""
-        return cls(flags_now=not bulk, keep=keep, alone=True)
+        directly (:func:`new_photometry`), those ``known`` to be there left out (and the
+        tile's added to it once committed)."""
+        return cls(flags_now=not bulk, keep=keep, alone=True, known=known)
 
     @classmethod
     def on_writer_rank(cls, keep: sql.Composable, touched: sql.Composable) -> "WriteMode":
@@ -388,6 +393,7 @@ def _write_tile(conn: connection, schema_name: str, action: TileAction,
     counts = {}
     tileid, full = action.tileid, action.full
     t = {"t": int(tileid)}
+    rows = first_per_targetid(photometry if full else ())
     with transaction(conn) as cur:
         cur.execute(sql.SQL("SELECT 1 FROM {} WHERE tileid = %(t)s").format(
             qualified(schema_name, "tile")), t)
@@ -408,10 +414,9 @@ def _write_tile(conn: connection, schema_name: str, action: TileAction,
             copy_rows(cur, schema_name, "tile", tables["tile"])
         if full and mode.alone:
             counts["photometry"] = copy_rows(cur, schema_name, "photometry", new_photometry(
-                cur, schema_name, first_per_targetid(photometry)))
+                cur, schema_name, rows, mode.known))
         elif full:
-            counts["photometry"] = copy_upsert(cur, schema_name, "photometry",
-                                               first_per_targetid(photometry),
+            counts["photometry"] = copy_upsert(cur, schema_name, "photometry", rows,
                                                ("targetid",))
         for table in schema.tile_tables(full):
             if table.name != "tile":
@@ -430,6 +435,8 @@ def _write_tile(conn: connection, schema_name: str, action: TileAction,
         record_history(cur, schema_name, run_id, tileid, action.action, action.reason, LOADED,
                        counts=counts, tile_rows=_tile_rows(cur, schema_name, tileid, counts,
                                                            full))
+    if mode.known is not None:  # committed: photometry holds these now
+        mode.known.add(rows["targetid"])
     faults.hit("commit", tileid)  # crash tests only: between two tiles
     return counts
 

@@ -146,15 +146,18 @@ def targetphot(dispatcher: mpi.Dispatcher, wave: Wave, session: Session, plan: P
 
 def submit_bricks(dispatcher: mpi.Dispatcher, wave: Wave, opts: Options, session: Session,
                   tally: Tally) -> mpi.Batch:
-    """The wave's TARGETIDs join the run's ``keep`` table, then its brick tasks (for
-    targets the database still lacks photometry for) are queued, largest first."""
+    """The wave's TARGETIDs join the run's ``keep`` table (unless the root knows
+    photometry's TARGETIDs: then nothing can remove photometry, ``session.known``),
+    then its brick tasks (for targets the database still lacks photometry for) are
+    queued, largest first."""
     faults.hit("bricks")  # failure tests only (faults.py)
     staged = wave.staged(tally)
-    tile_writer.keep_more(session.conn, session.keep, np.concatenate(
-        [r.targetids for r in staged if r.targetids is not None]
-        + [np.zeros(0, np.int64)]))
+    if session.known is None:
+        tile_writer.keep_more(session.conn, session.keep, np.concatenate(
+            [r.targetids for r in staged if r.targetids is not None]
+            + [np.zeros(0, np.int64)]))
     jobs, wave.tiles_of_brick = bricks.brick_jobs(
-        session.conn, opts.schema, opts.paths, session.stage_dir, staged)
+        session.conn, opts.schema, opts.paths, session.stage_dir, staged, session.known)
     tally.progress["brick"].total += len(jobs)
     return dispatcher.submit("brick", jobs, size=lambda job: len(job.targets),
                              progress=tally.progress["brick"])
