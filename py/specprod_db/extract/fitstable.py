@@ -75,9 +75,20 @@ _COLUMN_KEYS = ("TTYPE", "TFORM", "TZERO", "TSCAL", "TDIM")
 
 class _Cards(dict):
     """A header's value fields by keyword (the first card of each), parsed when asked
-    for: a tractor header has ~370 cards, of which the table layout needs ~200."""
+    for: a tractor header has ~370 cards, of which the table layout needs ~200.  The
+    column cards (:data:`_COLUMN_KEYS`, 2 to 5 a column) join the others only when the
+    layout is parsed (:meth:`with_columns`); until then ``column_text`` holds them."""
 
     column_text = ""
+    _column_cards: list = []
+
+    def with_columns(self):
+        """The keywords with the column cards' (the first card of each keyword)."""
+        for card in reversed(self._column_cards):
+            if card[8:10] == "= ":
+                dict.__setitem__(self, card[:8].rstrip(), card[10:])
+        self._column_cards = []
+        return self
 
     def get(self, key, default=None):
         text = super().get(key)
@@ -90,11 +101,21 @@ class _Cards(dict):
         return _value(text)
 
 
+def _end(text):
+    """The offset of the END card in a header block's ``text``, or None."""
+    i = text.find("END")
+    while i >= 0:
+        if i % CARD == 0 and text[i:i + 8].rstrip() == "END":
+            return i
+        i = text.find("END", i + 1)
+    return None
+
+
 def _header(f, path):
-    """The keywords of the header at the file's position, and the bytes it took; the
-    header's column cards (:data:`_COLUMN_KEYS`, in file order) are joined in the
+    """The keywords of the header at the file's position (:class:`_Cards`), and the
+    bytes it took; the header's column cards, in file order, are joined in the
     ``column_text`` attribute of the keywords (:func:`_layout_key`)."""
-    cards, size = [], 0
+    chunks, size = [], 0
     while True:
         block = f.read(BLOCK)
         if not block and not size:
@@ -103,16 +124,19 @@ def _header(f, path):
             raise ValueError(f"{path}: file ends inside a header")
         size += BLOCK
         text = block.decode("ascii")
-        mine = [text[k:k + CARD] for k in range(0, BLOCK, CARD)]
-        keys = [card[:8].rstrip() for card in mine]
-        if "END" in keys:
-            cards += mine[:keys.index("END")]
+        end = _end(text)
+        if end is not None:
+            chunks.append(text[:end])
             break
-        cards += mine
+        chunks.append(text)
+    text = "".join(chunks)
+    cards = [text[k:k + CARD] for k in range(0, len(text), CARD)]
+    columns = [card for card in cards if card.startswith(_COLUMN_KEYS)]
     # the first card of each keyword: later ones set first, then overwritten
-    out = _Cards((card[:8].rstrip(), card[10:]) for card in reversed(cards)
-                 if card[8:10] == "= ")
-    out.column_text = "".join(card for card in cards if card.startswith(_COLUMN_KEYS))
+    out = _Cards({card[:8].rstrip(): card[10:] for card in reversed(cards)
+                  if card[8:10] == "= " and not card.startswith(_COLUMN_KEYS)})
+    out.column_text = "".join(columns)
+    out._column_cards = columns
     return out, size
 
 
@@ -178,7 +202,7 @@ class BinTable:
         key = _layout_key(h, tfields)
         layout = _LAYOUTS.get(key)
         if layout is None:
-            layout = self._layout_of(h, tfields, path)
+            layout = self._layout_of(h.with_columns(), tfields, path)
             if len(_LAYOUTS) >= _MAX_LAYOUTS:
                 _LAYOUTS.clear()
             _LAYOUTS[key] = layout
