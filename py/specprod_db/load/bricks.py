@@ -3,7 +3,8 @@
 After the tile tasks, rank 0 gathers the brick inputs of every tile whose fiberassign
 data is new (``TileResult.brick_input``), keeps one row per TARGETID (a row with the
 Legacy Surveys ID columns wins, decision 10), drops the TARGETIDs the database already
-holds, and groups the rest by brick into tasks of ``BRICKS_PER_TASK`` bricks.
+holds, and groups the rest by brick into tasks of about ``TARGETS_PER_TASK`` targets
+(at most ``MAX_BRICKS_PER_TASK`` bricks).
 """
 from typing import Any, Optional, Sequence
 
@@ -16,9 +17,15 @@ from specprod_db.load.jobs import BrickJob
 from specprod_db.load.photometry_ids import PhotometryIds
 from specprod_db.paths import Paths
 
-#: Bricks per brick task: fewer stage files and messages than one per brick (a brick
-#: holds ~50 targets of a day), still many tasks to balance over the ranks.
-BRICKS_PER_TASK = 16
+#: A brick task takes bricks (in name order) until it holds this many targets, or
+#: :data:`MAX_BRICKS_PER_TASK` bricks: fewer stage files and messages than one per brick,
+#: still many tasks to balance over the ranks.  A brick of full-size tiles holds ~50
+#: targets of a day (~16 bricks a task); one of the held-out DESI tree's 330-fibre tiles
+#: ~4, where 16 bricks a task made 19 stage files for a 4-tile morning, at ~15 ms each
+#: to write (HDF5 builds the ~75-member compound type of photometry for every file),
+#: more than the matching.
+TARGETS_PER_TASK = 800
+MAX_BRICKS_PER_TASK = 128
 
 
 def brick_jobs(conn: connection, schema_name: str, paths: Paths, stage_dir: str,
@@ -60,8 +67,13 @@ def brick_jobs(conn: connection, schema_name: str, paths: Paths, stage_dir: str,
     bricks, starts = np.unique(need["BRICKNAME"], return_index=True)
     bounds = list(starts) + [len(need)]
     jobs = []
-    for g in range(0, len(bricks), BRICKS_PER_TASK):
-        last = min(g + BRICKS_PER_TASK, len(bricks))
+    g = 0
+    while g < len(bricks):
+        last = g + 1
+        while last < len(bricks) and last - g < MAX_BRICKS_PER_TASK \
+                and bounds[last] - bounds[g] < TARGETS_PER_TASK:
+            last += 1
         name = f"{bricks[g].decode()}+{last - g}"
         jobs.append(BrickJob(name, need[bounds[g]: bounds[last]], paths, stage_dir))
+        g = last
     return jobs, tiles_of
