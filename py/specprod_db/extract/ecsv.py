@@ -32,13 +32,29 @@ class ECSVError(ValueError):
     """A file that is not an ECSV table this reader understands (the message says why)."""
 
 
+_LOADER = None
+
+
+def _loader():
+    """Safe loading; tags of astropy's serialized mixins (irrelevant here) -> None.
+    libyaml's parser when PyYAML has it (CSafeLoader: the same documents, several
+    times faster than the pure-Python one), made once per process."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+            pass
+
+        Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+        _LOADER = Loader
+    return _LOADER
+
+
 def _yaml_header(lines):
     import yaml
 
-    class Loader(yaml.SafeLoader):
-        """Safe loading; tags of astropy's serialized mixins (irrelevant here) -> None."""
-
-    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    Loader = _loader()
     try:
         return yaml.load("\n".join(lines), Loader=Loader) or {}
     except yaml.YAMLError as err:
