@@ -219,6 +219,28 @@ def brick_file(stage_dir: str, group: str) -> "StageFile":
     return StageFile(os.path.join(stage_dir, f"brick-{group}.h5"))
 
 
+#: The memory type of :func:`read_rows` reading only the TARGETIDs of a table.
+TARGETID = np.dtype([("targetid", "<i8")])
+
+_H5_TYPES: dict[np.dtype, Any] = {}
+
+
+def read_rows(dataset: Any, dtype: np.dtype) -> np.ndarray:
+    """A staged table (an h5py dataset) as a structured array of ``dtype``: the table's
+    dtype in :mod:`specprod_db.schema` (what :meth:`StageFile.write` wrote), or a subset
+    of its fields (HDF5 converts compound members by name).  Read through h5py's
+    low-level call with the memory type built once per dtype: ``dataset[()]`` rebuilds
+    the numpy dtype of a compound type of ~150 fields at every read, which cost more
+    than the read itself."""
+    h5type = _H5_TYPES.get(dtype)
+    if h5type is None:
+        h5type = _H5_TYPES[dtype] = h5py.h5t.py_create(dtype)
+    out = np.empty(dataset.shape, dtype=dtype)
+    if out.size:
+        dataset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, out, h5type)
+    return out
+
+
 class StageFile:
     """One task's stage file: its tables (schema dtypes), auxiliary arrays under
     ``aux/`` (e.g. the brick input), a small JSON ``info`` and the task ``key``."""
@@ -277,7 +299,7 @@ class StageFile:
     def tables(self, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """Table name -> structured array (every table, or those of ``names``)."""
         with h5py.File(self.path, "r") as f:
-            return {name: f[name][()] for name in f
+            return {name: read_rows(f[name], schema_table(name).dtype) for name in f
                     if name != "aux" and (names is None or name in names)}
 
     def brick_input(self) -> np.ndarray | None:
@@ -297,8 +319,8 @@ class StageFile:
     def targetids(self) -> np.ndarray:
         """Sorted unique TARGETIDs referenced by the file's tables."""
         with h5py.File(self.path, "r") as f:
-            parts = [f[name]["targetid"] for name in f
-                     if name != "aux" and "targetid" in f[name].dtype.names]
+            parts = [read_rows(f[name], TARGETID)["targetid"] for name in f
+                     if name != "aux" and "targetid" in schema_table(name).names]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
     def info(self) -> dict[str, Any]:
