@@ -210,3 +210,29 @@ def test_database_refusal_of_an_update_is_decoded(mornings):
     _no_composite_id(error)
     # the tile keeps what it had (and no other tile changed: nothing was written)
     assert two["after"] == two["before"]
+
+
+def test_two_word_keys_sorted_by_their_words():
+    """_first_duplicate and _isin on composite ids (two uint64 words), at random against
+    the plain definition."""
+    import numpy as np
+    from specprod_db.load import refusals
+    rng = np.random.default_rng(7)
+    dt = [("high", "<u8"), ("low", "<u8")]
+    for _ in range(200):
+        keys, have = (np.zeros(int(n), dt) for n in rng.integers(0, 30, 2))
+        for a in (keys, have):
+            a["high"], a["low"] = rng.integers(0, 3, len(a)), rng.integers(0, 4, len(a))
+        pairs = set(map(tuple, have.tolist()))
+        assert refusals._isin(keys, have).tolist() == [tuple(k) in pairs
+                                                       for k in keys.tolist()]
+        twice = refusals._first_duplicate(keys)
+        if twice is None:
+            assert len(set(map(tuple, keys.tolist()))) == len(keys)
+        else:
+            i, j = twice
+            assert i != j and keys[i].tolist() == keys[j].tolist()
+            # the first duplicate in sorted order, as before
+            dups = sorted(k for k in set(map(tuple, keys.tolist()))
+                          if keys.tolist().count(k) > 1)
+            assert tuple(keys[i].tolist()) == dups[0]
