@@ -91,6 +91,45 @@ def test_dropped_and_built_again_is_init(created, pg_dsn, schema_name, reference
     assert builds.build_missing(pg_dsn, schema_name) == {}   # nothing left to do
 
 
+@pytest.mark.parametrize("connections", [1, 3])
+def test_the_end_of_a_bulk_load_clusters_before_the_other_builds(created, pg_dsn,
+                                                                schema_name, reference,
+                                                                connections):
+    """finish=True: each q3c table CLUSTERed once its q3c index exists and before its
+    other builds (CLUSTER rebuilds every index the table has), every table ANALYZEd
+    after its builds; the catalog is init's."""
+    builds.drop(created, schema_name, builds.bulk_builds())
+    steps = []
+    seconds = builds.build_missing(pg_dsn, schema_name, connections=connections,
+                                   progress=lambda name, s: steps.append(name),
+                                   finish=True)
+    q3c_tables = [t.name for t in builds.TABLES if t.q3c]
+    assert {f"cluster_{t}" for t in q3c_tables} <= set(seconds)
+    assert {f"analyze_{t.name}" for t in builds.TABLES} <= set(seconds)
+    for t in q3c_tables:
+        cluster = steps.index(f"cluster_{t}: cluster")
+        if f"ix_{t}_q3c_ang2ipix: create" in steps:
+            assert steps.index(f"ix_{t}_q3c_ang2ipix: create") < cluster
+        for i, step in enumerate(steps):
+            b = step.split(": ")[0]
+            if b in {x.name for x in builds.table_builds(builds.schema_table(t))} \
+                    and not b.endswith("q3c_ang2ipix"):
+                assert i > cluster, (step, t)
+        assert steps.index(f"analyze_{t}: analyze") > max(
+            i for i, s in enumerate(steps) if s.split(": ")[0].startswith(("ix_" + t, t + "_")))
+    assert catalog(created, schema_name) == reference
+    with created.cursor() as cur:
+        cur.execute("""SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid
+                       JOIN pg_namespace n ON n.oid = c.relnamespace
+                       WHERE n.nspname = %s AND x.indisclustered ORDER BY 1""",
+                    (schema_name,))
+        assert [r[0] for r in cur.fetchall()] == sorted(q3c_tables)
+        cur.execute("SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = %s AND "
+                    "last_analyze IS NULL", (schema_name,))
+        assert cur.fetchone()[0] == 0
+    created.rollback()
+
+
 def test_direct_foreign_keys_give_the_same_catalog(created, pg_dsn, schema_name, reference):
     builds.drop(created, schema_name, builds.bulk_builds())
     builds.build_missing(pg_dsn, schema_name, builds.bulk_builds(), connections=2,

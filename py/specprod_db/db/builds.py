@@ -42,7 +42,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -67,6 +67,11 @@ Q3C = "q3c index"
 #: Every kind, in the scheduler's order of preference (keys first: foreign keys wait
 #: for them).
 KINDS = (PRIMARY_KEY, UNIQUE, UNIQUE_INDEX, FOREIGN_KEY, INDEX, Q3C)
+
+#: The end of a bulk load's work on a table that is not in the catalog
+#: (:func:`finishing`): CLUSTER on its q3c index, ANALYZE.
+CLUSTER = "cluster"
+ANALYZE = "analyze"
 CONSTRAINT_KINDS = (PRIMARY_KEY, UNIQUE, FOREIGN_KEY)
 KEY_KINDS = (PRIMARY_KEY, UNIQUE, UNIQUE_INDEX)
 
@@ -178,6 +183,11 @@ class Build:
             return sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(name, target, cols)
         if self.kind == INDEX:
             return sql.SQL("CREATE INDEX {} ON {} ({})").format(name, target, cols)
+        if self.kind == CLUSTER:
+            return sql.SQL("CLUSTER {} USING {}").format(
+                target, sql.Identifier(f"ix_{self.table}_q3c_ang2ipix"))
+        if self.kind == ANALYZE:
+            return sql.SQL("ANALYZE {}").format(target)
         ra, dec = self.columns
         return sql.SQL("CREATE INDEX {} ON {} (q3c_ang2ipix({}, {}))").format(
             name, target, sql.Identifier(ra), sql.Identifier(dec))
@@ -206,6 +216,10 @@ class Build:
             return [Step(self, "add not valid", self.create_sql(schema_name, True),
                          ((self.table, SHARE_ROW_EXCLUSIVE), (parent, SHARE_ROW_EXCLUSIVE))),
                     self._validate(schema_name, parent)]
+        if self.kind in (CLUSTER, ANALYZE):
+            mode = ACCESS_EXCLUSIVE if self.kind == CLUSTER else SHARE_UPDATE_EXCLUSIVE
+            return [Step(self, self.kind, self.create_sql(schema_name),
+                         ((self.table, mode),))]
         mode = ACCESS_EXCLUSIVE if self.is_constraint else SHARE
         return [Step(self, "add" if self.is_constraint else "create",
                      self.create_sql(schema_name), ((self.table, mode),))]
@@ -255,6 +269,33 @@ def bulk_builds(keep: Iterable[str] = BULK_KEEP) -> tuple[Build, ...]:
     kept = set(keep)
     return tuple(b for b in schema_builds(t for t in DATA_TABLES if t.name != "version")
                  if b.name not in kept)
+
+
+def finishing(todo: Sequence[Build], tables: Iterable[Table] = TABLES) -> list[Build]:
+    """``todo`` (the builds a bulk load lacks) with the rest of the end of that load, as
+    builds the scheduler runs with them on its sessions: each table with a q3c index
+    CLUSTERed on it (as the old tool did after loading) as soon as that index exists and
+    before the table's other missing builds — CLUSTER rewrites the table and rebuilds
+    every index it has, so an index built before it would be built twice — then every
+    table ANALYZEd once its builds are done (the q3c expression index has statistics of
+    its own).  They are not in the catalog: each run of the end does them again."""
+    out: list[Build] = []
+    names = {b.name for b in todo}
+    for t in tables:
+        mine = [b for b in todo if b.table == t.name]
+        clustered: tuple[str, ...] = ()
+        if t.q3c:
+            q3c = f"ix_{t.name}_q3c_ang2ipix"
+            cluster = Build(f"cluster_{t.name}", t.name, CLUSTER, (),
+                            depends=(q3c,) if q3c in names else ())
+            clustered = (cluster.name,)
+            mine = [b if b.kind == Q3C else replace(b, depends=b.depends + clustered)
+                    for b in mine]
+            mine.append(cluster)
+        out += mine
+        out.append(Build(f"analyze_{t.name}", t.name, ANALYZE, (),
+                         depends=tuple(b.name for b in mine)))
+    return out
 
 
 def by_name(name: str) -> Build:
@@ -531,13 +572,17 @@ def _sizes(conn: Any, schema_name: str) -> dict[str, int]:
 
 
 def plan(conn: Any, schema_name: str, builds: Iterable[Build] | None = None,
-         fk: str = FK_NOT_VALID) -> list[Step]:
+         fk: str = FK_NOT_VALID, finish: bool = False) -> list[Step]:
     """The steps making the missing builds of ``builds`` (default: all), in the order
-    of preference of the scheduler: keys first, then the largest tables first.  A build
-    whose dependency is neither present nor among ``builds`` is refused (ValueError)."""
+    of preference of the scheduler: q3c indexes and CLUSTER first (the table's other
+    builds wait for them), then keys, then the largest tables first; with ``finish``
+    also CLUSTER and ANALYZE (:func:`finishing`).  A build whose dependency is neither
+    present nor among ``builds`` is refused (ValueError)."""
     catalog = present(conn, schema_name)
     wanted = list(schema_builds() if builds is None else builds)
     todo = [b for b in wanted if _state(b, catalog) != DONE]
+    if finish:
+        todo = finishing(todo)
     names = {b.name for b in todo}
     for b in todo:
         absent = [d for d in b.depends if catalog.get(d) != DONE and d not in names]
@@ -546,15 +591,17 @@ def plan(conn: Any, schema_name: str, builds: Iterable[Build] | None = None,
                              f"lacks and which is not to be built")
     sizes = _sizes(conn, schema_name)
     steps = [s for b in todo for s in b.steps(schema_name, fk, _state(b, catalog))]
-    return sorted(steps, key=lambda s: (s.build.kind not in KEY_KINDS,
-                                        -sizes.get(s.build.table, 0)))
+    return sorted(steps, key=lambda s: (
+        0 if s.build.kind in (Q3C, CLUSTER) else 1 if s.build.kind in KEY_KINDS else 2,
+        -sizes.get(s.build.table, 0)))
 
 
 def build_missing(dsn: str | None, schema_name: str, builds: Iterable[Build] | None = None,
                   connections: int = 3, parallel_workers: int = 2,
                   maintenance_work_mem: str = "1GB", fk: str = FK_NOT_VALID,
                   check: str = CHECK_ON_FAILURE, settings: Mapping[str, str] | None = None,
-                  progress: Callable[[str, float], None] | None = None) -> dict[str, float]:
+                  progress: Callable[[str, float], None] | None = None,
+                  finish: bool = False) -> dict[str, float]:
     """Build what ``schema_name`` lacks of ``builds`` (default: every build of the
     schema) on ``connections`` sessions at once; returns ``{build: seconds}``.
 
@@ -565,7 +612,8 @@ def build_missing(dsn: str | None, schema_name: str, builds: Iterable[Build] | N
     :data:`FK_NOT_VALID` or :data:`FK_DIRECT`; ``check`` is :data:`CHECK_ON_FAILURE`
     (look for duplicates or orphans once the server refused a key) or
     :data:`CHECK_BEFORE` (look first).  ``progress(step name, seconds)`` is called after
-    each step.  When rows are refused, the other builds go on (but those depending on
+    each step.  ``finish``: the end of a bulk load, CLUSTER and ANALYZE too
+    (:func:`finishing`), scheduled with the builds.  When rows are refused, the other builds go on (but those depending on
     the refused one) and one :class:`KeyViolation` names them all at the end; a lost
     server (:class:`~specprod_db.errors.DatabaseLost`) or any other error stops the
     scheduling, lets the running steps finish, and is raised.
@@ -579,7 +627,7 @@ def build_missing(dsn: str | None, schema_name: str, builds: Iterable[Build] | N
     try:
         first = connect(dsn, application_name="specprod-db build")
         conns.append(first)
-        pending = plan(first, schema_name, builds, fk)
+        pending = plan(first, schema_name, builds, fk, finish)
         if not pending:
             return seconds
         while len(conns) < min(connections, len(pending)):

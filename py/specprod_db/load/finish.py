@@ -1,10 +1,11 @@
 """The end of a load: primary flags, indexes, ANALYZE; the run recorded and reported.
 
 * :func:`finalize` — after a bulk load (or a rerun of an interrupted one), every primary
-  flag, then the keys, foreign keys and indexes the schema lacks
-  (:func:`specprod_db.db.builds.build_missing`, on ``--build-connections`` sessions),
-  then CLUSTER; the flags of the TARGETIDs writer ranks touched; ANALYZE of the tables
-  whose statistics went stale (:mod:`specprod_db.load.finalize` has the SQL).  Fault
+  flag, then the keys, foreign keys and indexes the schema lacks, CLUSTER on the q3c
+  indexes and ANALYZE of every table, scheduled together on ``--build-connections``
+  sessions (:func:`specprod_db.db.builds.build_missing` with ``finish``); after a daily
+  run, the flags of the TARGETIDs writer ranks touched and ANALYZE of the tables whose
+  statistics went stale (:mod:`specprod_db.load.finalize` has the SQL).  Fault
   points (:mod:`specprod_db.faults`): ``builds`` before the first build, ``built-NAME``
   after each step of build ``NAME`` (a foreign key: after its NOT VALID add, then after
   its validation).
@@ -12,7 +13,7 @@
   printed on stdout (:mod:`specprod_db.load.runrecord`); returns the exit status.
 """
 from specprod_db import faults, mpi, schema, stage
-from specprod_db.db import builds, ddl
+from specprod_db.db import builds
 from specprod_db.errors import EXIT_FAILED, EXIT_OK
 from specprod_db.load import finalize as flags, runrecord, writer_ranks
 from specprod_db.load.prepare import Plan, Session
@@ -44,14 +45,11 @@ def finalize(session: Session, tally: Tally) -> None:
         log.info("primary flags of all zpix rows: %d rows changed",
                  flags.update_primary(conn, schema_name, redshifts="zpix"))
         conn.commit()
-        _build(session, tally)
-        log.info("tables clustered on their q3c index: %s",
-                 ", ".join(ddl.cluster_q3c(conn, schema_name)))
-    if session.rebuild or session.wrote:
-        tables = [t.name for t in schema.TABLES]
-        if not session.rebuild:  # a daily run: only the tables whose statistics went stale
-            tables = flags.stale_tables(conn, schema_name, tables,
-                                        flags.changed_rows(tally.counts["tables"]))
+        _build(session, tally)  # with CLUSTER and ANALYZE of every table
+        tally.counts["analyzed"] = [t.name for t in schema.TABLES]
+    elif session.wrote:  # a daily run: only the tables whose statistics went stale
+        tables = flags.stale_tables(conn, schema_name, [t.name for t in schema.TABLES],
+                                    flags.changed_rows(tally.counts["tables"]))
         flags.analyze(conn, schema_name, tables)
         conn.commit()
         tally.counts["analyzed"] = tables
@@ -59,12 +57,17 @@ def finalize(session: Session, tally: Tally) -> None:
 
 
 def _build(session: Session, tally: Tally) -> None:
-    """The builds the schema lacks, on ``session.build_connections`` sessions."""
+    """The builds the schema lacks, then CLUSTER and ANALYZE, on
+    ``session.build_connections`` sessions; the seconds of each in ``counts["builds"]``
+    (the catalog's keys and indexes) and ``counts["maintenance"]`` (``cluster_TABLE``,
+    ``analyze_TABLE``)."""
     log, done = get_logger(), tally.counts.setdefault("builds", {})
+    upkeep = tally.counts.setdefault("maintenance", {})
 
     def progress(step: str, seconds: float) -> None:
         name = step.split(": ")[0]
-        done[name] = round(done.get(name, 0.0) + seconds, 3)
+        into = upkeep if name.startswith(("cluster_", "analyze_")) else done
+        into[name] = round(into.get(name, 0.0) + seconds, 3)
         log.debug("built %s in %.2f s", step, seconds)
         faults.hit(f"built-{name}")  # crash tests only (faults.py)
 
@@ -72,14 +75,17 @@ def _build(session: Session, tally: Tally) -> None:
     with tally.timed("builds"):
         try:
             builds.build_missing(session.dsn, session.schema,
-                                 connections=session.build_connections, progress=progress)
+                                 connections=session.build_connections, progress=progress,
+                                 finish=True)
         except builds.KeyViolation as err:
             raise builds.KeyViolation(
                 f"{err}; {session.schema} is left an {builds.UNFINISHED} (its rows are "
                 f"all there, these keys are not): correct the input and rerun "
                 f"`{builds.finish_command(session.schema)}`", err.found) from None
-    log.info("keys, foreign keys and indexes built: %d on %d session(s)", len(done),
-             session.build_connections)
+    log.info("keys, foreign keys and indexes built: %d; tables clustered on their q3c "
+             "index: %s; every table analysed; on %d session(s)", len(done),
+             ", ".join(n.removeprefix("cluster_") for n in upkeep
+                       if n.startswith("cluster_")) or "none", session.build_connections)
 
 
 def finish(dispatcher: mpi.Dispatcher, session: Session, plan: Plan, tally: Tally) -> int:
