@@ -5,10 +5,12 @@ After each ``--initial`` load of (e) (its builds done on the default
 (:func:`specprod_db.db.builds.bulk_builds`) are dropped again and rebuilt, timed, on K
 sessions (:func:`specprod_db.db.builds.build_missing`, the load's own call; each build's
 seconds kept).  The rest of the end of the load (primary flags of every row, CLUSTER,
-ANALYZE) does not depend on K: it is the load's own ``finalize`` timer minus its
-``builds`` timer, as the load measured it.  So
+ANALYZE) does not depend on K: it is timed once, part by part, in the load's order
+(flags with the builds dropped, CLUSTER and ANALYZE after the first K's builds).  So
 
-    end of the load (K) = builds wall on K sessions + (finalize - builds) of the load.
+    end of the load (K) = builds wall on K sessions + flags + CLUSTER + ANALYZE
+
+and the load's own ``finalize - builds`` is kept next to it for comparison.
 
 The rebuilt schema is the one the load left (catalog-equal to ``init``; nothing else
 changes but the builds' order on disk).
@@ -17,8 +19,12 @@ import time
 
 
 def measure(dsn, load, ks, log=print):
-    """``{"tiles", "rows", "rest_s", "load_builds_s", "k": {K: {...}}}`` for one
-    (e) load result of ``run.run_load``."""
+    """``{"tiles", "rows", "rest_s", "load_rest_s", "rest_parts", "k": {K: {...}}}`` for
+    one (e) load result of ``run.run_load``.  In the load's own order: the builds
+    dropped, the flags reset (untimed) and recomputed (timed), the builds on the first K
+    (timed), CLUSTER and ANALYZE (timed); then the builds dropped and rebuilt on each
+    other K.  ``rest_s`` = flags + CLUSTER + ANALYZE as timed here; ``load_rest_s`` = the
+    load's own finalize - builds, for comparison."""
     import psycopg2
 
     from specprod_db.db import builds
@@ -26,18 +32,28 @@ def measure(dsn, load, ks, log=print):
     t = load["timers"]
     out = {"tiles": load["tiles"], "rows": load["rows"],
            "load_builds_s": t.get("builds", 0.0),
-           "rest_s": t.get("finalize", 0.0) - t.get("builds", 0.0), "k": {}}
-    for k in ks:
+           "load_rest_s": t.get("finalize", 0.0) - t.get("builds", 0.0), "k": {}}
+    for i, k in enumerate(ks):
         conn = psycopg2.connect(dsn)
         try:
             builds.drop(conn, schema, builds.bulk_builds())
         finally:
             conn.close()
+        if i == 0:
+            parts = flags_timed(dsn, schema)
         steps = {}
         t0 = time.perf_counter()
         builds.build_missing(dsn, schema, None, connections=k,
                              progress=steps.__setitem__)
         wall = time.perf_counter() - t0
+        if i == 0:
+            parts.update(cluster_analyze_timed(dsn, schema))
+            out["rest_parts"] = parts
+            out["rest_s"] = sum(parts.values())
+            log(f"  end of the load, {load['tiles']} tiles: flags {parts['flags_s']:.1f} s "
+                f"(before the builds, as the load), CLUSTER {parts['cluster_s']:.1f} s, "
+                f"ANALYZE {parts['analyze_s']:.1f} s (the load's own finalize - builds: "
+                f"{out['load_rest_s']:.1f} s)")
         top = sorted(steps.items(), key=lambda kv: -kv[1])[:3]
         out["k"][str(k)] = {"builds_s": wall, "steps_sum_s": sum(steps.values()),
                             "end_s": wall + out["rest_s"], "steps": steps}
@@ -46,6 +62,60 @@ def measure(dsn, load, ks, log=print):
             + ", ".join(f"{n} {s:.1f}" for n, s in top)
             + f") + flags/CLUSTER/ANALYZE {out['rest_s']:.1f} s")
     return out
+
+
+def flags_timed(dsn, schema):
+    """The primary flags of every ztile and zpix row, timed, after resetting them to
+    what the bulk COPY writes (0 and false; untimed), so that every row is rewritten as
+    in the load; the builds are dropped at that point, as in the load."""
+    import psycopg2
+    from psycopg2 import sql
+
+    from specprod_db.load import finalize
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            for z in ("ztile", "zpix"):
+                cur.execute(sql.SQL("UPDATE {} SET ({}) = ({})").format(
+                    sql.Identifier(schema, z),
+                    sql.SQL(", ").join(map(sql.Identifier, finalize.FLAG_COLUMNS)),
+                    sql.SQL(", ").join(sql.SQL("0" if c.endswith("nspec") else "false")
+                                       for c in finalize.FLAG_COLUMNS)))
+        conn.commit()
+        conn.autocommit = True
+        with conn.cursor() as cur:  # the reset's dead rows, not the load's
+            cur.execute(sql.SQL("VACUUM {}").format(sql.Identifier(schema, "ztile")))
+        conn.autocommit = False
+        t = time.perf_counter()
+        finalize.update_primary(conn, schema)
+        finalize.update_primary(conn, schema, redshifts="zpix")
+        conn.commit()
+        return {"flags_s": time.perf_counter() - t}
+    finally:
+        conn.close()
+
+
+def cluster_analyze_timed(dsn, schema):
+    """CLUSTER on the q3c indexes (``ddl.cluster_q3c``) and ANALYZE of every table,
+    each timed, as the load does them after the builds."""
+    import psycopg2
+
+    from specprod_db import schema as tables
+    from specprod_db.db import ddl
+    from specprod_db.load import finalize
+    conn = psycopg2.connect(dsn)
+    try:
+        t = time.perf_counter()
+        ddl.cluster_q3c(conn, schema)
+        conn.commit()
+        out = {"cluster_s": time.perf_counter() - t}
+        t = time.perf_counter()
+        finalize.analyze(conn, schema, [x.name for x in tables.TABLES])
+        conn.commit()
+        out["analyze_s"] = time.perf_counter() - t
+        return out
+    finally:
+        conn.close()
 
 
 def growth(end_of_load, k):

@@ -302,14 +302,20 @@ def markdown(res, text):
         out += ["## (e) The end of the initial load on K build sessions", "",
                 "Keys, foreign keys and indexes dropped again after each (e) load and "
                 "rebuilt on K sessions (`db/builds.build_missing`, `--build-connections "
-                "K`); flags, CLUSTER and ANALYZE from the load's own timers (finalize - "
-                "builds), K-independent (`bench/endload.py`).", "",
+                "K`); flags, CLUSTER and ANALYZE timed once in the load's order (flags "
+                "with the builds dropped), K-independent (`bench/endload.py`).", "",
                 "| tiles | rows | flags+CLUSTER+ANALYZE s | "
                 + " | ".join(f"builds K={k} s | end K={k} s" for k in ks) + " |",
                 "|---:|---:|---:|" + "---:|---:|" * len(ks)]
         for tiles, rows, rest, end, bld in eol:
             out.append(f"| {tiles} | {rows:,} | {rest:.1f} | " + " | ".join(
                 f"{bld[k]:.1f} | {end[k]:.1f}" for k in ks) + " |")
+        parts = [(v["tiles"], v.get("rest_parts") or {}) for _, v in sorted(
+            (res.get("end_of_load") or {}).items(), key=lambda kv: int(kv[0]))]
+        if all(p for _, p in parts):
+            out += ["", "Flags / CLUSTER / ANALYZE, s: " + "; ".join(
+                f"{n} tiles {p['flags_s']:.1f} / {p['cluster_s']:.1f} / "
+                f"{p['analyze_s']:.1f}" for n, p in parts) + "."]
         if gr:
             out += ["", "Growth per tile (slope smallest -> largest): " + ", ".join(
                 f"K={k} {gr[k] * 1000:.1f} ms/tile" for k in ks) + "."]
