@@ -202,3 +202,23 @@ def test_empty_subset_and_analyze(conn, schema_name):
     assert finalize.update_primary(conn, schema_name, []) == 0
     finalize.analyze(conn, schema_name, ["ztile"])
     conn.commit()
+
+
+def test_all_rows_resets_single_spectra_whatever_they_held(conn, schema_name):
+    """update_primary over every row computes the windows only for TARGETIDs with several
+    rows; a TARGETID with one row gets its flags set directly, whatever they were."""
+    data = _rows(6)
+    _create_with_defaults(conn, schema_name, data)
+    finalize.update_primary(conn, schema_name)
+    want = _fetch(conn, schema_name)
+    counts = np.unique(data["targetid"], return_counts=True)
+    singles = counts[0][counts[1] == 1]
+    assert len(singles) and len(singles) < len(counts[0])
+    with conn.cursor() as cur:
+        cur.execute(f'UPDATE "{schema_name}".ztile SET zcat_nspec = 7, zcat_primary = '
+                    f'false, sv_nspec = 3, sv_primary = true, main_nspec = 2, '
+                    f'main_primary = true WHERE targetid = ANY(%s)', (singles.tolist(),))
+    assert finalize.update_primary(conn, schema_name) == int(np.isin(
+        data["targetid"], singles).sum())
+    conn.commit()
+    assert _fetch(conn, schema_name) == want

@@ -141,8 +141,7 @@ def update_primary(conn: connection, schema_name: str, targetids: Optional[Array
     """
     with conn.cursor() as cur:
         if targetids is None and table is None:
-            cur.execute(_flags_sql(schema_name, sql.SQL(""), redshifts))
-            return cur.rowcount
+            return _update_all(cur, schema_name, redshifts)
         if table is None:
             targetids = np.asarray(targetids, dtype=np.int64)
             if len(targetids) == 0:
@@ -151,6 +150,46 @@ def update_primary(conn: connection, schema_name: str, targetids: Optional[Array
         cur.execute(_flags_sql(schema_name, sql.SQL(
             "JOIN {} AS s ON s.targetid = z.targetid").format(table), redshifts))
         return cur.rowcount
+
+
+def single_flags_sql() -> dict[str, sql.Composed]:
+    """``{flag column: SQL expression}`` of the six flags of a TARGETID with one row:
+    what :func:`flag_expressions` gives over a partition of that row alone (``nspec``
+    1 and ``primary`` true in each subset the row is in, 0 and false elsewhere)."""
+    out = {}
+    for prefix, cond in SUBSETS.items():
+        member = sql.SQL("TRUE") if cond is None else cond
+        out[f"{prefix}_nspec"] = sql.SQL("(CASE WHEN {} THEN 1 ELSE 0 END)::smallint").format(
+            member)
+        out[f"{prefix}_primary"] = sql.SQL("(CASE WHEN {} THEN TRUE ELSE FALSE END)").format(
+            member)
+    return out
+
+
+def _update_all(cur: Any, schema_name: str, redshifts: str) -> int:
+    """Every row's flags (the end of an initial load): the window functions only over
+    the TARGETIDs with more than one row; a TARGETID with one row gets
+    :func:`single_flags_sql` without sorting anything.  Sorting every row of the table
+    three times (one window partition per subset) was the costliest step of the end of
+    an initial load, and most TARGETIDs have one spectrum."""
+    table = sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier(redshifts))
+    multi = tempids.create(cur, select=sql.SQL(
+        "SELECT targetid FROM {} GROUP BY targetid HAVING count(*) > 1").format(table))
+    cur.execute(_flags_sql(schema_name, sql.SQL("JOIN {} AS s ON s.targetid = z.targetid")
+                           .format(multi), redshifts))
+    changed = cur.rowcount
+    single = single_flags_sql()
+    names = [sql.Identifier(n) for n in FLAG_COLUMNS]
+    values = sql.SQL(", ").join(single[n] for n in FLAG_COLUMNS)
+    cur.execute(sql.SQL("""
+        UPDATE {table} AS t SET ({names}) = ({values})
+        WHERE NOT EXISTS (SELECT 1 FROM {multi} m WHERE m.targetid = t.targetid)
+          AND ({names_t}) IS DISTINCT FROM ({values})""").format(
+        table=table, names=sql.SQL(", ").join(names), values=values, multi=multi,
+        names_t=sql.SQL(", ").join(sql.SQL("t.{}").format(n) for n in names)))
+    changed += cur.rowcount
+    cur.execute(sql.SQL("DROP TABLE {}").format(multi))
+    return changed
 
 
 def analyze(conn: connection, schema_name: str, tables: Iterable[str]) -> None:
