@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from psycopg2 import sql
+from psycopg2 import extensions, sql
 from psycopg2.extensions import connection, cursor
 
 from specprod_db.errors import UsageError
@@ -96,3 +96,20 @@ def reading(conn: connection, fresh: bool = False) -> Iterator[cursor]:
             yield cur
     finally:
         _rollback(conn)
+
+
+@contextmanager
+def index_probes(cur: cursor) -> Iterator[cursor]:
+    """The statements run in the block join by index probes (nested loops), whatever the
+    planner would choose: for a small set of keys (a temporary table of a tile's
+    TARGETIDs) against a large table.  The planner hash-joins a scan of the whole table
+    when its statistics are stale or the table is mid-sized, a cost that grows with the
+    database on every tile.  In the caller's transaction; the settings are reset after
+    the block."""
+    cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+    try:
+        yield cur
+    finally:
+        if not cur.connection.closed and cur.connection.get_transaction_status() != \
+                extensions.TRANSACTION_STATUS_INERROR:
+            cur.execute("RESET enable_hashjoin; RESET enable_mergejoin")

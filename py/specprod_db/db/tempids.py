@@ -14,6 +14,8 @@ import numpy as np
 from psycopg2 import sql
 from psycopg2.extensions import cursor
 
+from specprod_db.db.sql import index_probes
+
 #: Rows per COPY into a temporary table.
 COPY_CHUNK = 1_000_000
 
@@ -63,16 +65,13 @@ def present(cur: cursor, table: sql.Composable, ids: Iterable[int] | np.ndarray,
             column: str = "targetid") -> np.ndarray:
     """Those of ``ids`` (sorted unique) that ``table`` holds in its indexed ``column``.
 
-    One index probe per id, whatever the planner would choose: a table that grows
-    during a load without fresh statistics (an initial load ANALYZEs at its end) made it
-    hash-join a scan of the whole table, on every tile.  The planner settings are
-    changed for this statement only."""
+    One index probe per id, whatever the planner would choose
+    (:func:`~specprod_db.db.sql.index_probes`): a table that grows during a load without
+    fresh statistics (an initial load ANALYZEs at its end) made it hash-join a scan of
+    the whole table, on every tile."""
     tmp = create(cur, ids)
-    cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-    try:
+    with index_probes(cur):
         found = fetch(cur, sql.SQL("SELECT t.{c} FROM {} i JOIN {} t ON t.{c} = i.targetid "
                                    "ORDER BY 1").format(tmp, table, c=sql.Identifier(column)))
-    finally:
-        cur.execute("RESET enable_hashjoin; RESET enable_mergejoin")
     cur.execute(sql.SQL("DROP TABLE {}").format(tmp))
     return found

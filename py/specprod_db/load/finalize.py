@@ -39,6 +39,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection
 
 from specprod_db.db import tempids
+from specprod_db.db.sql import index_probes
 
 #: ``primary`` flag pairs: column prefix -> SQL condition selecting the subset (or None).
 SUBSETS = {
@@ -147,9 +148,12 @@ def update_primary(conn: connection, schema_name: str, targetids: Optional[Array
             if len(targetids) == 0:
                 return 0
             table = tempids.create(cur, targetids)
-        cur.execute(_flags_sql(schema_name, sql.SQL(
-            "JOIN {} AS s ON s.targetid = z.targetid").format(table), redshifts))
-        return cur.rowcount
+        # a tile's TARGETIDs: their rows by the targetid index, updated by the id index;
+        # left to itself the planner scanned the whole table twice, on every tile
+        with index_probes(cur):
+            cur.execute(_flags_sql(schema_name, sql.SQL(
+                "JOIN {} AS s ON s.targetid = z.targetid").format(table), redshifts))
+            return cur.rowcount
 
 
 def single_flags_sql() -> dict[str, sql.Composed]:
