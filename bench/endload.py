@@ -25,9 +25,12 @@ def measure(dsn, load, ks, log=print):
     (timed), CLUSTER and ANALYZE (timed); then the builds dropped and rebuilt on each
     other K.  ``rest_s`` = flags + CLUSTER + ANALYZE as timed here; ``load_rest_s`` = the
     load's own finalize - builds, for comparison."""
+    import inspect
+
     import psycopg2
 
     from specprod_db.db import builds
+    finish = "finish" in inspect.signature(builds.build_missing).parameters
     schema = load["schema"]
     t = load["timers"]
     out = {"tiles": load["tiles"], "rows": load["rows"],
@@ -43,16 +46,27 @@ def measure(dsn, load, ks, log=print):
             parts = flags_timed(dsn, schema)
         steps = {}
         t0 = time.perf_counter()
+        # CLUSTER and ANALYZE scheduled with the builds, as the load does, where the
+        # scheduler has them (builds.finishing); else timed after the builds
         builds.build_missing(dsn, schema, None, connections=k,
-                             progress=steps.__setitem__)
+                             progress=steps.__setitem__,
+                             **({"finish": True} if finish else {}))
         wall = time.perf_counter() - t0
         if i == 0:
-            parts.update(cluster_analyze_timed(dsn, schema))
+            if finish:
+                for part in ("cluster", "analyze"):
+                    parts[f"{part}_s"] = 0.0  # in the builds' wall (steps below)
+                    parts[f"{part}_steps_s"] = sum(
+                        v for n, v in steps.items() if n.startswith(part + "_"))
+            else:
+                parts.update(cluster_analyze_timed(dsn, schema))
             out["rest_parts"] = parts
-            out["rest_s"] = sum(parts.values())
+            out["rest_s"] = parts["flags_s"] + parts["cluster_s"] + parts["analyze_s"]
             log(f"  end of the load, {load['tiles']} tiles: flags {parts['flags_s']:.1f} s "
                 f"(before the builds, as the load), CLUSTER {parts['cluster_s']:.1f} s, "
-                f"ANALYZE {parts['analyze_s']:.1f} s (the load's own finalize - builds: "
+                f"ANALYZE {parts['analyze_s']:.1f} s (0: on the build sessions, steps "
+                f"{parts.get('cluster_steps_s', 0):.1f} + {parts.get('analyze_steps_s', 0):.1f}"
+                f" s) (the load's own finalize - builds: "
                 f"{out['load_rest_s']:.1f} s)")
         top = sorted(steps.items(), key=lambda kv: -kv[1])[:3]
         out["k"][str(k)] = {"builds_s": wall, "steps_sum_s": sum(steps.values()),

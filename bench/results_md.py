@@ -314,8 +314,11 @@ def markdown(res, text):
             (res.get("end_of_load") or {}).items(), key=lambda kv: int(kv[0]))]
         if all(p for _, p in parts):
             out += ["", "Flags / CLUSTER / ANALYZE, s: " + "; ".join(
-                f"{n} tiles {p['flags_s']:.1f} / {p['cluster_s']:.1f} / "
-                f"{p['analyze_s']:.1f}" for n, p in parts) + "."]
+                f"{n} tiles {p['flags_s']:.1f} / "
+                f"{p.get('cluster_steps_s', p['cluster_s']):.1f} / "
+                f"{p.get('analyze_steps_s', p['analyze_s']):.1f}" for n, p in parts)
+                + " (CLUSTER and ANALYZE: steps of the build sessions where the scheduler "
+                "has them, so inside the builds' wall, K=1 sums)."]
         if gr:
             out += ["", "Growth per tile (slope smallest -> largest): " + ", ".join(
                 f"K={k} {gr[k] * 1000:.1f} ms/tile" for k in ks) + "."]
