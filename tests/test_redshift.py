@@ -14,6 +14,7 @@ import fitsio
 import numpy as np
 import pytest
 from desispec.scripts.zcatalog import read_redrock
+from desispec.zcatalog import find_primary_spectra
 from desiutil.names import radec_to_desiname
 
 from specprod_db.load import fingerprints
@@ -50,7 +51,7 @@ def _expected(path, survey, program, tileid):
         if name.startswith("coeff_"):
             cols[name] = np.asarray(data["COEFF"])[:, int(name[-1])]
         elif name in PRIMARY:
-            cols[name] = 0
+            continue  # below
         elif up in data.colnames:
             cols[name] = np.asarray(data[up])
     if "FIRSTNIGHT" not in data.colnames:      # the old loader: min NIGHT of this file
@@ -59,6 +60,13 @@ def _expected(path, survey, program, tileid):
     cols["id"] = ids.ztile_id("cumulative", data["SPGRPVAL"], data["TILEID"],
                               data["TARGETID"])
     cols["targetphotid"] = ids.target_id(survey, tileid, data["TARGETID"])
+    # staged as the only rows of their TARGETIDs: desispec's flags over this file alone
+    # (one row per TARGETID in a tile), in the subsets the tile's survey is in
+    nspec, primary = find_primary_spectra(data)
+    for prefix, surveys in schema.PRIMARY_SUBSETS.items():
+        member = surveys is None or survey in surveys
+        cols[f"{prefix}_nspec"] = np.asarray(nspec) if member else 0
+        cols[f"{prefix}_primary"] = np.asarray(primary) if member else False
     return rows.build("ztile", cols, n=len(data))
 
 
@@ -80,10 +88,10 @@ def test_parity_with_read_redrock_on_mock(production):
         parts = [_expected(info["files"][p], survey, program, tileid)
                  for p in sorted(info["files"])]
         _assert_same(got, np.concatenate(parts))
-        # DESINAME is desiutil's, and the flags start at zero
+        # DESINAME is desiutil's, and the flags those of a TARGETID's only spectrum
         assert got["desiname"].astype(str).tolist() == list(
             radec_to_desiname(*_radec(info["files"])))
-        assert not got["zcat_primary"].any() and (got["zcat_nspec"] == 0).all()
+        assert got["zcat_primary"].all() and (got["zcat_nspec"] == 1).all()
         checked += 1
     assert checked >= 2
 

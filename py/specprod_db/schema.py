@@ -24,6 +24,7 @@ The name is ``schema`` in the sense of "the database layout"; the PostgreSQL nam
 """
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Optional
 
 import numpy as np
 
@@ -164,6 +165,26 @@ smallint: main_nspec
 boolean: main_primary
 smallint: zcat_nspec
 boolean: zcat_primary"""
+
+#: The subsets of desispec's primary-spectrum flags (``{prefix}_nspec``,
+#: ``{prefix}_primary``): the SURVEY values of each (None: every row).  The SQL of
+#: :mod:`specprod_db.load.finalize` and :func:`single_spectrum_flags` read it.
+PRIMARY_SUBSETS: dict[str, Optional[tuple[str, ...]]] = {
+    "zcat": None, "sv": ("sv1", "sv2", "sv3"), "main": ("main",)}
+
+
+def single_spectrum_flags(survey: np.ndarray) -> dict[str, np.ndarray]:
+    """The flags of rows each the only row of its TARGETID (``survey``: their SURVEY
+    bytes): ``nspec`` 1 and ``primary`` true in the subsets a row is in, 0 and false in
+    the others — what the flag computation gives such a row, so a redshift row is
+    staged with them and a target seen once costs its flag UPDATE no write."""
+    out: dict[str, np.ndarray] = {}
+    for prefix, surveys in PRIMARY_SUBSETS.items():
+        member = np.ones(len(survey), dtype=bool) if surveys is None else \
+            np.isin(survey, [s.encode() for s in surveys])
+        out[f"{prefix}_nspec"] = member.astype(np.int16)
+        out[f"{prefix}_primary"] = member
+    return out
 
 PHOTOMETRY = Table("photometry", """
 bigint: ls_id

@@ -272,9 +272,14 @@ def _read_petal(path: str, tileid: int, lastnight: int, survey: str, program: st
     cols["desiname"] = desiname_column(fm, where, stats)
     primary = {f"{p}_{k}": 0 for p in ("sv", "main", "zcat") for k in ("nspec", "primary")}
     try:
-        return rows.build("ztile", dict(cols, **primary), n=n, stats=stats), all_targetids
+        out = rows.build("ztile", dict(cols, **primary), n=n, stats=stats)
     except rows.RowError as err:
         raise InputError(f"{where}: {err}") from None
+    # staged as if each row were its TARGETID's only one: the flag UPDATE after the
+    # COPY then writes only the rows of TARGETIDs observed more than once
+    for name, values in schema.single_spectrum_flags(out["survey"]).items():
+        out[name] = values
+    return out, all_targetids
 
 
 def desiname_column(fm: np.ndarray, where: str, stats: Optional[dict] = None) -> np.ndarray:

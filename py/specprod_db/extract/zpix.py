@@ -131,6 +131,9 @@ def zpix_rows(path: str, survey: str, program: str, healpix: int,
         out = rows.build("zpix", dict(cols, **_FLAGS), n=n, stats=stats)
     except rows.RowError as err:
         raise InputError(f"{where}: {err}") from None
+    # as if each row were its TARGETID's only one (the flag UPDATE writes the others)
+    for name, values in schema.single_spectrum_flags(out["survey"]).items():
+        out[name] = values
     info["rows"] = len(out)
     return out, info
 

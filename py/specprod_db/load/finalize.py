@@ -39,14 +39,14 @@ from psycopg2 import sql
 from psycopg2.extensions import connection
 
 from specprod_db.db import tempids
+from specprod_db.schema import PRIMARY_SUBSETS
 from specprod_db.db.sql import index_probes
 
 #: ``primary`` flag pairs: column prefix -> SQL condition selecting the subset (or None).
 SUBSETS = {
-    "zcat": None,
-    "sv": sql.SQL("survey IN ('sv1', 'sv2', 'sv3')"),
-    "main": sql.SQL("survey = 'main'"),
-}
+    prefix: None if surveys is None else sql.SQL("survey IN ({})").format(
+        sql.SQL(", ").join(map(sql.Literal, surveys)))
+    for prefix, surveys in PRIMARY_SUBSETS.items()}
 
 #: The sort column of desispec's rule (decision 7).
 SORT_COLUMN = "tsnr2_lrg"
