@@ -6,7 +6,8 @@ write every table; ``read_state`` reads ``tile_state`` joined with ``tile``.
 """
 import re
 import zlib
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import psycopg2
 from psycopg2 import sql
@@ -90,16 +91,25 @@ def database_identity(conn: connection) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{system}-{name}")
 
 
-def read_state(conn: connection, schema_name: str) -> dict[int, dict[str, Any]]:
+def read_state(conn: connection, schema_name: str,
+               tiles: Optional[Iterable[int]] = None) -> dict[int, dict[str, Any]]:
     """``{tileid: row}`` of ``tile_state`` (its columns, and ``in_tile_table``: whether
-    the tile's ``tile`` row exists); the caller ends the transaction."""
+    the tile's ``tile`` row exists); the caller ends the transaction.
+
+    With ``tiles`` (a load's ``--tiles``), only those tiles' rows are whole; every other
+    tile's has its status and ``in_tile_table`` (what the guard on deletes counts) and
+    None elsewhere: the fingerprints and lines of every tile held made this read grow
+    with the database (0.1 s at 1,000 tiles, 1.5 s at 25,000) for a run that plans a
+    few."""
+    wide = ("updated", "lastnight", "tile_hash", "exposures_hash", "redrock_fingerprint",
+            "fiberassign_fingerprint", "line", "error")
+    column = sql.SQL("s.{}") if tiles is None else \
+        sql.SQL("CASE WHEN s.tileid = ANY(%(tiles)s) THEN s.{} END")
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("""SELECT s.tileid, s.status, s.updated, s.lastnight, s.tile_hash,
-                   s.exposures_hash, s.redrock_fingerprint, s.fiberassign_fingerprint, s.line,
-                   s.error, t.tileid IS NOT NULL
+        cur.execute(sql.SQL("""SELECT s.tileid, s.status, {}, t.tileid IS NOT NULL
             FROM {} s LEFT JOIN {} t ON t.tileid = s.tileid""").format(
-            qualified(schema_name, "tile_state"), qualified(schema_name, "tile")))
-        keys = ("tileid", "status", "updated", "lastnight", "tile_hash", "exposures_hash",
-                "redrock_fingerprint", "fiberassign_fingerprint", "line", "error",
-                "in_tile_table")
+            sql.SQL(", ").join(column.format(sql.Identifier(c)) for c in wide),
+            qualified(schema_name, "tile_state"), qualified(schema_name, "tile")),
+            {"tiles": sorted({int(t) for t in tiles or ()})})
+        keys = ("tileid", "status") + wide + ("in_tile_table",)
         return {r[0]: dict(zip(keys, r)) for r in cur.fetchall()}

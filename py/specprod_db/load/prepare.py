@@ -148,7 +148,7 @@ def plan_run(conn: Any, opts: Options, tally: Tally) -> Plan:
         if not opts.dry_run:
             check_write_access(conn, opts.schema)
         acquire_lock(conn, opts.schema)
-        state = read_state(conn, opts.schema)
+        state = read_state(conn, opts.schema, opts.tiles)
         conn.rollback()  # no transaction stays open while planning
         faults.hit("plan")  # failure tests only (faults.py)
         return _plan_actions(opts, state, tally)
