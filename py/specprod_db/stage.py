@@ -225,6 +225,26 @@ TARGETID = np.dtype([("targetid", "<i8")])
 _H5_TYPES: dict[np.dtype, Any] = {}
 
 
+def _h5type(dtype: np.dtype) -> Any:
+    """The HDF5 type of ``dtype``, built once per dtype (h5py rebuilds it at every
+    high-level call: for photometry's ~150-field compound, more than the I/O)."""
+    h5type = _H5_TYPES.get(dtype)
+    if h5type is None:
+        h5type = _H5_TYPES[dtype] = h5py.h5t.py_create(dtype)
+    return h5type
+
+
+def write_rows(f: h5py.File, name: str, rows: np.ndarray) -> None:
+    """Dataset ``name`` of ``f`` holding ``rows`` (a 1-d structured array), written
+    through h5py's low-level calls with the type of :func:`_h5type`; read back by
+    :func:`read_rows` (or any HDF5 reader: the same dataset ``create_dataset`` makes)."""
+    h5type = _h5type(rows.dtype)
+    dataset = h5py.h5d.create(f.id, name.encode(), h5type,
+                              h5py.h5s.create_simple((len(rows),)))
+    if len(rows):
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(rows), mtype=h5type)
+
+
 def read_rows(dataset: Any, dtype: np.dtype) -> np.ndarray:
     """A staged table (an h5py dataset) as a structured array of ``dtype``: the table's
     dtype in :mod:`specprod_db.schema` (what :meth:`StageFile.write` wrote), or a subset
@@ -232,9 +252,7 @@ def read_rows(dataset: Any, dtype: np.dtype) -> np.ndarray:
     low-level call with the memory type built once per dtype: ``dataset[()]`` rebuilds
     the numpy dtype of a compound type of ~150 fields at every read, which cost more
     than the read itself."""
-    h5type = _H5_TYPES.get(dtype)
-    if h5type is None:
-        h5type = _H5_TYPES[dtype] = h5py.h5t.py_create(dtype)
+    h5type = _h5type(dtype)
     out = np.empty(dataset.shape, dtype=dtype)
     if out.size:
         dataset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, out, h5type)
@@ -270,7 +288,7 @@ class StageFile:
                 for name, rows in tables.items():
                     if rows.dtype != schema_table(name).dtype:
                         raise TypeError(f"stage {name}: dtype differs from the schema")
-                    f.create_dataset(name, data=rows)
+                    write_rows(f, name, rows)
                 for name, arr in (extra or {}).items():
                     f.create_dataset(f"aux/{name}", data=arr)
                 faults.hit(f"stage-{os.path.basename(self.path)}")  # tests: enospc:...
