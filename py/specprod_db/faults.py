@@ -16,6 +16,11 @@ committed, before the next tile):
     the writer kills itself (SIGKILL) at the ``copy`` point of that tile;
 ``kill:commit-TILEID``
     the writer kills itself right after that tile committed (between tiles);
+``kill:builds``, ``kill:built-NAME``
+    the root of a bulk load kills itself at the end of the load, before its first
+    build, or after a step of build ``NAME`` (:mod:`specprod_db.db.builds`: a key, an
+    index, ``cluster_TABLE``, ``analyze_TABLE``; a foreign key after its NOT VALID add
+    and after its validation);
 ``pause:TILEID``
     the writer, at the ``copy`` point of the tile, creates
     ``$SPECPROD_DB_FAULT_DIR/paused-TILEID`` and waits (at most 300 s) until
