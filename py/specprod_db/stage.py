@@ -236,7 +236,7 @@ def _h5type(dtype: np.dtype) -> Any:
 
 def write_rows(f: h5py.File, name: str, rows: np.ndarray) -> None:
     """Dataset ``name`` of ``f`` holding ``rows`` (a 1-d structured array), written
-    through h5py's low-level calls with the type of :func:`_h5type`; read back by
+    through h5py's low-level calls with the type of ``_h5type``; read back by
     :func:`read_rows` (or any HDF5 reader: the same dataset ``create_dataset`` makes)."""
     h5type = _h5type(rows.dtype)
     dataset = h5py.h5d.create(f.id, name.encode(), h5type,
