@@ -249,6 +249,8 @@ def cached(dsn, name):
 
 
 def drop(dsn, name):
+    """``DROP SCHEMA name CASCADE`` (if it exists), in its own autocommit session: the
+    benchmarks' schemas, cached or not (``bench/run.py`` drops its own with it)."""
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as cur:

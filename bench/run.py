@@ -131,14 +131,6 @@ def new_schema(dsn, env):
     return name
 
 
-def drop_schema(dsn, name):
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
-    conn.close()
-
-
 # --- (b) end-to-end load ---------------------------------------------------------------
 
 def run_load(dsn, env, workdir, ranks, label, tiles=None, keep_stage=False, initial=False,
@@ -644,7 +636,7 @@ def main():
         raise
     finally:
         for s in schemas:
-            drop_schema(dsn, s)
+            replicate.drop(dsn, s)
     res["loadavg"] = (lo0, loadavg())
     res["loadavg3_end"] = open("/proc/loadavg").read().split()[:3]
     res["total_s"] = time.time() - t_start

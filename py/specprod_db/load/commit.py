@@ -11,7 +11,7 @@ from typing import Any, Optional, Union
 
 import psycopg2
 
-from specprod_db import faults, mpi, schema
+from specprod_db import faults, mpi
 from specprod_db.db.connect import server_stop
 from specprod_db.errors import DatabaseLost, one_line
 from specprod_db.load import tile_writer
@@ -127,8 +127,7 @@ def _write_one(a: TileAction, wave: Wave, legacy: Any, opts: Options, session: S
             tile_writer.refresh_state(conn, opts.schema, a, session.run_id, result.state)
             log.info("tile %d: inputs touched, same contents: state refreshed", a.tileid)
             return
-        # not its photometry: the wave's rows (WavePhotometry) instead
-        tables = result.stage.tables([t.name for t in schema.tile_tables()])
+        tables = tile_writer.staged_tile_rows(result.stage)
         c = tile_writer.write_tile(conn, opts.schema, a, tables, result.state, session.run_id,
                                    [legacy.rows_for(result.targetids)],
                                    tile_writer.WriteMode.on_root(session.rebuild, session.keep,

@@ -40,7 +40,7 @@ from psycopg2.extensions import connection
 
 from specprod_db.db import tempids
 from specprod_db.schema import PRIMARY_SUBSETS
-from specprod_db.db.sql import index_probes
+from specprod_db.db.sql import index_probes, qualified
 
 #: ``primary`` flag pairs: column prefix -> SQL condition selecting the subset (or None).
 SUBSETS = {
@@ -176,7 +176,7 @@ def _update_all(cur: Any, schema_name: str, redshifts: str) -> int:
     :func:`single_flags_sql` without sorting anything.  Sorting every row of the table
     three times (one window partition per subset) was the costliest step of the end of
     an initial load, and most TARGETIDs have one spectrum."""
-    table = sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier(redshifts))
+    table = qualified(schema_name, redshifts)
     multi = tempids.create(cur, select=sql.SQL(
         "SELECT targetid FROM {} GROUP BY targetid HAVING count(*) > 1").format(table))
     cur.execute(_flags_sql(schema_name, sql.SQL("JOIN {} AS s ON s.targetid = z.targetid")

@@ -155,6 +155,13 @@ def new_photometry(cur: cursor, schema_name: str, rows: np.ndarray,
     return rows[~np.isin(rows["targetid"], have)] if len(have) else rows
 
 
+def staged_tile_rows(stage: Any) -> dict[str, np.ndarray]:
+    """A tile's stage file (:class:`~specprod_db.stage.StageFile`) as ``write_tile``'s
+    ``tables``: its per-tile tables, not its photometry (the wave's rows,
+    :class:`WavePhotometry`, are written instead)."""
+    return stage.tables([t.name for t in schema.tile_tables()])
+
+
 def _tile_condition(schema_name: str, table: Any, owned: Any) -> sql.Composable:
     """WHERE clause selecting a tile's rows of ``table`` (parameter ``%(t)s``): its
     ``tileid``, and rows whose parent row (a foreign key to another of the ``owned``

@@ -30,7 +30,6 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import connection
 
-from specprod_db import schema
 from specprod_db.db.connect import bulk_session, connect, server_stop
 from specprod_db.db.sql import transaction
 from specprod_db.errors import one_line
@@ -97,8 +96,7 @@ def write_task(job: WriteJob) -> WriteResult:
     from specprod_db.load import tile_writer
     conn = _connection(job)
     action = job.action
-    # not its photometry: the wave's rows come with the task
-    tables = job.stage.tables([t.name for t in schema.tile_tables()])
+    tables = tile_writer.staged_tile_rows(job.stage)  # the wave's photometry: in the job
     try:
         mode = tile_writer.WriteMode.on_writer_rank(
             shared_table(job.schema, job.run_id, "keep"),
