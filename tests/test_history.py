@@ -220,7 +220,7 @@ def test_history_is_written_in_the_tiles_transaction(runs, pg_dsn, monkeypatch):
 
     def boom(*args, **kwargs):
         raise RuntimeError("injected after the COPY")
-    monkeypatch.setattr(tile_writer, "update_primary", boom)
+    monkeypatch.setattr(tile_writer, "flag_staged", boom)
     conn = connect(pg_dsn)
     try:
         action = TileAction(1001, "UPDATE", "test", {}, False, {})

@@ -91,36 +91,46 @@ def flag_expressions(tie_break: Sequence[str] = TIE_BREAK) -> dict[str, sql.Comp
     return out
 
 
+def _source_rows(relation: sql.Composable, join: sql.Composable,
+                 redshifts: str) -> sql.Composable:
+    """SELECT of the columns the flags read (``id``, ``targetid``, ``survey``, ``zwarn``,
+    the tie-breaks and ``inv``) from the rows of ``relation`` (alias ``z``) that
+    ``join`` (SQL after ``FROM relation AS z``) selects."""
+    columns = ["targetid", "survey", "zwarn"] + [c for c in TIE_BREAKS[redshifts]
+                                                 if c != "id"]
+    return sql.SQL("SELECT z.id, {columns}, {inv} AS inv FROM {relation} AS z {join}").format(
+        columns=sql.SQL(", ").join(sql.Identifier("z", c) for c in columns),
+        inv=inv_sql("z"), relation=relation, join=join)
+
+
+def _flags_select(rows: sql.Composable, redshifts: str) -> sql.Composable:
+    """``WITH src AS (rows), flags AS (SELECT id, six flags FROM src)``: the flags of
+    the rows ``rows`` (:func:`_source_rows`, or a UNION ALL of them) gives."""
+    selects = [sql.SQL("id")] + [
+        sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
+        for name, expr in flag_expressions(TIE_BREAKS[redshifts]).items()]
+    return sql.SQL("WITH src AS ({rows}), flags AS (SELECT {selects} FROM src)").format(
+        rows=rows, selects=sql.SQL(", ").join(selects))
+
+
+def _set_flags(target: sql.Composable, flags: sql.Composable) -> sql.Composable:
+    """UPDATE of ``target``'s six flag columns from the relation ``flags`` (``id`` and the
+    flags) where they differ."""
+    names = [sql.Identifier(n) for n in FLAG_COLUMNS]
+    values = sql.SQL(", ").join(sql.SQL("f.{}").format(n) for n in names)
+    return sql.SQL("UPDATE {target} AS t SET ({names}) = ({values}) FROM {flags} AS f "
+                   "WHERE t.id = f.id AND ({names_t}) IS DISTINCT FROM ({values})").format(
+        target=target, flags=flags, names=sql.SQL(", ").join(names), values=values,
+        names_t=sql.SQL(", ").join(sql.SQL("t.{}").format(n) for n in names))
+
+
 def _flags_sql(schema_name: str, source: sql.Composable,
                redshifts: str = "ztile") -> sql.Composable:
     """UPDATE of the six flag columns for the rows of ``redshifts`` (``ztile`` or
     ``zpix``) selected by ``source``."""
-    tie_break = TIE_BREAKS[redshifts]
-    selects = [sql.SQL("id")] + [
-        sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
-        for name, expr in flag_expressions(tie_break).items()]
-    names = [sql.Identifier(n) for n in FLAG_COLUMNS]
-    columns = ["targetid", "survey", "zwarn"] + [c for c in tie_break if c != "id"]
-    return sql.SQL("""
-        WITH src AS (
-            SELECT z.id, {columns},
-                   {inv} AS inv
-            FROM {ztile} AS z {source}
-        ), flags AS (
-            SELECT {selects} FROM src
-        )
-        UPDATE {ztile} AS t SET ({names}) = ({values})
-        FROM flags AS f
-        WHERE t.id = f.id AND ({names_t}) IS DISTINCT FROM ({values})
-    """).format(
-        ztile=sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier(redshifts)),
-        columns=sql.SQL(", ").join(sql.Identifier("z", c) for c in columns),
-        inv=inv_sql("z"),
-        source=source,
-        selects=sql.SQL(", ").join(selects),
-        names=sql.SQL(", ").join(names),
-        names_t=sql.SQL(", ").join(sql.SQL("t.{}").format(n) for n in names),
-        values=sql.SQL(", ").join(sql.SQL("f.{}").format(n) for n in names))
+    table = qualified(schema_name, redshifts)
+    return _flags_select(_source_rows(table, source, redshifts), redshifts) + \
+        sql.SQL(" ") + _set_flags(table, sql.SQL("flags"))
 
 
 def update_primary(conn: connection, schema_name: str, targetids: Optional[ArrayLike] = None,
@@ -154,6 +164,36 @@ def update_primary(conn: connection, schema_name: str, targetids: Optional[Array
             cur.execute(_flags_sql(schema_name, sql.SQL(
                 "JOIN {} AS s ON s.targetid = z.targetid").format(table), redshifts))
             return cur.rowcount
+
+
+def flag_staged(conn: connection, schema_name: str, touched: sql.Composable,
+                staged: sql.Composable) -> int:
+    """The flags of a daily tile's new ``ztile`` rows, set in ``staged`` (a temporary
+    table of them, not yet inserted), and of the other ``ztile`` rows of the TARGETIDs
+    in ``touched``, set in ``ztile``: the same rule as :func:`update_primary` over the
+    table with the new rows in it; rows changed (in both).
+
+    The new rows then go into ``ztile`` with their final flags.  Flagging them after the
+    insert rewrote each one: a new row version in every one of ztile's fourteen indexes,
+    and its three foreign keys checked again (PostgreSQL checks a row updated in the
+    transaction that inserted it, whether or not its keys changed): a third of a
+    full-size tile's write (issue 18 (f))."""
+    with conn.cursor() as cur:
+        table = qualified(schema_name, "ztile")
+        flags = sql.Identifier("_tile_flags")
+        rows = _source_rows(table, sql.SQL("JOIN {} AS s ON s.targetid = z.targetid").format(
+            touched), "ztile") + sql.SQL(" UNION ALL ") + _source_rows(
+                staged, sql.SQL(""), "ztile")
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(flags))
+        with index_probes(cur):  # the touched TARGETIDs' rows by the targetid index
+            cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(flags)
+                        + _flags_select(rows, "ztile") + sql.SQL(" SELECT * FROM flags"))
+            cur.execute(_set_flags(table, flags))  # by the id index
+            changed = cur.rowcount
+        cur.execute(_set_flags(staged, flags))  # two small tables: hashed
+        changed += cur.rowcount
+        cur.execute(sql.SQL("DROP TABLE {}").format(flags))
+        return changed
 
 
 def single_flags_sql() -> dict[str, sql.Composed]:

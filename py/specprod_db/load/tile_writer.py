@@ -41,7 +41,7 @@ from specprod_db.db.pgcopy import Encoder, StreamReader, prefetch
 from specprod_db.db.sql import fetch_one, qualified, transaction
 from specprod_db.errors import InputError
 from specprod_db.load import refusals
-from specprod_db.load.finalize import update_primary
+from specprod_db.load.finalize import flag_staged, update_primary
 from specprod_db.load.photometry_ids import PhotometryIds
 from specprod_db.load.plan import TileAction
 from specprod_db.schema import table as schema_table
@@ -79,6 +79,32 @@ def copy_rows(cur: cursor, schema_name: str, table_name: str, rows: np.ndarray,
     return len(rows)
 
 
+def staging_table(cur: cursor, schema_name: str, table_name: str,
+                  rows: np.ndarray) -> sql.Identifier:
+    """A temporary table like ``table_name`` (no keys, no indexes, dropped at commit)
+    holding ``rows`` (binary COPY), emptied first if the transaction made it before."""
+    tmp = sql.Identifier(f"_stage_{table_name}")
+    cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DROP").format(
+        tmp, qualified(schema_name, table_name)))
+    cur.execute(sql.SQL("TRUNCATE {}").format(tmp))
+    copy_rows(cur, schema_name, table_name, rows, target=tmp)
+    return tmp
+
+
+def insert_flagged_ztile(conn: connection, cur: cursor, schema_name: str, rows: np.ndarray,
+                         touched: sql.Composable) -> tuple[int, int]:
+    """Insert a daily tile's ``ztile`` rows with their final primary flags, and update
+    those of the other rows of the TARGETIDs in ``touched``
+    (:func:`~specprod_db.load.finalize.flag_staged`): the rows are flagged in a
+    temporary table, then inserted once.  Returns (rows inserted, flag rows changed)."""
+    tmp = staging_table(cur, schema_name, "ztile", rows)
+    changed = flag_staged(conn, schema_name, touched, tmp)
+    cols = sql.SQL(", ").join(map(sql.Identifier, schema_table("ztile").names))
+    cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ORDER BY id").format(
+        qualified(schema_name, "ztile"), cols, cols, tmp))
+    return cur.rowcount, changed
+
+
 def copy_upsert(cur: cursor, schema_name: str, table_name: str, rows: np.ndarray,
                 conflict: Sequence[str], update: bool = False) -> int:
     """COPY into a temporary table, then INSERT ... ON CONFLICT (DO NOTHING / UPDATE).
@@ -88,11 +114,7 @@ def copy_upsert(cur: cursor, schema_name: str, table_name: str, rows: np.ndarray
     if len(rows) == 0:
         return 0
     table = schema_table(table_name)
-    tmp = sql.Identifier(f"_stage_{table_name}")
-    cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DROP").format(
-        tmp, qualified(schema_name, table_name)))
-    cur.execute(sql.SQL("TRUNCATE {}").format(tmp))
-    copy_rows(cur, schema_name, table_name, rows, target=tmp)
+    tmp = staging_table(cur, schema_name, table_name, rows)
     cols = sql.SQL(", ").join(map(sql.Identifier, table.names))
     action: sql.Composable
     if update:
@@ -426,17 +448,18 @@ def _write_tile(conn: connection, schema_name: str, action: TileAction,
             counts["photometry"] = copy_upsert(cur, schema_name, "photometry", rows,
                                                ("targetid",))
         for table in schema.tile_tables(full):
-            if table.name != "tile":
-                counts[table.name] = copy_rows(cur, schema_name, table.name, tables.get(
-                    table.name, table.empty()))
+            rows_of = tables.get(table.name, table.empty())
+            if table.name == "ztile" and mode.flags_now and touched is not None:
+                counts["ztile"], counts["primary"] = insert_flagged_ztile(
+                    conn, cur, schema_name, rows_of, touched)
+            elif table.name != "tile":
+                counts[table.name] = copy_rows(cur, schema_name, table.name, rows_of)
         if old is not None:
             counts["photometry_deleted"] = delete_orphan_photometry(cur, schema_name, old,
                                                                     mode.keep)
         upsert_state(cur, schema_name, tileid, "loaded", run_id, state, action.line)
         faults.hit("copy", tileid)  # crash tests only (faults.py)
-        if mode.flags_now:
-            counts["primary"] = update_primary(conn, schema_name, table=touched)
-        elif mode.touched is not None and touched is not None:  # later, by the root
+        if mode.touched is not None and touched is not None:  # later, by the root
             cur.execute(sql.SQL("INSERT INTO {} SELECT targetid FROM {} ON CONFLICT DO "
                                 "NOTHING").format(mode.touched, touched))
         record_history(cur, schema_name, run_id, tileid, action.action, action.reason, LOADED,
