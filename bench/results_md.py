@@ -224,6 +224,20 @@ def markdown(res, text):
                 f"{mo['wall_s'] / max(1, mo['tiles_written']) / mo['initial_s_per_tile']:.2f} | "
                 + ", ".join(f"{k} {v:.1f}" for k, v in mo["timers"].items())
                 + f" | {' '.join(mo['loadavg3_before'])} |", ""]
+        fl = mo.get("floor")
+        if fl and fl["tiles"]:
+            n = len(fl["tiles"])
+            w = mo["timers"]["write"]
+            out += ["The floor of the daily write (`bench/daily_floor.py`): the server's own "
+                    "binary COPY of the same tiles' rows (as the morning left them) into the "
+                    "same fully constrained tables, no client, nothing else of a tile's "
+                    "transaction (a new tile's rows into vacuumed tables, a re-observed "
+                    "tile's after its old rows are deleted in the same transaction).", "",
+                    "| tiles written | write s per tile | floor s per tile | write / floor "
+                    "| floor per table (s) |", "|---:|---:|---:|---:|---|",
+                    f"| {n} | {w / n:.2f} | {fl['floor_s'] / n:.2f} | "
+                    f"{w / fl['floor_s']:.2f} | "
+                    + ", ".join(f"{k} {v:.1f}" for k, v in fl["tables"].items()) + " |", ""]
     g = res.get("growth") or []
     if g:
         names = _timer_names(g)

@@ -38,6 +38,7 @@ import psycopg2  # noqa: E402
 from psycopg2 import sql  # noqa: E402
 
 import copy_ceiling  # noqa: E402
+import daily_floor  # noqa: E402
 import endload  # noqa: E402
 import mocks  # noqa: E402
 import morning  # noqa: E402
@@ -286,6 +287,13 @@ def report(res):
                 f"{mo['wall_s'] / max(1, mo['tiles_written']):.2f} s per written tile vs "
                 f"{mo['initial_s_per_tile']:.2f} s per tile in the initial load; timers "
                 + ", ".join(f"{k} {v:.1f}" for k, v in mo["timers"].items())]
+        fl = mo.get("floor")
+        if fl and fl["tiles"]:
+            n = len(fl["tiles"])
+            out.append(f"    write {mo['timers']['write'] / n:.2f} s per written tile; the "
+                       f"server's own COPY of the same rows into the constrained tables "
+                       f"{fl['floor_s'] / n:.2f} s per tile (write / floor "
+                       f"{mo['timers']['write'] / fl['floor_s']:.2f}; goal <= 0.6 s per tile)")
     g = res.get("growth")
     if g:
         out += ["", f"(d) the same {g[0]['tiles_written']} new small tiles loaded daily "
@@ -502,6 +510,7 @@ def main():
                          schema_name=last["schema"])
             r["advance_s"] = adv_s
             r["initial_s_per_tile"] = last["wall_s"] / last["tiles"]
+            r["floor"] = daily_floor.run(dsn, last["schema"], log=log)
             res["morning"] = r
             shutil.rmtree(r["stage_dir"], ignore_errors=True)
 
