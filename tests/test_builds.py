@@ -130,6 +130,27 @@ def test_the_end_of_a_bulk_load_clusters_before_the_other_builds(created, pg_dsn
     created.rollback()
 
 
+@pytest.mark.parametrize("connections", [1, 3])
+def test_the_flags_run_in_parts_before_their_tables_builds(created, pg_dsn, schema_name,
+                                                           reference, connections):
+    """finish=True with the load's flag parts (load/finish.flag_parts): ztile's in one
+    step per session, every one done before any other ztile build (an UPDATE on the bare
+    table writes no index entry), zpix's before zpix's builds; the catalog is init's."""
+    from specprod_db.load.finish import flag_parts
+    builds.drop(created, schema_name, builds.bulk_builds())
+    steps = []
+    seconds = builds.build_missing(pg_dsn, schema_name, connections=connections,
+                                   progress=lambda name, s: steps.append(name),
+                                   finish=True, first=flag_parts(schema_name, connections))
+    for table, parts in (("ztile", connections), ("zpix", 1)):
+        firsts = [f"first_{table}_{k}" for k in range(parts)]
+        assert set(firsts) <= set(seconds)
+        last = max(steps.index(f"{f}: first") for f in firsts)
+        others = {b.name for b in builds.table_builds(builds.schema_table(table))}
+        assert [s for s in steps[:last] if s.split(": ")[0] in others] == [], table
+    assert catalog(created, schema_name) == reference
+
+
 def test_direct_foreign_keys_give_the_same_catalog(created, pg_dsn, schema_name, reference):
     builds.drop(created, schema_name, builds.bulk_builds())
     builds.build_missing(pg_dsn, schema_name, builds.bulk_builds(), connections=2,
@@ -198,8 +219,12 @@ def _wait_for(pg_dsn, query, timeout=20):
     pytest.fail(f"timed out waiting for: {query}")
 
 
-_BLOCKED_BUILD = """SELECT pid FROM pg_stat_activity WHERE application_name =
-    'specprod-db build' AND wait_event_type = 'Lock' LIMIT 1"""
+def _blocked_build(schema_name):
+    """The pid of a build session of ``schema_name`` waiting for a lock (this test's:
+    under pytest-xdist another test's builds may be waiting too)."""
+    return ("SELECT pid FROM pg_stat_activity WHERE application_name = 'specprod-db build' "
+            "AND wait_event_type = 'Lock' AND position(" + repr(f'"{schema_name}".')
+            + " in query) > 0 LIMIT 1")
 
 
 def _locked(pg_dsn, schema_name, table):
@@ -223,7 +248,7 @@ def test_terminated_session_mid_build_then_rerun(created, pg_dsn, schema_name, r
     thread = threading.Thread(target=run)
     thread.start()
     try:
-        pid = _wait_for(pg_dsn, _BLOCKED_BUILD)
+        pid = _wait_for(pg_dsn, _blocked_build(schema_name))
         _wait_for(pg_dsn, f"SELECT pg_terminate_backend({pid})")
     finally:
         holder.rollback()
@@ -246,7 +271,7 @@ def test_sigkilled_client_ends_its_waiting_build(created, pg_dsn, schema_name, r
                              "builds.build_missing(sys.argv[1], sys.argv[2], connections=1)",
                              pg_dsn, schema_name], stderr=subprocess.PIPE)
     try:
-        pid = _wait_for(pg_dsn, _BLOCKED_BUILD)
+        pid = _wait_for(pg_dsn, _blocked_build(schema_name))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
         _wait_for(pg_dsn, f"SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity "

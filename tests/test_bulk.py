@@ -103,6 +103,7 @@ def test_killed_in_the_bulk_phase_then_rerun(pg_dsn, schemas, small_production, 
     ("built-ztile_tileid_fkey", ("--initial",)),   # a foreign key left NOT VALID
     ("built-ix_photometry_q3c_ang2ipix", ()),      # a plain load finishes it too
     ("builds", ()),                                 # every row there, no build yet
+    ("built-first_ztile_0", ()),                    # one part of ztile's flags done
 ])
 def test_killed_during_the_builds_then_rerun(point, rerun, pg_dsn, schemas,
                                              small_production, mpirun, daily,
@@ -124,6 +125,9 @@ def test_killed_during_the_builds_then_rerun(point, rerun, pg_dsn, schemas,
         assert "ztile_tileid_fkey" in missing
     elif point == "builds":
         assert set(missing) == {b.name for b in builds.bulk_builds()}
+    elif point.startswith("built-first_"):  # ztile's builds wait for all its flags
+        assert {b.name for b in builds.table_builds(builds.schema_table("ztile"))} <= \
+            set(missing)
     else:
         assert "ix_photometry_q3c_ang2ipix" not in missing
     report = json.loads(status(pg_dsn, name, prod).stdout)

@@ -222,3 +222,26 @@ def test_all_rows_resets_single_spectra_whatever_they_held(conn, schema_name):
         data["targetid"], singles).sum())
     conn.commit()
     assert _fetch(conn, schema_name) == want
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_all_rows_in_parts_match_desispec(conn, schema_name, parts):
+    """The end of an initial load flags ztile in parts (TARGETID modulo the build
+    sessions, each its own transaction, run at once): together they flag every row as
+    desispec does, each part touches only its own TARGETIDs, and a second pass changes
+    nothing."""
+    data = _rows(7)
+    _create_with_defaults(conn, schema_name, data)
+    rid = [ids.to_int(x)[0] for x in data["id"]]
+    for k in range(parts):
+        with conn.cursor() as cur:
+            for statement in finalize.update_all_sql(schema_name, "ztile", k, parts):
+                cur.execute(statement)
+        conn.commit()
+        got = _fetch(conn, schema_name)
+        later = data["targetid"] % parts > k  # parts not run yet: untouched
+        assert all(got[r] == (0, False, 0, False, 0, False)
+                   for r, o in zip(rid, later) if o)
+    exp, ambiguous = _expected(data)
+    _check(data, _fetch(conn, schema_name), exp, ambiguous)
+    assert finalize.update_primary(conn, schema_name) == 0

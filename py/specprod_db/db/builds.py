@@ -72,6 +72,9 @@ KINDS = (PRIMARY_KEY, UNIQUE, UNIQUE_INDEX, FOREIGN_KEY, INDEX, Q3C)
 #: (:func:`finishing`): CLUSTER on its q3c index, ANALYZE.
 CLUSTER = "cluster"
 ANALYZE = "analyze"
+#: Work of the caller's run as a step of the end of the load, before the table's builds
+#: (:func:`finishing`'s ``first``: the primary flags of every row, in parts).
+FIRST = "first"
 CONSTRAINT_KINDS = (PRIMARY_KEY, UNIQUE, FOREIGN_KEY)
 KEY_KINDS = (PRIMARY_KEY, UNIQUE, UNIQUE_INDEX)
 
@@ -85,6 +88,7 @@ CHECK_BEFORE = "before"
 CHECK_ON_FAILURE = "on failure"
 
 ROW_SHARE = "ROW SHARE"
+ROW_EXCLUSIVE = "ROW EXCLUSIVE"
 SHARE_UPDATE_EXCLUSIVE = "SHARE UPDATE EXCLUSIVE"
 SHARE = "SHARE"
 SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
@@ -94,13 +98,14 @@ ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
 #: restricted to the modes a build takes.
 _CONFLICTS = {
     ROW_SHARE: {ACCESS_EXCLUSIVE},
+    ROW_EXCLUSIVE: {SHARE, SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE},
     SHARE_UPDATE_EXCLUSIVE: {SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE,
                              ACCESS_EXCLUSIVE},
-    SHARE: {SHARE_UPDATE_EXCLUSIVE, SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE},
-    SHARE_ROW_EXCLUSIVE: {SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE,
+    SHARE: {ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE, SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE},
+    SHARE_ROW_EXCLUSIVE: {ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE,
                           ACCESS_EXCLUSIVE},
-    ACCESS_EXCLUSIVE: {ROW_SHARE, SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE,
-                       ACCESS_EXCLUSIVE},
+    ACCESS_EXCLUSIVE: {ROW_SHARE, ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE, SHARE,
+                       SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE},
 }
 
 #: Builds a bulk load keeps during its bulk phase: the writer's ``INSERT ... ON
@@ -147,6 +152,8 @@ class Build:
     columns: tuple[str, ...]
     references: tuple[str, str] | None = None
     depends: tuple[str, ...] = field(default=())
+    #: the statements of a :data:`FIRST` build, run in one transaction
+    statements: tuple[sql.Composable, ...] = field(default=(), compare=False)
 
     @property
     def is_constraint(self) -> bool:
@@ -188,6 +195,8 @@ class Build:
                 target, sql.Identifier(f"ix_{self.table}_q3c_ang2ipix"))
         if self.kind == ANALYZE:
             return sql.SQL("ANALYZE {}").format(target)
+        if self.kind == FIRST:
+            return sql.SQL("; ").join(self.statements)
         ra, dec = self.columns
         return sql.SQL("CREATE INDEX {} ON {} (q3c_ang2ipix({}, {}))").format(
             name, target, sql.Identifier(ra), sql.Identifier(dec))
@@ -216,8 +225,9 @@ class Build:
             return [Step(self, "add not valid", self.create_sql(schema_name, True),
                          ((self.table, SHARE_ROW_EXCLUSIVE), (parent, SHARE_ROW_EXCLUSIVE))),
                     self._validate(schema_name, parent)]
-        if self.kind in (CLUSTER, ANALYZE):
-            mode = ACCESS_EXCLUSIVE if self.kind == CLUSTER else SHARE_UPDATE_EXCLUSIVE
+        if self.kind in (CLUSTER, ANALYZE, FIRST):
+            mode = {CLUSTER: ACCESS_EXCLUSIVE, ANALYZE: SHARE_UPDATE_EXCLUSIVE,
+                    FIRST: ROW_EXCLUSIVE}[self.kind]
             return [Step(self, self.kind, self.create_sql(schema_name),
                          ((self.table, mode),))]
         mode = ACCESS_EXCLUSIVE if self.is_constraint else SHARE
@@ -271,27 +281,44 @@ def bulk_builds(keep: Iterable[str] = BULK_KEEP) -> tuple[Build, ...]:
                  if b.name not in kept)
 
 
-def finishing(todo: Sequence[Build], tables: Iterable[Table] = TABLES) -> list[Build]:
+def finishing(todo: Sequence[Build], tables: Iterable[Table] = TABLES,
+              first: Mapping[str, Sequence[Sequence[sql.Composable]]] | None = None
+              ) -> list[Build]:
     """``todo`` (the builds a bulk load lacks) with the rest of the end of that load, as
-    builds the scheduler runs with them on its sessions: each table with a q3c index
-    CLUSTERed on it (as the old tool did after loading) as soon as that index exists and
-    before the table's other missing builds — CLUSTER rewrites the table and rebuilds
-    every index it has, so an index built before it would be built twice — then every
-    table ANALYZEd once its builds are done (the q3c expression index has statistics of
-    its own).  They are not in the catalog: each run of the end does them again."""
+    builds the scheduler runs with them on its sessions:
+
+    * ``first``: ``{table: [statements of part 1, of part 2, ...]}``, work on a table
+      before its builds (the primary flags of every row: on the bare table an UPDATE
+      writes no index entry), each part a step of its own (``first_TABLE_K``, ROW
+      EXCLUSIVE: the parts run at once, on rows disjoint by TARGETID);
+    * each table with a q3c index CLUSTERed on it (as the old tool did after loading) as
+      soon as that index exists and before the table's other missing builds — CLUSTER
+      rewrites the table and rebuilds every index it has, so an index built before it
+      would be built twice;
+    * then every table ANALYZEd once its builds are done (the q3c expression index has
+      statistics of its own).
+
+    They are not in the catalog: each run of the end does them again."""
     out: list[Build] = []
     names = {b.name for b in todo}
+    first = first or {}
     for t in tables:
         mine = [b for b in todo if b.table == t.name]
+        before = [Build(f"first_{t.name}_{k}", t.name, FIRST, (), statements=tuple(part))
+                  for k, part in enumerate(first.get(t.name, ()))]
+        ahead = tuple(b.name for b in before)
         clustered: tuple[str, ...] = ()
         if t.q3c:
             q3c = f"ix_{t.name}_q3c_ang2ipix"
             cluster = Build(f"cluster_{t.name}", t.name, CLUSTER, (),
-                            depends=(q3c,) if q3c in names else ())
+                            depends=((q3c,) if q3c in names else ()) + ahead)
             clustered = (cluster.name,)
-            mine = [b if b.kind == Q3C else replace(b, depends=b.depends + clustered)
-                    for b in mine]
+            mine = [replace(b, depends=b.depends + ahead) if b.kind == Q3C else
+                    replace(b, depends=b.depends + ahead + clustered) for b in mine]
             mine.append(cluster)
+        else:
+            mine = [replace(b, depends=b.depends + ahead) for b in mine]
+        mine = before + mine
         out += mine
         out.append(Build(f"analyze_{t.name}", t.name, ANALYZE, (),
                          depends=tuple(b.name for b in mine)))
@@ -572,17 +599,20 @@ def _sizes(conn: Any, schema_name: str) -> dict[str, int]:
 
 
 def plan(conn: Any, schema_name: str, builds: Iterable[Build] | None = None,
-         fk: str = FK_NOT_VALID, finish: bool = False) -> list[Step]:
+         fk: str = FK_NOT_VALID, finish: bool = False,
+         first: Mapping[str, Sequence[Sequence[sql.Composable]]] | None = None
+         ) -> list[Step]:
     """The steps making the missing builds of ``builds`` (default: all), in the order
     of preference of the scheduler: q3c indexes and CLUSTER first (the table's other
     builds wait for them), then keys, then the largest tables first; with ``finish``
-    also CLUSTER and ANALYZE (:func:`finishing`).  A build whose dependency is neither
+    also CLUSTER and ANALYZE, after the work ``first`` (:func:`finishing`), which
+    starts first.  A build whose dependency is neither
     present nor among ``builds`` is refused (ValueError)."""
     catalog = present(conn, schema_name)
     wanted = list(schema_builds() if builds is None else builds)
     todo = [b for b in wanted if _state(b, catalog) != DONE]
     if finish:
-        todo = finishing(todo)
+        todo = finishing(todo, first=first)
     names = {b.name for b in todo}
     for b in todo:
         absent = [d for d in b.depends if catalog.get(d) != DONE and d not in names]
@@ -592,8 +622,8 @@ def plan(conn: Any, schema_name: str, builds: Iterable[Build] | None = None,
     sizes = _sizes(conn, schema_name)
     steps = [s for b in todo for s in b.steps(schema_name, fk, _state(b, catalog))]
     return sorted(steps, key=lambda s: (
-        0 if s.build.kind in (Q3C, CLUSTER) else 1 if s.build.kind in KEY_KINDS else 2,
-        -sizes.get(s.build.table, 0)))
+        0 if s.build.kind in (FIRST, Q3C, CLUSTER) else 1 if s.build.kind in KEY_KINDS
+        else 2, -sizes.get(s.build.table, 0)))
 
 
 def build_missing(dsn: str | None, schema_name: str, builds: Iterable[Build] | None = None,
@@ -601,7 +631,9 @@ def build_missing(dsn: str | None, schema_name: str, builds: Iterable[Build] | N
                   maintenance_work_mem: str = "1GB", fk: str = FK_NOT_VALID,
                   check: str = CHECK_ON_FAILURE, settings: Mapping[str, str] | None = None,
                   progress: Callable[[str, float], None] | None = None,
-                  finish: bool = False) -> dict[str, float]:
+                  finish: bool = False,
+                  first: Mapping[str, Sequence[Sequence[sql.Composable]]] | None = None
+                  ) -> dict[str, float]:
     """Build what ``schema_name`` lacks of ``builds`` (default: every build of the
     schema) on ``connections`` sessions at once; returns ``{build: seconds}``.
 
@@ -612,8 +644,9 @@ def build_missing(dsn: str | None, schema_name: str, builds: Iterable[Build] | N
     :data:`FK_NOT_VALID` or :data:`FK_DIRECT`; ``check`` is :data:`CHECK_ON_FAILURE`
     (look for duplicates or orphans once the server refused a key) or
     :data:`CHECK_BEFORE` (look first).  ``progress(step name, seconds)`` is called after
-    each step.  ``finish``: the end of a bulk load, CLUSTER and ANALYZE too
-    (:func:`finishing`), scheduled with the builds.  When rows are refused, the other builds go on (but those depending on
+    each step.  ``finish``: the end of a bulk load, CLUSTER and ANALYZE too, and the
+    caller's work ``first`` on a table before its builds (:func:`finishing`), scheduled
+    with the builds.  When rows are refused, the other builds go on (but those depending on
     the refused one) and one :class:`KeyViolation` names them all at the end; a lost
     server (:class:`~specprod_db.errors.DatabaseLost`) or any other error stops the
     scheduling, lets the running steps finish, and is raised.
@@ -625,9 +658,9 @@ def build_missing(dsn: str | None, schema_name: str, builds: Iterable[Build] | N
     conns = []
     seconds: dict[str, float] = {}
     try:
-        first = connect(dsn, application_name="specprod-db build")
-        conns.append(first)
-        pending = plan(first, schema_name, builds, fk, finish)
+        first_conn = connect(dsn, application_name="specprod-db build")
+        conns.append(first_conn)
+        pending = plan(first_conn, schema_name, builds, fk, finish, first)
         if not pending:
             return seconds
         while len(conns) < min(connections, len(pending)):

@@ -211,29 +211,49 @@ def single_flags_sql() -> dict[str, sql.Composed]:
 
 
 def _update_all(cur: Any, schema_name: str, redshifts: str) -> int:
-    """Every row's flags (the end of an initial load): the window functions only over
-    the TARGETIDs with more than one row; a TARGETID with one row gets
-    :func:`single_flags_sql` without sorting anything.  Sorting every row of the table
-    three times (one window partition per subset) was the costliest step of the end of
-    an initial load, and most TARGETIDs have one spectrum."""
+    """Every row's flags (:func:`update_all_sql` in one part); rows changed."""
+    changed = 0
+    for statement in update_all_sql(schema_name, redshifts):
+        cur.execute(statement)
+        if statement.as_string(cur.connection).lstrip().startswith(("UPDATE", "WITH")):
+            changed += cur.rowcount  # the two UPDATEs
+    return changed
+
+
+def update_all_sql(schema_name: str, redshifts: str = "ztile", part: int = 0,
+                   parts: int = 1) -> list[sql.Composable]:
+    """The statements flagging every row of ``redshifts`` whose TARGETID is ``part``
+    modulo ``parts`` (one transaction; the end of an initial load runs the ``parts``
+    parts at once on its build sessions, :func:`specprod_db.db.builds.finishing`: a
+    TARGETID's flags depend on its own rows only, so the parts touch disjoint rows).
+
+    The window functions run only over the TARGETIDs with more than one row; a
+    TARGETID with one row gets :func:`single_flags_sql` without sorting anything.
+    Sorting every row of the table three times (one window partition per subset) was
+    the costliest step of the end of an initial load, and most TARGETIDs have one
+    spectrum."""
     table = qualified(schema_name, redshifts)
-    multi = tempids.create(cur, select=sql.SQL(
-        "SELECT targetid FROM {} GROUP BY targetid HAVING count(*) > 1").format(table))
-    cur.execute(_flags_sql(schema_name, sql.SQL("JOIN {} AS s ON s.targetid = z.targetid")
-                           .format(multi), redshifts))
-    changed = cur.rowcount
+    multi = sql.Identifier(f"_multi_{redshifts}")
+    mine = sql.SQL("TRUE") if parts == 1 else sql.SQL("mod(targetid, {}) = {}").format(
+        sql.Literal(int(parts)), sql.Literal(int(part)))
     single = single_flags_sql()
     names = [sql.Identifier(n) for n in FLAG_COLUMNS]
     values = sql.SQL(", ").join(single[n] for n in FLAG_COLUMNS)
-    cur.execute(sql.SQL("""
+    return [
+        sql.SQL("DROP TABLE IF EXISTS {}").format(multi),
+        sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT targetid FROM {} "
+                "WHERE {} GROUP BY targetid HAVING count(*) > 1").format(multi, table, mine),
+        sql.SQL("ANALYZE {}").format(multi),
+        _flags_sql(schema_name, sql.SQL("JOIN {} AS s ON s.targetid = z.targetid")
+                   .format(multi), redshifts),
+        sql.SQL("""
         UPDATE {table} AS t SET ({names}) = ({values})
-        WHERE NOT EXISTS (SELECT 1 FROM {multi} m WHERE m.targetid = t.targetid)
+        WHERE {mine} AND NOT EXISTS (SELECT 1 FROM {multi} m WHERE m.targetid = t.targetid)
           AND ({names_t}) IS DISTINCT FROM ({values})""").format(
-        table=table, names=sql.SQL(", ").join(names), values=values, multi=multi,
-        names_t=sql.SQL(", ").join(sql.SQL("t.{}").format(n) for n in names)))
-    changed += cur.rowcount
-    cur.execute(sql.SQL("DROP TABLE {}").format(multi))
-    return changed
+            table=table, names=sql.SQL(", ").join(names), values=values, multi=multi,
+            mine=mine,
+            names_t=sql.SQL(", ").join(sql.SQL("t.{}").format(n) for n in names)),
+        sql.SQL("DROP TABLE {}").format(multi)]
 
 
 def analyze(conn: connection, schema_name: str, tables: Iterable[str]) -> None:

@@ -1,9 +1,11 @@
 """The end of a load: primary flags, indexes, ANALYZE; the run recorded and reported.
 
 * :func:`finalize` — after a bulk load (or a rerun of an interrupted one), every primary
-  flag, then the keys, foreign keys and indexes the schema lacks, CLUSTER on the q3c
-  indexes and ANALYZE of every table, scheduled together on ``--build-connections``
-  sessions (:func:`specprod_db.db.builds.build_missing` with ``finish``); after a daily
+  flag (``ztile``'s in one part per session, by TARGETID modulo the sessions, each
+  table's before its builds), then the keys, foreign keys and indexes the schema lacks,
+  CLUSTER on the q3c indexes and ANALYZE of every table, scheduled together on
+  ``--build-connections`` sessions (:func:`specprod_db.db.builds.build_missing` with
+  ``finish`` and :func:`flag_parts`); after a daily
   run, the flags of the TARGETIDs writer ranks touched and ANALYZE of the tables whose
   statistics went stale (:mod:`specprod_db.load.finalize` has the SQL).  Fault
   points (:mod:`specprod_db.faults`): ``builds`` before the first build, ``built-NAME``
@@ -12,6 +14,8 @@
 * :func:`finish` — stage files of the run removed, ``load_run`` finished, the report
   printed on stdout (:mod:`specprod_db.load.runrecord`); returns the exit status.
 """
+from typing import Any
+
 from specprod_db import faults, mpi, schema, stage
 from specprod_db.db import builds
 from specprod_db.errors import EXIT_FAILED, EXIT_OK
@@ -39,12 +43,8 @@ def finalize(session: Session, tally: Tally) -> None:
         writer_ranks.drop_shared(conn, schema_name)
     if session.rebuild:
         # after an initial bulk load, or a rerun of an interrupted one: flags of every
-        # TARGETID at once, then the secondary indexes, built once not row by row
-        log.info("primary flags of all ztile rows: %d rows changed",
-                 flags.update_primary(conn, schema_name))
-        log.info("primary flags of all zpix rows: %d rows changed",
-                 flags.update_primary(conn, schema_name, redshifts="zpix"))
-        conn.commit()
+        # TARGETID, then the keys and indexes, built once not row by row; the flags in
+        # parts on the build sessions, each table's before its builds
         _build(session, tally)  # with CLUSTER and ANALYZE of every table
         tally.counts["analyzed"] = [t.name for t in schema.TABLES]
     elif session.wrote:  # a daily run: only the tables whose statistics went stale
@@ -54,6 +54,16 @@ def finalize(session: Session, tally: Tally) -> None:
         conn.commit()
         tally.counts["analyzed"] = tables
         log.info("ANALYZE: %s", ", ".join(tables) or "no table had enough changes")
+
+
+def flag_parts(schema_name: str, sessions: int) -> dict[str, list[list[Any]]]:
+    """The primary flags of every ``ztile`` and ``zpix`` row as ``builds.finishing``'s
+    ``first``: ``ztile`` in one part per build session (TARGETIDs modulo the sessions:
+    disjoint rows), ``zpix`` (rows of a static production's HEALPix files, empty in a
+    daily one) in one."""
+    n = max(1, int(sessions))
+    return {"ztile": [flags.update_all_sql(schema_name, "ztile", k, n) for k in range(n)],
+            "zpix": [flags.update_all_sql(schema_name, "zpix")]}
 
 
 def _build(session: Session, tally: Tally) -> None:
@@ -66,7 +76,7 @@ def _build(session: Session, tally: Tally) -> None:
 
     def progress(step: str, seconds: float) -> None:
         name = step.split(": ")[0]
-        into = upkeep if name.startswith(("cluster_", "analyze_")) else done
+        into = upkeep if name.startswith(("first_", "cluster_", "analyze_")) else done
         into[name] = round(into.get(name, 0.0) + seconds, 3)
         log.debug("built %s in %.2f s", step, seconds)
         faults.hit(f"built-{name}")  # crash tests only (faults.py)
@@ -76,7 +86,8 @@ def _build(session: Session, tally: Tally) -> None:
         try:
             builds.build_missing(session.dsn, session.schema,
                                  connections=session.build_connections, progress=progress,
-                                 finish=True)
+                                 finish=True, first=flag_parts(session.schema,
+                                                               session.build_connections))
         except builds.KeyViolation as err:
             raise builds.KeyViolation(
                 f"{err}; {session.schema} is left an {builds.UNFINISHED} (its rows are "
