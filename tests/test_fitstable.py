@@ -222,3 +222,127 @@ def test_named_tables_read_as_fitsio_reads_them(small_production, tmp_path):
     same(fitsio.read(path, ext="QN_RR", columns=["c_mgii", "TARGETID"]), got)
     with pytest.raises(Unsupported):
         tables["IMG"]
+
+
+@pytest.mark.parametrize("few, mapped", [(64, 1 << 20), (0, 0), (10 ** 6, 0)])
+def test_row_subsets_at_random(few, mapped, tmp_path, monkeypatch):
+    """Any rows, any columns, through each way of reading rows: one by one (up to
+    FEW_ROWS of them), the whole table read (up to MAP_BYTES) or mapped."""
+    from specprod_db.extract import fitstable
+    monkeypatch.setattr(fitstable, "FEW_ROWS", few)
+    monkeypatch.setattr(fitstable, "MAP_BYTES", mapped)
+    path = str(tmp_path / "t.fits")
+    fitsio.write(path, every_type(300))
+    table = BinTable(path)
+    rng = np.random.default_rng(11)
+    for size in (1, 2, 3, 40, 64, 65, 200, 300):
+        rows = np.sort(rng.choice(300, size=size, replace=False))
+        cols = list(rng.choice(table.colnames, size=rng.integers(1, 8), replace=False))
+        same(table.read(cols, rows), fitsio_read(path, cols, rows))
+        same(table.read(table.colnames, rows), fitsio_read(path, table.colnames, rows))
+    same(table.read(table.colnames), fitsio_read(path, table.colnames))
+    with pytest.raises(IndexError):
+        table.read(["i4"], [0, 300])
+
+
+@pytest.mark.parametrize("few, mapped", [(64, 1 << 20), (0, 0)])
+def test_file_cut_after_it_was_opened(few, mapped, tmp_path, monkeypatch):
+    from specprod_db.extract import fitstable
+    monkeypatch.setattr(fitstable, "FEW_ROWS", few)
+    monkeypatch.setattr(fitstable, "MAP_BYTES", mapped)
+    path = str(tmp_path / "t.fits")
+    fitsio.write(path, every_type(100))
+    table = BinTable(path)
+    with open(path, "r+b") as f:
+        f.truncate(table.offset + 50 * table.rowbytes)
+    with pytest.raises(ValueError, match="truncated"):
+        table.read(["i4"])
+    with pytest.raises(ValueError, match="truncated"):
+        table.read(["i4"], rows=[10, 99])
+
+
+def _edit_header(path, old, new):
+    """Replace card ``old`` (its first 8 bytes) of the table header by card ``new``."""
+    data = bytearray(open(path, "rb").read())
+    start = data.index(b"XTENSION= 'BINTABLE'")
+    at = start
+    while data[at:at + 8] != old.ljust(8).encode()[:8]:
+        at += 80
+    data[at:at + 80] = new.ljust(80).encode()
+    open(path, "wb").write(bytes(data))
+
+
+def _add_cards(path, cards):
+    """Cards added before END of the table header (which must have room for them)."""
+    data = bytearray(open(path, "rb").read())
+    start = data.index(b"XTENSION= 'BINTABLE'")
+    at = start
+    while data[at:at + 80] != b"END".ljust(80):
+        at += 80
+    text = b"".join(c.ljust(80).encode() for c in cards) + b"END".ljust(80)
+    assert data[at:at + len(text)].strip() == b"END"
+    data[at:at + len(text)] = text
+    open(path, "wb").write(bytes(data))
+
+
+def test_tdim_scaled_and_keywords_in_values(tmp_path):
+    """A 1-D TDIM equal to the repeat is read; a TSCAL is refused (then fitsio reads
+    it); keyword-like text inside another card's value or comment is not a keyword."""
+    data = np.zeros(6, dtype=[("vec", "f4", (3,)), ("x", "i2"), ("y", "i4")])
+    data["vec"] = np.arange(18).reshape(6, 3)
+    data["x"], data["y"] = np.arange(6), -np.arange(6)
+    path = str(tmp_path / "t.fits")
+    fitsio.write(path, data, header=[
+        {"name": "NOTE", "value": "NAXIS2  = 99", "comment": "TFIELDS =  7 TTYPE1  = 'z'"}])
+    _add_cards(path, ["TDIM1   = '(3)     '"])
+    table = BinTable(path)
+    assert table.nrows == 6 and table.colnames == ["vec", "x", "y"]
+    with fitsio.FITS(path) as f:
+        assert f[1].read_header()["TDIM1"].strip() == "(3)"
+    same(table.read(["vec", "x", "y"]), fitsio_read(path, ["vec", "x", "y"]))
+    same(table.read(["vec"], rows=[1, 4]), fitsio_read(path, ["vec"], rows=[1, 4]))
+    scaled = str(tmp_path / "s.fits")
+    fitsio.write(scaled, data)
+    _add_cards(scaled, ["TSCAL2  =                  2.0", "TZERO2  =                  1.0"])
+    table = BinTable(scaled)
+    same(table.read(["y"]), fitsio_read(scaled, ["y"]))
+    with pytest.raises(Unsupported):
+        table.read(["x"])
+    from specprod_db.extract.tractorphot import _Tractor
+    tractor = _Tractor(scaled, "0001p000")
+    got = tractor.read(["X", "Y"], rows=[2, 5])
+    same(got, fitsio_read(scaled, ["x", "y"], rows=[2, 5]))
+    assert tractor.fits is not None  # read by fitsio, as fitsio scales it
+    tractor.close()
+
+
+def test_layouts_are_told_apart(tmp_path):
+    """Files whose column cards differ are read with their own layouts (the layouts are
+    kept by their column cards' text), whatever was read before."""
+    a = np.zeros(3, dtype=[("p", "i4"), ("q", "f4")])
+    a["p"], a["q"] = [1, 2, 3], [0.5, 1.5, 2.5]
+    paths = []
+    for k, dt in enumerate([[("p", "i4"), ("q", "f4")], [("q", "i4"), ("p", "f4")],
+                            [("p", "f4"), ("q", "i4")], [("p", "i2"), ("q", "i2"),
+                                                         ("r", "i2")]]):
+        path = str(tmp_path / f"t{k}.fits")
+        data = np.zeros(3, dtype=dt)
+        for name in data.dtype.names:
+            data[name] = np.arange(3) + k
+        fitsio.write(path, data, header=[{"name": "BRICK", "value": f"b{k}"}])
+        paths.append(path)
+    for _ in range(2):
+        for path in paths:
+            table = BinTable(path)
+            cols = table.colnames
+            same(table.read(cols), fitsio_read(path, cols))
+            same(table.read(cols, rows=[2]), fitsio_read(path, cols, rows=[2]))
+    # one column card changed (a TUNIT added elsewhere changes nothing)
+    path = str(tmp_path / "u.fits")
+    fitsio.write(path, a)
+    _add_cards(path, ["TUNIT1  = 'deg     '"])
+    same(BinTable(path).read(["p", "q"]), fitsio_read(path, ["p", "q"]))
+    _edit_header(path, "TTYPE2", "TTYPE2  = 'Q2      '")
+    table = BinTable(path)
+    assert table.colnames == ["p", "Q2"]
+    same(table.read(["p", "q2"]), fitsio_read(path, ["p", "q2"]))

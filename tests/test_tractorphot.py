@@ -128,8 +128,9 @@ def write_tractor(path, brickname, brickid, center, n, release, rng, lower=False
     t["DEC"] = center[1] + rng.uniform(-0.11, 0.11, n)
     t["DCHISQ"][1, 2] = np.nan
     t["FLUX_G"][2] = np.inf
-    if lower:
-        t.dtype.names = [nm.lower() for nm in t.dtype.names]
+    if lower:  # a new dtype: renaming t's would rename TRACTOR_DTYPE, which it shares
+        t = t.view(np.dtype({"names": [nm.lower() for nm in t.dtype.names],
+                             "formats": [t.dtype[nm] for nm in t.dtype.names]}))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fitsio.write(path, t, extname="CATALOG", clobber=True)
     return t
@@ -452,3 +453,72 @@ def test_bricknames_without_brick_table(monkeypatch):
     got = tr.bricknames(np.array([0.1, 359.9999, 180.0]), np.float32(-0.2))
     assert got.dtype == np.dtype("S8") and got.tolist() == [b"0001m002", b"3598m002",
                                                             b"1801m002"]
+
+
+def test_photometry_columns_from_one_or_more_files():
+    """The matched targets' columns, whichever file each comes from: one file, two files
+    of one column layout, two files whose column types differ (the types of the first
+    file with a matched row, column by column), each column the values of its target's tractor row."""
+    rng = np.random.default_rng(8)
+
+    class Fake:
+        def __init__(self, data):
+            self.data = data
+
+        def read(self, columns, rows=None):
+            return self.data[list(columns)][rows]
+
+    def catalog(n, type_width=3):
+        dt = [(n_, "U" + str(type_width) if n_ == "TYPE" else TRACTOR_DTYPE[n_])
+              for n_ in TRACTOR_DTYPE.names]
+        cat = np.zeros(n, dtype=dt)
+        for name in cat.dtype.names:
+            col = cat[name]
+            if col.dtype.kind == "f":
+                cat[name] = rng.normal(size=col.shape)
+            elif col.dtype.kind in "iu":
+                cat[name] = rng.integers(0, 100, size=col.shape)
+            elif col.dtype.kind == "U":
+                cat[name] = rng.choice(["PSF", "REX", "DEV"], size=n)
+        return cat
+
+    def expected(cats, src_file, src_row, matched):
+        m = np.flatnonzero(matched)
+        out = {}
+        for c in table("photometry").names:
+            if c in ("ls_id", "targetid"):
+                continue
+            t = tr._tractor_name(c)
+            first = cats[src_file[m].min()][t]  # the first file with a matched row
+            vals = np.zeros((m.size,) + first.shape[1:], dtype=first.dtype)
+            for i, j in enumerate(m):
+                vals[i] = cats[src_file[j]][t][src_row[j]]
+            out[c] = vals[:, tr._DCHISQ.index(c)] if c.startswith("dchisq_") else vals
+        return out
+
+    targets = np.zeros(7, dtype=[("TARGETID", "i8")])
+    targets["TARGETID"] = np.arange(7) + 100
+    for cats in ([catalog(20)], [catalog(20), catalog(15)],
+                 [catalog(20, 4), catalog(15, 3)], [catalog(20, 3), catalog(15, 4)]):
+        src_file = rng.integers(0, len(cats), 7)
+        src_file[4:] = np.arange(3) % len(cats)  # every file takes a row
+        src_row = np.array([rng.integers(0, len(cats[k])) for k in src_file])
+        src_row[:2] = src_row[0]  # two targets, one row
+        src_file[:2] = src_file[0]
+        matched = np.ones(7, dtype=bool)
+        matched[3] = False
+        src_file[3] = src_row[3] = -1
+        cols = tr._photometry_columns([Fake(c) for c in cats], targets, src_file, src_row,
+                                      matched)
+        want = expected(cats, src_file, src_row, matched)
+        assert list(cols)[:len(want)] == [c for c in cols if c in want]
+        for c, v in want.items():
+            assert cols[c].dtype == v.dtype, c
+            assert cols[c].tobytes() == np.ascontiguousarray(v).tobytes(), c
+        assert cols["targetid"].tolist() == [100, 101, 102, 104, 105, 106]
+        m = np.flatnonzero(matched)
+        assert (cols["ls_id"] == ids.ls_id(cols["release"], cols["brickid"],
+                                           cols["brick_objid"])).all()
+        assert len(m) == len(cols["ra"])
+    assert tr._photometry_columns([Fake(catalog(3))], targets, np.full(7, -1),
+                                  np.full(7, -1), np.zeros(7, dtype=bool)) is None

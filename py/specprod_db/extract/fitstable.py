@@ -20,6 +20,7 @@ variable-length columns, a multi-dimensional TDIM) raises :class:`Unsupported`; 
 caller then reads the file with fitsio. A damaged file raises ``ValueError`` or
 ``OSError`` naming the problem.
 """
+import mmap
 import os
 
 import numpy as np
@@ -28,6 +29,10 @@ from specprod_db.errors import InputError
 
 BLOCK = 2880
 CARD = 80
+#: :meth:`BinTable.read` reads at most this many rows one by one, more with the table.
+FEW_ROWS = 64
+#: ... and reads a whole table of at most this many bytes, maps a larger one.
+MAP_BYTES = 1 << 20
 
 #: TFORM code -> (bytes per element, big-endian numpy type)
 _TYPES = {"L": (1, "u1"), "B": (1, "u1"), "I": (2, ">i2"), "J": (4, ">i4"),
@@ -71,24 +76,16 @@ def _value(text):
 
 #: Column keywords of a table header: all that :meth:`BinTable._layout_of` reads.
 _COLUMN_KEYS = ("TTYPE", "TFORM", "TZERO", "TSCAL", "TDIM")
+#: Their first four bytes as big-endian integers: how :func:`_column_cards` finds a
+#: header's column cards (a superset: a card "TTYPX..." is taken too, harmless in a key).
+_COLUMN_PREFIXES = tuple(int.from_bytes(k[:4].encode(), "big") for k in _COLUMN_KEYS)
+#: A header's cards as (first four bytes, the rest) and as whole cards.
+_CARD_KEY = np.dtype([("key", ">u4"), ("rest", "V76")])
+_CARD_TEXT = np.dtype("S80")
 
 
-class _Cards(dict):
-    """A header's value fields by keyword (the first card of each), parsed when asked
-    for: a tractor header has ~370 cards, of which the table layout needs ~200.  The
-    column cards (:data:`_COLUMN_KEYS`, 2 to 5 a column) join the others only when the
-    layout is parsed (:meth:`with_columns`); until then ``column_text`` holds them."""
-
-    column_text = ""
-    _column_cards: list = []
-
-    def with_columns(self):
-        """The keywords with the column cards' (the first card of each keyword)."""
-        for card in reversed(self._column_cards):
-            if card[8:10] == "= ":
-                dict.__setitem__(self, card[:8].rstrip(), card[10:])
-        self._column_cards = []
-        return self
+class _Keywords(dict):
+    """Value fields by keyword (the first card of each keyword), parsed when asked for."""
 
     def get(self, key, default=None):
         text = super().get(key)
@@ -99,6 +96,58 @@ class _Cards(dict):
         if text is None:
             raise ValueError(f"the table's header has no {key} keyword")
         return _value(text)
+
+
+class _Cards:
+    """A header's keywords, found in its text when asked for: a tractor header has ~370
+    cards, of which a file whose column layout is known (:data:`_LAYOUTS`) needs five.
+    A keyword's value is that of its first card with a value indicator (``= `` in
+    bytes 9-10); :meth:`with_columns` parses them all (to lay out the columns)."""
+
+    def __init__(self, text, raw):
+        self.text, self._raw = text, raw  # the cards before END, as str and as bytes
+
+    def _field(self, key):
+        """The value field (bytes 11-80) of the first card ``key`` with a value, or None."""
+        if len(key) > 8:
+            return None
+        text, pattern = self.text, f"{key:<8}= "
+        i = text.find(pattern)
+        while i >= 0 and i % CARD:
+            i = text.find(pattern, i + 1)
+        return None if i < 0 else text[i + 10:i + CARD]
+
+    def get(self, key, default=None):
+        text = self._field(key)
+        return default if text is None else _value(text)
+
+    def __getitem__(self, key):
+        text = self._field(key)
+        if text is None:
+            raise ValueError(f"the table's header has no {key} keyword")
+        return _value(text)
+
+    def raw(self, key):
+        """The value field of ``key`` as written (None if none): part of a layout's key."""
+        return self._field(key)
+
+    @property
+    def column_text(self):
+        """The text of the header's column cards (:data:`_COLUMN_KEYS`) in file order,
+        as bytes: two headers with the same column cards have the same layout."""
+        raw = self._raw
+        keys = np.frombuffer(raw, dtype=_CARD_KEY)["key"]
+        a, b, c, d, e = _COLUMN_PREFIXES
+        mask = (keys == a) | (keys == b) | (keys == c) | (keys == d) | (keys == e)
+        return np.frombuffer(raw, dtype=_CARD_TEXT)[mask].tobytes()
+
+    def with_columns(self):
+        """Every keyword (the first card of each), for :meth:`BinTable._layout_of`."""
+        text = self.text
+        cards = [text[k:k + CARD] for k in range(0, len(text), CARD)]
+        # the first card of each keyword: later ones set first, then overwritten
+        return _Keywords({card[:8].rstrip(): card[10:] for card in reversed(cards)
+                          if card[8:10] == "= "})
 
 
 def _end(text):
@@ -113,9 +162,8 @@ def _end(text):
 
 def _header(f, path):
     """The keywords of the header at the file's position (:class:`_Cards`), and the
-    bytes it took; the header's column cards, in file order, are joined in the
-    ``column_text`` attribute of the keywords (:func:`_layout_key`)."""
-    chunks, size = [], 0
+    bytes it took."""
+    chunks, texts, size = [], [], 0
     while True:
         block = f.read(BLOCK)
         if not block and not size:
@@ -126,18 +174,12 @@ def _header(f, path):
         text = block.decode("ascii")
         end = _end(text)
         if end is not None:
-            chunks.append(text[:end])
+            chunks.append(block[:end])
+            texts.append(text[:end])
             break
-        chunks.append(text)
-    text = "".join(chunks)
-    cards = [text[k:k + CARD] for k in range(0, len(text), CARD)]
-    columns = [card for card in cards if card.startswith(_COLUMN_KEYS)]
-    # the first card of each keyword: later ones set first, then overwritten
-    out = _Cards({card[:8].rstrip(): card[10:] for card in reversed(cards)
-                  if card[8:10] == "= " and not card.startswith(_COLUMN_KEYS)})
-    out.column_text = "".join(columns)
-    out._column_cards = columns
-    return out, size
+        chunks.append(block)
+        texts.append(text)
+    return _Cards("".join(texts), b"".join(chunks)), size
 
 
 def _data_size(h):
@@ -161,7 +203,7 @@ _MAX_LAYOUTS = 64
 def _layout_key(h, tfields):
     """What the column layout depends on: TFIELDS, NAXIS1 and the column cards' text
     (two headers whose column cards are the same cards have the same layout)."""
-    return tfields, dict.get(h, "NAXIS1"), h.column_text
+    return tfields, h.raw("NAXIS1"), h.column_text
 
 
 class BinTable:
@@ -170,10 +212,11 @@ class BinTable:
 
     def __init__(self, path, _hdu=None):
         self.path = path
-        if _hdu is not None:  # from :func:`tables`: (header, offset of its data)
+        if _hdu is not None:  # from :func:`tables`: (header, offset of its data, file size)
             self._setup(*_hdu)
             return
         with open(path, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
             if f.read(10) != b"SIMPLE  = ":
                 raise ValueError(f"{path}: not a FITS file (it does not start with SIMPLE)")
             f.seek(0)
@@ -188,15 +231,15 @@ class BinTable:
                     raise Unsupported(f"{path}: first table is a {xt} HDU")
                 offset += _data_size(h)
                 f.seek(offset)
-        self._setup(h, offset)
+        self._setup(h, offset, file_size)
 
-    def _setup(self, h, offset):
+    def _setup(self, h, offset, file_size):
         path = self.path
         self.nrows, self.rowbytes = int(h["NAXIS2"]), int(h["NAXIS1"])
         self.offset = offset
         need = offset + self.nrows * self.rowbytes
-        if os.path.getsize(path) < need:
-            raise ValueError(f"{path}: file truncated ({os.path.getsize(path)} bytes, its "
+        if file_size < need:
+            raise ValueError(f"{path}: file truncated ({file_size} bytes, its "
                              f"table needs {need})")
         tfields = int(h["TFIELDS"])
         key = _layout_key(h, tfields)
@@ -206,7 +249,7 @@ class BinTable:
             if len(_LAYOUTS) >= _MAX_LAYOUTS:
                 _LAYOUTS.clear()
             _LAYOUTS[key] = layout
-        self._columns, colnames, self._reads = layout
+        self._columns, colnames, self._reads, self.upper_names = layout
         self.colnames = list(colnames)
 
     def _layout_of(self, h, tfields, path):
@@ -233,8 +276,9 @@ class BinTable:
         if at != self.rowbytes:
             raise ValueError(f"{path}: columns take {at} bytes a row, NAXIS1 says "
                              f"{self.rowbytes}")
-        # the third: the plans of reads of this layout (:meth:`_plan`), by columns asked
-        return columns, tuple(colnames), {}
+        # the third: the plans of reads of this layout (:meth:`_plan`), by columns asked;
+        # the fourth: the file's column names by their upper case (the last of a case)
+        return columns, tuple(colnames), {}, {c.upper(): c for c in colnames}
 
     def _layout(self, column):
         try:
@@ -263,51 +307,106 @@ class BinTable:
         return name.upper(), at, np.dtype((raw, shape)), np.dtype((out, shape)), code, flip
 
     def _plan(self, columns):
-        """The columns' layouts in the file's order, the output dtype and the dtype of
-        the file's rows they are read through; once per layout and set of columns (a
-        brick's reads are the same for every tractor file)."""
+        """The columns' layouts in the file's order, the output dtype, the dtype of the
+        file's rows they are read through, the names of the fields copied as they are
+        (all but ``L`` and unsigned ones) and the others' ``(name, code, flip)``; once
+        per layout and set of columns (a brick's reads are the same for every tractor
+        file)."""
         key = tuple(columns)
         plan = self._reads.get(key)
         if plan is None:
             # fitsio returns the columns in the file's order (their byte offsets' order),
             # whatever the request's
             lay = sorted((self._layout(c) for c in columns), key=lambda x: x[1])
+            names = [x[0] for x in lay]
+            plain = [x[0] for x in lay if x[4] != "L" and x[5] is None]
             plan = (lay, np.dtype([(x[0], x[3]) for x in lay]),
-                    np.dtype({"names": [x[0] for x in lay],
+                    np.dtype({"names": names,
                               "formats": [x[2] for x in lay],
                               "offsets": [x[1] for x in lay],
-                              "itemsize": self.rowbytes}))
+                              "itemsize": self.rowbytes}),
+                    None if plain == names else plain,
+                    [(x[0], x[4], x[5]) for x in lay if x[4] == "L" or x[5] is not None])
             self._reads[key] = plan
         return plan
 
     def read(self, columns, rows=None, upper=True):
-        """The ``columns`` (any case) of ``rows`` (sorted indices, or all), as fitsio's
+        """The ``columns`` (any case) of ``rows`` (indices, or all), as fitsio's
         ``read(columns=columns, rows=rows, upper=True)`` returns them (in the file's
         column order); with ``upper=False`` named as in the file, as fitsio's
-        ``read(columns=columns, rows=rows)``."""
-        lay, out_dtype, view_dtype = self._plan(columns)
+        ``read(columns=columns, rows=rows)``.
+
+        A few rows (at most :data:`FEW_ROWS`) are read row by row (``os.pread`` of each
+        row's NAXIS1 bytes), all rows at once; the rows are viewed through the file's
+        record type and their fields converted into the output in one assignment
+        (field by field in file order, as numpy assigns structured arrays), then the
+        logical and unsigned columns from their bytes."""
+        lay, out_dtype, view_dtype, plain, special = self._plan(columns)
         if not upper:
             names = [self._columns[x[0]][0] for x in lay]
             if len(set(names)) < len(names):
                 raise Unsupported(f"{self.path}: column names differing only in case")
-        idx = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
-        n = self.nrows if rows is None else len(idx)
+        nrows, rowbytes = self.nrows, self.rowbytes
+        if rows is not None:
+            idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+            if idx.size and (idx.min() < -nrows or idx.max() >= nrows):
+                raise IndexError(f"{self.path}: row index out of range for {nrows} rows")
+        n = nrows if rows is None else len(idx)
         out = np.empty(n, dtype=out_dtype)
         if n == 0:
             return out if upper else _renamed(out, names)
-        view = np.memmap(self.path, mode="r", offset=self.offset, shape=(self.nrows,),
-                         dtype=view_dtype).view(np.ndarray)
-        for name, _, _, _, code, flip in lay:
-            col = view[name][idx]
+        few = rows is not None and n <= FEW_ROWS
+        size = nrows * rowbytes
+        mapped = None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if few:
+                start = self.offset
+                data = b"".join([os.pread(fd, rowbytes, start + r * rowbytes)
+                                 for r in (idx % nrows).tolist()])
+            elif size <= MAP_BYTES:
+                data = os.pread(fd, size, self.offset)
+            else:  # mapped: only the pages of the wanted columns are read
+                mapped = data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        try:
+            if mapped is not None:
+                if len(mapped) < self.offset + size:
+                    raise ValueError(f"{self.path}: file truncated while read")
+                view = np.frombuffer(mapped, dtype=view_dtype, count=nrows,
+                                     offset=self.offset)
+            else:
+                if len(data) != (n if few else nrows) * rowbytes:
+                    raise ValueError(f"{self.path}: file truncated while read")
+                view = np.frombuffer(data, dtype=view_dtype)
+            if rows is not None and not few:
+                view = view[idx]
+            self._convert(view, out, plain, special)
+        finally:
+            view = None
+            if mapped is not None:
+                try:
+                    mapped.close()
+                except BufferError:  # an error's traceback holds a view: unmapped later
+                    pass
+        return out if upper else _renamed(out, names)
+
+    @staticmethod
+    def _convert(view, out, plain, special):
+        """The file's rows ``view`` into ``out``: the fields copied as they are in one
+        structured assignment, then the logical and unsigned ones."""
+        if plain is None:
+            out[...] = view
+        elif plain:
+            out[plain] = view[plain]
+        for name, code, flip in special:
+            col = view[name]
             if code == "L":
                 out[name] = col == ord("T")
-            elif flip is not None:
+            else:
                 value = col.view(col.dtype.str.replace("i", "u")) ^ flip
                 out[name] = value.view(np.int8) if code == "B" else value
-            else:
-                out[name] = col
-        del view, col  # the file is unmapped with the last view
-        return out if upper else _renamed(out, names)
 
 
 def _renamed(out, names):
@@ -342,7 +441,8 @@ def tables(path):
             if name in out:
                 raise Unsupported(f"{path}: two HDUs named {name}")
             if name:
-                out[name] = BinTable(path, _hdu=(h, offset)) if xt == "BINTABLE" else None
+                out[name] = (BinTable(path, _hdu=(h, offset, size_of_file))
+                             if xt == "BINTABLE" else None)
             offset += _data_size(h)
             f.seek(offset)
     return out

@@ -62,6 +62,10 @@ def _tractor_name(column):
     return _RENAMED.get(column, column.upper())
 
 
+#: photometry columns copied from a tractor column: (photometry name, tractor name).
+_COPIED = tuple((c, _tractor_name(c)) for c in _PHOTOMETRY.names
+                if c not in _DCHISQ and c not in ("ls_id", "targetid"))
+
 #: Tractor columns read for matched rows: those the photometry table takes.
 TRACTOR_COLUMNS = tuple(dict.fromkeys(
     _tractor_name(c) for c in _PHOTOMETRY.names if c not in ("ls_id", "targetid")))
@@ -144,10 +148,10 @@ class _Tractor:
         try:
             try:
                 self.hdu = fitstable.BinTable(path)
-                names = self.hdu.colnames
+                # shared by the files of one layout: not to be changed
+                self.names = self.hdu.upper_names
             except fitstable.Unsupported:
-                names = self._fitsio().get_colnames()
-            self.names = {c.upper(): c for c in names}
+                self.names = {c.upper(): c for c in self._fitsio().get_colnames()}
         except (OSError, ValueError, StopIteration) as err:
             raise self._unreadable(err) from None
 
@@ -232,7 +236,6 @@ def gather_onebrick(brickname, targets, paths, stats=None):
         none matched; and the boolean mask of matched targets.
     """
     stats = {} if stats is None else stats
-    log = get_logger()
     n = len(targets)
     ra = np.asarray(targets["RA"], dtype=np.float64)
     dec = np.asarray(targets["DEC"], dtype=np.float64)
@@ -261,9 +264,10 @@ def gather_onebrick(brickname, targets, paths, stats=None):
             lost = sel[src_file[sel] < 0]
             if lost.size:
                 stats["id_unmatched"] = stats.get("id_unmatched", 0) + lost.size
-                log.warning(f"brick {brickname}: {lost.size} targets have no tractor row "
-                            f"with their BRICKID/BRICK_OBJID in {path}, e.g. TARGETID "
-                            f"{int(targets['TARGETID'][lost[0]])}")
+                get_logger().warning(
+                    f"brick {brickname}: {lost.size} targets have no tractor row with "
+                    f"their BRICKID/BRICK_OBJID in {path}, e.g. TARGETID "
+                    f"{int(targets['TARGETID'][lost[0]])}")
         stats["id_matched"] = stats.get("id_matched", 0) + int((src_file >= 0).sum())
 
         pos = np.flatnonzero(~idrows & np.isfinite(ra) & np.isfinite(dec))
@@ -276,7 +280,7 @@ def gather_onebrick(brickname, targets, paths, stats=None):
             cat = files[k].read(["RA", "DEC", "BRICK_PRIMARY"])
             primary = np.flatnonzero(cat["BRICK_PRIMARY"])
             if primary.size == 0:
-                log.warning(f"brick {brickname}: no BRICK_PRIMARY source in {path}")
+                get_logger().warning(f"brick {brickname}: no BRICK_PRIMARY source in {path}")
             hit = nearest_within(ra[pos], dec[pos], cat["RA"][primary].astype(np.float64),
                                  cat["DEC"][primary].astype(np.float64))
             got = pos[hit >= 0]
@@ -335,25 +339,34 @@ def _photometry_columns(files, targets, src_file, src_row, matched):
     """``photometry`` columns of the matched targets (None if none), reading each file's
     rows once."""
     m = np.flatnonzero(matched)
-    data = {}
+    pieces = []  # (positions among the matched, their tractor rows)
     for k, tractor in enumerate(files):
         mine = np.flatnonzero(src_file[m] == k)
         if mine.size == 0:
             continue
         wanted = np.unique(src_row[m[mine]])
         piece = tractor.read(list(TRACTOR_COLUMNS), rows=wanted)
-        at = np.searchsorted(wanted, src_row[m[mine]])
-        for name in TRACTOR_COLUMNS:
-            col = piece[name]
-            if name not in data:
-                data[name] = np.zeros((m.size,) + col.shape[1:], dtype=col.dtype)
-            data[name][mine] = col[at]
-    if not data:
+        pieces.append((mine, piece[np.searchsorted(wanted, src_row[m[mine]])]))
+    if not pieces:
         return None
-    cols = {c: data[_tractor_name(c)] for c in _PHOTOMETRY.names
-            if c not in _DCHISQ and c not in ("ls_id", "targetid")}
+    if len(pieces) == 1:  # every matched target from one file, in order
+        data = pieces[0][1]
+    elif all(p.dtype == pieces[0][1].dtype for _, p in pieces):
+        data = np.zeros(m.size, dtype=pieces[0][1].dtype)
+        for mine, p in pieces:
+            data[mine] = p
+    else:  # column types differ between the files: the first file's types
+        data = {}
+        for mine, p in pieces:
+            for name in TRACTOR_COLUMNS:
+                col = p[name]
+                if name not in data:
+                    data[name] = np.zeros((m.size,) + col.shape[1:], dtype=col.dtype)
+                data[name][mine] = col
+    cols = {c: data[t] for c, t in _COPIED}
+    dchisq = data["DCHISQ"]
     for i, c in enumerate(_DCHISQ):
-        cols[c] = data["DCHISQ"][:, i]
+        cols[c] = dchisq[:, i]
     cols["ls_id"] = ids.ls_id(data["RELEASE"], data["BRICKID"], data["OBJID"])
     cols["targetid"] = np.asarray(targets["TARGETID"])[m]
     return cols
