@@ -25,9 +25,12 @@ rank 0 writes).
   and 1,000 small tiles, their builds redone on K = 1, 2, 4 sessions): the builds' and
   the rest's (flags, CLUSTER, ANALYZE) seconds per row of the slope from the smallest to
   the largest load, times a production's rows, times log(rows) / log(rows of the largest
-  load) (sorts); the builds on ``B`` sessions take the larger of the sum of the builds
-  over ``min(B, server cores)`` and the longest single build (scaled alike), the rest is
-  serial.  Without (e)'s figures: (b)'s finalize timer scaled with rows x log(rows);
+  load) (sorts); the end on ``B`` sessions takes the larger of the sum of its steps
+  over ``min(B, server cores)`` and the longest chain of its dependencies
+  (:func:`critical_path`: the scheduler's graph, ztile's flags in ``B`` parts), both
+  scaled alike; what runs outside the scheduler (the flags, in a version without flag
+  steps) is serial.  Without (e)'s figures: (b)'s finalize
+  timer scaled with rows x log(rows);
 * no growth of the per-tile write with the rows held: (d) found the per-tile work of a
   daily run flat and its growth in the per-run ANALYZE; the growth of the write timer in
   (e)'s larger initial loads was not separated from CPU contention on 2 cores
@@ -56,6 +59,15 @@ def _write_ratio(res):
     return wr and round(wr["ratio"], 3)
 
 
+def _by_build(steps):
+    """``{build: seconds}`` of ``{step: seconds}`` (a foreign key's two steps summed)."""
+    out = {}
+    for name, sec in steps.items():
+        b = name.split(": ")[0]
+        out[b] = out.get(b, 0.0) + sec
+    return out
+
+
 def end_of_load(res, real_all, server_cores, sessions=(1, 2, 4, 8, 16)):
     """The end of a production's initial load from (e)'s measured growth (module doc);
     None without at least two (e) sizes with K = 1."""
@@ -65,32 +77,64 @@ def end_of_load(res, real_all, server_cores, sessions=(1, 2, 4, 8, 16)):
         return None
     a, b = e[sizes[0]], e[sizes[-1]]
     drows = b["rows"] - a["rows"]
-    builds_row = (b["k"]["1"]["builds_s"] - a["k"]["1"]["builds_s"]) / drows
-    pa, pb = a.get("rest_parts"), b.get("rest_parts")
-    if pa and pb:
-        # ANALYZE samples (300 x default_statistics_target rows a table): it does not
-        # grow with the rows; taken as measured at the largest load
-        rest_row = ((pb["flags_s"] + pb["cluster_s"]) - (pa["flags_s"] + pa["cluster_s"])
-                    ) / drows
-        analyze = pb["analyze_s"]
-    else:
-        rest_row = (b["rest_s"] - a["rest_s"]) / drows
-        analyze = 0.0
-    longest = max(b["k"]["1"]["steps"].values()) / max(1e-9, b["k"]["1"]["steps_sum_s"])
     logf = math.log(real_all) / math.log(b["rows"])
-    builds1 = max(0.0, builds_row) * real_all * logf
-    rest = max(0.0, rest_row) * real_all * logf + analyze
+    # each step of the end on one session, scaled on its own: its slope per row from the
+    # smallest to the largest load x a production's rows x log factor; ANALYZE samples
+    # (300 x default_statistics_target rows a table) and does not grow: as measured
+    sa, sb = _by_build(a["k"]["1"]["steps"]), _by_build(b["k"]["1"]["steps"])
+    real = {n: sb[n] if n.startswith("analyze_") else
+            max(0.0, (sb[n] - sa.get(n, 0.0)) / drows) * real_all * logf for n in sb}
+    # outside the scheduler (a version that ran the flags alone first): serial
+    pa, pb = a.get("rest_parts") or {}, b.get("rest_parts") or {}
+    rest = 0.0 if pb.get("flags_in_steps", True) and not b.get("rest_s") else max(
+        0.0, (b["rest_s"] - a["rest_s"]) / drows) * real_all * logf
+    total = sum(real.values())
     measured = {k: v["end_s"] for k, v in b["k"].items()}
+    flags = sum(v for n, v in real.items() if n.startswith("first_ztile_"))
     out = {"sizes": [int(s) for s in sizes], "rows": [e[s]["rows"] for s in sizes],
-           "builds_s_per_mrow": builds_row * 1e6, "rest_s_per_mrow": rest_row * 1e6,
-           "longest_build_share": longest, "log_factor": logf, "analyze_s": analyze,
-           "builds_1_h": builds1 / 3600, "rest_h": rest / 3600,
-           "measured_end_s_at_largest": measured, "sessions": []}
+           "steps_1_h": total / 3600, "flags_1_h": flags / 3600, "log_factor": logf,
+           "analyze_h": sum(v for n, v in real.items() if n.startswith("analyze_")) / 3600,
+           "rest_h": rest / 3600, "measured_end_s_at_largest": measured, "sessions": []}
     for k in sessions:
-        w = max(builds1 * longest, builds1 / min(k, server_cores))
+        kk = min(k, server_cores)
+        path, via = critical_path(real, kk)
+        w = max(path, total / kk)
         out["sessions"].append({"sessions": k, "builds_h": w / 3600,
-                                "end_h": (w + rest) / 3600})
+                                "end_h": (w + rest) / 3600, "critical_path_h": path / 3600,
+                                "critical_path": via})
     return out
+
+
+def critical_path(seconds, sessions):
+    """The longest chain of the end of the load's dependencies (seconds, [builds on
+    it]), from ``seconds`` (``{build: seconds}`` of one end on one session): the graph
+    of :func:`specprod_db.db.builds.finishing` over the bulk builds with ztile's flags
+    in ``sessions`` parts (each 1/sessions of the flags measured), a foreign key after
+    the CLUSTER of the table it references (their locks conflict).  However many
+    sessions, the end takes at least that long."""
+    from specprod_db.db import builds
+    secs = dict(seconds)
+    flags = sum(v for n, v in secs.items() if n.startswith("first_ztile_"))
+    graph = builds.finishing(builds.bulk_builds(),
+                             first={"ztile": [[]] * sessions, "zpix": [[]]})
+    for b in graph:
+        if b.name.startswith("first_ztile_"):
+            secs[b.name] = flags / sessions
+    clustered = {b.table for b in graph if b.kind == builds.CLUSTER}
+    # a foreign key's steps lock the referenced table (ROW SHARE), which CLUSTER holds
+    # ACCESS EXCLUSIVE: the scheduler starts CLUSTER first, so they run after it
+    deps = {b.name: b.depends + ((f"cluster_{b.references[0]}",) if b.references and
+                                 b.references[0] in clustered else ())
+            for b in graph}
+    best = {}
+
+    def longest(name):
+        if name not in best:
+            before = [longest(d) for d in deps.get(name, ()) if d in deps]
+            top = max(before, default=(0.0, []), key=lambda r: r[0])
+            best[name] = (top[0] + secs.get(name, 0.0), top[1] + [name])
+        return best[name]
+    return max((longest(n) for n in deps), key=lambda r: r[0])
 
 
 def project(res, tiles=25000, nodes=(1, 2, 4, 8, 16, 32), cores=128, writers=(1, 4, 16),
@@ -202,15 +246,17 @@ def main():
     eol = out["end_of_load"]
     if eol:
         print(f"\nend of the load, from (e) at {eol['sizes']} small tiles "
-              f"({eol['rows']} rows): builds {eol['builds_s_per_mrow']:.1f} s and "
-              f"flags+CLUSTER {eol['rest_s_per_mrow']:.1f} s per million rows "
-              f"(slope, K=1; ANALYZE {eol['analyze_s']:.1f} s as measured), x {out['real_rows'] / 1e6:.0f} M rows x log factor "
-              f"{eol['log_factor']:.2f}; longest build {eol['longest_build_share']:.0%} of "
-              f"all builds; measured at the largest (e) load, seconds by K: "
+              f"({eol['rows']} rows), each step's slope (K=1) x "
+              f"{out['real_rows'] / 1e6:.0f} M rows x log factor {eol['log_factor']:.2f} "
+              f"(ANALYZE as measured): {eol['steps_1_h']:.2f} h of steps, of which ztile's "
+              f"flags {eol['flags_1_h']:.2f} h (in B parts) and ANALYZE "
+              f"{eol['analyze_h']:.3f} h; outside the scheduler {eol['rest_h']:.2f} h; "
+              f"measured at the largest (e) load, seconds by K: "
               f"{eol['measured_end_s_at_largest']}")
-        print(f"{'sessions':>8} {'builds h':>9} {'end h':>7}")
+        print(f"{'sessions':>8} {'builds h':>9} {'end h':>7} {'longest chain':>13}")
         for r in eol["sessions"]:
-            print(f"{r['sessions']:>8} {r['builds_h']:>9.2f} {r['end_h']:>7.2f}")
+            print(f"{r['sessions']:>8} {r['builds_h']:>9.2f} {r['end_h']:>7.2f} "
+                  f"{r['critical_path_h']:>11.2f} h  {' -> '.join(r['critical_path'])}")
     best = min(out["writers"], key=lambda r: r["total_h"])
     one_node = [r for r in out["writers"] if r["nodes"] == 1]
     b1 = min(one_node, key=lambda r: r["total_h"]) if one_node else best
@@ -221,9 +267,10 @@ def main():
     print("assumptions: per-tile costs of this 2-core machine's (b) 1-rank run scaled "
           "to a real tile's rows/bytes; writers scale to min(K, --server-cores "
           f"{args.server_cores}); WAL at --wal-mb-s {args.wal_mb_s:g} MB/s; builds on "
-          "B sessions = max(sum / min(B, server cores), longest build); flags and "
-          "CLUSTER serial, linear in rows x log (ANALYZE samples: as measured); no growth of the per-tile write with "
-          "the rows held (bulk path: no per-row key checks)")
+          "B sessions = max(sum / min(B, server cores), the longest chain of dependencies "
+          "with ztile's flags in B parts), linear in rows x log (ANALYZE samples: as "
+          "measured); no growth of the per-tile write with the rows held (bulk path: no "
+          "per-row key checks)")
     print(f"{'nodes':>5} {'extractors':>10} {'extract h':>9} {'tile phase h':>12} "
           f"{'total h':>8} bound")
     for r in out["nodes"]:
