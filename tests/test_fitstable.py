@@ -346,3 +346,49 @@ def test_layouts_are_told_apart(tmp_path):
     table = BinTable(path)
     assert table.colnames == ["p", "Q2"]
     same(table.read(["p", "q2"]), fitsio_read(path, ["p", "q2"]))
+
+
+def test_headers_longer_than_one_read(tmp_path):
+    """A header of more cards than one read of the file holds (HEAD_READ), after an
+    image; the same file cut inside that header, or with a non-ASCII byte in it."""
+    from specprod_db.extract import fitstable
+    path = str(tmp_path / "t.fits")
+    data = every_type(20)
+    cards = fitstable.HEAD_READ // 80 + 200
+    with fitsio.FITS(path, "rw") as f:
+        f.write(np.arange(3000, dtype="f8"), header=[
+            {"name": f"P{i}", "value": i} for i in range(cards)])
+        f.write(data, header=[{"name": f"KEY{i}", "value": f"v{i}"} for i in range(cards)])
+    table = BinTable(path)
+    assert table.offset > 2 * fitstable.HEAD_READ
+    same(table.read(table.colnames), fitsio_read(path, table.colnames))
+    same(table.read(["f8"], rows=[3, 19]), fitsio_read(path, ["f8"], rows=[3, 19]))
+    raw = open(path, "rb").read()
+    cut = str(tmp_path / "cut.fits")
+    open(cut, "wb").write(raw[:table.offset - 2880 - 100])
+    with pytest.raises(ValueError, match="inside a header"):
+        BinTable(cut)
+    bad = str(tmp_path / "bad.fits")
+    at = raw.index(b"KEY700  = ")
+    open(bad, "wb").write(raw[:at + 12] + b"\xe9" + raw[at + 13:])
+    with pytest.raises(UnicodeDecodeError):
+        BinTable(bad)
+
+
+def test_tables_differing_in_rows_only(tmp_path):
+    """Files whose headers differ only in NAXIS2 share a layout; each is read with its
+    own number of rows, and a file with another column card has its own layout."""
+    paths = []
+    for n in (3, 8, 1):
+        path = str(tmp_path / f"t{n}.fits")
+        fitsio.write(path, every_type(n))
+        paths.append(path)
+    path = str(tmp_path / "other.fits")
+    fitsio.write(path, every_type(8))
+    _edit_header(path, "TTYPE3", "TTYPE3  = 'J1      '")
+    paths.append(path)
+    for _ in range(2):
+        for path in paths:
+            table = BinTable(path)
+            same(table.read(table.colnames), fitsio_read(path, table.colnames))
+    assert BinTable(paths[-1]).colnames[2] == "J1"

@@ -76,13 +76,12 @@ def _value(text):
 
 #: Column keywords of a table header: all that :meth:`BinTable._layout_of` reads.
 _COLUMN_KEYS = ("TTYPE", "TFORM", "TZERO", "TSCAL", "TDIM")
-#: Their first four bytes as big-endian integers: how :func:`_column_cards` finds a
-#: header's column cards (a superset: a card "TTYPX..." is taken too, harmless in a key).
+#: Their first four bytes as big-endian integers: how :meth:`_Cards.column_cards`
+#: finds a header's column cards (a superset: a card "TTYPX..." is taken too, harmless
+#: in a key).
 _COLUMN_PREFIXES = tuple(int.from_bytes(k[:4].encode(), "big") for k in _COLUMN_KEYS)
-#: A header's cards as (first four bytes, the rest) and as whole cards.
-_CARD_KEY = np.dtype([("key", ">u4"), ("rest", "V76")])
+#: A header's cards, whole.
 _CARD_TEXT = np.dtype("S80")
-
 
 class _Keywords(dict):
     """Value fields by keyword (the first card of each keyword), parsed when asked for."""
@@ -99,23 +98,29 @@ class _Keywords(dict):
 
 
 class _Cards:
-    """A header's keywords, found in its text when asked for: a tractor header has ~370
-    cards, of which a file whose column layout is known (:data:`_LAYOUTS`) needs five.
-    A keyword's value is that of its first card with a value indicator (``= `` in
-    bytes 9-10); :meth:`with_columns` parses them all (to lay out the columns)."""
+    """A header's keywords, found in its cards (``raw``: the bytes before END) when
+    asked for: a tractor header has ~370 cards, of which a file whose column layout is
+    known (:data:`_LAYOUTS`) needs five.  A keyword's value is that of its first card
+    with a value indicator (``= `` in bytes 9-10); :meth:`with_columns` parses them all
+    (to lay out the columns)."""
 
-    def __init__(self, text, raw):
-        self.text, self._raw = text, raw  # the cards before END, as str and as bytes
+    def __init__(self, raw):
+        self._raw = raw
+
+    def _find(self, key):
+        """The offset of the first card ``key`` with a value, or -1."""
+        if len(key) > 8:
+            return -1
+        raw, pattern = self._raw, f"{key:<8}= ".encode()
+        i = raw.find(pattern)
+        while i >= 0 and i % CARD:
+            i = raw.find(pattern, i + 1)
+        return i
 
     def _field(self, key):
         """The value field (bytes 11-80) of the first card ``key`` with a value, or None."""
-        if len(key) > 8:
-            return None
-        text, pattern = self.text, f"{key:<8}= "
-        i = text.find(pattern)
-        while i >= 0 and i % CARD:
-            i = text.find(pattern, i + 1)
-        return None if i < 0 else text[i + 10:i + CARD]
+        i = self._find(key)
+        return None if i < 0 else self._raw[i + 10:i + CARD].decode("ascii")
 
     def get(self, key, default=None):
         text = self._field(key)
@@ -131,55 +136,89 @@ class _Cards:
         """The value field of ``key`` as written (None if none): part of a layout's key."""
         return self._field(key)
 
-    @property
-    def column_text(self):
-        """The text of the header's column cards (:data:`_COLUMN_KEYS`) in file order,
-        as bytes: two headers with the same column cards have the same layout."""
+    def column_cards(self):
+        """The header's column cards (:data:`_COLUMN_KEYS`) in file order, as bytes:
+        two headers with the same column cards have the same layout."""
         raw = self._raw
-        keys = np.frombuffer(raw, dtype=_CARD_KEY)["key"]
+        keys = np.frombuffer(raw, dtype=">u4")[::CARD // 4]  # each card's first 4 bytes
         a, b, c, d, e = _COLUMN_PREFIXES
         mask = (keys == a) | (keys == b) | (keys == c) | (keys == d) | (keys == e)
         return np.frombuffer(raw, dtype=_CARD_TEXT)[mask].tobytes()
 
+    def without(self, key):
+        """The header's cards but the first card ``key`` with a value, as bytes."""
+        i, raw = self._find(key), self._raw
+        return raw if i < 0 else raw[:i] + raw[i + CARD:]
+
     def with_columns(self):
         """Every keyword (the first card of each), for :meth:`BinTable._layout_of`."""
-        text = self.text
+        text = self._raw.decode("ascii")
         cards = [text[k:k + CARD] for k in range(0, len(text), CARD)]
         # the first card of each keyword: later ones set first, then overwritten
         return _Keywords({card[:8].rstrip(): card[10:] for card in reversed(cards)
                           if card[8:10] == "= "})
 
 
-def _end(text):
-    """The offset of the END card in a header block's ``text``, or None."""
-    i = text.find("END")
+def _end(buf, start):
+    """The position in ``buf`` of the first END card of the header at ``start``, or
+    None."""
+    i = buf.find(b"END", start)
     while i >= 0:
-        if i % CARD == 0 and text[i:i + 8].rstrip() == "END":
+        if (i - start) % CARD == 0 and buf[i:i + 8].rstrip() == b"END":
             return i
-        i = text.find("END", i + 1)
+        i = buf.find(b"END", i + 1)
     return None
 
 
-def _header(f, path):
-    """The keywords of the header at the file's position (:class:`_Cards`), and the
-    bytes it took."""
-    chunks, texts, size = [], [], 0
+#: Bytes of a file read at once for its headers (a mock tractor file's two take 12
+#: blocks, a DR9 one's ~18).
+HEAD_READ = 24 * BLOCK
+
+
+class _File:
+    """An open file (descriptor ``fd``) read in pieces of at least :data:`HEAD_READ`
+    bytes: ``buf``, from offset ``at``; ``eof`` when it reaches the end of the file."""
+
+    def __init__(self, fd):
+        self.fd, self.at, self.buf, self.eof = fd, 0, b"", False
+
+    def read(self, offset, size=HEAD_READ):
+        """``(buf, i)``: the file from ``offset`` is ``buf[i:]``, read anew."""
+        self.at, self.buf = offset, os.pread(self.fd, size, offset)
+        self.eof = len(self.buf) < size
+        return self.buf, 0
+
+    def span(self, offset):
+        """``(buf, i)``: the file from ``offset`` is ``buf[i:]`` (at least a byte of it,
+        or the end of the file), from what was read if it holds ``offset``."""
+        i = offset - self.at
+        if 0 <= i < len(self.buf):
+            return self.buf, i
+        return self.read(offset)
+
+
+def _header(file, offset, path):
+    """The keywords of the header at ``offset`` of the :class:`_File` (:class:`_Cards`),
+    and the bytes it took (whole blocks).  A header must be ASCII up to the end of its
+    END card's block (``UnicodeDecodeError`` otherwise)."""
+    buf, i = file.span(offset)
     while True:
-        block = f.read(BLOCK)
-        if not block and not size:
+        n = len(buf) - i
+        if n <= 0:
             raise ValueError(f"{path}: no binary table HDU")
-        if len(block) < BLOCK:
+        end = _end(buf, i)
+        full = n - n % BLOCK  # the whole blocks of buf[i:]
+        if end is not None and end - i < full:
+            size = ((end - i) // BLOCK + 1) * BLOCK
+            head = buf[i:i + size]
+            if not head.isascii():
+                head.decode("ascii")  # raises, naming the byte
+            return _Cards(head[:end - i]), size
+        if file.eof:
+            if not buf[i:i + full].isascii():
+                buf[i:i + full].decode("ascii")
             raise ValueError(f"{path}: file ends inside a header")
-        size += BLOCK
-        text = block.decode("ascii")
-        end = _end(text)
-        if end is not None:
-            chunks.append(block[:end])
-            texts.append(text[:end])
-            break
-        chunks.append(block)
-        texts.append(text)
-    return _Cards("".join(texts), b"".join(chunks)), size
+        buf, i = file.read(offset, max(4 * n, HEAD_READ))
 
 
 def _data_size(h):
@@ -193,17 +232,40 @@ def _data_size(h):
     return -(-n // BLOCK) * BLOCK
 
 
-#: The column layouts already parsed, by the text of their headers' column cards: the
-#: tractor files of a run (hundreds of bricks) share one layout, parsed once (the
-#: ~900 keyword values of a 181-column header took 2 of the 2.4 ms a file took).
-_LAYOUTS: dict = {}
+#: The column layouts already parsed, most recently used first, with their keys
+#: (:func:`_layout_key`): the tractor files of a run (hundreds of bricks) share one
+#: layout, parsed once (the ~900 keyword values of a 181-column header took 2 of the
+#: 2.4 ms a file took).
+_LAYOUTS: list = []
 _MAX_LAYOUTS = 64
+#: The same layouts by their whole headers but NAXIS2 (:meth:`_Cards.without`), the
+#: most recent first: a header the same as one seen before but for its number of rows
+#: (the tractor files of a run) has its layout without its column cards picked out.
+#: Both lists are compared key by key (``memcmp`` of ~30 kB), not hashed.
+_HEADERS: list = []
+_MAX_HEADERS = 8
 
 
 def _layout_key(h, tfields):
-    """What the column layout depends on: TFIELDS, NAXIS1 and the column cards' text
-    (two headers whose column cards are the same cards have the same layout)."""
-    return tfields, h.raw("NAXIS1"), h.column_text
+    """What the column layout depends on: TFIELDS, NAXIS1 and the column cards (two
+    headers with the same :meth:`_Cards.column_cards` have the same layout)."""
+    return tfields, h.raw("NAXIS1"), h.column_cards()
+
+
+def _known(known, key):
+    """The layout of ``key`` in list ``known`` (moved to its front), or None."""
+    for k, (seen, layout) in enumerate(known):
+        if seen == key:
+            if k:
+                known.insert(0, known.pop(k))
+            return layout
+    return None
+
+
+def _remember(known, key, layout, size):
+    """``key``'s layout at the front of list ``known``, kept to ``size`` entries."""
+    del known[size - 1:]
+    known.insert(0, (key, layout))
 
 
 class BinTable:
@@ -215,14 +277,15 @@ class BinTable:
         if _hdu is not None:  # from :func:`tables`: (header, offset of its data, file size)
             self._setup(*_hdu)
             return
-        with open(path, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
-            if f.read(10) != b"SIMPLE  = ":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            file_size = os.fstat(fd).st_size
+            file = _File(fd)
+            if file.span(0)[0][:10] != b"SIMPLE  = ":
                 raise ValueError(f"{path}: not a FITS file (it does not start with SIMPLE)")
-            f.seek(0)
             offset = 0
             while True:
-                h, size = _header(f, path)
+                h, size = _header(file, offset, path)
                 offset += size
                 xt = h.get("XTENSION")
                 if xt == "BINTABLE":
@@ -230,7 +293,8 @@ class BinTable:
                 if xt not in (None, "IMAGE"):
                     raise Unsupported(f"{path}: first table is a {xt} HDU")
                 offset += _data_size(h)
-                f.seek(offset)
+        finally:
+            os.close(fd)
         self._setup(h, offset, file_size)
 
     def _setup(self, h, offset, file_size):
@@ -242,13 +306,15 @@ class BinTable:
             raise ValueError(f"{path}: file truncated ({file_size} bytes, its "
                              f"table needs {need})")
         tfields = int(h["TFIELDS"])
-        key = _layout_key(h, tfields)
-        layout = _LAYOUTS.get(key)
+        header = h.without("NAXIS2")  # TFIELDS, NAXIS1 and the column cards with it
+        layout = _known(_HEADERS, header)
         if layout is None:
-            layout = self._layout_of(h.with_columns(), tfields, path)
-            if len(_LAYOUTS) >= _MAX_LAYOUTS:
-                _LAYOUTS.clear()
-            _LAYOUTS[key] = layout
+            key = _layout_key(h, tfields)
+            layout = _known(_LAYOUTS, key)
+            if layout is None:
+                layout = self._layout_of(h.with_columns(), tfields, path)
+                _remember(_LAYOUTS, key, layout, _MAX_LAYOUTS)
+            _remember(_HEADERS, header, layout, _MAX_HEADERS)
         self._columns, colnames, self._reads, self.upper_names = layout
         self.colnames = list(colnames)
 
@@ -307,26 +373,36 @@ class BinTable:
         return name.upper(), at, np.dtype((raw, shape)), np.dtype((out, shape)), code, flip
 
     def _plan(self, columns):
-        """The columns' layouts in the file's order, the output dtype, the dtype of the
-        file's rows they are read through, the names of the fields copied as they are
-        (all but ``L`` and unsigned ones) and the others' ``(name, code, flip)``; once
-        per layout and set of columns (a brick's reads are the same for every tractor
-        file)."""
+        """How to read ``columns``: their layouts in the file's order, the output dtype,
+        the dtype of the file's rows they are read through, the byte runs copied as
+        they are (``(offset in a row, offset in an output row, length)``: adjacent
+        columns whose output type is the file's, merged) and the other columns'
+        ``(name, code, flip)``; once per layout and set of columns (a brick's reads are
+        the same for every tractor file)."""
         key = tuple(columns)
         plan = self._reads.get(key)
         if plan is None:
             # fitsio returns the columns in the file's order (their byte offsets' order),
             # whatever the request's
             lay = sorted((self._layout(c) for c in columns), key=lambda x: x[1])
-            names = [x[0] for x in lay]
-            plain = [x[0] for x in lay if x[4] != "L" and x[5] is None]
-            plan = (lay, np.dtype([(x[0], x[3]) for x in lay]),
-                    np.dtype({"names": names,
+            out_dtype = np.dtype([(x[0], x[3]) for x in lay])
+            runs, others = [], []
+            for name, at, raw, out, code, flip in lay:
+                if raw != out or flip is not None:  # strings, logical, unsigned
+                    others.append((name, code, flip))
+                    continue
+                dest = out_dtype.fields[name][1]
+                last = runs[-1] if runs else None
+                if last and last[0] + last[2] == at and last[1] + last[2] == dest:
+                    runs[-1] = (last[0], last[1], last[2] + raw.itemsize)
+                else:
+                    runs.append((at, dest, raw.itemsize))
+            plan = (lay, out_dtype,
+                    np.dtype({"names": [x[0] for x in lay],
                               "formats": [x[2] for x in lay],
                               "offsets": [x[1] for x in lay],
                               "itemsize": self.rowbytes}),
-                    None if plain == names else plain,
-                    [(x[0], x[4], x[5]) for x in lay if x[4] == "L" or x[5] is not None])
+                    runs, others)
             self._reads[key] = plan
         return plan
 
@@ -341,7 +417,7 @@ class BinTable:
         record type and their fields converted into the output in one assignment
         (field by field in file order, as numpy assigns structured arrays), then the
         logical and unsigned columns from their bytes."""
-        lay, out_dtype, view_dtype, plain, special = self._plan(columns)
+        lay, out_dtype, view_dtype, runs, others = self._plan(columns)
         if not upper:
             names = [self._columns[x[0]][0] for x in lay]
             if len(set(names)) < len(names):
@@ -382,7 +458,7 @@ class BinTable:
                 view = np.frombuffer(data, dtype=view_dtype)
             if rows is not None and not few:
                 view = view[idx]
-            self._convert(view, out, plain, special)
+            self._convert(view, out, runs, others)
         finally:
             view = None
             if mapped is not None:
@@ -393,20 +469,24 @@ class BinTable:
         return out if upper else _renamed(out, names)
 
     @staticmethod
-    def _convert(view, out, plain, special):
-        """The file's rows ``view`` into ``out``: the fields copied as they are in one
-        structured assignment, then the logical and unsigned ones."""
-        if plain is None:
-            out[...] = view
-        elif plain:
-            out[plain] = view[plain]
-        for name, code, flip in special:
+    def _convert(view, out, runs, others):
+        """The file's rows ``view`` into ``out``: the byte runs copied, then the other
+        columns converted (``A`` to unicode as numpy casts, ``L`` and unsigned from
+        their bytes)."""
+        if runs:
+            src = view.view(np.uint8).reshape(len(view), -1)
+            dst = out.view(np.uint8).reshape(len(out), -1)
+            for at, dest, size in runs:
+                dst[:, dest:dest + size] = src[:, at:at + size]
+        for name, code, flip in others:
             col = view[name]
             if code == "L":
                 out[name] = col == ord("T")
-            else:
+            elif flip is not None:
                 value = col.view(col.dtype.str.replace("i", "u")) ^ flip
                 out[name] = value.view(np.int8) if code == "B" else value
+            else:
+                out[name] = col
 
 
 def _renamed(out, names):
@@ -423,14 +503,15 @@ def tables(path):
     HDU of another type, a name given by HDUNAME only, or two HDUs of one name (fitsio
     then decides)."""
     out: dict = {}
-    size_of_file = os.path.getsize(path)
-    with open(path, "rb") as f:
-        if f.read(10) != b"SIMPLE  = ":
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size_of_file = os.fstat(fd).st_size
+        file = _File(fd)
+        if file.span(0)[0][:10] != b"SIMPLE  = ":
             raise ValueError(f"{path}: not a FITS file (it does not start with SIMPLE)")
-        f.seek(0)
         offset = 0
         while offset < size_of_file:
-            h, size = _header(f, path)
+            h, size = _header(file, offset, path)
             offset += size
             xt = h.get("XTENSION")
             if xt not in (None, "IMAGE", "BINTABLE"):
@@ -444,7 +525,8 @@ def tables(path):
                 out[name] = (BinTable(path, _hdu=(h, offset, size_of_file))
                              if xt == "BINTABLE" else None)
             offset += _data_size(h)
-            f.seek(offset)
+    finally:
+        os.close(fd)
     return out
 
 
