@@ -522,3 +522,26 @@ def test_photometry_columns_from_one_or_more_files():
         assert len(m) == len(cols["ra"])
     assert tr._photometry_columns([Fake(catalog(3))], targets, np.full(7, -1),
                                   np.full(7, -1), np.zeros(7, dtype=bool)) is None
+
+
+def test_tractor_file_missing_columns(tmp_path):
+    """A tractor file without a column the brick needs is an InputError naming the
+    missing columns, every time it is read (the names asked are remembered per layout),
+    while a file with them, of another layout, reads."""
+    paths = Paths.from_environment({"DESI_ROOT": str(tmp_path)})
+    short = str(tmp_path / "short.fits")
+    fitsio.write(short, np.zeros(2, dtype=[("ra", "f8"), ("dec", "f8")]))
+    for _ in range(2):
+        tractor = tr._Tractor(short, "0001p000")
+        with pytest.raises(InputError, match=r"brick 0001p000: cannot read tractor "
+                           r"catalog .*short.fits: missing column\(s\) BRICK_PRIMARY$"):
+            tractor.read(["RA", "DEC", "BRICK_PRIMARY"])
+        assert tractor.read(["DEC", "RA"]).dtype.names == ("RA", "DEC")
+        tractor.close()
+    name, bid, center = _brick(10.0, 5.0)
+    cat = write_tractor(paths.tractor_file("south", name), name, bid, center, 5, 9010,
+                        np.random.default_rng(2))
+    tractor = tr._Tractor(paths.tractor_file("south", name), name)
+    got = tractor.read(["RA", "DEC", "BRICK_PRIMARY"], rows=[1, 3])
+    assert got["RA"].tolist() == cat["RA"][[1, 3]].tolist()
+    tractor.close()

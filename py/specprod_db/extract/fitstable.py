@@ -2,9 +2,11 @@
 
 fitsio describes a table HDU keyword by keyword when it is first used
 (``get_hdu_info``): 6.9 ms for a 181-column DR9 tractor file, 2.0 of the 2.7 s of
-brick extraction in a 4-tile morning (``doc/scale.md``). :class:`BinTable` parses the
-header cards once in Python, maps the table's rows onto the file (``numpy.memmap``) and
-copies only the wanted columns of the wanted rows: the same values and dtypes as
+brick extraction in a 4-tile morning (``doc/scale.md``). :class:`BinTable` reads the
+headers (one ``os.pread`` for most files), finds the few keywords it needs in their
+bytes, parses a column layout once for the files that share it, reads the wanted rows
+(``os.pread``, or ``mmap`` for a large table) and copies only the wanted columns of
+them: the same values and dtypes as
 fitsio's ``read(columns=..., rows=..., upper=True)`` (``tests/test_fitstable.py``
 compares the two on every column of the mock tractor files and on a table of every
 type) for the column types of Legacy Surveys catalogues:
@@ -413,10 +415,10 @@ class BinTable:
         ``read(columns=columns, rows=rows)``.
 
         A few rows (at most :data:`FEW_ROWS`) are read row by row (``os.pread`` of each
-        row's NAXIS1 bytes), all rows at once; the rows are viewed through the file's
-        record type and their fields converted into the output in one assignment
-        (field by field in file order, as numpy assigns structured arrays), then the
-        logical and unsigned columns from their bytes."""
+        row's NAXIS1 bytes), more with the whole table (read if at most
+        :data:`MAP_BYTES`, else mapped); the rows are viewed through the file's record
+        type, the columns whose output type is the file's copied as runs of bytes
+        (:meth:`_plan`), the others converted (:meth:`_convert`)."""
         lay, out_dtype, view_dtype, runs, others = self._plan(columns)
         if not upper:
             names = [self._columns[x[0]][0] for x in lay]

@@ -170,10 +170,7 @@ class _Tractor:
 
     def read(self, columns, rows=None):
         try:
-            missing = [c for c in columns if c not in self.names]
-            if missing:
-                raise ValueError(f"missing column(s) {', '.join(missing)}")
-            names = [self.names[c] for c in columns]
+            names = _file_names(self.names, columns)
             if self.fits is None:
                 try:
                     return self.hdu.read(names, rows=rows)
@@ -186,6 +183,28 @@ class _Tractor:
     def close(self):
         if self.fits is not None:
             self.fits.close()
+
+
+#: :func:`_file_names` of a name map (by identity, kept alive here) and columns.
+_NAMES: dict = {}
+_MAX_NAMES = 256
+
+
+def _file_names(names, columns):
+    """The file's names (``names``: upper case -> the file's) of the upper-case
+    ``columns``; ``ValueError`` naming the missing ones.  Remembered for the maps
+    BinTable shares between the files of one layout (a brick's reads ask the same)."""
+    key = (id(names), tuple(columns))
+    got = _NAMES.get(key)
+    if got is None or got[0] is not names:
+        missing = [c for c in columns if c not in names]
+        got = (names, missing, [names[c] for c in columns] if not missing else None)
+        if len(_NAMES) >= _MAX_NAMES:
+            _NAMES.clear()
+        _NAMES[key] = got
+    if got[1]:
+        raise ValueError(f"missing column(s) {', '.join(got[1])}")
+    return list(got[2])
 
 
 def tractorphot_onebrick(brickname, targets, paths, stats=None):
@@ -242,7 +261,10 @@ def gather_onebrick(brickname, targets, paths, stats=None):
     photsys = np.char.strip(np.asarray(targets["PHOTSYS"]).astype("S1"))
     idrows = ((np.asarray(targets["RELEASE"]) > 0) & (np.asarray(targets["BRICKID"]) > 0)
               & (np.asarray(targets["BRICK_OBJID"]) > 0) & (photsys != b""))
-    bad = idrows & ~np.isin(photsys, list(REGIONS))
+    known = np.zeros(n, dtype=bool)
+    for code in REGIONS:  # np.isin's sort, for two codes, cost more
+        known |= photsys == code
+    bad = idrows & ~known
     if bad.any():
         stats["id_bad_photsys"] = stats.get("id_bad_photsys", 0) + int(bad.sum())
         idrows &= ~bad
