@@ -366,9 +366,12 @@ def _photometry_columns(files, targets, src_file, src_row, matched):
         mine = np.flatnonzero(src_file[m] == k)
         if mine.size == 0:
             continue
-        wanted = np.unique(src_row[m[mine]])
+        want = src_row[m[mine]]
+        wanted = np.unique(want)
         piece = tractor.read(list(TRACTOR_COLUMNS), rows=wanted)
-        pieces.append((mine, piece[np.searchsorted(wanted, src_row[m[mine]])]))
+        if wanted.size != want.size or (wanted != want).any():  # else in order already
+            piece = piece[np.searchsorted(wanted, want)]
+        pieces.append((mine, piece))
     if not pieces:
         return None
     if len(pieces) == 1:  # every matched target from one file, in order
