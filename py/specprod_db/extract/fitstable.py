@@ -173,8 +173,9 @@ def _end(buf, start):
 
 
 #: Bytes of a file read at once for its headers (a mock tractor file's two take 12
-#: blocks, a DR9 one's ~18).
-HEAD_READ = 24 * BLOCK
+#: blocks; a DR9 file's table header alone ~16, 181 columns of three cards, after a
+#: primary header of a few); a longer header is read again, in a larger piece.
+HEAD_READ = 32 * BLOCK
 
 
 class _File:
@@ -444,7 +445,7 @@ class BinTable:
                                  for r in (idx % nrows).tolist()])
             elif size <= MAP_BYTES:
                 data = os.pread(fd, size, self.offset)
-            else:  # mapped: only the pages of the wanted columns are read
+            else:  # mapped, not copied: the pages are read as the columns are taken
                 mapped = data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
