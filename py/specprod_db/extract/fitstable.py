@@ -345,7 +345,7 @@ class BinTable:
         if at != self.rowbytes:
             raise ValueError(f"{path}: columns take {at} bytes a row, NAXIS1 says "
                              f"{self.rowbytes}")
-        # the third: the plans of reads of this layout (:meth:`_plan`), by columns asked;
+        # the third: the plans of reads of this layout (``_plan``), by columns asked;
         # the fourth: the file's column names by their upper case (the last of a case)
         return columns, tuple(colnames), {}, {c.upper(): c for c in colnames}
 
@@ -419,7 +419,7 @@ class BinTable:
         row's NAXIS1 bytes), more with the whole table (read if at most
         :data:`MAP_BYTES`, else mapped); the rows are viewed through the file's record
         type, the columns whose output type is the file's copied as runs of bytes
-        (:meth:`_plan`), the others converted (:meth:`_convert`)."""
+        (``_plan``), the others converted (``_convert``)."""
         lay, out_dtype, view_dtype, runs, others = self._plan(columns)
         if not upper:
             names = [self._columns[x[0]][0] for x in lay]
