@@ -307,17 +307,14 @@ def finishing(todo: Sequence[Build], tables: Iterable[Table] = TABLES,
         before = [Build(f"first_{t.name}_{k}", t.name, FIRST, (), statements=tuple(part))
                   for k, part in enumerate(first.get(t.name, ()))]
         ahead = tuple(b.name for b in before)
-        clustered: tuple[str, ...] = ()
+        mine = [replace(b, depends=b.depends + ahead) for b in mine]
         if t.q3c:
             q3c = f"ix_{t.name}_q3c_ang2ipix"
             cluster = Build(f"cluster_{t.name}", t.name, CLUSTER, (),
                             depends=((q3c,) if q3c in names else ()) + ahead)
-            clustered = (cluster.name,)
-            mine = [replace(b, depends=b.depends + ahead) if b.kind == Q3C else
-                    replace(b, depends=b.depends + ahead + clustered) for b in mine]
+            mine = [b if b.kind == Q3C else replace(b, depends=b.depends + (cluster.name,))
+                    for b in mine]
             mine.append(cluster)
-        else:
-            mine = [replace(b, depends=b.depends + ahead) for b in mine]
         mine = before + mine
         out += mine
         out.append(Build(f"analyze_{t.name}", t.name, ANALYZE, (),

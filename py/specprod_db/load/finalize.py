@@ -222,7 +222,7 @@ def _update_all(cur: Any, schema_name: str, redshifts: str) -> int:
     changed = 0
     for statement in update_all_sql(schema_name, redshifts):
         cur.execute(statement)
-        if statement.as_string(cur.connection).lstrip().startswith(("UPDATE", "WITH")):
+        if (cur.statusmessage or "").startswith("UPDATE"):
             changed += cur.rowcount  # the two UPDATEs
     return changed
 
