@@ -10,7 +10,7 @@ in foreign-key order, each table's rows taken once as binary COPY data (``COPY (
   or maintained row by row), then COMMIT;
 * ``bare``: COPY into a fresh schema whose data tables lost every build
   (:func:`specprod_db.db.builds.drop` of :func:`specprod_db.db.builds.bulk_builds` with
-  nothing kept), then the builds (:func:`specprod_db.db.builds.build_missing`, K
+  nothing kept), then the builds (:func:`specprod_db.db.build_scheduler.build_missing`, K
   sessions): the time of each build step, and the wall time of them all;
 * the builds again, from bare tables, once per mechanism: foreign keys added directly
   or ``NOT VALID`` then validated, duplicates and orphans looked for before each key or
@@ -37,7 +37,7 @@ from psycopg2 import sql
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "py"))
 
-from specprod_db.db import builds, ddl  # noqa: E402
+from specprod_db.db import build_scheduler, builds, ddl  # noqa: E402
 from specprod_db.db.connect import resolve_dsn  # noqa: E402
 from specprod_db.devdb import pgcluster  # noqa: E402
 from specprod_db.schema import DATA_TABLES  # noqa: E402
@@ -112,7 +112,7 @@ def copy_all(conn, dsn: str, data: dict, bare: bool, repeats: int) -> dict:
 def timed_builds(dsn: str, schema_name: str, which, **kw) -> tuple:
     steps: dict = {}
     t = time.perf_counter()
-    builds.build_missing(dsn, schema_name, which, progress=steps.__setitem__, **kw)
+    build_scheduler.build_missing(dsn, schema_name, which, progress=steps.__setitem__, **kw)
     return time.perf_counter() - t, steps
 
 
@@ -151,9 +151,9 @@ def main() -> int:
         bulk = builds.bulk_builds(keep=())
         fks = [b for b in bulk if b.kind == builds.FOREIGN_KEY]
         variants = [("not valid, check on failure", builds.FK_NOT_VALID,
-                     builds.CHECK_ON_FAILURE),
-                    ("direct, check on failure", builds.FK_DIRECT, builds.CHECK_ON_FAILURE),
-                    ("not valid, check before", builds.FK_NOT_VALID, builds.CHECK_BEFORE)]
+                     build_scheduler.CHECK_ON_FAILURE),
+                    ("direct, check on failure", builds.FK_DIRECT, build_scheduler.CHECK_ON_FAILURE),
+                    ("not valid, check before", builds.FK_NOT_VALID, build_scheduler.CHECK_BEFORE)]
         res["builds"] = {}
         for _ in range(args.repeats):
             for label, fk, check in variants:

@@ -5,7 +5,7 @@ After each ``--initial`` load of (e) (its end done on the default
 (:func:`specprod_db.db.builds.bulk_builds`) are dropped again, the primary flags reset
 to what the bulk COPY writes (each row flagged as its TARGETID's only one; untimed, then
 VACUUM), and the whole end of the load redone, timed, on K sessions as the load does it
-(:func:`specprod_db.db.builds.build_missing` with ``finish`` and the load's flag parts,
+(:func:`specprod_db.db.build_scheduler.build_missing` with ``finish`` and the load's flag parts,
 :func:`specprod_db.load.finish.flag_parts`: ztile's flags in K parts, each table's
 before its builds; CLUSTER and ANALYZE), each step's seconds kept.  So
 
@@ -31,8 +31,8 @@ def measure(dsn, load, ks, log=print):
 
     import psycopg2
 
-    from specprod_db.db import builds
-    params = inspect.signature(builds.build_missing).parameters
+    from specprod_db.db import build_scheduler, builds
+    params = inspect.signature(build_scheduler.build_missing).parameters
     finish, in_steps = "finish" in params, "first" in params
     schema = load["schema"]
     t = load["timers"]
@@ -57,8 +57,8 @@ def measure(dsn, load, ks, log=print):
                 extra = {"finish": True}
         steps = {}
         t0 = time.perf_counter()
-        builds.build_missing(dsn, schema, None, connections=k, progress=steps.__setitem__,
-                             **extra)
+        build_scheduler.build_missing(dsn, schema, None, connections=k, progress=steps.__setitem__,
+                                      **extra)
         wall = time.perf_counter() - t0
         if not finish:
             parts.update(cluster_analyze_timed(dsn, schema))

@@ -28,7 +28,7 @@ Mechanism (chosen by measurement, ``bench/README.md``): ``init`` the schema, dro
 key, foreign key and index of the data tables (:func:`specprod_db.db.builds.drop` of
 ``bulk_builds(keep=())``, the bulk path's own list), one ``INSERT ... SELECT ... CROSS
 JOIN generate_series(0, c - 1)`` per table, then every build once on several sessions
-(:func:`specprod_db.db.builds.build_missing`; each key and foreign key validated in one
+(:func:`specprod_db.db.build_scheduler.build_missing`; each key and foreign key validated in one
 pass: the replicated rows satisfy all of them, or the build fails), then ``VACUUM
 ANALYZE`` (a production's statistics and visibility map).  No CLUSTER (the daily path
 never relies on it).
@@ -133,7 +133,7 @@ def build(dsn, env, base, size, base_tiles, name, connections=3, log=print):
     import subprocess
     import sys
 
-    from specprod_db.db import builds
+    from specprod_db.db import build_scheduler, builds
     from specprod_db.schema import DATA_TABLES
     copies = max(1, round(size / base_tiles))
     timers = {}
@@ -188,7 +188,7 @@ def build(dsn, env, base, size, base_tiles, name, connections=3, log=print):
         # ANALYZE after that, or the inserts count as changes since the last ANALYZE
         conn.close()
         t = time.perf_counter()
-        steps = builds.build_missing(dsn, name, None, connections=connections)
+        steps = build_scheduler.build_missing(dsn, name, None, connections=connections)
         timers["builds"] = time.perf_counter() - t
         time.sleep(1.0)
         conn = psycopg2.connect(dsn)

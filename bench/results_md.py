@@ -315,7 +315,7 @@ def markdown(res, text):
         gr = end_of_load_growth(res)
         out += ["## (e) The end of the initial load on K build sessions", "",
                 "Keys, foreign keys and indexes dropped again after each (e) load and "
-                "rebuilt on K sessions (`db/builds.build_missing`, `--build-connections "
+                "rebuilt on K sessions (`db/build_scheduler.build_missing`, `--build-connections "
                 "K`); flags, CLUSTER and ANALYZE timed once in the load's order (flags "
                 "with the builds dropped), K-independent (`bench/endload.py`).", "",
                 "| tiles | rows | flags+CLUSTER+ANALYZE s | "

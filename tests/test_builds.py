@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from specprod_db.db import builds, ddl
+from specprod_db.db import build_scheduler, builds, ddl, violations
 from specprod_db.errors import DatabaseLost, InputError
 
 
@@ -81,14 +81,14 @@ def test_dropped_and_built_again_is_init(created, pg_dsn, schema_name, reference
     assert len(dropped) == len(builds.schema_builds())
     assert catalog(created, schema_name) == ([], [])
     steps = []
-    seconds = builds.build_missing(pg_dsn, schema_name, connections=connections,
-                                   progress=lambda name, s: steps.append(name))
+    seconds = build_scheduler.build_missing(pg_dsn, schema_name, connections=connections,
+                                            progress=lambda name, s: steps.append(name))
     assert set(seconds) == {b.name for b in builds.schema_builds()}
     assert "ztile_tileid_fkey: validate" in steps
     # a foreign key's steps come after its referenced key
     assert steps.index("ztile_pkey: add") < steps.index("ztile_emline_id_fkey: add not valid")
     assert catalog(created, schema_name) == reference
-    assert builds.build_missing(pg_dsn, schema_name) == {}   # nothing left to do
+    assert build_scheduler.build_missing(pg_dsn, schema_name) == {}   # nothing left to do
 
 
 @pytest.mark.parametrize("connections", [1, 3])
@@ -100,9 +100,9 @@ def test_the_end_of_a_bulk_load_clusters_before_the_other_builds(created, pg_dsn
     after its builds; the catalog is init's."""
     builds.drop(created, schema_name, builds.bulk_builds())
     steps = []
-    seconds = builds.build_missing(pg_dsn, schema_name, connections=connections,
-                                   progress=lambda name, s: steps.append(name),
-                                   finish=True)
+    seconds = build_scheduler.build_missing(pg_dsn, schema_name, connections=connections,
+                                            progress=lambda name, s: steps.append(name),
+                                            finish=True)
     q3c_tables = [t.name for t in builds.TABLES if t.q3c]
     assert {f"cluster_{t}" for t in q3c_tables} <= set(seconds)
     assert {f"analyze_{t.name}" for t in builds.TABLES} <= set(seconds)
@@ -139,9 +139,9 @@ def test_the_flags_run_in_parts_before_their_tables_builds(created, pg_dsn, sche
     from specprod_db.load.finish import flag_parts
     builds.drop(created, schema_name, builds.bulk_builds())
     steps = []
-    seconds = builds.build_missing(pg_dsn, schema_name, connections=connections,
-                                   progress=lambda name, s: steps.append(name),
-                                   finish=True, first=flag_parts(schema_name, connections))
+    seconds = build_scheduler.build_missing(pg_dsn, schema_name, connections=connections,
+                                            progress=lambda name, s: steps.append(name),
+                                            finish=True, first=flag_parts(schema_name, connections))
     for table, parts in (("ztile", connections), ("zpix", 1)):
         firsts = [f"first_{table}_{k}" for k in range(parts)]
         assert set(firsts) <= set(seconds)
@@ -153,8 +153,8 @@ def test_the_flags_run_in_parts_before_their_tables_builds(created, pg_dsn, sche
 
 def test_direct_foreign_keys_give_the_same_catalog(created, pg_dsn, schema_name, reference):
     builds.drop(created, schema_name, builds.bulk_builds())
-    builds.build_missing(pg_dsn, schema_name, builds.bulk_builds(), connections=2,
-                         fk=builds.FK_DIRECT, check=builds.CHECK_BEFORE)
+    build_scheduler.build_missing(pg_dsn, schema_name, builds.bulk_builds(), connections=2,
+                                  fk=builds.FK_DIRECT, check=build_scheduler.CHECK_BEFORE)
     assert catalog(created, schema_name) == reference
 
 
@@ -177,11 +177,11 @@ def test_a_referenced_key_is_not_dropped_alone(created, schema_name):
 
 _KILLED_RUN = """
 import os, signal, sys
-from specprod_db.db import builds
+from specprod_db.db import build_scheduler
 def progress(name, seconds):
     if name.endswith(": add not valid"):
         os.kill(os.getpid(), signal.SIGKILL)
-builds.build_missing(sys.argv[1], sys.argv[2], connections=1, progress=progress)
+build_scheduler.build_missing(sys.argv[1], sys.argv[2], connections=1, progress=progress)
 """
 
 
@@ -196,7 +196,7 @@ def test_sigkill_between_add_and_validate_then_rerun(created, pg_dsn, schema_nam
     assert len(half) == 1 and half[0].endswith("_fkey")
     left = builds.missing(created, schema_name)
     assert builds.by_name(half[0]) in left and len(left) < len(builds.schema_builds())
-    seconds = builds.build_missing(pg_dsn, schema_name, connections=2)
+    seconds = build_scheduler.build_missing(pg_dsn, schema_name, connections=2)
     assert set(seconds) == {b.name for b in left}
     assert catalog(created, schema_name) == reference
 
@@ -242,7 +242,7 @@ def test_terminated_session_mid_build_then_rerun(created, pg_dsn, schema_name, r
 
     def run():
         try:
-            outcome["seconds"] = builds.build_missing(pg_dsn, schema_name, connections=2)
+            outcome["seconds"] = build_scheduler.build_missing(pg_dsn, schema_name, connections=2)
         except BaseException as err:
             outcome["error"] = err
     thread = threading.Thread(target=run)
@@ -257,7 +257,7 @@ def test_terminated_session_mid_build_then_rerun(created, pg_dsn, schema_name, r
     assert isinstance(outcome.get("error"), DatabaseLost), outcome
     assert "ztile" in str(outcome["error"])
     assert builds.missing(created, schema_name)       # not everything was built
-    builds.build_missing(pg_dsn, schema_name, connections=3)
+    build_scheduler.build_missing(pg_dsn, schema_name, connections=3)
     assert catalog(created, schema_name) == reference
 
 
@@ -267,8 +267,8 @@ def test_sigkilled_client_ends_its_waiting_build(created, pg_dsn, schema_name, r
     builds.drop(created, schema_name, builds.schema_builds())
     holder = _locked(pg_dsn, schema_name, "photometry")
     proc = subprocess.Popen([sys.executable, "-c",
-                             "import sys; from specprod_db.db import builds; "
-                             "builds.build_missing(sys.argv[1], sys.argv[2], connections=1)",
+                             "import sys; from specprod_db.db import build_scheduler; "
+                             "build_scheduler.build_missing(sys.argv[1], sys.argv[2], connections=1)",
                              pg_dsn, schema_name], stderr=subprocess.PIPE)
     try:
         pid = _wait_for(pg_dsn, _blocked_build(schema_name))
@@ -280,11 +280,11 @@ def test_sigkilled_client_ends_its_waiting_build(created, pg_dsn, schema_name, r
         holder.rollback()
         holder.close()
     assert builds.by_name("photometry_pkey") in builds.missing(created, schema_name)
-    builds.build_missing(pg_dsn, schema_name, connections=2)
+    build_scheduler.build_missing(pg_dsn, schema_name, connections=2)
     assert catalog(created, schema_name) == reference
 
 
-@pytest.mark.parametrize("check", [builds.CHECK_ON_FAILURE, builds.CHECK_BEFORE])
+@pytest.mark.parametrize("check", [build_scheduler.CHECK_ON_FAILURE, build_scheduler.CHECK_BEFORE])
 def test_duplicates_and_orphans_are_named(created, pg_dsn, schema_name, check):
     builds.drop(created, schema_name, builds.bulk_builds())
     s = sql.Identifier(schema_name)
@@ -304,9 +304,9 @@ def test_duplicates_and_orphans_are_named(created, pg_dsn, schema_name, check):
                             "(123456789012345678901234567890, 700, 99, 1, 42), "
                             "(123456789012345678901234567891, 700, 99, 2, 42)").format(s))
     created.commit()
-    with pytest.raises(builds.KeyViolation) as info:
-        builds.build_missing(pg_dsn, schema_name, builds.bulk_builds(), connections=2,
-                             check=check)
+    with pytest.raises(violations.KeyViolation) as info:
+        build_scheduler.build_missing(pg_dsn, schema_name, builds.bulk_builds(), connections=2,
+                                      check=check)
     err = info.value
     assert isinstance(err, InputError)
     message = str(err)

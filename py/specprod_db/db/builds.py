@@ -9,19 +9,20 @@ row.  This module owns that list and its catalog state:
   ``init`` (:func:`specprod_db.db.ddl.create_schema`) and PostgreSQL name them
   (``ztile_pkey``, ``version_package_key``, ``ix_ztile_unique``, ``ztile_tileid_fkey``,
   ``ix_ztile_z``, ``ix_tile_q3c_ang2ipix``), each with its DROP and its ADD / CREATE
-  statements and the builds it depends on (a foreign key needs the referenced key);
+  statements (:class:`Build`, its transactions and their table locks :class:`Step`) and
+  the builds it depends on (a foreign key needs the referenced key);
 * :func:`bulk_builds`: those a bulk load drops (the data tables' but :data:`BULK_KEEP`);
+  :func:`finishing`: the rest of the end of a bulk load (flags, CLUSTER, ANALYZE) as
+  builds of their own;
 * :func:`present` / :func:`missing`: what the catalog of a schema holds;
   :func:`unfinished` / :func:`unfinished_message`: the names a schema lacks, and the
   line ``status``, ``verify`` and ``combine`` print for such an *unfinished initial
   load*, with the command that finishes it (:func:`finish_command`);
-* :func:`drop`: drop a set of them (one transaction);
-* :func:`duplicates` / :func:`orphans`: the rows a key or a foreign key would refuse,
-  with their tiles, raised as :class:`KeyViolation`;
-* :func:`build_missing`: build what is missing, in dependency order, on several
-  connections at once; every step is its own transaction, so a run killed at any point
-  leaves each build done, absent, or (a foreign key) added ``NOT VALID`` and not yet
-  validated, and the same call again builds what is left.
+* :func:`drop`: drop a set of them (one transaction).
+
+The rows a key or a foreign key would refuse are named by
+:mod:`specprod_db.db.violations`; :mod:`specprod_db.db.build_scheduler` builds what is
+missing, in dependency order, on several connections at once.
 
 Foreign keys are built in two steps by default (:data:`FK_NOT_VALID`): ``ADD CONSTRAINT
 ... NOT VALID`` (catalog only, a moment of SHARE ROW EXCLUSIVE on both tables), then
@@ -32,26 +33,17 @@ index builds on ``photometry``; a direct ``ADD CONSTRAINT ... FOREIGN KEY``
 (:data:`FK_DIRECT`) holds SHARE ROW EXCLUSIVE on both tables for its whole scan, which
 serialises them.  ``bench/bulk_mechanism.py`` measured both (40 mock tiles, 1.7 M rows, a
 busy 2-core machine): the foreign keys alone on 3 sessions took 2.9-3.0 s NOT VALID
-against 3.5-3.8 s direct; and looking for duplicates and orphans before each key doubled
-the builds' wall time (16.2 s against 7.2 s), hence :data:`CHECK_ON_FAILURE` by default:
-the same report, made only once the server refused a key.  The scheduler never starts a step whose locks conflict with a running
-step's, so no session waits for another one of the same run.
+against 3.5-3.8 s direct.
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from typing import Any
 
-import psycopg2
 from psycopg2 import sql
 
-from specprod_db.db.connect import connect, server_stop
 from specprod_db.db.sql import qualified
-from specprod_db.errors import InputError
 from specprod_db.schema import DATA_TABLES, TABLES, Table
 from specprod_db.schema import table as schema_table
 
@@ -78,14 +70,10 @@ FIRST = "first"
 CONSTRAINT_KINDS = (PRIMARY_KEY, UNIQUE, FOREIGN_KEY)
 KEY_KINDS = (PRIMARY_KEY, UNIQUE, UNIQUE_INDEX)
 
-#: Foreign-key mechanisms of :func:`build_missing`.
+#: Foreign-key mechanisms of
+#: :func:`~specprod_db.db.build_scheduler.build_missing`.
 FK_NOT_VALID = "not valid"
 FK_DIRECT = "direct"
-
-#: Duplicate / orphan checks of :func:`build_missing`: a query before each key's build,
-#: or only once the server refused it (free when nothing is wrong).
-CHECK_BEFORE = "before"
-CHECK_ON_FAILURE = "on failure"
 
 ROW_SHARE = "ROW SHARE"
 ROW_EXCLUSIVE = "ROW EXCLUSIVE"
@@ -359,7 +347,7 @@ def present_in(cur: Any, schema_name: str) -> dict[str, str]:
     return out
 
 
-def _state(b: Build, catalog: Mapping[str, str]) -> str | None:
+def catalog_state(b: Build, catalog: Mapping[str, str]) -> str | None:
     """``b``'s state in ``catalog`` (:func:`present`); a key's index without its
     constraint (not something we make) counts as absent."""
     return catalog.get(b.name)
@@ -371,7 +359,7 @@ def missing(conn: Any, schema_name: str,
     lacks or holds only partly (a foreign key not validated)."""
     catalog = present(conn, schema_name)
     return [b for b in (schema_builds() if builds is None else builds)
-            if _state(b, catalog) != DONE]
+            if catalog_state(b, catalog) != DONE]
 
 
 # --- an unfinished initial load -----------------------------------------------------
@@ -391,7 +379,7 @@ def unfinished(cur: Any, schema_name: str) -> list[str]:
     finished schema.  Non-empty after an initial load that stopped before the end of
     its builds (or whose keys refused rows)."""
     catalog = present_in(cur, schema_name)
-    return [b.name for b in schema_builds() if _state(b, catalog) != DONE]
+    return [b.name for b in schema_builds() if catalog_state(b, catalog) != DONE]
 
 
 def unfinished_message(schema_name: str, names: Sequence[str]) -> str:
@@ -427,343 +415,3 @@ def drop(conn: Any, schema_name: str, builds: Iterable[Build]) -> list[str]:
         conn.rollback()
         raise
     return dropped
-
-
-# --- rows a key or a foreign key refuses --------------------------------------------
-
-class KeyViolation(InputError):
-    """Rows that a key, unique index or foreign key being built refuses: two rows with
-    one key, or rows whose reference is missing.  The message names each build, its
-    table, key values and tiles; ``found`` is ``{build name: [row group, ...]}`` as
-    :func:`duplicates` and :func:`orphans` return them."""
-
-    def __init__(self, message: str, found: Mapping[str, list[dict[str, Any]]]):
-        super().__init__(message)
-        self.found = dict(found)
-
-
-def _value(v: Any) -> Any:
-    if isinstance(v, Decimal) and v == v.to_integral_value():
-        return int(v)
-    return v
-
-
-def _tile_list(t: Table, alias: str = "") -> sql.Composable:
-    if "tileid" not in t.names:
-        return sql.SQL("NULL::integer[]")
-    col = sql.SQL("{}.tileid").format(sql.Identifier(alias)) if alias \
-        else sql.Identifier("tileid")
-    return sql.SQL("array_agg(DISTINCT {} ORDER BY {})").format(col, col)
-
-
-def duplicates(conn: Any, schema_name: str, b: Build,
-               limit: int = 10) -> list[dict[str, Any]]:
-    """The values of key ``b`` (primary key, unique constraint or unique index) held by
-    more than one row of its table, at most ``limit`` of them in key order: ``{"key":
-    {column: value}, "rows": n, "tiles": [tileid, ...] or None, "total": number of
-    duplicated values}``."""
-    if b.kind not in KEY_KINDS:
-        raise ValueError(f"{b.name} is a {b.kind}, not a key")
-    t = schema_table(b.table)
-    cols = sql.SQL(", ").join(map(sql.Identifier, b.columns))
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT {}, count(*), {}, count(*) OVER () FROM {} "
-                            "GROUP BY {} HAVING count(*) > 1 ORDER BY {} LIMIT %s").format(
-            cols, _tile_list(t), qualified(schema_name, b.table), cols, cols), (limit,))
-        rows = cur.fetchall()
-    conn.rollback()
-    n = len(b.columns)
-    return [{"key": dict(zip(b.columns, map(_value, r[:n]))), "rows": r[n],
-             "tiles": r[n + 1], "total": r[n + 2]} for r in rows]
-
-
-def orphans(conn: Any, schema_name: str, b: Build,
-            limit: int = 10) -> list[dict[str, Any]]:
-    """The values of foreign key ``b``'s column that no row of the referenced table
-    holds, at most ``limit`` of them: ``{"key": {column: value}, "rows": n, "tiles":
-    [tileid, ...] or None, "total": number of missing values}``."""
-    if b.kind != FOREIGN_KEY or b.references is None:
-        raise ValueError(f"{b.name} is a {b.kind}, not a foreign key")
-    t = schema_table(b.table)
-    (col,) = b.columns
-    rtable, rcol = b.references
-    c = sql.SQL("c.{}").format(sql.Identifier(col))
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL(
-            "SELECT {c}, count(*), {tiles}, count(*) OVER () FROM {child} c "
-            "WHERE {c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {parent} p "
-            "WHERE p.{rcol} = {c}) GROUP BY {c} ORDER BY {c} LIMIT %s").format(
-            c=c, tiles=_tile_list(t, "c"), child=qualified(schema_name, b.table),
-            parent=qualified(schema_name, rtable), rcol=sql.Identifier(rcol)), (limit,))
-        rows = cur.fetchall()
-    conn.rollback()
-    return [{"key": {col: _value(r[0])}, "rows": r[1], "tiles": r[2], "total": r[3]}
-            for r in rows]
-
-
-def violations(conn: Any, schema_name: str, b: Build,
-               limit: int = 10) -> list[dict[str, Any]]:
-    """:func:`duplicates` of a key, :func:`orphans` of a foreign key, [] for an index."""
-    if b.kind in KEY_KINDS:
-        return duplicates(conn, schema_name, b, limit)
-    if b.kind == FOREIGN_KEY:
-        return orphans(conn, schema_name, b, limit)
-    return []
-
-
-def describe_violation(b: Build, found: Sequence[Mapping[str, Any]]) -> str:
-    """One line naming the table, the build, the key values and their tiles."""
-    def group(g: Mapping[str, Any]) -> str:
-        key = ", ".join(f"{k}={v}" for k, v in g["key"].items())
-        tiles = g["tiles"]
-        where = "" if tiles is None else \
-            f", tile{'s' if len(tiles) > 1 else ''} {', '.join(map(str, tiles))}"
-        rows = g["rows"]
-        return f"{key} ({rows} row{'s' if rows != 1 else ''}{where})"
-    total = found[0]["total"] if found else 0
-    shown = "; ".join(group(g) for g in found)
-    more = f"; and {total - len(found)} more" if total > len(found) else ""
-    if b.kind == FOREIGN_KEY:
-        assert b.references is not None
-        rtable, rcol = b.references
-        return (f"{b.table}: {total} value{'s' if total != 1 else ''} of {b.columns[0]} "
-                f"reference{'' if total != 1 else 's'} no {rtable} row (foreign key "
-                f"{b.name}, {b.columns[0]} -> {rtable}.{rcol}): {shown}{more}")
-    return (f"{b.table}: {total} value{'s' if total != 1 else ''} of its {b.kind} "
-            f"{b.name} ({', '.join(b.columns)}) {'are' if total != 1 else 'is'} held by "
-            f"more than one row: {shown}{more}")
-
-
-# --- building -----------------------------------------------------------------------
-
-#: SQLSTATEs of a key or foreign key refused by the rows (unique_violation,
-#: foreign_key_violation).
-_REFUSED = {"23505", "23503"}
-
-
-def session_settings(parallel_workers: int = 2, maintenance_work_mem: str = "1GB",
-                     extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The settings of a build session: parallel workers per index build, memory per
-    build, and ``client_connection_check_interval`` so that the server ends a build
-    whose client was killed instead of finishing it for nothing while holding its
-    locks."""
-    out = {"max_parallel_maintenance_workers": str(parallel_workers),
-           "maintenance_work_mem": maintenance_work_mem,
-           "client_connection_check_interval": "1s"}
-    out.update(extra or {})
-    return out
-
-
-def _run_step(conn: Any, schema_name: str, step: Step, check: str) -> float:
-    """Run ``step`` in its own transaction; its seconds.  Raises :class:`KeyViolation`
-    naming the rows the build refuses, or the :class:`~specprod_db.errors.DatabaseLost`
-    of a server that stopped the work."""
-    b = step.build
-    checked = step.label != "add not valid" and b.kind in KEY_KINDS + (FOREIGN_KEY,)
-    t0 = time.perf_counter()
-    try:
-        if check == CHECK_BEFORE and checked:
-            found = violations(conn, schema_name, b)
-            if found:
-                raise KeyViolation(describe_violation(b, found), {b.name: found})
-        with conn.cursor() as cur:
-            cur.execute(step.statement)
-        conn.commit()
-    except psycopg2.Error as err:
-        lost = server_stop(err, conn, doing=f"building {step.name}")
-        if lost is not None:
-            raise lost from None
-        conn.rollback()
-        if err.pgcode in _REFUSED and checked:
-            found = violations(conn, schema_name, b)
-            if found:
-                raise KeyViolation(describe_violation(b, found), {b.name: found}) from None
-        raise
-    return time.perf_counter() - t0
-
-
-def _sizes(conn: Any, schema_name: str) -> dict[str, int]:
-    """A rough size of each table (live rows times columns), from the statistics: no
-    lock taken (``pg_relation_size`` would wait for a table someone holds locked), and
-    ``relpages`` is 0 after a COPY until the table is analysed."""
-    with conn.cursor() as cur:
-        cur.execute("""SELECT relname, n_live_tup FROM pg_stat_user_tables
-                       WHERE schemaname = %s""", (schema_name,))
-        rows = cur.fetchall()
-    conn.rollback()
-    width = {t.name: len(t.names) for t in TABLES}
-    return {name: int(n) * width.get(name, 1) for name, n in rows}
-
-
-def plan(conn: Any, schema_name: str, builds: Iterable[Build] | None = None,
-         fk: str = FK_NOT_VALID, finish: bool = False,
-         first: Mapping[str, Sequence[Sequence[sql.Composable]]] | None = None
-         ) -> list[Step]:
-    """The steps making the missing builds of ``builds`` (default: all), in the order
-    of preference of the scheduler: q3c indexes and CLUSTER first (the table's other
-    builds wait for them), then keys, then the largest tables first; with ``finish``
-    also CLUSTER and ANALYZE, after the work ``first`` (:func:`finishing`), which
-    starts first.  A build whose dependency is neither
-    present nor among ``builds`` is refused (ValueError)."""
-    catalog = present(conn, schema_name)
-    wanted = list(schema_builds() if builds is None else builds)
-    todo = [b for b in wanted if _state(b, catalog) != DONE]
-    if finish:
-        todo = finishing(todo, first=first)
-    names = {b.name for b in todo}
-    for b in todo:
-        absent = [d for d in b.depends if catalog.get(d) != DONE and d not in names]
-        if absent:
-            raise ValueError(f"{b.name} needs {', '.join(absent)}, which {schema_name} "
-                             f"lacks and which is not to be built")
-    sizes = _sizes(conn, schema_name)
-    steps = [s for b in todo for s in b.steps(schema_name, fk, _state(b, catalog))]
-    return sorted(steps, key=lambda s: (
-        0 if s.build.kind in (FIRST, Q3C, CLUSTER) else 1 if s.build.kind in KEY_KINDS
-        else 2, -sizes.get(s.build.table, 0)))
-
-
-def build_missing(dsn: str | None, schema_name: str, builds: Iterable[Build] | None = None,
-                  connections: int = 3, parallel_workers: int = 2,
-                  maintenance_work_mem: str = "1GB", fk: str = FK_NOT_VALID,
-                  check: str = CHECK_ON_FAILURE, settings: Mapping[str, str] | None = None,
-                  progress: Callable[[str, float], None] | None = None,
-                  finish: bool = False,
-                  first: Mapping[str, Sequence[Sequence[sql.Composable]]] | None = None
-                  ) -> dict[str, float]:
-    """Build what ``schema_name`` lacks of ``builds`` (default: every build of the
-    schema) on ``connections`` sessions at once; returns ``{build: seconds}``.
-
-    A step starts when the builds it depends on are done and when no running step holds
-    a conflicting lock; each step is its own transaction (a run killed at any point
-    leaves every build done, absent or not yet validated; calling this again finishes
-    the work).  Every session gets :func:`session_settings`; ``fk`` is
-    :data:`FK_NOT_VALID` or :data:`FK_DIRECT`; ``check`` is :data:`CHECK_ON_FAILURE`
-    (look for duplicates or orphans once the server refused a key) or
-    :data:`CHECK_BEFORE` (look first).  ``progress(step name, seconds)`` is called after
-    each step.  ``finish``: the end of a bulk load, CLUSTER and ANALYZE too, and the
-    caller's work ``first`` on a table before its builds (:func:`finishing`), scheduled
-    with the builds.  When rows are refused, the other builds go on (but those depending on
-    the refused one) and one :class:`KeyViolation` names them all at the end; a lost
-    server (:class:`~specprod_db.errors.DatabaseLost`) or any other error stops the
-    scheduling, lets the running steps finish, and is raised.
-    """
-    if check not in (CHECK_BEFORE, CHECK_ON_FAILURE):
-        raise ValueError(f"check {check!r}: {CHECK_BEFORE!r} or {CHECK_ON_FAILURE!r}")
-    if connections < 1:
-        raise ValueError("connections must be at least 1")
-    conns = []
-    seconds: dict[str, float] = {}
-    try:
-        first_conn = connect(dsn, application_name="specprod-db build")
-        conns.append(first_conn)
-        pending = plan(first_conn, schema_name, builds, fk, finish, first)
-        if not pending:
-            return seconds
-        while len(conns) < min(connections, len(pending)):
-            conns.append(connect(dsn, application_name="specprod-db build"))
-        values = session_settings(parallel_workers, maintenance_work_mem, settings)
-        for conn in conns:
-            with conn.cursor() as cur:
-                for name, value in values.items():
-                    cur.execute("SELECT set_config(%s, %s, false)", (name, value))
-            conn.commit()
-        _schedule(conns, schema_name, pending, check, progress, seconds)
-    except psycopg2.Error as err:
-        lost = server_stop(err, conns[-1] if conns else None, doing="planning the builds")
-        if lost is not None:
-            raise lost from None
-        raise
-    finally:
-        for conn in conns:
-            conn.close()
-    return seconds
-
-
-def _schedule(conns: list[Any], schema_name: str, pending: list[Step], check: str,
-              progress: Callable[[str, float], None] | None,
-              seconds: dict[str, float]) -> None:
-    """Run ``pending`` on ``conns`` (see :func:`build_missing`)."""
-    building = {s.build.name for s in pending}
-    finished: set[str] = set()        # step names
-    refused: dict[str, KeyViolation] = {}
-    fatal: BaseException | None = None
-    idle = list(conns)
-    running: dict[Future[float], tuple[Step, Any]] = {}
-
-    built: set[str] = set()           # builds whose every step is done
-    order: dict[str, list[str]] = {}  # build -> its step names, in order
-    for s in pending:
-        order.setdefault(s.build.name, []).append(s.name)
-
-    def ready(step: Step) -> bool:
-        b = step.build
-        before = order[b.name][:order[b.name].index(step.name)]
-        if not set(before) <= finished:
-            return False  # an earlier step of the same build is not done
-        if any(d in building and d not in built for d in b.depends):
-            return False
-        return not any(step.conflicts(r) for r, _ in running.values())
-
-    with ThreadPoolExecutor(max_workers=len(conns)) as pool:
-        try:
-            while True:
-                if fatal is None:
-                    for step in [s for s in pending if ready(s)]:
-                        if not idle:
-                            break
-                        if not ready(step):   # a step started in this pass conflicts
-                            continue
-                        conn = idle.pop()
-                        pending.remove(step)
-                        running[pool.submit(_run_step, conn, schema_name, step, check)] = \
-                            (step, conn)
-                if not running:
-                    break
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for future in done:
-                    step, conn = running.pop(future)
-                    idle.append(conn)
-                    b = step.build
-                    try:
-                        took = future.result()
-                    except KeyViolation as err:
-                        refused[b.name] = err
-                        _forget(pending, b.name)
-                        continue
-                    except BaseException as err:
-                        if fatal is None:
-                            fatal = err
-                        continue
-                    finished.add(step.name)
-                    seconds[b.name] = seconds.get(b.name, 0.0) + took
-                    if step.name == order[b.name][-1]:
-                        built.add(b.name)
-                    if progress is not None:
-                        progress(step.name, took)
-        except BaseException:
-            for _, conn in running.values():
-                conn.cancel()
-            raise
-    if fatal is not None:
-        raise fatal
-    if refused:
-        found = {k: v for err in refused.values() for k, v in err.found.items()}
-        raise KeyViolation("; ".join(str(err) for err in refused.values()), found)
-    if pending:  # pragma: no cover - a dependency the plan did not see
-        raise RuntimeError(f"builds left unscheduled: {', '.join(s.name for s in pending)}")
-
-
-def _forget(pending: list[Step], refused: str) -> None:
-    """Remove from ``pending`` the steps of ``refused`` and of every build depending on it
-    (directly or not): they cannot be made."""
-    gone = {refused}
-    changed = True
-    while changed:
-        changed = False
-        for s in list(pending):
-            if s.build.name in gone or gone & set(s.build.depends):
-                pending.remove(s)
-                if s.build.name not in gone:
-                    gone.add(s.build.name)
-                    changed = True

@@ -4,7 +4,7 @@
   flag (``ztile``'s in one part per session, by TARGETID modulo the sessions, each
   table's before its builds), then the keys, foreign keys and indexes the schema lacks,
   CLUSTER on the q3c indexes and ANALYZE of every table, scheduled together on
-  ``--build-connections`` sessions (:func:`specprod_db.db.builds.build_missing` with
+  ``--build-connections`` sessions (:func:`specprod_db.db.build_scheduler.build_missing` with
   ``finish`` and :func:`flag_parts`); after a daily
   run, the flags of the TARGETIDs writer ranks touched and ANALYZE of the tables whose
   statistics went stale (:mod:`specprod_db.load.finalize` has the SQL).  Fault
@@ -17,7 +17,7 @@
 from typing import Any
 
 from specprod_db import faults, mpi, schema, stage
-from specprod_db.db import builds
+from specprod_db.db import build_scheduler, builds, violations
 from specprod_db.errors import EXIT_FAILED, EXIT_OK
 from specprod_db.load import finalize as flags, runrecord, writer_ranks
 from specprod_db.load.prepare import Plan, Session
@@ -30,7 +30,7 @@ def finalize(session: Session, tally: Tally) -> None:
 
     The seconds of each build go to ``load_run.counts["builds"]`` (the builds done
     before a failure too) and the builds' wall time to the report's timing.  Rows a key
-    refuses stop the run (:class:`~specprod_db.db.builds.KeyViolation`, exit 1) with the
+    refuses stop the run (:class:`~specprod_db.db.violations.KeyViolation`, exit 1) with the
     table, key and tiles named; the schema stays an unfinished initial load, which
     ``status`` reports."""
     faults.hit("finalize")  # failure tests only (faults.py)
@@ -84,12 +84,12 @@ def _build(session: Session, tally: Tally) -> None:
     faults.hit("builds")  # crash tests only (faults.py)
     with tally.timed("builds"):
         try:
-            builds.build_missing(session.dsn, session.schema,
-                                 connections=session.build_connections, progress=progress,
-                                 finish=True, first=flag_parts(session.schema,
-                                                               session.build_connections))
-        except builds.KeyViolation as err:
-            raise builds.KeyViolation(
+            build_scheduler.build_missing(
+                session.dsn, session.schema, connections=session.build_connections,
+                progress=progress, finish=True,
+                first=flag_parts(session.schema, session.build_connections))
+        except violations.KeyViolation as err:
+            raise violations.KeyViolation(
                 f"{err}; {session.schema} is left an {builds.UNFINISHED} (its rows are "
                 f"all there, these keys are not): correct the input and rerun "
                 f"`{builds.finish_command(session.schema)}`", err.found) from None

@@ -18,7 +18,7 @@ import psycopg2
 from psycopg2 import sql
 
 from specprod_db import faults, stage
-from specprod_db.db import builds
+from specprod_db.db import build_scheduler, builds
 from specprod_db.db.connect import bulk_session, connect, schema_exists, server_stop
 from specprod_db.db.lock import acquire_lock, check_write_access, database_identity, read_state
 from specprod_db.errors import InputError, RunRefused, one_line
@@ -48,7 +48,7 @@ class Options:
     initial: bool = False  # bulk mode: keys, indexes and primary flags built at the end
     wave_tiles: int = 64   # tiles extracted, matched and written together (memory bound)
     writers: int = 1       # >1: ranks 1..writers write tiles concurrently (writer_ranks.py)
-    build_connections: int = 3  # sessions building the keys and indexes at the end (builds.py)
+    build_connections: int = 3  # sessions building the keys and indexes at the end (build_scheduler.py)
     stage_min_free: int = 0  # bytes the stage directory must have free to start
     command: str = "load"
     healpix: Optional[bool] = None  # HEALPix redshifts (zpix); None: not daily
@@ -88,7 +88,7 @@ class Session:
     touched: Optional[sql.Composable] = None
     rebuild: bool = False
     wrote: bool = False
-    dsn: str = ""               # where the builds of the end connect (db/builds.py)
+    dsn: str = ""               # where the builds of the end connect (db/build_scheduler.py)
     build_connections: int = 3
     known: Optional[PhotometryIds] = None  # photometry's TARGETIDs (photometry_ids)
     staged: dict[str, Any] = field(default_factory=lambda: {"tiles": {}, "bricks": []})
@@ -250,7 +250,7 @@ def prepare_write(session: Session, opts: Options, plan: Plan) -> None:
                  "kept in memory by the root, not asked of the database")
     upsert_keys = [b for b in lacking if b.name in builds.BULK_KEEP]
     if upsert_keys:  # dropped by hand: the writer's ON CONFLICT needs them first
-        builds.build_missing(opts.dsn, opts.schema, upsert_keys, connections=1)
+        build_scheduler.build_missing(opts.dsn, opts.schema, upsert_keys, connections=1)
     writer_ranks.drop_shared(conn, opts.schema)  # left by a crashed run
     if opts.writers > 1:
         session.keep, session.touched = writer_ranks.create_shared(conn, opts.schema,
