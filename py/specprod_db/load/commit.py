@@ -128,8 +128,11 @@ def _write_one(a: TileAction, wave: Wave, legacy: Any, opts: Options, session: S
             log.info("tile %d: inputs touched, same contents: state refreshed", a.tileid)
             return
         tables = tile_writer.staged_tile_rows(result.stage)
+        needed = result.targetids
+        if needed is not None and session.known is not None:  # gather only the new rows
+            needed = needed[~session.known.contains(needed)]
         c = tile_writer.write_tile(conn, opts.schema, a, tables, result.state, session.run_id,
-                                   [legacy.rows_for(result.targetids)],
+                                   [legacy.rows_for(needed)],
                                    tile_writer.WriteMode.on_root(session.rebuild, session.keep,
                                                                    session.known))
         wave.written.append(result.stage)
