@@ -7,6 +7,8 @@ For every table, on the same rows (all staged rows of the mock tiles, concatenat
 * ``ceiling``: the same PGCOPY bytes written once to a file in /tmp (mode 644, readable by
   the server's ``postgres`` user) and ``COPY table FROM '/tmp/...' (FORMAT binary)``, run
   by the server itself (no client, no network, no encoding), then COMMIT;
+* (:func:`written`) the same-rows ceiling of (b)'s write stage: the rows the load
+  wrote, dumped from its tables and copied back by the server into bare tables;
 * for the breakdown, ``encode`` (``Encoder.encode`` alone, in memory, no database) and
   ``stdin`` (``copy_expert`` of the pre-encoded bytes from a ``BytesIO``: transport +
   server parse, no encoding).
@@ -158,3 +160,56 @@ def concat_stage(paths):
             if name != "aux":
                 pieces.setdefault(name, []).append(rows)
     return {k: np.concatenate(v) for k, v in pieces.items()}
+
+
+def written(conn, schema_name, tmpdir="/tmp", repeats=3, log=print):
+    """The issue's own measure of the write stage's ceiling: the rows a load *wrote*
+    (every data table of ``schema_name``, as the load left it), dumped by ``COPY ... TO
+    STDOUT (FORMAT binary)`` into a file, then ``COPY ... FROM file`` by the server into a
+    bare copy of the table (``LIKE``: no keys, no indexes), best of ``repeats``, each
+    committed.  Unlike :func:`run`'s rows/s of the *staged* rows, this is exactly the
+    rows written: the photometry rows no tile inserted (a TARGETID's later rows) are not
+    in it, and the ``ztile_*`` tables are.  Returns ``{table: {rows, bytes, ceiling_s}}``.
+    """
+    from specprod_db.schema import DATA_TABLES
+    out = {}
+    for t in DATA_TABLES:
+        if t.name == "version":  # written by init, not by the load
+            continue
+        src = sql.Identifier(schema_name, t.name)
+        dest = sql.Identifier(schema_name, f"bench_w_{t.name}")
+        path = os.path.join(tmpdir, f"specprod-bench-{os.getpid()}-w-{t.name}.pgcopy")
+        cols = sql.SQL(", ").join(map(sql.Identifier, t.names))
+        try:
+            with conn.cursor() as cur, open(path, "wb") as f:
+                cur.copy_expert(sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)").format(
+                    src, cols).as_string(conn), f, size=tile_writer.COPY_READ_SIZE)
+                rows = cur.rowcount
+            os.chmod(path, 0o644)
+            if rows <= 0:
+                continue
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(dest))
+                cur.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(dest, src))
+            conn.commit()
+            best = None
+            for _ in range(repeats):
+                with conn.cursor() as cur:
+                    cur.execute(sql.SQL("TRUNCATE {}").format(dest))
+                conn.commit()
+                t0 = time.perf_counter()
+                with conn.cursor() as cur:
+                    cur.execute(sql.SQL("COPY {} ({}) FROM {} (FORMAT binary)").format(
+                        dest, cols, sql.Literal(path)))
+                conn.commit()
+                dt = time.perf_counter() - t0
+                best = dt if best is None else min(best, dt)
+            out[t.name] = {"rows": rows, "bytes": os.path.getsize(path), "ceiling_s": best}
+            log(f"  {t.name:<15} {rows:>9} rows written  server-side COPY {best:7.3f} s")
+        finally:
+            if os.path.exists(path):
+                os.remove(path)
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(dest))
+            conn.commit()
+    return out

@@ -56,7 +56,9 @@ def _write_ratio(res):
     except ImportError:
         return None
     wr = results_md.write_ratio(res)
-    return wr and round(wr["ratio"], 3)
+    if not wr:
+        return None
+    return round(wr.get("same_rows_ratio", wr["ratio"]), 3)
 
 
 def _by_build(steps):

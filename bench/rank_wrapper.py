@@ -13,6 +13,8 @@ the only thing it skips.
 times every SQL statement the rank sends (``DIR/sql-rank-<rank>.json``: per statement
 text, numbers and the schema name replaced, its calls and seconds). The statement timer
 is a ``cursor_factory`` added to ``psycopg2.connect`` when the caller gives none.
+``BENCH_SQL_ONLY=1`` with it times the statements only (the ``.prof`` is then empty):
+cProfile's overhead slows the writer's encoding thread too.
 """
 import atexit
 import json
@@ -140,6 +142,6 @@ if _PROFILE_DIR:
 from specprod_db.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    if _PROFILE_DIR:
+    if _PROFILE_DIR and not os.environ.get("BENCH_SQL_ONLY"):
         _PROFILER.enable()
     sys.exit(main(sys.argv[1:]))

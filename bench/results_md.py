@@ -23,7 +23,10 @@ def write_ratio(res):
     """(b)'s write stage against (a)'s ceiling: the rows the 1-rank ``--initial`` run of
     (b) wrote (``load_run`` counts, primary flags not counted) per second of its ``write``
     timer, over (a)'s server-side ``COPY ... FROM file`` into bare tables of that run's
-    staged rows (all tables' rows / all tables' ceiling seconds); None without both."""
+    staged rows (all tables' rows / all tables' ceiling seconds); None without both.
+    With ``copy_written`` (:func:`copy_ceiling.written`), also the issue's own measure:
+    ``same_rows_ratio`` = the server's COPY of exactly the rows written, seconds / the
+    write stage's seconds."""
     loads, copy = res.get("loads") or [], res.get("copy") or {}
     one = next((r for r in loads if r["ranks"] == 1 and r.get("writers", 1) == 1), None)
     if one is None or not copy or not one["timers"].get("write"):
@@ -31,8 +34,21 @@ def write_ratio(res):
     rows = sum(v for k, v in one["tables"].items() if k != "primary")
     ours = rows / one["timers"]["write"]
     ceiling = sum(r["rows"] for r in copy.values()) / sum(r["ceiling_s"] for r in copy.values())
-    return {"rows": rows, "write_s": one["timers"]["write"], "write_rows_per_s": ours,
-            "ceiling_rows_per_s": ceiling, "ratio": ours / ceiling}
+    out = {"rows": rows, "write_s": one["timers"]["write"], "write_rows_per_s": ours,
+           "ceiling_rows_per_s": ceiling, "ratio": ours / ceiling}
+    same = res.get("copy_written")  # copy_ceiling.written: the issue's own measure
+    if same:
+        out["same_rows_ceiling_s"] = sum(r["ceiling_s"] for r in same.values())
+        out["same_rows_ratio"] = out["same_rows_ceiling_s"] / one["timers"]["write"]
+    return out
+
+
+def fmt_ratio(x):
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def fmt_s(x):
+    return "n/a" if x is None else f"{x:.1f} s"
 
 
 def end_of_load_rows(res):
@@ -198,11 +214,17 @@ def markdown(res, text):
                    + f"; primary flags set: {b[0]['tables'].get('primary', 0):,}.")
         wr = write_ratio(res)
         if wr:
-            out += ["", f"**Write stage / server-side COPY into bare tables: "
-                    f"{wr['ratio']:.2f}** (goal >= 0.5): the 1-rank run wrote "
-                    f"{wr['rows']:,} rows in a write stage of {wr['write_s']:.1f} s = "
-                    f"{wr['write_rows_per_s']:,.0f} rows/s; (a)'s ceiling for its staged "
-                    f"rows: {wr['ceiling_rows_per_s']:,.0f} rows/s."]
+            out += ["", f"**Write stage / the server's own COPY of the same rows into bare "
+                    f"tables: {fmt_ratio(wr.get('same_rows_ratio'))}** (goal >= 0.5): the "
+                    f"1-rank run wrote {wr['rows']:,} rows in a write stage of "
+                    f"{wr['write_s']:.1f} s; dumped from its tables, the server copies them "
+                    f"back into bare tables in {fmt_s(wr.get('same_rows_ceiling_s'))} "
+                    "(`copy_ceiling.written`, per table in `results.json`, `copy_written`). "
+                    f"Against (a)'s rows/s of the staged rows, the measure reported before: "
+                    f"{wr['ratio']:.2f} ({wr['write_rows_per_s']:,.0f} against "
+                    f"{wr['ceiling_rows_per_s']:,.0f} rows/s) — it flatters the write: the "
+                    "staged rows hold every photometry row (wide, slow) that no tile "
+                    "inserts, and none of the narrow `ztile_*` rows."]
         if res.get("stage_bytes_per_tile"):
             out += ["", f"Stage files (HDF5) of the 1-rank run, all kept: "
                     f"{b[0]['stage_bytes'] / 1e6:,.1f} MB for {b[0]['tiles']} tiles = "
