@@ -11,7 +11,7 @@ potential targets a tile; ``--heldout-fibers``):
   ``(wall - nothing-to-do wall) / 4`` (goal <= 0.4 s);
 * against the old tool: 25 s per tile of ~830 targets on this machine (one process per
   tile, as its batch runs it; measured side by side in an earlier session), so 100 s for
-  the 4 tiles; goal: ours >= 50x faster.
+  the 4 tiles; goal (issue 18): ours >= 60x faster.
 """
 import os
 import shutil

@@ -385,7 +385,7 @@ def markdown(res, text):
                 f"`specprod-db --help`: **{g['help_s']:.2f} s** (goal < 0.3); a load with "
                 f"nothing to do: **{g['nothing_s']:.2f} s** (goal < 1).", "",
                 "| ranks | wall s | work per tile, s (goal <= 0.4) | x the old tool "
-                "(goal >= 50) |", "|---:|---:|---:|---:|"]
+                "(goal >= 60) |", "|---:|---:|---:|---:|"]
         for m_ in g["mornings"]:
             out.append(f"| {m_['ranks']} | {m_['wall_s']:.2f} | "
                        f"{m_['work_s_per_tile']:.2f} | {m_['speedup_vs_old_tool']:.0f} |")
