@@ -1,12 +1,13 @@
-"""The wave's photometry (:class:`specprod_db.load.tile_writer.WavePhotometry`): one row
+"""The wave's photometry (:class:`specprod_db.load.photometry_rows.WavePhotometry`): one row
 per TARGETID with the load's precedence, each tile's rows gathered straight from the
-stage files' arrays — checked against the plain resolution (concatenate, first row of
-each TARGETID in precedence order, sorted) on random stage files, no database."""
+stage files' arrays, and ``first_per_targetid`` — checked against the plain resolution
+(first row of each TARGETID in precedence order, row by row, sorted) on random stage
+files and arrays, no database."""
 from dataclasses import dataclass
 
 import numpy as np
 
-from specprod_db.load.tile_writer import WavePhotometry, first_per_targetid
+from specprod_db.load.photometry_rows import WavePhotometry, first_per_targetid
 from specprod_db.schema import table as schema_table
 from specprod_db.stage import StageFile
 
@@ -24,9 +25,27 @@ def _rows(ids, tag):
 
 
 def _reference(parts, targetids):
-    table = first_per_targetid([np.concatenate(parts[:-2])] + parts[-2:])
-    keep = np.isin(table["targetid"], targetids)
-    return table[keep]
+    """Row by row, in order of precedence: the first row of each TARGETID wins (no
+    numpy resolution shared with the code under test)."""
+    first = {}
+    for rows in parts:
+        for r in rows:
+            first.setdefault(int(r["targetid"]), r)
+    wanted = set(int(t) for t in targetids)
+    keep = [first[t] for t in sorted(first) if t in wanted]
+    return np.array(keep, dtype=schema_table("photometry").dtype)
+
+
+def test_first_per_targetid_equals_the_plain_resolution():
+    rng = np.random.default_rng(19)
+    for _ in range(30):
+        pool = rng.choice(10**6, size=200, replace=False).astype(np.int64)
+        parts = [_rows(rng.choice(pool, size=rng.integers(0, 80)), 10.0 * k)
+                 for k in range(rng.integers(1, 5))]  # duplicates within an array too
+        got = first_per_targetid(parts)
+        ref = _reference(parts, pool)
+        assert np.array_equal(got["targetid"], ref["targetid"])
+        assert np.array_equal(got["ra"], ref["ra"])
 
 
 def test_rows_for_equals_the_plain_resolution(tmp_path):

@@ -15,6 +15,7 @@ from specprod_db import faults, mpi
 from specprod_db.db.connect import server_stop
 from specprod_db.errors import DatabaseLost, one_line
 from specprod_db.load import tile_writer
+from specprod_db.load.photometry_rows import WavePhotometry
 from specprod_db.load.jobs import WriteJob
 from specprod_db.load.plan import DELETE, FAIL, INSERT, REFRESH, UPDATE, TileAction
 from specprod_db.load.prepare import Options, Plan, Session
@@ -47,7 +48,7 @@ def _write(actions: list[TileAction], wave: Wave, dispatcher: Optional[mpi.Dispa
     extract the next wave meanwhile."""
     conn = session.conn
     session.write_manifest(plan, tally)
-    legacy = tile_writer.WavePhotometry(wave.brick_results, wave.staged(tally))
+    legacy = WavePhotometry(wave.brick_results, wave.staged(tally))
     remote = None
     if opts.writers > 1 and dispatcher is not None:
         sent = [a for a in actions if a.action in (INSERT, UPDATE)
@@ -78,7 +79,7 @@ def _write(actions: list[TileAction], wave: Wave, dispatcher: Optional[mpi.Dispa
         tally.overlap.sample(dispatcher, end=True)
 
 
-def write_job(a: TileAction, wave: Wave, photometry: tile_writer.WavePhotometry,
+def write_job(a: TileAction, wave: Wave, photometry: WavePhotometry,
               opts: Options, session: Session) -> WriteJob:
     """The write task of one tile for a writer rank
     (:func:`specprod_db.load.writer_ranks.write_task`)."""

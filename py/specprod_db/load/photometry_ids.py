@@ -5,7 +5,7 @@ table (the load's lock keeps other loads out), so what the table holds is exactl
 the run's committed tiles wrote.  The root keeps those TARGETIDs in memory
 (:class:`PhotometryIds`) and asks it, instead of the database, which TARGETIDs still
 need a Legacy Surveys brick read (:func:`specprod_db.load.bricks.brick_jobs`) and which
-photometry rows a tile must insert (:func:`specprod_db.load.tile_writer.new_photometry`).
+photometry rows a tile must insert (:func:`specprod_db.load.photometry_rows.new_photometry`).
 Asking the database cost an index probe per TARGETID per tile, twice (while the table
 grows without statistics the planner even chose a scan of the whole table), the largest
 cost of the write stage that grew with the load.

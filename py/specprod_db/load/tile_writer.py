@@ -43,6 +43,7 @@ from specprod_db.errors import InputError
 from specprod_db.load import refusals
 from specprod_db.load.finalize import flag_staged, update_primary
 from specprod_db.load.photometry_ids import PhotometryIds
+from specprod_db.load.photometry_rows import first_per_targetid, new_photometry
 from specprod_db.load.plan import TileAction
 from specprod_db.schema import table as schema_table
 
@@ -130,58 +131,10 @@ def copy_upsert(cur: cursor, schema_name: str, table_name: str, rows: np.ndarray
     return cur.rowcount
 
 
-def first_per_targetid(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """One row per TARGETID from ``arrays`` (photometry rows in order of precedence: a
-    TARGETID takes its row from the first array that has it), sorted by TARGETID: one
-    upsert per tile instead of one per array, and rows locked in the same order by every
-    writer.
-
-    Only the TARGETIDs are sorted (stable, so the first array wins a tie), and only the
-    rows kept are gathered: the rows are wide (photometry, ~800 bytes), sorting them
-    whole cost more than the rest of a tile's write."""
-    arrays = [a for a in arrays if len(a)]
-    if not arrays:
-        return schema_table("photometry").empty()
-    if len(arrays) == 1 and np.all(arrays[0]["targetid"][1:] > arrays[0]["targetid"][:-1]):
-        return arrays[0]  # already one row per TARGETID, sorted (WavePhotometry.rows_for)
-    ids = np.concatenate([a["targetid"] for a in arrays])
-    order = np.argsort(ids, kind="stable")
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = ids[order[1:]] != ids[order[:-1]]
-    pick = order[first]
-    if len(arrays) == 1:
-        return arrays[0][pick]
-    starts = np.cumsum([0] + [len(a) for a in arrays])
-    part = np.searchsorted(starts, pick, side="right") - 1
-    out = np.empty(len(pick), dtype=arrays[0].dtype)
-    for i, a in enumerate(arrays):
-        mine = part == i
-        out[mine] = a[pick[mine] - starts[i]]
-    return out
-
-
-def new_photometry(cur: cursor, schema_name: str, rows: np.ndarray,
-                   known: Optional[PhotometryIds] = None) -> np.ndarray:
-    """Those of ``rows`` (one per TARGETID, sorted) whose TARGETID has no
-    ``photometry`` row yet: what a writer alone on the table (the root; the load's lock
-    keeps other loads out) COPYs directly, instead of the temporary table and ``INSERT
-    ... ON CONFLICT DO NOTHING`` of :func:`copy_upsert` that concurrent writer ranks
-    need — the rows are wide, and writing them twice cost as much as the rest of the
-    tile.  ``known``: the TARGETIDs photometry holds, when the root knows them
-    (:mod:`specprod_db.load.photometry_ids`); else the database is asked."""
-    if not len(rows):
-        return rows
-    if known is not None:
-        lacking = ~known.contains(rows["targetid"])
-        return rows if lacking.all() else rows[lacking]  # wide rows: no copy when all lack
-    have = tempids.present(cur, qualified(schema_name, "photometry"), rows["targetid"])
-    return rows[~np.isin(rows["targetid"], have)] if len(have) else rows
-
-
 def staged_tile_rows(stage: Any) -> dict[str, np.ndarray]:
     """A tile's stage file (:class:`~specprod_db.stage.StageFile`) as ``write_tile``'s
     ``tables``: its per-tile tables, not its photometry (the wave's rows,
-    :class:`WavePhotometry`, are written instead)."""
+    :class:`~specprod_db.load.photometry_rows.WavePhotometry`, are written instead)."""
     return stage.tables([t.name for t in schema.tile_tables()])
 
 
@@ -369,7 +322,7 @@ class WriteMode:
                 known: Optional[PhotometryIds] = None) -> "WriteMode":
         """The root writing: flags now (daily) or at the end (``bulk``); ``alone`` on
         the tables (no writer rank at the same time), so new photometry is COPYed
-        directly (:func:`new_photometry`), those ``known`` to be there left out (and the
+        directly (:func:`~specprod_db.load.photometry_rows.new_photometry`), those ``known`` to be there left out (and the
         tile's added to it once committed)."""
         return cls(flags_now=not bulk, keep=keep, alone=True, known=known)
 
@@ -582,58 +535,3 @@ def record_skip(conn: connection, schema_name: str, action: TileAction, run_id: 
     with transaction(conn) as cur:
         record_history(cur, schema_name, run_id, action.tileid, action.action, action.reason,
                        SKIPPED)
-
-
-class WavePhotometry:
-    """The photometry rows of a wave's TARGETIDs, one per TARGETID, sorted: the Legacy
-    Surveys row from the wave's brick tasks, else the targeting-data row of the first
-    tile in plan order that has the TARGETID.  Each tile takes the rows its targets need,
-    so every tile of the wave inserts the same row for a TARGETID, whichever commits
-    first (``--writers``), and a tile failing does not change the others' rows.
-
-    The rows stay in the stage files' arrays as read; only the TARGETIDs are sorted, and
-    which array and row holds each TARGETID's row is kept, so a tile's rows are gathered
-    once, straight from those arrays (:meth:`rows_for`).  Concatenating the wide rows
-    (~800 bytes), resolving them into one sorted table and gathering each tile's rows
-    from it copied every row three times: 0.06 s a full-size tile, a fifth of the write
-    stage of a 1-rank initial load (cProfile, 99 tiles)."""
-
-    def __init__(self, brick_results: Sequence[Any], tile_results: Sequence[Any]) -> None:
-        empty = schema_table("photometry").empty()
-        parts = [r.stage.tables(("photometry",))["photometry"] for r in brick_results]
-        parts += [r.stage.tables(("photometry",)).get("photometry", empty)
-                  for r in tile_results if r.stage is not None]
-        self.parts = [p for p in parts if len(p)]  # in order of precedence
-        if not self.parts:
-            self.ids = np.zeros(0, np.int64)
-            self.part = self.row = np.zeros(0, np.intp)
-            return
-        ids = np.concatenate([p["targetid"] for p in self.parts])
-        order = np.argsort(ids, kind="stable")  # stable: the first array wins a tie
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = ids[order[1:]] != ids[order[:-1]]
-        pick = order[first]
-        starts = np.cumsum([0] + [len(p) for p in self.parts])
-        self.ids = ids[pick]
-        self.part = np.searchsorted(starts, pick, side="right") - 1
-        self.row = pick - starts[self.part]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def rows_for(self, targetids: Optional[np.ndarray]) -> np.ndarray:
-        """The rows of ``targetids`` (sorted unique int64) that the wave has, sorted by
-        TARGETID; each row copied once, from the array that holds it."""
-        if targetids is None or not len(self.ids):
-            return schema_table("photometry").empty()
-        i = np.searchsorted(self.ids, targetids)
-        inside = i < len(self.ids)
-        i = i[inside]
-        i = i[self.ids[i] == targetids[inside]]
-        out = np.empty(len(i), dtype=self.parts[0].dtype)
-        part, row = self.part[i], self.row[i]
-        by_part = np.argsort(part, kind="stable")
-        bounds = np.flatnonzero(np.diff(part[by_part])) + 1
-        for chunk in np.split(by_part, bounds) if len(by_part) else ():
-            out[chunk] = self.parts[part[chunk[0]]][row[chunk]]
-        return out

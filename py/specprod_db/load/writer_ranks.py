@@ -10,7 +10,7 @@ What makes concurrent transactions safe:
 
 * every tile writes disjoint rows (its TILEID) but photometry is shared: each tile's
   photometry rows are inserted in one ``INSERT ... ORDER BY targetid ON CONFLICT DO
-  NOTHING`` (:func:`specprod_db.load.tile_writer.first_per_targetid`), so two writers inserting
+  NOTHING`` (:func:`specprod_db.load.photometry_rows.first_per_targetid`), so two writers inserting
   the same TARGETIDs lock them in the same order: one waits for the other, never a
   deadlock;
 * the photometry rows of a TARGETID are the same in every tile of a wave (the root
