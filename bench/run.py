@@ -119,7 +119,7 @@ def settle(dsn, limit_s=180.0, quiet_load=0.5):
     dirty pages are not flushed inside this one).  The earlier sections leave work
     behind — autovacuum of the growth databases after (d), a checkpoint due after (b)'s
     and (e)'s WAL — and the short runs of (g) measured it (the morning took 2.7 s
-    after (d) where it takes 1.5 s on its own).  Returns the seconds waited."""
+    after (d) where it takes 1.5 s on its own).  Logs and returns the seconds waited."""
     t0 = time.perf_counter()
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
@@ -140,7 +140,10 @@ def settle(dsn, limit_s=180.0, quiet_load=0.5):
                 pass
     finally:
         conn.close()
-    return time.perf_counter() - t0
+    waited = time.perf_counter() - t0
+    log(f"  waited {waited:.0f} s for a quiet server and machine (load average now "
+        f"{loadavg():.2f}), then CHECKPOINT")
+    return waited
 
 
 def wal_lsn(dsn):
@@ -511,8 +514,6 @@ def main():
         if "b" not in skip:
             log("\n(b) end-to-end initial load (--initial)")
             res["b_settle_s"] = settle(dsn)
-            log(f"  waited {res['b_settle_s']:.0f} s for a quiet server and machine "
-                f"(load average now {loadavg():.2f}), then CHECKPOINT")
         for i, (n, k) in enumerate(runs if "b" not in skip else []):
             label = f"full-{n}rank" + (f"-{k}writers" if k > 1 else "")
             r = run_load(dsn, env, args.workdir, n, label, keep_stage=(i == 0),
@@ -658,8 +659,6 @@ def main():
         if "g" not in skip:
             log(f"\n(g) the operator's morning: tiles of {args.heldout_fibers} fibres")
             res["g_settle_s"] = settle(dsn)
-            log(f"  waited {res['g_settle_s']:.0f} s for a quiet server and machine "
-                f"(load average now {loadavg():.2f}), then CHECKPOINT")
             held, held_s = ensure_mock(args.workdir, 10, args.seed,
                                        fibers=args.heldout_fibers)
             henv = mock_env(held)
