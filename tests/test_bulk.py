@@ -1,6 +1,8 @@
 """The initial load at the server's own pace (issue 18): ``load --initial`` drops the keys,
-foreign keys and indexes of the data tables (but the two the writer's ``ON CONFLICT``
-needs) and builds them at the end on several sessions (:mod:`specprod_db.db.builds`).
+foreign keys and indexes of the data tables (but ``tile_pkey``, and ``photometry_pkey``
+when writer ranks upsert photometry) and builds them at the end on several sessions
+(:mod:`specprod_db.db.builds`); the root writes a wave's new tiles in batches, one
+transaction each (:mod:`specprod_db.load.bulk_writer`).
 
 On 1 and 3 ranks, and with 2 writer ranks, its tables equal the daily path's load of the
 same tiles and its catalog equals ``init``'s; killed during the bulk phase or during the
@@ -26,6 +28,13 @@ def daily(pg_dsn, small_production, mpiexec, tmp_path_factory):
     """The tables of the daily-path load (no ``--initial``) of the small production."""
     return fresh_load_dump(pg_dsn, mpiexec, small_production[0],
                            tmp_path_factory.mktemp("dailystage"))
+
+
+def dropped(writers=1):
+    """The names of the builds an initial load into an empty schema drops: photometry's
+    key stays when writer ranks upsert photometry."""
+    keep = builds.BULK_KEEP if writers > 1 else builds.BULK_KEEP_ALONE
+    return {b.name for b in builds.bulk_builds(keep)}
 
 
 def schema_catalog(dsn, name):
@@ -66,7 +75,7 @@ def test_initial_load_equals_daily_path(ranks, extra, pg_dsn, schemas, small_pro
     assert dump_schema(pg_dsn, name) == daily
     assert schema_catalog(pg_dsn, name) == reference
     counts = last_counts(pg_dsn, name)
-    assert set(counts["builds"]) == {b.name for b in builds.bulk_builds()}
+    assert set(counts["builds"]) == dropped(2 if "--writers" in extra else 1)
     assert all(s >= 0 for s in counts["builds"].values())
     assert "builds" in counts["timers"] and "builds" in r.stdout
     assert lacking(pg_dsn, name) == []
@@ -82,7 +91,7 @@ def test_killed_in_the_bulk_phase_then_rerun(pg_dsn, schemas, small_production, 
              env={"SPECPROD_DB_FAULT": f"kill:commit-{VICTIM}"})
     assert r.returncode != 0
     missing = lacking(pg_dsn, name)
-    assert set(missing) == {b.name for b in builds.bulk_builds()}
+    assert set(missing) == dropped()
     s = status(pg_dsn, name, prod)
     assert s.returncode == 1, s.stderr
     report = json.loads(s.stdout)
@@ -97,6 +106,32 @@ def test_killed_in_the_bulk_phase_then_rerun(pg_dsn, schemas, small_production, 
     assert dump_schema(pg_dsn, name) == daily
     assert schema_catalog(pg_dsn, name) == reference
     assert json.loads(status(pg_dsn, name, prod).stdout)["unfinished_initial_load"] is None
+
+
+def test_killed_inside_a_batch_leaves_none_of_its_tiles(pg_dsn, schemas, small_production,
+                                                        mpirun, daily, reference,
+                                                        tmp_path):
+    """Waves of 2 tiles, the writer killed while the second wave's batch (VICTIM and the
+    tile after it, one transaction) is being written: the first wave's tiles are loaded,
+    neither tile of the batch has a row anywhere (tile_state nor tile_history included),
+    and the same command again converges."""
+    prod, stage = small_production[0], tmp_path / "stage"
+    name = schemas()
+    args = ("--initial", "--wave-tiles", "2")
+    r = load(mpirun, 1, pg_dsn, name, prod, stage, *args, check=False,
+             env={"SPECPROD_DB_FAULT": f"copy:{VICTIM}"})
+    assert r.returncode != 0
+    assert {t for (t,) in query(pg_dsn, f'SELECT tileid FROM "{name}".tile')} == {100, 1000}
+    for table in ("tile_state", "tile_history", "ztile", "potential", "fiberassign"):
+        assert query(pg_dsn, f'SELECT count(*) FROM "{name}".{table} '
+                             f'WHERE tileid IN ({VICTIM}, 40000)') == [(0,)], table
+    referenced = " UNION ".join(f'SELECT targetid FROM "{name}".{t}'
+                                for t in ("target", "fiberassign", "potential", "ztile"))
+    assert query(pg_dsn, f'SELECT count(*) FROM "{name}".photometry WHERE targetid NOT IN '
+                         f'({referenced})') == [(0,)]  # none of the batch's photometry
+    load(mpirun, 1, pg_dsn, name, prod, stage, *args)
+    assert dump_schema(pg_dsn, name) == daily
+    assert schema_catalog(pg_dsn, name) == reference
 
 
 @pytest.mark.parametrize("point, rerun", [
@@ -124,7 +159,7 @@ def test_killed_during_the_builds_then_rerun(point, rerun, pg_dsn, schemas,
             conn.close()
         assert "ztile_tileid_fkey" in missing
     elif point == "builds":
-        assert set(missing) == {b.name for b in builds.bulk_builds()}
+        assert set(missing) == dropped()
     elif point.startswith("built-first_"):  # ztile's builds wait for all its flags
         assert {b.name for b in builds.table_builds(builds.schema_table("ztile"))} <= \
             set(missing)
@@ -137,8 +172,10 @@ def test_killed_during_the_builds_then_rerun(point, rerun, pg_dsn, schemas,
     assert schema_catalog(pg_dsn, name) == reference
     assert lacking(pg_dsn, name) == []
     counts = last_counts(pg_dsn, name)
+    # a rerun --initial drops all but the keys its writer needs (photometry holds rows:
+    # it asks the database), and builds photometry's first when it was missing
     assert set(counts["builds"]) == (
-        {b.name for b in builds.bulk_builds()} if rerun else set(missing))
+        dropped(2) | ({"photometry_pkey"} & set(missing)) if rerun else set(missing))
 
 
 def test_rows_a_key_refuses_stop_the_run_and_name_their_tiles(pg_dsn, schemas,

@@ -1,4 +1,5 @@
-"""Writing: one transaction per tile, in plan order (:mod:`specprod_db.load.tile_writer`).
+"""Writing, in plan order: one transaction per tile (:mod:`specprod_db.load.tile_writer`),
+or in a bulk load, one per batch of consecutive new tiles (:mod:`specprod_db.load.bulk_writer`).
 
 :func:`write_wave` writes a wave's tiles — on the root, or with ``--writers K`` on the
 writer ranks (:mod:`specprod_db.load.writer_ranks`) while the root records the rest —
@@ -14,7 +15,7 @@ import psycopg2
 from specprod_db import faults, mpi
 from specprod_db.db.connect import server_stop
 from specprod_db.errors import DatabaseLost, one_line
-from specprod_db.load import tile_writer
+from specprod_db.load import bulk_writer, refusals, tile_writer
 from specprod_db.load.photometry_rows import WavePhotometry
 from specprod_db.load.jobs import WriteJob
 from specprod_db.load.plan import DELETE, FAIL, INSERT, REFRESH, UPDATE, TileAction
@@ -44,7 +45,8 @@ def write_others(actions: list[TileAction], opts: Options, session: Session, pla
 
 def _write(actions: list[TileAction], wave: Wave, dispatcher: Optional[mpi.Dispatcher],
            opts: Options, session: Session, plan: Plan, tally: Tally) -> None:
-    """One transaction per tile; between two tiles the dispatcher is polled, so workers
+    """One transaction per tile, or per batch of a bulk load's new tiles; between two
+    transactions (and during a batch's COPYs) the dispatcher is polled, so workers
     extract the next wave meanwhile."""
     conn = session.conn
     session.write_manifest(plan, tally)
@@ -58,25 +60,100 @@ def _write(actions: list[TileAction], wave: Wave, dispatcher: Optional[mpi.Dispa
                                              for a in sent],
                                    progress=tally.progress["write"])
         actions = [a for a in actions if a not in sent]
+    batch: list[TileAction] = []
     for a in actions:
         if dispatcher is not None:
             dispatcher.poll()
             tally.overlap.sample(dispatcher)
-        try:
-            _write_one(a, wave, legacy, opts, session, plan, tally)
-        except psycopg2.Error as err:
-            stop = server_stop(err, conn, f"writing tile {a.tileid}")
-            if stop is not None:  # cancelled, timed out, connection lost: exit 3
-                raise stop from None
-            message = f"tile {a.tileid}: the database refused its rows: {one_line(err)}"
-            tally.fail(a.tileid, message)
-            tile_writer.record_failure(conn, opts.schema, a.tileid, message, session.run_id,
-                                       action=a)
+        if bulk_writer.eligible(a, wave.results.get(a.tileid), session.rebuild) \
+                and not tally.failed(a.tileid):
+            batch.append(a)
+            continue
+        _write_batches(batch, wave, legacy, dispatcher, opts, session, plan, tally)
+        batch = []
+        _write_guarded(a, wave, legacy, opts, session, plan, tally)
+    _write_batches(batch, wave, legacy, dispatcher, opts, session, plan, tally)
     if remote is not None and dispatcher is not None:
         for job, result in dispatcher.wait(remote):
             _written_remotely(job, result, wave, opts, session, tally)
     if dispatcher is not None:
         tally.overlap.sample(dispatcher, end=True)
+
+
+def _write_guarded(a: TileAction, wave: Wave, legacy: WavePhotometry, opts: Options,
+                   session: Session, plan: Plan, tally: Tally) -> None:
+    """One tile in its own transaction; a refusal is the tile's failure, recorded."""
+    try:
+        _write_one(a, wave, legacy, opts, session, plan, tally)
+    except psycopg2.Error as err:
+        stop = server_stop(err, session.conn, f"writing tile {a.tileid}")
+        if stop is not None:  # cancelled, timed out, connection lost: exit 3
+            raise stop from None
+        message = f"tile {a.tileid}: the database refused its rows: {one_line(err)}"
+        tally.fail(a.tileid, message)
+        tile_writer.record_failure(session.conn, opts.schema, a.tileid, message,
+                                   session.run_id, action=a)
+
+
+def _write_batches(actions: list[TileAction], wave: Wave, legacy: WavePhotometry,
+                   dispatcher: Optional[mpi.Dispatcher], opts: Options, session: Session,
+                   plan: Plan, tally: Tally) -> None:
+    """Consecutive INSERTs of a bulk load (:mod:`specprod_db.load.bulk_writer`), in
+    batches of at most ``bulk_writer.BATCH_BYTES`` of staged rows; a tile its checks
+    refuse fails alone; a batch the database refuses is written again tile by tile."""
+    items: list[bulk_writer.BatchTile] = []
+    size = 0
+    for a in actions:
+        result = wave.results[a.tileid]
+        item = bulk_writer.BatchTile(a, tile_writer.staged_tile_rows(result.stage),
+                                     result.state, result.targetids)
+        try:
+            refusals.check(a.tileid, item.tables, item.state, a.full)
+        except refusals.RowsRefused as err:
+            message = f"tile {a.tileid}: the database refused its rows: {one_line(err)}"
+            tally.fail(a.tileid, message)
+            tile_writer.record_failure(session.conn, opts.schema, a.tileid, message,
+                                       session.run_id, action=a)
+            continue
+        items.append(item)
+        size += item.nbytes
+        if size >= bulk_writer.BATCH_BYTES:
+            _write_batch(items, wave, legacy, dispatcher, opts, session, plan, tally)
+            items, size = [], 0
+    _write_batch(items, wave, legacy, dispatcher, opts, session, plan, tally)
+
+
+def _write_batch(items: list[bulk_writer.BatchTile], wave: Wave, legacy: WavePhotometry,
+                 dispatcher: Optional[mpi.Dispatcher], opts: Options, session: Session,
+                 plan: Plan, tally: Tally) -> None:
+    if not items:
+        return
+    log = get_logger()
+    if len(items) == 1:  # nothing to gain: the tile's own transaction
+        _write_guarded(items[0].action, wave, legacy, opts, session, plan, tally)
+        return
+    poll = None if dispatcher is None else dispatcher.poll
+    names = f"tiles {items[0].action.tileid}..{items[-1].action.tileid} ({len(items)})"
+    try:
+        counts = bulk_writer.write_batch(session.conn, opts.schema, items, session.run_id,
+                                         legacy, session.known, poll)
+    except (psycopg2.Error, bulk_writer.BatchRefused) as err:
+        stop = server_stop(err, session.conn, f"writing {names}")
+        if stop is not None:  # cancelled, timed out, connection lost: exit 3
+            raise stop from None
+        log.warning("%s: the batch was refused (%s); writing them one per transaction",
+                    names, one_line(err))
+        for item in items:
+            _write_guarded(item.action, wave, legacy, opts, session, plan, tally)
+        return
+    for item, c in zip(items, counts):
+        a = item.action
+        wave.written.append(wave.results[a.tileid].stage)
+        log.info("tile %d %s: %s", a.tileid, a.action,
+                 ", ".join(f"{k} {v}" for k, v in c.items()))
+        session.wrote = True
+        tally.add_rows(c)
+        faults.hit("write")  # failure tests only (faults.py): after a committed tile
 
 
 def write_job(a: TileAction, wave: Wave, photometry: WavePhotometry,

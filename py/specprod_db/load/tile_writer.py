@@ -28,7 +28,7 @@ deletes (children first) and inserts (parents first) come from :mod:`specprod_db
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Optional, Sequence, cast
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, cast
 
 import numpy as np
 import psycopg2
@@ -67,17 +67,39 @@ KEEP_TABLE = "run_targetids"
 def copy_rows(cur: cursor, schema_name: str, table_name: str, rows: np.ndarray,
               target: Optional[sql.Composable] = None) -> int:
     """Binary COPY of ``rows`` (structured array of the table's dtype) into a table."""
-    if len(rows) == 0:
+    return copy_many(cur, schema_name, table_name, [rows], target)
+
+
+def copy_many(cur: cursor, schema_name: str, table_name: str, parts: Sequence[np.ndarray],
+              target: Optional[sql.Composable] = None,
+              poll: Optional[Callable[[], None]] = None) -> int:
+    """One binary COPY of the rows of every array of ``parts`` (structured arrays of the
+    table's dtype), in that order, into a table; ``poll`` is called after each block
+    sent (on this thread).  Returns the rows copied."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
         return 0
     table = schema_table(table_name)
     dest = target if target is not None else qualified(schema_name, table_name)
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         dest, sql.SQL(", ").join(map(sql.Identifier, table.names)))
+    encoder = Encoder(table)
+
+    def blocks() -> Iterator[Any]:
+        for i, rows in enumerate(parts):
+            yield from encoder.iter_blocks(rows, header=i == 0, trailer=i == len(parts) - 1,
+                                           first_rows=COPY_FIRST_ROWS if i == 0 else None)
+
+    def polled(source: Iterable[Any]) -> Iterator[Any]:
+        for block in source:
+            yield block
+            if poll is not None:
+                poll()
+
     # a binary COPY reads blocks (read), never lines: StreamReader has no readline
-    source = cast(Any, StreamReader(prefetch(Encoder(table).iter_blocks(
-        rows, first_rows=COPY_FIRST_ROWS))))
+    source = cast(Any, StreamReader(polled(prefetch(blocks()))))
     cur.copy_expert(statement.as_string(cur.connection), source, size=COPY_READ_SIZE)
-    return len(rows)
+    return sum(len(p) for p in parts)
 
 
 def staging_table(cur: cursor, schema_name: str, table_name: str,
