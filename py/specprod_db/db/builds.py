@@ -98,8 +98,14 @@ _CONFLICTS = {
 
 #: Builds a bulk load keeps during its bulk phase: the writer's ``INSERT ... ON
 #: CONFLICT`` on ``tile`` (DO UPDATE) and ``photometry`` (DO NOTHING: the first tile
-#: holding a target gives its photometry) needs their primary keys.
+#: holding a target gives its photometry) needs their primary keys, and so do the
+#: questions "which of these TARGETIDs has photometry" a load asks the database.
 BULK_KEEP = frozenset({"tile_pkey", "photometry_pkey"})
+
+#: Those it keeps when the root writes alone and knows photometry's TARGETIDs
+#: (:mod:`specprod_db.load.photometry_ids`): no statement of the bulk phase reads
+#: ``photometry`` then, and its key cost the COPY of its wide rows 1.9x (doc/initial.rst).
+BULK_KEEP_ALONE = frozenset({"tile_pkey"})
 
 #: Catalog states (:func:`present`).
 DONE = "done"

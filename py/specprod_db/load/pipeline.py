@@ -122,7 +122,7 @@ class Run:
             print(format_plan(plan.actions, opts.show_unchanged))
             return EXIT_FAILED if tally.failures else EXIT_OK  # --tiles not in the file
         prepare.begin(session, opts, plan, self.ranks)
-        prepare.prepare_write(session, opts, plan)
+        prepare.prepare_write(session, opts, plan, tally)
         extract = plan.extracted()
         waves.start_progress(tally, len(extract))
         todo = waves.split(extract, opts.wave_tiles)

@@ -218,14 +218,15 @@ def begin(session: Session, opts: Options, plan: Plan, ranks: int) -> None:
         "tiles_file": plan.tiles_file})
 
 
-def prepare_write(session: Session, opts: Options, plan: Plan) -> None:
+def prepare_write(session: Session, opts: Options, plan: Plan, tally: Tally) -> None:
     """Before the first write: the keys and indexes of a bulk load, the run's ``keep``
     table (or the root's set of photometry TARGETIDs, :mod:`~specprod_db.load.photometry_ids`),
     the writer session's settings.
 
     ``--initial`` drops every key, foreign key and index of the data tables but
-    :data:`~specprod_db.db.builds.BULK_KEEP` (the writer's ``ON CONFLICT`` needs them),
-    to be built once at the end (:func:`specprod_db.load.finish.finalize`).  A run
+    :data:`~specprod_db.db.builds.BULK_KEEP` (the writer's ``ON CONFLICT`` needs them;
+    :data:`~specprod_db.db.builds.BULK_KEEP_ALONE` when the root writes alone and knows
+    photometry's TARGETIDs), to be built once at the end (:func:`specprod_db.load.finish.finalize`).  A run
     without ``--initial`` on a schema lacking builds (:func:`specprod_db.db.builds.missing`:
     an unfinished initial load, a foreign key left NOT VALID included) runs as the rerun
     of that bulk load: it writes as the bulk load does (a key it lacks refuses nothing
@@ -236,24 +237,36 @@ def prepare_write(session: Session, opts: Options, plan: Plan) -> None:
     session.dsn, session.build_connections = opts.dsn, opts.build_connections
     lacking = builds.missing(conn, opts.schema)
     session.rebuild = opts.initial or bool(lacking)
-    if opts.initial:
-        log.info("initial load: dropping keys and indexes until the end: %s",
-                 ", ".join(builds.drop(conn, opts.schema, builds.bulk_builds())) or "none")
-        bulk_session(conn)
-    elif lacking:
-        log.warning("%s; this run writes as that bulk load does and builds them at the "
-                    "end", builds.unfinished_message(opts.schema, [b.name for b in lacking]))
     session.known = photometry_ids.start(conn, opts.schema, session.rebuild,
                                          plan.actions)
     if session.known is not None:
         log.info("photometry is empty and the plan removes none: its TARGETIDs are "
                  "kept in memory by the root, not asked of the database")
-    upsert_keys = [b for b in lacking if b.name in builds.BULK_KEEP]
-    if upsert_keys:  # dropped by hand: the writer's ON CONFLICT needs them first
-        build_scheduler.build_missing(opts.dsn, opts.schema, upsert_keys, connections=1)
+    keep = builds.BULK_KEEP_ALONE if session.known is not None and opts.writers <= 1 \
+        else builds.BULK_KEEP
+    if opts.initial:
+        log.info("initial load: dropping keys and indexes until the end: %s",
+                 ", ".join(builds.drop(conn, opts.schema, builds.bulk_builds(keep)))
+                 or "none")
+        bulk_session(conn)
+    elif lacking:
+        log.warning("%s; this run writes as that bulk load does and builds them at the "
+                    "end", builds.unfinished_message(opts.schema, [b.name for b in lacking]))
+    writer_keys(opts, tally, [b for b in lacking if b.name in keep])
     writer_ranks.drop_shared(conn, opts.schema)  # left by a crashed run
     if opts.writers > 1:
         session.keep, session.touched = writer_ranks.create_shared(conn, opts.schema,
                                                                    session.run_id)
     else:
         session.keep = tile_writer.keep_targetids(conn)  # filled unless session.known
+
+
+def writer_keys(opts: Options, tally: Tally, lacking: list[builds.Build]) -> None:
+    """Build ``lacking``, keys the writing needs, before it writes (dropped by hand, or
+    by a bulk load that did not need them: a rerun asks the database which TARGETIDs
+    have photometry, the HEALPix stage looks them up); their seconds go to
+    ``counts["builds"]`` with the end of the load's."""
+    if lacking:
+        get_logger().info("building %s before writing", ", ".join(b.name for b in lacking))
+        tally.counts.setdefault("builds", {}).update(
+            build_scheduler.build_missing(opts.dsn, opts.schema, lacking, connections=1))

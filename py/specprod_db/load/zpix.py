@@ -11,10 +11,11 @@ import os
 import psycopg2
 
 from specprod_db import mpi
+from specprod_db.db import builds
 from specprod_db.db.connect import server_stop
 from specprod_db.errors import InputError, one_line
 from specprod_db.extract import redshift, zpix
-from specprod_db.load import tasks, tile_writer
+from specprod_db.load import prepare, tasks, tile_writer
 from specprod_db.load.jobs import HealpixJob
 from specprod_db.load.prepare import Options, Session
 from specprod_db.load.tally import Tally
@@ -43,6 +44,9 @@ def load(dispatcher: mpi.Dispatcher, opts: Options, session: Session, tally: Tal
                   len(files) - len(todo), len(todo))
     if not todo:
         return
+    if session.rebuild:  # the files' TARGETIDs are looked up in photometry: its key first
+        prepare.writer_keys(opts, tally, [b for b in builds.missing(conn, opts.schema)
+                                   if b.name in builds.BULK_KEEP])
     sizes = {f[:3]: os.path.getsize(f[3]) for f in todo}
     jobs = [HealpixJob(s, p, h, opts.paths, session.stage_dir) for s, p, h, _ in todo]
     batch = dispatcher.submit("healpix", jobs, progress=mpi.Progress("healpix", len(jobs)),
