@@ -29,8 +29,10 @@ one per transaction by the caller (:mod:`specprod_db.load.commit`), which names 
 the database refuses.  A load killed during a batch loses that batch's writes only;
 its stage files are kept, and the rerun writes them.
 """
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from psycopg2 import sql
@@ -38,15 +40,19 @@ from psycopg2.extensions import connection
 
 from specprod_db import faults, schema
 from specprod_db.db.sql import qualified, transaction
-from specprod_db.load import tile_writer
+from specprod_db.load import refusals, tile_writer
 from specprod_db.load.photometry_ids import PhotometryIds
 from specprod_db.load.photometry_rows import WavePhotometry, new_photometry
 from specprod_db.load.plan import INSERT, TileAction
 
 #: Staged rows (bytes of the tiles' arrays, photometry not counted) above which a batch
-#: is written and the next one started: ~30 full-size tiles.  The batch's arrays are
-#: held by the root while it is written.
-BATCH_BYTES = 256 << 20
+#: is written and the next one started: ~16 full-size tiles (8 MiB each), so 99 tiles
+#: take ~80 COPYs instead of 1,089.  The root holds a batch's arrays while it is written.
+BATCH_BYTES = 128 << 20
+
+#: Tiles read from their stage files ahead of the batch being written (:func:`read_ahead`):
+#: about the next batch, so its reads overlap this one's COPYs.
+READ_AHEAD = 16
 
 
 class BatchRefused(Exception):
@@ -72,6 +78,38 @@ def eligible(action: TileAction, result: Any, bulk: bool) -> bool:
     UPDATEs, DELETEs, REFRESHes and the daily path are written tile by tile."""
     return (bulk and action.action == INSERT and action.full and result is not None
             and not result.refresh and result.stage is not None)
+
+
+def read_ahead(actions: Sequence[TileAction], results: Mapping[int, Any],
+               ahead: int = READ_AHEAD) -> Iterator[tuple[TileAction, Any]]:
+    """``(action, BatchTile)`` of each of ``actions`` in order, or ``(action,
+    RowsRefused)`` for a tile its checks refuse (:func:`specprod_db.load.refusals.check`);
+    read from the stage files (``results``: tileid -> TileResult) and checked by a thread,
+    up to ``ahead`` tiles ahead of the caller, so the reads overlap the batch being
+    written (the COPYs wait on the server, the GIL released)."""
+    def read(a: TileAction) -> Any:
+        result = results[a.tileid]
+        item = BatchTile(a, tile_writer.staged_tile_rows(result.stage), result.state,
+                         result.targetids)
+        try:
+            refusals.check(a.tileid, item.tables, item.state, a.full)
+        except refusals.RowsRefused as err:
+            return err
+        return item
+
+    with ThreadPoolExecutor(1, thread_name_prefix="stage-reader") as pool:
+        pending: deque[tuple[TileAction, Future[Any]]] = deque()
+        todo = iter(actions)
+        for a in todo:
+            pending.append((a, pool.submit(read, a)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            a, future = pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(read, nxt)))
+            yield a, future.result()
 
 
 def lacking_photometry(items: Sequence[BatchTile], known: Optional[PhotometryIds]

@@ -103,14 +103,9 @@ def _write_batches(actions: list[TileAction], wave: Wave, legacy: WavePhotometry
     refuse fails alone; a batch the database refuses is written again tile by tile."""
     items: list[bulk_writer.BatchTile] = []
     size = 0
-    for a in actions:
-        result = wave.results[a.tileid]
-        item = bulk_writer.BatchTile(a, tile_writer.staged_tile_rows(result.stage),
-                                     result.state, result.targetids)
-        try:
-            refusals.check(a.tileid, item.tables, item.state, a.full)
-        except refusals.RowsRefused as err:
-            message = f"tile {a.tileid}: the database refused its rows: {one_line(err)}"
+    for a, item in bulk_writer.read_ahead(actions, wave.results):
+        if isinstance(item, refusals.RowsRefused):
+            message = f"tile {a.tileid}: the database refused its rows: {one_line(item)}"
             tally.fail(a.tileid, message)
             tile_writer.record_failure(session.conn, opts.schema, a.tileid, message,
                                        session.run_id, action=a)
