@@ -48,7 +48,6 @@ def _write(actions: list[TileAction], wave: Wave, dispatcher: Optional[mpi.Dispa
     """One transaction per tile, or per batch of a bulk load's new tiles; between two
     transactions (and during a batch's COPYs) the dispatcher is polled, so workers
     extract the next wave meanwhile."""
-    conn = session.conn
     session.write_manifest(plan, tally)
     legacy = WavePhotometry(wave.brick_results, wave.staged(tally))
     remote = None

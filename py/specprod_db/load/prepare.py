@@ -226,7 +226,8 @@ def prepare_write(session: Session, opts: Options, plan: Plan, tally: Tally) -> 
     ``--initial`` drops every key, foreign key and index of the data tables but
     :data:`~specprod_db.db.builds.BULK_KEEP` (the writer's ``ON CONFLICT`` needs them;
     :data:`~specprod_db.db.builds.BULK_KEEP_ALONE` when the root writes alone and knows
-    photometry's TARGETIDs), to be built once at the end (:func:`specprod_db.load.finish.finalize`).  A run
+    photometry's TARGETIDs), to be built once at the end
+    (:func:`specprod_db.load.finish.finalize`).  A run
     without ``--initial`` on a schema lacking builds (:func:`specprod_db.db.builds.missing`:
     an unfinished initial load, a foreign key left NOT VALID included) runs as the rerun
     of that bulk load: it writes as the bulk load does (a key it lacks refuses nothing
