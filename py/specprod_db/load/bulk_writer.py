@@ -42,7 +42,7 @@ from specprod_db import faults, schema
 from specprod_db.db.sql import qualified, transaction
 from specprod_db.load import refusals, tile_writer
 from specprod_db.load.photometry_ids import PhotometryIds
-from specprod_db.load.photometry_rows import WavePhotometry, new_photometry
+from specprod_db.load.photometry_rows import WavePhotometry, first_of, new_photometry
 from specprod_db.load.plan import INSERT, TileAction
 
 #: Staged rows (bytes of the tiles' arrays, photometry not counted) above which a batch
@@ -113,22 +113,17 @@ def read_ahead(actions: Sequence[TileAction], results: Mapping[int, Any],
 
 
 def lacking_photometry(items: Sequence[BatchTile], known: Optional[PhotometryIds]
-             ) -> tuple[np.ndarray, np.ndarray]:
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """The batch's TARGETIDs photometry lacks (those ``known`` left out), sorted, and
-    for each the tile (index in ``items``) first to need it: one stable sort of all the
-    tiles' TARGETIDs, so the first tile holding one counts it, as tile by tile."""
+    for each the tile (index in ``items``) first to need it
+    (:func:`~specprod_db.load.photometry_rows.first_of`: the first tile holding one
+    counts it, as tile by tile)."""
     needs = [item.targetids if item.targetids is not None else np.zeros(0, np.int64)
              for item in items]
     if known is not None:
         needs = [n[~known.contains(n)] if len(n) else n for n in needs]
-    ids = np.concatenate(needs).astype(np.int64, copy=False) if needs \
-        else np.zeros(0, np.int64)
-    tile = np.repeat(np.arange(len(needs)), [len(n) for n in needs])
-    order = np.argsort(ids, kind="stable")
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = ids[order[1:]] != ids[order[:-1]]
-    pick = order[first]
-    return ids[pick], tile[pick]
+    ids, owner, _ = first_of(needs)
+    return ids, owner
 
 
 def write_batch(conn: connection, schema_name: str, items: Sequence[BatchTile], run_id: int,
@@ -166,14 +161,7 @@ def write_batch(conn: connection, schema_name: str, items: Sequence[BatchTile], 
             for c, n in zip(counts, per_tile):
                 c[table.name] = n
         for item, c in zip(items, counts):
-            a = item.action
-            tile_writer.upsert_state(cur, schema_name, a.tileid, "loaded", run_id,
-                                     item.state, a.line)
-            faults.hit("copy", a.tileid)  # crash tests only (faults.py)
-            tile_writer.record_history(cur, schema_name, run_id, a.tileid, a.action,
-                                       a.reason, tile_writer.LOADED, counts=c,
-                                       tile_rows={t.name: c[t.name]
-                                                  for t in schema.tile_tables(True)})
+            tile_writer.record_loaded(cur, schema_name, item.action, item.state, run_id, c)
     if known is not None:  # committed: photometry holds these now
         known.add(rows["targetid"])
     for tileid in tileids:

@@ -88,10 +88,17 @@ def _write_guarded(a: TileAction, wave: Wave, legacy: WavePhotometry, opts: Opti
         stop = server_stop(err, session.conn, f"writing tile {a.tileid}")
         if stop is not None:  # cancelled, timed out, connection lost: exit 3
             raise stop from None
-        message = f"tile {a.tileid}: the database refused its rows: {one_line(err)}"
-        tally.fail(a.tileid, message)
-        tile_writer.record_failure(session.conn, opts.schema, a.tileid, message,
-                                   session.run_id, action=a)
+        _refused(a, err, opts, session, tally)
+
+
+def _refused(a: TileAction, err: Exception, opts: Options, session: Session,
+             tally: Tally) -> None:
+    """The tile's rows refused (by the database, or by ``refusals.check`` before it):
+    the tile fails, recorded."""
+    message = f"tile {a.tileid}: the database refused its rows: {one_line(err)}"
+    tally.fail(a.tileid, message)
+    tile_writer.record_failure(session.conn, opts.schema, a.tileid, message, session.run_id,
+                               action=a)
 
 
 def _write_batches(actions: list[TileAction], wave: Wave, legacy: WavePhotometry,
@@ -104,10 +111,7 @@ def _write_batches(actions: list[TileAction], wave: Wave, legacy: WavePhotometry
     size = 0
     for a, item in bulk_writer.read_ahead(actions, wave.results):
         if isinstance(item, refusals.RowsRefused):
-            message = f"tile {a.tileid}: the database refused its rows: {one_line(item)}"
-            tally.fail(a.tileid, message)
-            tile_writer.record_failure(session.conn, opts.schema, a.tileid, message,
-                                       session.run_id, action=a)
+            _refused(a, item, opts, session, tally)
             continue
         items.append(item)
         size += item.nbytes

@@ -4,7 +4,7 @@ A TARGETID takes its photometry row from the first source that has it: the Legac
 Surveys row of the wave's brick tasks, else the targeting-data row of the first tile in
 plan order (first writer wins, as in the old tool).  The rows are wide (photometry, ~800
 bytes), so only the TARGETIDs are ever sorted, and each row kept is gathered once, from
-the array that holds it (:func:`first_rows`, :func:`gather`):
+the array that holds it (:func:`first_rows`, :func:`first_of`, :func:`gather`):
 
 * :class:`WavePhotometry`: the rows of a wave's TARGETIDs, from its stage files, each
   tile taking the rows its targets need;
@@ -27,15 +27,22 @@ from specprod_db.schema import table as schema_table
 def first_rows(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For ``arrays`` (rows with a ``targetid`` field, in order of precedence): the
     sorted unique TARGETIDs and, for each, which array (``part``) and which row of it
-    (``row``) holds its first row.  Only the TARGETIDs are sorted (stable, so the first
+    (``row``) holds its first row (:func:`first_of` of their TARGETIDs)."""
+    return first_of([a["targetid"] for a in arrays])
+
+
+def first_of(ids_arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ``ids_arrays`` (arrays of TARGETIDs, in order of precedence): the sorted
+    unique TARGETIDs and, for each, which array (``part``) and which position in it
+    (``row``) holds it first.  Only the TARGETIDs are sorted (stable, so the first
     array wins a tie)."""
-    ids = np.concatenate([a["targetid"] for a in arrays]) if len(arrays) \
+    ids = np.concatenate(ids_arrays).astype(np.int64, copy=False) if len(ids_arrays) \
         else np.zeros(0, np.int64)
     order = np.argsort(ids, kind="stable")
     first = np.ones(len(order), dtype=bool)
     first[1:] = ids[order[1:]] != ids[order[:-1]]
     pick = order[first]
-    starts = np.cumsum([0] + [len(a) for a in arrays])
+    starts = np.cumsum([0] + [len(a) for a in ids_arrays])
     part = np.searchsorted(starts, pick, side="right") - 1
     return ids[pick], part, pick - starts[part]
 

@@ -324,6 +324,18 @@ def _tile_rows(cur: cursor, schema_name: str, tileid: int, counts: Mapping[str, 
     return rows
 
 
+def record_loaded(cur: cursor, schema_name: str, action: TileAction, state: Mapping[str, Any],
+                  run_id: int, counts: Mapping[str, int]) -> None:
+    """The end of a loaded tile's transaction, its rows written (``counts``): its
+    ``tile_state`` row (``loaded``, the fingerprints ``state``), the ``copy`` crash
+    point, its ``tile_history`` row with the rows it holds per table."""
+    upsert_state(cur, schema_name, action.tileid, "loaded", run_id, state, action.line)
+    faults.hit("copy", action.tileid)  # crash tests only (faults.py)
+    record_history(cur, schema_name, run_id, action.tileid, action.action, action.reason,
+                   LOADED, counts=counts,
+                   tile_rows=_tile_rows(cur, schema_name, action.tileid, counts, action.full))
+
+
 @dataclass(frozen=True)
 class WriteMode:
     """What :func:`write_tile` must do besides copying a tile's rows: a daily load
@@ -344,8 +356,8 @@ class WriteMode:
                 known: Optional[PhotometryIds] = None) -> "WriteMode":
         """The root writing: flags now (daily) or at the end (``bulk``); ``alone`` on
         the tables (no writer rank at the same time), so new photometry is COPYed
-        directly (:func:`~specprod_db.load.photometry_rows.new_photometry`), those ``known`` to be there left out (and the
-        tile's added to it once committed)."""
+        directly (:func:`~specprod_db.load.photometry_rows.new_photometry`), those
+        ``known`` to be there left out (and the tile's added to it once committed)."""
         return cls(flags_now=not bulk, keep=keep, alone=True, known=known)
 
     @classmethod
@@ -433,14 +445,10 @@ def _write_tile(conn: connection, schema_name: str, action: TileAction,
         if old is not None:
             counts["photometry_deleted"] = delete_orphan_photometry(cur, schema_name, old,
                                                                     mode.keep)
-        upsert_state(cur, schema_name, tileid, "loaded", run_id, state, action.line)
-        faults.hit("copy", tileid)  # crash tests only (faults.py)
         if mode.touched is not None and touched is not None:  # later, by the root
             cur.execute(sql.SQL("INSERT INTO {} SELECT targetid FROM {} ON CONFLICT DO "
                                 "NOTHING").format(mode.touched, touched))
-        record_history(cur, schema_name, run_id, tileid, action.action, action.reason, LOADED,
-                       counts=counts, tile_rows=_tile_rows(cur, schema_name, tileid, counts,
-                                                           full))
+        record_loaded(cur, schema_name, action, state, run_id, counts)
     if mode.known is not None:  # committed: photometry holds these now
         mode.known.add(rows["targetid"])
     faults.hit("commit", tileid)  # crash tests only: between two tiles
