@@ -64,6 +64,17 @@ def _staged(run, tileids):
     return out
 
 
+def _batch(run):
+    """Tiles 100 and 1000 extracted into a bulk schema: the wave's photometry and the
+    batch's tiles."""
+    _bulk(run)
+    staged = _staged(run, [100, 1000])
+    legacy = WavePhotometry([], [r for _, r in staged])
+    items = [bulk_writer.BatchTile(a, tile_writer.staged_tile_rows(r.stage), r.state,
+                                   r.targetids) for a, r in staged]
+    return legacy, items
+
+
 def _dump(conn, name, table):
     cols = ", ".join(schema.table(table).names)
     with conn.cursor() as cur:
@@ -75,11 +86,7 @@ def _dump(conn, name, table):
 
 def test_a_batch_equals_its_tiles_one_by_one(run):
     conn, name = run.conn, run.opts.schema
-    _bulk(run)
-    staged = _staged(run, [100, 1000])
-    legacy = WavePhotometry([], [r for _, r in staged])
-    items = [bulk_writer.BatchTile(a, tile_writer.staged_tile_rows(r.stage), r.state,
-                                   r.targetids) for a, r in staged]
+    legacy, items = _batch(run)
     known = PhotometryIds()
     counts = bulk_writer.write_batch(conn, name, items, run.run_id, legacy, known)
     tables = ["tile", "photometry", "tile_state"] + [t.name for t in schema.tile_tables()]
@@ -112,11 +119,7 @@ def test_a_batch_equals_its_tiles_one_by_one(run):
 
 def test_a_batch_the_database_refuses_leaves_none_of_its_tiles(run):
     conn, name = run.conn, run.opts.schema
-    _bulk(run)
-    staged = _staged(run, [100, 1000])
-    legacy = WavePhotometry([], [r for _, r in staged])
-    items = [bulk_writer.BatchTile(a, tile_writer.staged_tile_rows(r.stage), r.state,
-                                   r.targetids) for a, r in staged]
+    legacy, items = _batch(run)
     bad = items[1].tables["ztile"].copy()
     bad["subtype"][0] = b"P\x00S"  # PostgreSQL refuses NUL in text
     items[1].tables["ztile"] = bad
